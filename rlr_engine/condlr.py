@@ -1,0 +1,265 @@
+"""CondLR: SGD with momentum on low-rank layers kept orthonormal and well conditioned.
+
+For every low-rank layer W = U S Vᵀ one step is (momentum μ, learning rate η):
+
+1. m ← μ·m + g for U, S and V separately (PyTorch's SGD convention, dampening 0).
+2. D_U = (I − U Uᵀ) m_U, stored back as the momentum buffer (as the reference code does).
+3. U ← qf(U − η·c·D_U), likewise V (qf: QR with diag(R) > 0).
+4. S ← S − η·m_S, then S ← project_condition(S, τ), so κ(S) ≤ 1 + τ.
+
+Step scaling c ("reference", the default, reproduces the paper's public code): for τ = 0,
+c = 1/a with a the mean of all singular values of the layer's initial dense weight; for
+0 < τ < ∞, c = (σ_min/σ_max)² of S after the previous projection (1 before the first); for
+τ = ∞, c = 1. "alpha" uses c = 1/α², α² = ‖S‖²_F / r, which makes the step in W-space
+independent of the scale of S; "none" uses c = 1.
+
+Every other parameter takes a plain SGD-with-momentum step. Nothing in ``step`` reads a tensor
+on the host, so it never synchronises with an accelerator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .lowrank import LowRankLayer, low_rank_layers
+from .manifold import project_condition, project_tangent, retract_qr, truncation_rank
+
+STEP_SCALINGS = ("reference", "alpha", "none")
+
+
+def validate_tau(tau: float) -> float:
+    """τ must be a number in [0, ∞]; returns it as a float."""
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise ValueError(f"tau must be a number in [0, inf], got {tau!r}") from None
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"tau must be a number in [0, inf] (inf switches conditioning off), got {tau!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RankChange:
+    """One layer's truncation: its name, rank before and after, and ‖W_before − W_after‖_F
+    before the τ projection (the norm of the discarded singular values)."""
+
+    layer: str
+    old_rank: int
+    new_rank: int
+    discarded_norm: float
+
+
+class CondLR(torch.optim.Optimizer):
+    """Robust low-rank training (Savostianova et al., NeurIPS 2023) as a torch optimizer.
+
+    Param groups, each with ``lr``, ``momentum``, ``weight_decay`` and ``tau``:
+    ``"stiefel"`` (every U and V), ``"core"`` (every S) and ``"other"`` (the rest).
+    ``tau`` is read from the core group; ``set_tau`` changes it everywhere.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, momentum: float = 0.0, tau: float = 0.1,
+                 weight_decay: float = 0.0, step_scaling: str = "reference",
+                 reference_compat: bool = False) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if step_scaling not in STEP_SCALINGS:
+            raise ValueError(f"step_scaling must be one of {STEP_SCALINGS}, got {step_scaling!r}")
+        tau = validate_tau(tau)
+        self.layers: list[tuple[str, LowRankLayer]] = list(low_rank_layers(model))
+        self.step_scaling = step_scaling
+        self.reference_compat = reference_compat
+        factor_ids = set()
+        stiefel, core = [], []
+        for _, layer in self.layers:
+            stiefel += [layer.U, layer.V]
+            core.append(layer.S)
+            factor_ids |= {id(layer.U), id(layer.V), id(layer.S)}
+        other = [p for p in model.parameters() if id(p) not in factor_ids and p.requires_grad]
+        groups = [{"params": ps, "name": name} for name, ps in
+                  (("stiefel", stiefel), ("core", core), ("other", other)) if ps]
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "tau": tau}
+        super().__init__(groups, defaults)
+
+    # -- hyperparameters -------------------------------------------------------------------
+    def _group(self, name: str) -> dict | None:
+        return next((g for g in self.param_groups if g.get("name") == name), None)
+
+    @property
+    def tau(self) -> float:
+        return self.param_groups[0]["tau"]
+
+    def set_tau(self, tau: float) -> None:
+        """Change τ from the next step on. Raises ValueError unless τ ∈ [0, ∞]."""
+        tau = validate_tau(tau)
+        for group in self.param_groups:
+            group["tau"] = tau
+
+    # -- the step ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        other = self._group("other")
+        if other is not None:
+            self._sgd_step(other)
+        if self.layers:
+            self._low_rank_step()
+        return loss
+
+    def _momentum(self, group: dict, params: Sequence[Tensor]) -> list[Tensor]:
+        """m ← μ m + (g + wd·p) for each parameter; returns the buffers (or the raw
+        gradients when μ = 0)."""
+        grads = [p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
+                 for p in params]
+        if group["momentum"] == 0:
+            return grads
+        bufs = []
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.clone()
+            else:
+                buf.mul_(group["momentum"]).add_(g)
+            bufs.append(buf)
+        return bufs
+
+    def _sgd_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
+            torch._foreach_add_(params, self._momentum(group, params), alpha=-group["lr"])
+
+    def _scale(self, layer: LowRankLayer, tau: float) -> Tensor | float:
+        if self.step_scaling == "none" or math.isinf(tau):
+            return 1.0
+        if self.step_scaling == "alpha":
+            return layer.rank / layer.S.square().sum()
+        if tau == 0.0:
+            return 1.0 / layer.init_sigma_mean
+        return self.state[layer.S].get("kappa_scale", 1.0)
+
+    def _low_rank_step(self) -> None:
+        stiefel, core = self._group("stiefel"), self._group("core")
+        tau = core["tau"]
+        active = [layer for _, layer in self.layers if layer.S.grad is not None]
+        if not active:
+            return
+        # Scales are taken before S moves: they belong to the point the gradient was taken at.
+        scales = {id(layer): self._scale(layer, tau) for layer in active}
+        factors = [(p, scales[id(layer)]) for layer in active for p in (layer.U, layer.V)]
+        directions = self._momentum(stiefel, [p for p, _ in factors])
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, (p, _) in enumerate(factors):
+            by_shape[tuple(p.shape)].append(i)
+        for idx in by_shape.values():
+            P = torch.stack([factors[i][0] for i in idx])
+            D = project_tangent(P, torch.stack([directions[i] for i in idx]))
+            c = torch.stack([torch.as_tensor(factors[i][1], dtype=P.dtype, device=P.device) for i in idx])
+            Q = retract_qr(P - (stiefel["lr"] * c).view(-1, 1, 1) * D)
+            for j, i in enumerate(idx):
+                factors[i][0].copy_(Q[j])
+                if stiefel["momentum"] != 0:
+                    directions[i].copy_(D[j])
+        cores = [layer.S for layer in active]
+        torch._foreach_add_(cores, self._momentum(core, cores), alpha=-core["lr"])
+        self._project_cores(cores, tau)
+
+    def _project_cores(self, cores: Sequence[Tensor], tau: float) -> None:
+        """Apply project_condition to every core, batched over cores of equal rank, and record
+        (σ_min/σ_max)² for the reference step scaling."""
+        if math.isinf(tau):
+            return
+        by_rank: dict[int, list[Tensor]] = defaultdict(list)
+        for S in cores:
+            by_rank[S.shape[0]].append(S)
+        for same in by_rank.values():
+            projected, sigma = project_condition(torch.stack(same), tau, self.reference_compat)
+            ratio = (sigma[:, -1] / sigma[:, 0]).square()
+            for j, S in enumerate(same):
+                S.copy_(projected[j])
+                self.state[S]["kappa_scale"] = ratio[j]
+
+    # -- rank truncation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def truncate(self, theta: float | None = None, rank: int | None = None,
+                 layers: Iterable[str] | None = None, min_rank: int = 1) -> list[RankChange]:
+        """Truncate the cores of the named layers (all when None) with relative tolerance θ
+        (smallest r' ≥ min_rank with sqrt(Σ_{i>r'} σ_i²) ≤ θ‖σ‖₂) or to an explicit rank.
+
+        S = P Σ Qᵀ; U ← U P[:, :r'], V ← V Q[:, :r'], S ← Σ[:r', :r']; momentum rotated the
+        same way (m_U P, m_V Q, Pᵀ m_S Q); then the τ projection. Ranks never grow.
+        """
+        if (theta is None) == (rank is None):
+            raise ValueError("truncate needs exactly one of theta (relative tolerance) or rank")
+        if theta is not None and not (0.0 <= theta < 1.0):
+            raise ValueError(f"theta must be in [0, 1), got {theta!r}")
+        if rank is not None and rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank!r}")
+        if min_rank < 1:
+            raise ValueError(f"min_rank must be >= 1, got {min_rank!r}")
+        names = dict(self.layers)
+        chosen = list(names) if layers is None else list(layers)
+        unknown = [n for n in chosen if n not in names]
+        if unknown:
+            raise ValueError(f"unknown layer(s) {unknown}; low-rank layers are {list(names)}")
+        changes = []
+        tau = self.tau
+        for name in chosen:
+            layer = names[name]
+            P, sigma, Qh = torch.linalg.svd(layer.S)
+            old = layer.rank
+            if rank is not None:
+                new = max(min(rank, old), min(min_rank, old))
+            else:
+                new = min(truncation_rank(sigma, theta, min_rank), old)
+            discarded = float(sigma[new:].square().sum().sqrt())
+            Q = Qh.mT
+            self._rotate(layer, P[:, :new], Q[:, :new], sigma[:new])
+            if new != old or not math.isinf(tau):
+                self._project_cores([layer.S], tau)
+            changes.append(RankChange(name, old, new, discarded))
+        return changes
+
+    def _rotate(self, layer: LowRankLayer, P: Tensor, Q: Tensor, sigma: Tensor) -> None:
+        """Rewrite the layer in the rotated bases U P, V Q with core diag(σ), moving the
+        momentum buffers along; parameters keep their identity so param groups stay valid."""
+        new_values = {"U": layer.U @ P, "V": layer.V @ Q, "S": torch.diag(sigma)}
+        new_bufs = {}
+        for name, rotate in (("U", lambda m: m @ P), ("V", lambda m: m @ Q), ("S", lambda m: P.mT @ m @ Q)):
+            buf = self.state[getattr(layer, name)].get("momentum_buffer")
+            if buf is not None:
+                new_bufs[name] = rotate(buf)
+        old_params = layer.resize_rank(P.shape[1])
+        for name, value in new_values.items():
+            p = getattr(layer, name)
+            p.copy_(value)
+            self._replace_param(old_params[name], p)
+            if name in new_bufs:
+                self.state[p]["momentum_buffer"] = new_bufs[name]
+
+    def _replace_param(self, old: Tensor, new: Tensor) -> None:
+        """Put ``new`` where ``old`` was in its param group; move its state over."""
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"]):
+                if p is old:
+                    group["params"][i] = new
+                    state = self.state.pop(old, None)
+                    if state is not None:
+                        self.state[new] = state
+                    return
+        raise KeyError("parameter not managed by this optimizer")
+
+    def ranks(self) -> dict[str, int]:
+        return {name: layer.rank for name, layer in self.layers}

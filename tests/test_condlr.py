@@ -1,0 +1,316 @@
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlr_engine import CondLR, low_rank_layers, to_low_rank
+
+
+def synthetic_task(n=256, d=20, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, d, generator=g) * 2
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centers[y] + 0.7 * torch.randn(n, d, generator=g)
+    return x, y
+
+
+def mlp(d=20, classes=4, rank_fraction=0.5, low_rank=True):
+    model = nn.Sequential(nn.Linear(d, 32), nn.LeakyReLU(), nn.Linear(32, 32), nn.LeakyReLU(),
+                          nn.Linear(32, classes))
+    return to_low_rank(model, rank_fraction) if low_rank else model
+
+
+def cnn():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.LeakyReLU(), nn.Conv2d(8, 8, 3, stride=2),
+                          nn.LeakyReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 4))
+    return to_low_rank(model, 0.5)
+
+
+def train(model, opt, x, y, steps, batch=64):
+    losses = []
+    for step in range(steps):
+        i = (step * batch) % len(x)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x[i:i + batch]), y[i:i + batch])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def kappa(layer):
+    s = torch.linalg.svdvals(layer.S.detach())
+    return (s[0] / s[-1]).item()
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.1, 0.5])
+def test_factors_stay_orthonormal_and_condition_number_bounded_by_one_plus_tau(tau):
+    x, y = synthetic_task()
+    model = mlp()
+    opt = CondLR(model, lr=0.2, momentum=0.5, tau=tau)
+    train(model, opt, x, y, 200)
+    for name, layer in low_rank_layers(model):
+        eye = torch.eye(layer.rank)
+        assert (layer.U.T @ layer.U - eye).abs().max() <= 1e-5, name
+        assert (layer.V.T @ layer.V - eye).abs().max() <= 1e-5, name
+        assert kappa(layer) <= 1 + tau + 1e-4, name
+
+
+def test_tau_inf_leaves_the_condition_number_free():
+    x, y = synthetic_task()
+    model = mlp()
+    opt = CondLR(model, lr=0.2, momentum=0.5, tau=math.inf)
+    train(model, opt, x, y, 200)
+    layers = dict(low_rank_layers(model))
+    assert max(kappa(layer) for layer in layers.values()) > 1.5
+    for layer in layers.values():
+        assert (layer.U.T @ layer.U - torch.eye(layer.rank)).abs().max() <= 1e-5
+
+
+def test_conv_factors_stay_orthonormal_and_conditioned():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(128, 1, 8, 8, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, :, :4].mean(dim=(1, 2, 3)) > 0).long()
+    model = cnn()
+    opt = CondLR(model, lr=0.1, momentum=0.3, tau=0.1)
+    train(model, opt, x, y, 100)
+    for _, layer in low_rank_layers(model):
+        assert (layer.V.T @ layer.V - torch.eye(layer.rank)).abs().max() <= 1e-5
+        assert kappa(layer) <= 1.1 + 1e-4
+
+
+@pytest.mark.parametrize("kind", ["dense", "inf", "0.1"])
+def test_loss_decreases_on_a_learnable_task(kind):
+    x, y = synthetic_task()
+    model = mlp(low_rank=kind != "dense")
+    tau = math.inf if kind in ("dense", "inf") else float(kind)
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=tau)
+    losses = train(model, opt, x, y, 150)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.8
+
+
+def qf(a):
+    q, r = np.linalg.qr(a)
+    s = np.sign(np.diag(r))
+    s[s == 0] = 1
+    return q * s
+
+
+def reference_step(layer_state, grads, lr, mu, tau, init_mean):
+    """Steps 1–7 written out the long way (explicit projector, per-layer, float64)."""
+    U, S, V, bufs, c_prev = layer_state
+    new_bufs = {}
+    for key, g in grads.items():
+        new_bufs[key] = g if bufs.get(key) is None else mu * bufs[key] + g
+    c = 1.0 / init_mean if tau == 0 else (1.0 if math.isinf(tau) else c_prev)
+    out = {}
+    for key, X in (("U", U), ("V", V)):
+        D = (np.eye(X.shape[0]) - X @ X.T) @ new_bufs[key]
+        new_bufs[key] = D
+        out[key] = qf(X - lr * c * D)
+    S = S - lr * new_bufs["S"]
+    if not math.isinf(tau):
+        P, sig, Qt = np.linalg.svd(S)
+        if tau == 0:
+            alpha = np.sqrt(np.mean(sig ** 2))
+            S = alpha * qf(S)
+            c_prev = 1.0
+        else:
+            m, d = sig.mean(), tau / (2 + tau)
+            sig = np.clip(sig, m * (1 - d), m * (1 + d))
+            S = P @ np.diag(sig) @ Qt
+            c_prev = (sig[-1] / sig[0]) ** 2
+    return out["U"], S, out["V"], new_bufs, c_prev
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.1, math.inf])
+def test_reference_compat_matches_a_literal_implementation_of_the_method(tau):
+    x, y = synthetic_task()
+    x = x.double()
+    model = mlp().double()
+    opt = CondLR(model, lr=0.1, momentum=0.3, tau=tau, reference_compat=True)
+    layers = [layer for _, layer in low_rank_layers(model)]
+    ref = {id(layer): (layer.U.detach().numpy().copy(), layer.S.detach().numpy().copy(),
+                       layer.V.detach().numpy().copy(), {}, 1.0) for layer in layers}
+    for step in range(10):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:64]), y[:64]).backward()
+        grads = {id(layer): {k: getattr(layer, k).grad.numpy().copy() for k in "USV"} for layer in layers}
+        # The reference is evaluated at the point the gradient was taken at.
+        for layer in layers:
+            U, S, V, bufs, c = reference_step(ref[id(layer)], grads[id(layer)], 0.1, 0.3, tau,
+                                              layer.init_sigma_mean.item())
+            ref[id(layer)] = (U, S, V, bufs, c)
+        opt.step()
+        for layer in layers:
+            U, S, V, _, _ = ref[id(layer)]
+            np.testing.assert_allclose(layer.U.detach().numpy(), U, atol=1e-9)
+            np.testing.assert_allclose(layer.S.detach().numpy(), S, atol=1e-9)
+            np.testing.assert_allclose(layer.V.detach().numpy(), V, atol=1e-9)
+
+
+def test_tau_zero_makes_the_core_a_scaled_orthogonal_matrix_nearest_in_frobenius_norm():
+    x, y = synthetic_task()
+    model = mlp()
+    opt = CondLR(model, lr=0.1, tau=0.0)
+    train(model, opt, x, y, 1)
+    for _, layer in low_rank_layers(model):
+        S = layer.S.detach()
+        alpha = torch.linalg.norm(S) / math.sqrt(layer.rank)
+        torch.testing.assert_close(S.T @ S, alpha ** 2 * torch.eye(layer.rank), atol=1e-5, rtol=1e-5)
+
+
+def test_set_tau_takes_effect_at_the_next_step_and_rejects_bad_values():
+    x, y = synthetic_task()
+    model = mlp()
+    opt = CondLR(model, lr=0.2, momentum=0.5, tau=math.inf)
+    train(model, opt, x, y, 50)
+    assert max(kappa(layer) for _, layer in low_rank_layers(model)) > 1.2
+    for bad in (-0.1, float("nan"), "abc", None):
+        with pytest.raises(ValueError, match="tau must be"):
+            opt.set_tau(bad)
+    assert math.isinf(opt.tau)
+    opt.set_tau(0.2)
+    train(model, opt, x, y, 1)
+    assert all(kappa(layer) <= 1.2 + 1e-4 for _, layer in low_rank_layers(model))
+
+
+@pytest.mark.parametrize("kwargs", [{"lr": 0}, {"lr": 0.1, "momentum": 1.0}, {"lr": 0.1, "tau": -1},
+                                    {"lr": 0.1, "step_scaling": "magic"}])
+def test_bad_hyperparameters_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        CondLR(mlp(), **kwargs)
+
+
+def test_truncation_discards_exactly_the_tail_of_the_spectrum_and_training_continues():
+    x, y = synthetic_task()
+    model = mlp(rank_fraction=1.0)
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=math.inf)
+    train(model, opt, x, y, 100)
+    layers = dict(low_rank_layers(model))
+    before = {n: layer.dense_weight().detach().clone() for n, layer in layers.items()}
+    sigmas = {n: torch.linalg.svdvals(layer.S.detach()) for n, layer in layers.items()}
+    xb, yb = x[:128], y[:128]
+    with torch.no_grad():
+        F.cross_entropy(model(xb), yb)
+    changes = opt.truncate(theta=0.3)
+    for change in changes:
+        layer = layers[change.layer]
+        assert change.new_rank < change.old_rank == sigmas[change.layer].numel()
+        assert layer.rank == change.new_rank
+        discarded = sigmas[change.layer][change.new_rank:]
+        assert discarded.norm() <= 0.3 * sigmas[change.layer].norm() + 1e-6
+        assert sigmas[change.layer][change.new_rank - 1:].norm() > 0.3 * sigmas[change.layer].norm()
+        err = torch.linalg.norm(before[change.layer] - layer.dense_weight().detach())
+        torch.testing.assert_close(err, discarded.norm(), rtol=1e-4, atol=1e-5)
+        assert change.discarded_norm == pytest.approx(discarded.norm().item(), rel=1e-5)
+        assert (layer.U.T @ layer.U - torch.eye(layer.rank)).abs().max() <= 1e-5
+    with torch.no_grad():
+        loss_after = F.cross_entropy(model(xb), yb).item()
+    losses = train(model, opt, x, y, 30)
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) <= loss_after + 0.05
+
+
+def dense_gradients(model, x, y):
+    """∇_W L for every low-rank layer's full matrix W (not only its projection on the bases)."""
+    weights = {}
+    for name, layer in low_rank_layers(model):
+        weights[name] = layer.dense_weight().detach().clone().requires_grad_(True)
+    h = x
+    for name, module in model.named_children():
+        h = F.linear(h, weights[name], module.bias) if name in weights else module(h)
+    loss = F.cross_entropy(h, y)
+    grads = torch.autograd.grad(loss, list(weights.values()))
+    return loss.item(), dict(zip(weights, grads))
+
+
+@pytest.mark.parametrize("theta", [0.02, 0.1])
+def test_truncation_changes_the_loss_no_more_than_the_discarded_part_explains(theta):
+    x, y = synthetic_task()
+    model = mlp(rank_fraction=1.0)
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=math.inf)
+    train(model, opt, x, y, 100)
+    xb, yb = x[:128], y[:128]
+    loss_before, grads = dense_gradients(model, xb, yb)
+    changes = opt.truncate(theta=theta)
+    with torch.no_grad():
+        loss_after = F.cross_entropy(model(xb), yb).item()
+    # |ΔL| ≤ Σ_l ‖∇_{W_l} L‖_F · ‖ΔW_l‖_F to first order (Cauchy–Schwarz), ‖ΔW_l‖_F being the
+    # norm of the discarded singular values; allow a second-order term of the same scale.
+    first_order = sum(grads[c.layer].norm().item() * c.discarded_norm for c in changes)
+    second_order = sum(c.discarded_norm for c in changes) ** 2
+    assert any(c.new_rank < c.old_rank for c in changes)
+    assert abs(loss_after - loss_before) <= first_order + second_order
+
+
+def test_rank_truncation_to_explicit_rank_respects_min_rank_and_rotates_momentum():
+    x, y = synthetic_task()
+    model = mlp(rank_fraction=1.0)
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=0.1)
+    train(model, opt, x, y, 20)
+    layers = dict(low_rank_layers(model))
+    name = next(iter(layers))
+    old_U = layers[name].U.detach().clone()
+    old_buf = opt.state[layers[name].U]["momentum_buffer"].clone()
+    changes = opt.truncate(rank=3, layers=[name])
+    assert [c.new_rank for c in changes] == [3]
+    layer = layers[name]
+    buf = opt.state[layer.U]["momentum_buffer"]
+    assert buf.shape == layer.U.shape == (32, 3)
+    # U_new = U_old P and m_new = m_old P with the same P: Uᵀ-coordinates agree.
+    P = old_U.T @ layer.U.detach()
+    torch.testing.assert_close(buf, old_buf @ P, atol=1e-5, rtol=1e-4)
+    assert kappa(layer) <= 1.1 + 1e-4
+    assert opt.truncate(rank=1, layers=[name], min_rank=2)[0].new_rank == 2
+    with pytest.raises(ValueError, match="unknown layer"):
+        opt.truncate(theta=0.1, layers=["nope"])
+    with pytest.raises(ValueError, match="exactly one"):
+        opt.truncate()
+    train(model, opt, x, y, 5)
+
+
+def test_state_dict_round_trip_after_truncation_gives_bit_identical_next_steps():
+    x, y = synthetic_task()
+    model = mlp(rank_fraction=1.0)
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=0.1)
+    train(model, opt, x, y, 30)
+    opt.truncate(theta=0.2)
+    train(model, opt, x, y, 3)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    clone = mlp(rank_fraction=1.0)
+    clone.load_state_dict(saved["model"])
+    clone_opt = CondLR(clone, lr=0.5, momentum=0.0, tau=3.0)
+    clone_opt.load_state_dict(saved["optim"])
+    assert clone_opt.tau == 0.1 and clone_opt.ranks() == opt.ranks()
+    train(model, opt, x, y, 5)
+    train(clone, clone_opt, x, y, 5)
+    for a, b in zip(model.state_dict().values(), clone.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_step_never_reads_tensors_on_the_host(monkeypatch):
+    x, y = synthetic_task()
+    model = mlp()
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=0.1)
+    train(model, opt, x, y, 2)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host sync in step()")
+
+    opt.zero_grad()
+    F.cross_entropy(model(x[:64]), y[:64]).backward()
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    monkeypatch.setattr(torch.Tensor, "__float__", forbidden)
+    monkeypatch.setattr(torch.Tensor, "__bool__", forbidden)
+    monkeypatch.setattr(torch.Tensor, "tolist", forbidden)
+    opt.step()
