@@ -1,0 +1,216 @@
+"""Data sets held on the training device as uint8 tensors; batches are index gathers.
+
+The MNIST family, CIFAR and SVHN come through torchvision (download is the normal online path);
+the 8×8 digits come from scikit-learn and are always available offline; ``synthetic*`` sets are
+generated for tests and demos.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+SYNTHETIC_SHAPES = {"synthetic": (1, 8), "synthetic-28": (1, 28), "synthetic-32": (3, 32)}
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", *SYNTHETIC_SHAPES)
+OFFLINE_HINT = ("Presets that work offline: quickstart (scikit-learn digits), and the fashion-mnist "
+                "presets once Debian's dataset-fashion-mnist package is installed "
+                "(apt-get install dataset-fashion-mnist).")
+
+
+class DatasetUnavailable(Exception):
+    """A data set could not be found or fetched; the message says where we looked and what to do."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: Tensor  # uint8, (N, C, H, W)
+    labels: Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Train / validation / test splits plus what the model needs to know about them."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    crop_padding: int
+    flip: bool
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 pixels → float32 in [0, 1], contiguous (attacks need plain float32 inputs)."""
+    return images.float().div_(255.0)
+
+
+def augment(images: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Random crop after zero padding and random horizontal flip, per sample, on the device."""
+    if padding:
+        n, c, h, w = images.shape
+        padded = F.pad(images, (padding,) * 4)
+        dev = images.device
+        oy = torch.randint(0, 2 * padding + 1, (n, 1), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (n, 1), device=dev, generator=generator)
+        rows = (oy + torch.arange(h, device=dev)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
+        padded = padded.gather(2, rows)
+        cols = (ox + torch.arange(w, device=dev)).view(n, 1, 1, w).expand(n, c, h, w)
+        images = padded.gather(3, cols)
+    if flip:
+        mask = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+        images = torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
+    return images
+
+
+def _hold_out(images: Tensor, labels: Tensor, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Seeded random split of the training set into train and validation parts."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(val_fraction * len(labels)))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
+
+
+def _digits(seed: int) -> tuple[Split, Split]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(10_000 + seed))
+    n_test = len(labels) // 5
+    test, train = order[:n_test], order[n_test:]
+    return Split(images[train], labels[train]), Split(images[test], labels[test])
+
+
+def _synthetic(name: str, seed: int, samples: int = 2000, classes: int = 10) -> tuple[Split, Split]:
+    """Class prototypes plus Gaussian noise: learnable, deterministic, any shape."""
+    channels, size = SYNTHETIC_SHAPES[name]
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(classes, channels, size, size, generator=g) * 0.6 + 0.2
+    labels = torch.randint(0, classes, (samples,), generator=g)
+    noisy = prototypes[labels] + 0.15 * torch.randn(samples, channels, size, size, generator=g)
+    images = (noisy.clamp(0, 1) * 255).round().to(torch.uint8)
+    n_test = samples // 5
+    return Split(images[n_test:], labels[n_test:]), Split(images[:n_test], labels[:n_test])
+
+
+def _stage_debian_fashion_mnist(root: Path) -> None:
+    """torchvision reads FashionMNIST/raw/*-ubyte under root; Debian ships them gzipped in
+    /usr/share/datasets/fashion-mnist. Decompress them there once if they are missing."""
+    raw = root / "FashionMNIST" / "raw"
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+    if all((raw / n).exists() for n in names) or not DEBIAN_FASHION_MNIST.is_dir():
+        return
+    sources = [DEBIAN_FASHION_MNIST / f"{n}.gz" for n in names]
+    if not all(s.exists() for s in sources):
+        return
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, source in zip(names, sources):
+        tmp = raw / f".{name}.tmp"
+        with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        tmp.replace(raw / name)
+
+
+def _torchvision(name: str, root: Path, download: bool) -> tuple[Split, Split]:
+    import torchvision.datasets as tvd
+
+    def fetch(train: bool):
+        if name == "mnist":
+            return tvd.MNIST(str(root), train=train, download=download)
+        if name == "fashion-mnist":
+            return tvd.FashionMNIST(str(root), train=train, download=download)
+        if name == "cifar10":
+            return tvd.CIFAR10(str(root), train=train, download=download)
+        if name == "cifar100":
+            return tvd.CIFAR100(str(root), train=train, download=download)
+        return tvd.SVHN(str(root), split="train" if train else "test", download=download)
+
+    splits = []
+    for train in (True, False):
+        ds = fetch(train)
+        if name in ("mnist", "fashion-mnist"):
+            images, labels = ds.data.unsqueeze(1), ds.targets
+        elif name == "svhn":
+            images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
+        else:
+            images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            labels = torch.tensor(ds.targets, dtype=torch.int64)
+        splits.append(Split(images.to(torch.uint8), labels.to(torch.int64)))
+    return splits[0], splits[1]
+
+
+def _unavailable(name: str, root: Path, download: bool, reason: BaseException) -> DatasetUnavailable:
+    how = ("The download failed (no internet?). " if download else
+           "Downloading is switched off (download = false). ")
+    extra = ""
+    if name == "fashion-mnist":
+        extra = (f" On Debian/Ubuntu `apt-get install dataset-fashion-mnist` provides it offline "
+                 f"(looked in {DEBIAN_FASHION_MNIST}).")
+    return DatasetUnavailable(
+        f"data set {name!r} is not available in {root.resolve()}: {reason}. {how}"
+        f"Run once with internet and download = true, or copy the torchvision files into that "
+        f"directory (set data_dir to use another).{extra} {OFFLINE_HINT}")
+
+
+def load_dataset(name: str, data_dir: str | Path = "data", download: bool = True,
+                 val_fraction: float = 0.25, seed: int = 0, device: str | torch.device = "cpu") -> ImageData:
+    """Load a data set, hold out ``val_fraction`` of its training set (seeded) for validation,
+    and place all splits on ``device`` as uint8."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+    root = Path(data_dir).expanduser()
+    mean = std = None
+    crop, flip = 0, False
+    classes = 10
+    if name == "digits":
+        train, test = _digits(seed)
+    elif name in SYNTHETIC_SHAPES:
+        train, test = _synthetic(name, seed)
+    else:
+        if name == "fashion-mnist":
+            try:
+                _stage_debian_fashion_mnist(root)
+            except OSError:
+                pass  # fall through to torchvision, which reports what is missing
+        try:
+            train, test = _torchvision(name, root, download)
+        except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+            raise _unavailable(name, root, download, error) from None
+        if name == "cifar10":
+            mean, std, crop, flip = CIFAR10_MEAN, CIFAR10_STD, 4, True
+        elif name == "cifar100":
+            mean, std, crop, flip, classes = CIFAR100_MEAN, CIFAR100_STD, 4, True, 100
+        elif name == "svhn":
+            mean, std, crop = SVHN_MEAN, SVHN_STD, 4
+    train, val = _hold_out(train.images, train.labels, val_fraction, seed)
+    return ImageData(name, train.to(device), val.to(device), test.to(device), classes, mean, std, crop, flip)

@@ -1,0 +1,271 @@
+"""Presets: one TOML file per run recipe, validated against a typed schema.
+
+Every bad value is reported as PresetError naming the file, the key, the value and what is
+allowed; nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .attacks import ATTACKS
+from .condlr import STEP_SCALINGS
+from .data import DATASETS
+from .models import MODELS
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+class PresetError(ValueError):
+    """A preset file, override or value that does not fit the schema."""
+
+
+def _choice(options: Iterable[str]):
+    options = tuple(options)
+
+    def check(value: Any) -> str | None:
+        return None if value in options else f"one of {', '.join(options)}"
+    return check
+
+
+def _number(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    def check(value: Any) -> str | None:
+        ok = not math.isnan(value) and (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
+        if ok:
+            return None
+        return f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return check
+
+
+def _device(value: str) -> str | None:
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return None
+    return "auto, cpu, cuda or cuda:N"
+
+
+def _eps(values: list) -> str | None:
+    if values and all(0.0 <= v <= 1.0 for v in values):
+        return None
+    return "a non-empty list of numbers in [0, 1] (pixel units)"
+
+
+def _milestones(values: list) -> str | None:
+    return None if all(v >= 0 for v in values) else "a list of epoch numbers >= 0"
+
+
+def _spec(type_: type, check=None, help: str = "", item: type | None = None) -> dict:
+    return {"type": type_, "check": check, "help": help, "item": item}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fully resolved run recipe."""
+
+    name: str = field(default="custom", metadata=_spec(str, help="preset name"))
+    description: str = field(default="", metadata=_spec(str, help="one line of what it is for"))
+    dataset: str = field(default="digits", metadata=_spec(str, _choice(DATASETS)))
+    model: str = field(default="digits-cnn", metadata=_spec(str, _choice(MODELS)))
+    method: str = field(default="lowrank", metadata=_spec(str, _choice(("dense", "lowrank")),
+                        "dense: no factorisation; lowrank: CondLR (tau = inf is vanilla low-rank)"))
+    tau: float = field(default=0.1, metadata=_spec(float, _number(0, math.inf),
+                       "conditioning tolerance: kappa(S) <= 1 + tau; inf switches it off"))
+    rank_fraction: float = field(default=0.2, metadata=_spec(float, _number(0, 1, low_open=True),
+                                 "fraction of each layer's full rank kept"))
+    last_layer: str = field(default="dense", metadata=_spec(str, _choice(("dense", "full-rank")),
+                            "dense: leave the classifier dense; full-rank: factorise it at full rank"))
+    step_scaling: str = field(default="reference", metadata=_spec(str, _choice(STEP_SCALINGS)))
+    reference_compat: bool = field(default=False, metadata=_spec(bool))
+    epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))
+    max_steps: int = field(default=0, metadata=_spec(int, _number(0, 10**9), "stop after this many steps (0: no limit)"))
+    batch_size: int = field(default=128, metadata=_spec(int, _number(1, 65_536)))
+    lr: float = field(default=0.1, metadata=_spec(float, _number(0, 100, low_open=True)))
+    momentum: float = field(default=0.3, metadata=_spec(float, _number(0, 1, high_open=True)))
+    weight_decay: float = field(default=0.0, metadata=_spec(float, _number(0, 1)))
+    milestones: tuple[int, ...] = field(default=(), metadata=_spec(list, _milestones, item=int))
+    gamma: float = field(default=0.3, metadata=_spec(float, _number(0, 1, low_open=True)))
+    val_fraction: float = field(default=0.25, metadata=_spec(float, _number(0, 0.9)))
+    seed: int = field(default=0, metadata=_spec(int, _number(0, 2**31 - 1)))
+    eval_every: int = field(default=1, metadata=_spec(int, _number(0, 100_000), "epochs between evaluations (0: at the end)"))
+    attack: str = field(default="fgsm", metadata=_spec(str, _choice(ATTACKS)))
+    eps: tuple[float, ...] = field(default=(0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06),
+                                   metadata=_spec(list, _eps, item=float))
+    attack_every: int = field(default=1, metadata=_spec(int, _number(0, 100_000), "epochs between attacks (0: at the end)"))
+    attack_samples: int = field(default=1000, metadata=_spec(int, _number(0, 10**7), "test images attacked during training (0: all)"))
+    pgd_steps: int = field(default=10, metadata=_spec(int, _number(1, 10_000)))
+    pgd_step_size: float = field(default=0.0, metadata=_spec(float, _number(0, 1), "0: 2.5 eps / steps"))
+    truncate_every: int = field(default=0, metadata=_spec(int, _number(0, 100_000), "epochs between scheduled truncations (0: never)"))
+    truncate_theta: float = field(default=0.1, metadata=_spec(float, _number(0, 1, high_open=True)))
+    min_rank: int = field(default=1, metadata=_spec(int, _number(1, 100_000)))
+    checkpoint_every: int = field(default=1, metadata=_spec(int, _number(0, 100_000), "epochs between checkpoints (0: only at the end)"))
+    data_dir: str = field(default="data", metadata=_spec(str))
+    download: bool = field(default=True, metadata=_spec(bool))
+    device: str = field(default="auto", metadata=_spec(str, _device))
+    snapshot_interval: float = field(default=0.25, metadata=_spec(float, _number(0.01, 60)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return validate(dict(self.to_dict(), **changes), source="settings")
+
+    @property
+    def is_low_rank(self) -> bool:
+        return self.method == "lowrank"
+
+    @property
+    def method_label(self) -> str:
+        """dense, vanilla low-rank (τ = ∞) or CondLR τ = …"""
+        if not self.is_low_rank:
+            return "dense"
+        return "low-rank τ=inf" if math.isinf(self.tau) else f"CondLR τ={self.tau:g}"
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    spec = FIELDS[key].metadata
+    want = spec["type"]
+
+    def bad(allowed: str) -> PresetError:
+        return PresetError(f"{source}: {key} = {value!r} is not allowed: must be {allowed}")
+
+    if want is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif want is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(spec["check"](math.nan).replace("a number", "an integer"))
+    elif want is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
+            value = math.inf
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(spec["check"](math.nan) if spec["check"] else "a number")
+        value = float(value)
+    elif want is str:
+        if not isinstance(value, str):
+            raise bad(spec["check"](None) if spec["check"] else "a string")
+    elif want is list:
+        item = spec["item"]
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or (
+                item is int and not all(isinstance(v, int) for v in value)):
+            raise bad(spec["check"]([-1.0]) or f"a list of {item.__name__}s")
+        value = [item(v) for v in value]
+    problem = spec["check"](value) if spec["check"] else None
+    if problem:
+        raise bad(problem)
+    return tuple(value) if want is list else value
+
+
+def validate(raw: Mapping[str, Any], source: str = "preset") -> RunConfig:
+    """Check every key and value of a raw mapping and build a RunConfig from it."""
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise PresetError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(FIELDS)}")
+    values = {key: _coerce(key, value, source) for key, value in raw.items()}
+    config = RunConfig(**values)
+    if config.model in ("vgg16", "wrn16-4") and config.dataset in ("digits", "synthetic", "mnist",
+                                                                    "fashion-mnist", "synthetic-28"):
+        raise PresetError(f"{source}: model = {config.model!r} needs 32×32 RGB images; "
+                          f"dataset {config.dataset!r} is not (use cifar10, cifar100, svhn or synthetic-32)")
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a TOML value (``tau=0.5``, ``eps=[0, 0.01]``, ``tau=inf``); a value that
+    is not valid TOML is taken as a string (``dataset=mnist``)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise PresetError(f"--set {text!r}: expected key=value, e.g. --set tau=0.5")
+    if key not in FIELDS:
+        raise PresetError(f"--set {text!r}: unknown key {key!r}; allowed keys: {', '.join(FIELDS)}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key, parsed
+
+
+def preset_dirs() -> list[Path]:
+    """Where named presets are looked up: $RLR_PRESETS (colon-separated), ./presets, the
+    presets shipped beside the package."""
+    dirs = [Path(p) for p in os.environ.get("RLR_PRESETS", "").split(os.pathsep) if p]
+    return dirs + [Path.cwd() / "presets", PRESET_DIR]
+
+
+def available_presets() -> dict[str, Path]:
+    """Preset name → file, first directory wins."""
+    found: dict[str, Path] = {}
+    for directory in preset_dirs():
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.toml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def resolve_preset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise PresetError(f"preset file {str(path)!r} does not exist")
+        return path
+    presets = available_presets()
+    if name_or_path not in presets:
+        raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(presets) or 'none'} "
+                          f"(or pass the path of a .toml file)")
+    return presets[name_or_path]
+
+
+def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> RunConfig:
+    """Load a preset by name or path, apply ``key=value`` overrides, validate everything."""
+    path = resolve_preset_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise PresetError(f"preset {path}: cannot be read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise PresetError(f"preset {path}: not valid TOML: {error}") from None
+    raw.setdefault("name", path.stem)
+    config = validate(raw, source=f"preset {path}")
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    raw = config.to_dict()
+    for text in overrides:
+        key, value = parse_override(text)
+        raw[key] = _coerce(key, value, f"--set {text}")
+    return validate(raw, source="--set")
+
+
+def dump_toml(config: RunConfig) -> str:
+    """The resolved config as TOML (inf written as the TOML literal)."""
+    lines = []
+    for key, value in config.to_dict().items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
