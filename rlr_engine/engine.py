@@ -86,6 +86,7 @@ class Engine:
                                 tau=config.tau, theta=config.truncate_theta, lr=config.lr)
         self._thread: threading.Thread | None = None
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._event_seq = 0
         self.state = "starting"
         self.message = ""
         self.step = 0
@@ -487,7 +488,8 @@ class Engine:
 
     # -- snapshots ---------------------------------------------------------------------------
     def _event(self, kind: str, message: str) -> None:
-        event = Event(self.step, time.time(), kind, message)
+        self._event_seq += 1
+        event = Event(self._event_seq, self.step, time.time(), kind, message)
         self._events.append(event)
         try:
             append_jsonl(self.run_dir / EVENTS, event.to_dict())

@@ -91,6 +91,7 @@ def command_from_dict(raw: dict[str, Any]) -> Command:
 class Event:
     """Something the user should see: a command applied or rejected, a truncation, a checkpoint."""
 
+    seq: int
     step: int
     time: float
     kind: str  # applied, rejected, truncation, checkpoint, evaluation, attack, warning, error, info

@@ -1,0 +1,246 @@
+"""``rlr``: the headless command line (list presets, train, evaluate, compare)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .presets import PresetError, RunConfig, apply_overrides, available_presets, load_preset
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line, exit code 2."""
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
+
+
+# -- rlr presets ----------------------------------------------------------------------------
+def cmd_presets(args: argparse.Namespace) -> int:
+    table = Table(title="rlr presets", show_lines=False)
+    for column in ("name", "data set", "model", "method", "τ", "rank kept", "what it is for"):
+        table.add_column(column, overflow="fold")
+    for name, path in available_presets().items():
+        try:
+            c = load_preset(str(path))
+        except PresetError as error:
+            table.add_row(name, "", "", "[red]invalid[/red]", "", "", str(error))
+            continue
+        table.add_row(name, c.dataset, c.model, c.method_label if c.is_low_rank else "dense",
+                      "–" if not c.is_low_rank else f"{c.tau:g}",
+                      "–" if not c.is_low_rank else f"{c.rank_fraction:.0%}", c.description)
+    console.print(table)
+    return 0
+
+
+# -- rlr train ------------------------------------------------------------------------------
+def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None, runs_root: str,
+                device: str | None):
+    """Resolve the config and run directory for a new or resumed run."""
+    from .runs import CHECKPOINT, new_run_dir, read_run_config
+    from .presets import dump_toml
+
+    extra = list(overrides) + ([f"device={device}"] if device else [])
+    if resume:
+        run_dir = Path(resume)
+        config = apply_overrides(read_run_config(run_dir), extra)
+        if not (run_dir / CHECKPOINT).is_file():
+            raise UserError(f"--resume {run_dir}: no {CHECKPOINT} in that directory, nothing to resume")
+        (run_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
+        return config, run_dir
+    if preset is None:
+        raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
+    config = load_preset(preset, extra)
+    return config, new_run_dir(config, runs_root)
+
+
+def watch(engine, title: str) -> tuple[object, bool]:
+    """Show a rich progress bar and the run's events until the engine ends. The first Ctrl+C
+    asks for a clean stop (final checkpoint), a second one aborts. Returns (last snapshot,
+    whether the user interrupted)."""
+    from .records import Stop
+
+    interrupted = False
+
+    def on_interrupt(signum, frame):
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+        console.print("[yellow]stopping: writing a final checkpoint (Ctrl+C again to abort)[/yellow]")
+        engine.send(Stop())
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    last_event = 0
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console) as progress:
+            task = progress.add_task(title, total=None, info="")
+            done = False
+            while not done:
+                done = engine.join(timeout=0.25)
+                snap = engine.latest()
+                for event in snap.events:
+                    if event.seq > last_event and event.kind != "checkpoint":
+                        progress.console.print(f"[dim]step {event.step}[/dim] {event.message}", highlight=False)
+                last_event = snap.events[-1].seq if snap.events else last_event
+                loss = "–" if snap.train_loss is None else f"{snap.train_loss:.3f}"
+                progress.update(task, total=snap.total_steps or None, completed=snap.step,
+                                description=f"{title} epoch {snap.epoch}/{snap.epochs}",
+                                info=f"loss {loss}  acc {_fmt_pct(snap.train_acc)}  "
+                                     f"{snap.samples_per_s:,.0f} samples/s")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return engine.latest(), interrupted
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    config, run_dir = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
+    engine = Engine(config, run_dir, resume=bool(args.resume)).start()
+    console.print(f"[bold]{config.name}[/bold] — {config.method_label}, {config.model} on {config.dataset} "
+                  f"→ {run_dir}", highlight=False)
+    snap, interrupted = watch(engine, config.name)
+    if snap.state == "failed":
+        err_console.print(f"[red]error:[/red] {snap.message}", highlight=False)
+        return 1
+    print_summary(snap)
+    if snap.state == "stopped":
+        console.print(f"stopped at step {snap.step}; resume with: rlr train --resume {run_dir}")
+        return 130 if interrupted else 0
+    return 0
+
+
+def print_summary(snap) -> None:
+    """Clean and adversarial accuracy per ε, ranks, κ and compression of a finished run."""
+    result = snap.adversarial
+    if result is not None:
+        table = Table(title=f"{snap.preset}: accuracy under {result.attack}")
+        table.add_column("ε", justify="right")
+        table.add_column("accuracy", justify="right")
+        for eps, acc in zip(result.eps, result.accuracy):
+            table.add_row(f"{eps:g}", _fmt_pct(acc))
+        console.print(table)
+    layers = Table(title=f"layers — {snap.params:,} parameters, {snap.compression:.1%} fewer than dense, "
+                         f"{snap.rank_fraction:.0%} of the rank kept")
+    for column in ("layer", "shape", "rank", "κ", "σ_max"):
+        layers.add_column(column, justify="right" if column != "layer" else "left")
+    for s in snap.layers:
+        layers.add_row(s.name, f"{s.shape[0]}×{s.shape[1]}", f"{s.rank}/{s.full_rank}",
+                       f"{s.kappa:.3g}", f"{s.sigma_max:.3g}")
+    console.print(layers)
+    console.print(f"validation accuracy {_fmt_pct(snap.val_acc)}, test accuracy {_fmt_pct(snap.test_acc)}, "
+                  f"{snap.step} steps; run directory {snap.run_dir}")
+
+
+# -- rlr eval -------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .attacks import AttackSpec, adversarial_accuracy
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset, to_float
+    from .engine import build_network, resolve_device
+    from .presets import validate
+
+    if args.samples < 0:
+        raise UserError(f"--samples {args.samples}: must be >= 0 (0: the whole test set)")
+    device = resolve_device(args.device or "auto")
+    payload = load_checkpoint(args.checkpoint, device)
+    config: RunConfig = validate(payload["config"], source=f"{args.checkpoint} (stored config)")
+    try:
+        spec = AttackSpec(args.attack, tuple(args.eps) if args.eps else config.eps, args.steps, args.step_size)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.download,
+                        config.val_fraction, config.seed, device)
+    model = build_network(config, data).to(device)
+    model.load_state_dict(payload["model"])
+    images, labels = data.test.images, data.test.labels
+    if args.samples:
+        subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:args.samples]
+        images, labels = images[subset.to(device)], labels[subset.to(device)]
+    with console.status(f"{spec.name} on {len(labels)} test images"):
+        accuracy = adversarial_accuracy(model, images, labels, spec, to_input=to_float)
+    table = Table(title=f"{config.name} (step {payload['step']}): accuracy under {spec.name}, "
+                        f"{len(labels)} test images")
+    table.add_column("ε", justify="right")
+    table.add_column("accuracy", justify="right")
+    for eps in spec.eps:
+        table.add_row(f"{eps:g}", _fmt_pct(accuracy[eps]))
+    console.print(table)
+    return 0
+
+
+# -- argument parsing -----------------------------------------------------------------------
+def _eps_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--eps {text!r}: expected numbers like 0,0.01,0.02") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--eps {text!r}: values must be in [0, 1]")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlr", description="Robust low-rank training (CondLR), headless.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("presets", help="list the available presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("train", help="train a preset with a progress display")
+    p.add_argument("preset", nargs="?", help="preset name (see `rlr presets`) or path of a .toml file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset key, e.g. --set tau=0.5 --set epochs=3 (repeatable)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: the preset's)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="robustness table of a saved checkpoint")
+    p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
+    p.add_argument("--attack", choices=("fgsm", "pgd-linf", "pgd-l2"), default="fgsm")
+    p.add_argument("--eps", type=_eps_list, help="comma-separated budgets (default: the run's)")
+    p.add_argument("--steps", type=int, default=10, help="PGD iterations (default 10)")
+    p.add_argument("--step-size", type=float, default=0.0, help="PGD step (default 2.5·ε/steps)")
+    p.add_argument("--samples", type=int, default=0, help="attack a seeded subset of the test set (0: all)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--data-dir", help="where the data set is (default: the run's)")
+    p.set_defaults(func=cmd_eval)
+
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DatasetUnavailable
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, PresetError, CheckpointError, DatasetUnavailable) as error:
+        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

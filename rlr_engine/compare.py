@@ -1,0 +1,311 @@
+"""``rlr compare``: run a set of presets over several seeds and tabulate them side by side.
+
+Layout of a comparison directory::
+
+    comparison.json            what was asked (presets, seeds, overrides, attacks)
+    runs/<preset>-seed<k>/     ordinary run directories (reused when finished, resumed otherwise)
+    results.md, results.csv    per method: accuracy per ε (mean ± std over seeds), ranks, κ, time
+    accuracy_vs_eps_<attack>.png, kappa_per_layer.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, pstdev
+from typing import Any, Sequence
+
+from .attacks import ATTACKS
+from .presets import PresetError, RunConfig, dump_toml, load_preset
+from .runs import CHECKPOINT, CONFIG, SUMMARY, read_run_config
+
+SPEC_FILE = "comparison.json"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The numbers one finished run contributes."""
+
+    config: RunConfig
+    seed: int
+    summary: dict[str, Any]
+    robustness: dict[str, dict[str, Any]]  # attack → {"eps": [...], "accuracy": [...], "samples": n}
+
+
+def run_dir_for(out: Path, preset: str, seed: int) -> Path:
+    return out / "runs" / f"{preset}-seed{seed}"
+
+
+def plan(presets: Sequence[str], seeds: int, overrides: Sequence[str]) -> list[tuple[str, int, RunConfig]]:
+    """Validate every preset with its overrides and seed before anything runs."""
+    jobs = []
+    for preset in presets:
+        base = load_preset(preset, overrides)
+        for k in range(seeds):
+            jobs.append((base.name, base.seed + k, base.replace(seed=base.seed + k)))
+    return jobs
+
+
+def ensure_run(config: RunConfig, run_dir: Path, device: str | None, watch) -> dict[str, Any]:
+    """Finish one run: reuse it when finished, resume it when it has a checkpoint, else start it."""
+    from .engine import Engine
+
+    if device:
+        config = config.replace(device=device)
+    summary_path = run_dir / SUMMARY
+    resume = False
+    if run_dir.is_dir():
+        stored = read_run_config(run_dir)
+        if _comparable(stored) != _comparable(config):
+            raise PresetError(f"{run_dir} holds a run with different settings; remove it or choose "
+                              f"another --out")
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            if summary.get("state") == "finished":
+                return summary
+        resume = (run_dir / CHECKPOINT).is_file()
+        if not resume:
+            shutil.rmtree(run_dir)
+    if not resume:
+        run_dir.mkdir(parents=True)
+        (run_dir / CONFIG).write_text(dump_toml(config), encoding="utf-8")
+    engine = Engine(config, run_dir, resume=resume).start()
+    snap, interrupted = watch(engine, f"{config.name} seed {config.seed}")
+    if snap.state == "failed":
+        raise PresetError(f"run {run_dir} failed: {snap.message}")
+    if snap.state != "finished":
+        raise KeyboardInterrupt
+    return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _comparable(config: RunConfig) -> dict[str, Any]:
+    """Settings that must match for a stored run to be reused (where it runs does not matter)."""
+    raw = config.to_dict()
+    for key in ("device", "data_dir", "download", "snapshot_interval"):
+        raw.pop(key)
+    return raw
+
+
+def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack: str, samples: int,
+               device: str | None) -> dict[str, Any]:
+    """Accuracy per ε under ``attack`` for a finished run, computed once from its checkpoint and
+    cached in the run directory. The run's own final attack (whole test set) is reused."""
+    if attack == summary.get("attack"):
+        return {"eps": summary["eps"], "accuracy": summary["adversarial_accuracy"], "samples": 0}
+    cache = run_dir / f"robustness-{attack}-{samples}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    import torch
+
+    from .attacks import AttackSpec, adversarial_accuracy
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset, to_float
+    from .engine import build_network, resolve_device
+
+    dev = resolve_device(device or config.device)
+    payload = load_checkpoint(run_dir / CHECKPOINT, dev)
+    data = load_dataset(config.dataset, config.data_dir, config.download, config.val_fraction, config.seed, dev)
+    model = build_network(config, data).to(dev)
+    model.load_state_dict(payload["model"])
+    images, labels = data.test.images, data.test.labels
+    if samples:
+        subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:samples].to(dev)
+        images, labels = images[subset], labels[subset]
+    spec = AttackSpec(attack, config.eps, config.pgd_steps, config.pgd_step_size)
+    accuracy = adversarial_accuracy(model, images, labels, spec, to_input=to_float)
+    result = {"eps": list(config.eps), "accuracy": [accuracy[e] for e in config.eps], "samples": len(labels)}
+    cache.write_text(json.dumps(result), encoding="utf-8")
+    return result
+
+
+# -- tables ---------------------------------------------------------------------------------
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return mean(values), pstdev(values) if len(values) > 1 else 0.0
+
+
+def _kappas(summary: dict[str, Any]) -> list[float]:
+    return [layer["kappa"] for layer in summary["layers"]]
+
+
+def aggregate(results: Sequence[RunResult], attacks: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per preset: mean and std over seeds of every reported number."""
+    rows = []
+    by_preset: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_preset.setdefault(r.config.name, []).append(r)
+    for name, runs in by_preset.items():
+        config = runs[0].config
+        row: dict[str, Any] = {
+            "preset": name, "method": config.method_label, "seeds": len(runs),
+            "rank_fraction": runs[0].summary["rank_fraction"], "compression": runs[0].summary["compression"],
+            "params": runs[0].summary["params"],
+            "clean": _mean_std([r.summary["test_acc"] for r in runs]),
+            "kappa_mean": _mean_std([mean(_kappas(r.summary)) for r in runs]),
+            "kappa_max": _mean_std([max(_kappas(r.summary)) for r in runs]),
+            "train_seconds": _mean_std([r.summary.get("train_seconds", math.nan) for r in runs]),
+            "kappa_layers": {layer["name"]: _mean_std([next(l["kappa"] for l in r.summary["layers"]
+                                                           if l["name"] == layer["name"]) for r in runs])[0]
+                             for layer in runs[0].summary["layers"]},
+        }
+        for attack in attacks:
+            eps = runs[0].robustness[attack]["eps"]
+            row[attack] = {"eps": eps, "accuracy": [_mean_std([r.robustness[attack]["accuracy"][i] for r in runs])
+                                                    for i in range(len(eps))],
+                           "samples": runs[0].robustness[attack]["samples"]}
+        rows.append(row)
+    return rows
+
+
+def _pm(value: tuple[float, float], percent: bool = True, digits: int = 1) -> str:
+    m, s = value
+    if math.isnan(m):
+        return "–"
+    if percent:
+        return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}"
+    return f"{m:.3g} ± {s:.2g}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], attack: str) -> str:
+    eps = rows[0][attack]["eps"]
+    head = (["method", "preset", "rank kept", "param. compression"] +
+            [("clean" if e == 0 else f"ε={e:g}") for e in eps] + ["mean κ", "max κ", "train time (s)"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["method"], row["preset"], f"{row['rank_fraction']:.0%}", f"{row['compression']:.1%}"]
+        cells += [_pm(a) for a in row[attack]["accuracy"]]
+        cells += [_pm(row["kappa_mean"], False), _pm(row["kappa_max"], False),
+                  f"{row['train_seconds'][0]:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str], command: str) -> None:
+    seeds = rows[0]["seeds"] if rows else 0
+    parts = [f"# Comparison\n\nMade with:\n\n```\n{command}\n```\n",
+             f"Accuracy in % on the test set, mean ± std over {seeds} seed(s). "
+             "Parameter compression = 1 − params / params of the dense model; κ over the "
+             "compressible layers (κ of S for low-rank layers).\n"]
+    for attack in attacks:
+        samples = rows[0][attack]["samples"]
+        where = "the whole test set" if not samples else f"a seeded subset of {samples} test images"
+        parts.append(f"## {attack} (ε in pixel units, on {where})\n\n{markdown_table(rows, attack)}\n")
+        parts.append(f"![accuracy vs ε under {attack}](accuracy_vs_eps_{attack}.png)\n")
+    parts.append("![κ per layer](kappa_per_layer.png)\n")
+    (out / "results.md").write_text("\n".join(parts), encoding="utf-8")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["preset", "method", "seeds", "rank_fraction", "compression", "attack", "eps",
+                     "accuracy_mean", "accuracy_std", "kappa_mean", "kappa_max", "train_seconds"])
+    for row in rows:
+        for attack in attacks:
+            for e, (m, s) in zip(row[attack]["eps"], row[attack]["accuracy"]):
+                writer.writerow([row["preset"], row["method"], row["seeds"], row["rank_fraction"],
+                                 row["compression"], attack, e, m, s, row["kappa_mean"][0],
+                                 row["kappa_max"][0], row["train_seconds"][0]])
+    (out / "results.csv").write_text(buffer.getvalue(), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(list(rows), indent=1), encoding="utf-8")
+    write_plots(out, rows, attacks)
+
+
+def write_plots(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for attack in attacks:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for row in rows:
+            eps = row[attack]["eps"]
+            means = [100 * m for m, _ in row[attack]["accuracy"]]
+            stds = [100 * s for _, s in row[attack]["accuracy"]]
+            ax.errorbar(eps, means, yerr=stds, marker="o", capsize=3,
+                        label=f"{row['method']} ({row['rank_fraction']:.0%} rank)")
+        ax.set_xlabel("ε (pixel units)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Accuracy under {attack}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"accuracy_vs_eps_{attack}.png", dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    layer_names = list(rows[0]["kappa_layers"]) if rows else []
+    width = 0.8 / max(len(rows), 1)
+    for i, row in enumerate(rows):
+        xs = [j + i * width for j in range(len(layer_names))]
+        ax.bar(xs, [row["kappa_layers"].get(n, math.nan) for n in layer_names], width,
+               label=f"{row['method']} ({row['rank_fraction']:.0%} rank)")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layer_names))], layer_names)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("κ (condition number)")
+    ax.set_title("Condition number per layer")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "kappa_per_layer.png", dpi=120)
+    plt.close(fig)
+
+
+# -- the command ----------------------------------------------------------------------------
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .cli import UserError, console, watch
+
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: must be >= 1")
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    bad = [a for a in attacks if a not in ATTACKS]
+    if bad or not attacks:
+        raise UserError(f"--attacks {args.attacks!r}: choose from {', '.join(ATTACKS)}")
+    if args.attack_samples < 0:
+        raise UserError(f"--attack-samples {args.attack_samples}: must be >= 0 (0: whole test set)")
+    jobs = plan(args.presets, args.seeds, args.set)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "rlr compare " + " ".join(args.presets) + f" --seeds {args.seeds}" + "".join(
+        f" --set {s}" for s in args.set) + f" --attacks {','.join(attacks)} --attack-samples {args.attack_samples}"
+    (out / SPEC_FILE).write_text(json.dumps({"presets": args.presets, "seeds": args.seeds, "set": args.set,
+                                             "attacks": attacks, "command": command}, indent=1), encoding="utf-8")
+    results = []
+    for i, (name, seed, config) in enumerate(jobs, 1):
+        run_dir = run_dir_for(out, name, seed)
+        console.print(f"[bold]({i}/{len(jobs)})[/bold] {name} seed {seed} → {run_dir}", highlight=False)
+        try:
+            summary = ensure_run(config, run_dir, args.device, watch)
+        except KeyboardInterrupt:
+            console.print(f"interrupted; run the same command again to resume ({run_dir})")
+            return 130
+        rob = {}
+        for attack in attacks:
+            samples = 0 if attack == summary.get("attack") else args.attack_samples
+            with console.status(f"{attack} on {name} seed {seed}"):
+                rob[attack] = robustness(config, run_dir, summary, attack, samples, args.device)
+        results.append(RunResult(config, seed, summary, rob))
+    rows = aggregate(results, attacks)
+    write_report(out, rows, attacks, command)
+    console.print((out / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+    console.print(f"written: {out / 'results.md'}, results.csv and plots in {out}")
+    return 0
+
+
+def add_compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="run presets over seeds and tabulate them side by side")
+    p.add_argument("presets", nargs="+", help="preset names or files")
+    p.add_argument("--seeds", type=int, default=1, help="runs per preset, seeds preset.seed + 0..N-1")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key in every preset (repeatable)")
+    p.add_argument("--attacks", default="fgsm", help="comma-separated: fgsm, pgd-linf, pgd-l2 (default fgsm)")
+    p.add_argument("--attack-samples", type=int, default=0,
+                   help="test images for attacks other than each run's own (0: all)")
+    p.add_argument("--out", default="comparisons/latest", help="comparison directory (default comparisons/latest)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_compare)
