@@ -30,18 +30,20 @@ def _fmt_pct(value: float | None) -> str:
 
 # -- rlr presets ----------------------------------------------------------------------------
 def cmd_presets(args: argparse.Namespace) -> int:
-    table = Table(title="rlr presets", show_lines=False)
-    for column in ("name", "data set", "model", "method", "τ", "rank kept", "what it is for"):
-        table.add_column(column, overflow="fold")
+    from rich import box
+
+    table = Table(title="rlr presets (rlr train NAME)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name / what it is for", overflow="fold", ratio=1)
+    for column in ("data set", "model", "method", "rank kept"):
+        table.add_column(column, no_wrap=True)
     for name, path in available_presets().items():
         try:
             c = load_preset(str(path))
         except PresetError as error:
-            table.add_row(name, "", "", "[red]invalid[/red]", "", "", str(error))
+            table.add_row(f"[bold]{name}[/bold]\n[red]{error}[/red]", "", "", "invalid", "")
             continue
-        table.add_row(name, c.dataset, c.model, c.method_label if c.is_low_rank else "dense",
-                      "–" if not c.is_low_rank else f"{c.tau:g}",
-                      "–" if not c.is_low_rank else f"{c.rank_fraction:.0%}", c.description)
+        table.add_row(f"[bold]{name}[/bold]\n[dim]{c.description}[/dim]", c.dataset, c.model, c.method_label,
+                      f"{c.rank_fraction:.0%}" if c.is_low_rank else "100%")
     console.print(table)
     return 0
 

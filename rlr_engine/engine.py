@@ -188,7 +188,11 @@ class Engine:
                 continue
             if self.step >= self.total_steps:
                 return
-            self._train_step()
+            if not self._train_step():
+                self._flush_window()
+                self._check_finite()
+                self._publish()
+                continue
             if self.position >= len(self.data.train):
                 self._end_epoch()
             self._maybe_publish()
@@ -201,7 +205,8 @@ class Engine:
         self._window_samples = 0
         self._window_start = time.monotonic()
 
-    def _train_step(self) -> None:
+    def _train_step(self) -> bool:
+        """One optimisation step; False when the optimizer met non-finite values."""
         config, data = self.config, self.data
         if self.permutation is None:
             self.permutation = torch.randperm(len(data.train), device=self.device, generator=self.generator)
@@ -214,7 +219,12 @@ class Engine:
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except torch.linalg.LinAlgError:
+            # The SVD of a core fails on non-finite values: divergence detected early, not a crash.
+            self._finite.fill_(False)
+            return False
         with torch.no_grad():
             detached = loss.detach()
             self._loss_sum += detached * len(y)
@@ -223,6 +233,7 @@ class Engine:
         self._window_samples += len(y)
         self.position += len(y)
         self.step += 1
+        return True
 
     def _end_epoch(self) -> None:
         config = self.config

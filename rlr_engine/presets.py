@@ -137,9 +137,10 @@ FIELDS = {f.name: f for f in fields(RunConfig)}
 def _coerce(key: str, value: Any, source: str) -> Any:
     spec = FIELDS[key].metadata
     want = spec["type"]
+    given = list(value) if isinstance(value, tuple) else value
 
     def bad(allowed: str) -> PresetError:
-        return PresetError(f"{source}: {key} = {value!r} is not allowed: must be {allowed}")
+        return PresetError(f"{source}: {key} = {given!r} is not allowed: must be {allowed}")
 
     if want is bool:
         if not isinstance(value, bool):

@@ -1,11 +1,20 @@
 import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the suite is small-batch work, and deterministic timing matters more than speed.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_cleanup():
     torch.manual_seed(0)
+    yield
+    from helpers import stop_started_engines
+
+    stop_started_engines()

@@ -1,0 +1,52 @@
+"""Shared test helpers: small configs and waiting on an engine."""
+
+from __future__ import annotations
+
+import time
+
+from rlr_engine.engine import Engine
+from rlr_engine.presets import RunConfig
+from rlr_engine.runs import new_run_dir
+
+
+def small_config(**changes) -> RunConfig:
+    base = dict(name="test", dataset="synthetic", model="digits-cnn", method="lowrank", tau=0.1,
+                rank_fraction=0.5, epochs=3, batch_size=64, lr=0.05, momentum=0.9, eval_every=1,
+                attack_every=0, attack_samples=100, checkpoint_every=1, snapshot_interval=0.05,
+                eps=(0.0, 0.05, 0.1), seed=0)
+    base.update(changes)
+    return RunConfig(**base)
+
+
+STARTED: list[Engine] = []
+
+
+def start_engine(tmp_path, resume_dir=None, **changes) -> Engine:
+    config = small_config(**changes)
+    run_dir = resume_dir or new_run_dir(config, tmp_path / "runs")
+    engine = Engine(config, run_dir, resume=resume_dir is not None).start()
+    STARTED.append(engine)
+    return engine
+
+
+def stop_started_engines() -> None:
+    """Stop every engine a test started, so none outlives its test (even a failing one)."""
+    while STARTED:
+        STARTED.pop().stop(timeout=30)
+
+
+def wait_for(engine: Engine, predicate, timeout: float = 60.0):
+    """Poll snapshots until predicate(snapshot) holds; return that snapshot."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = engine.latest()
+        if predicate(snap):
+            return snap
+        time.sleep(0.02)
+    raise AssertionError(f"timed out; last snapshot state={engine.latest().state} "
+                         f"step={engine.latest().step} events={[e.message for e in engine.latest().events][-5:]}")
+
+
+def run_to_end(engine: Engine, timeout: float = 120.0):
+    assert engine.join(timeout), "engine did not finish in time"
+    return engine.latest()

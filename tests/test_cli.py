@@ -1,0 +1,70 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rlr_engine.cli import main
+
+
+def rlr(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rlr_engine.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300, env={"OMP_NUM_THREADS": "1", "COLUMNS": "200",
+                                                     **__import__("os").environ})
+
+
+def test_presets_lists_name_dataset_model_method_and_purpose(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart" in out and "digits" in out and "CondLR" in out and "fashion-mnist" in out
+
+
+def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
+    result = rlr("train", "quickstart", "--set", "epochs=2", "--set", "eps=[0, 0.1]", "--runs", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "fgsm" in result.stdout and "accuracy" in result.stdout and "Traceback" not in result.stderr
+    run_dir = next(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["state"] == "finished" and summary["eps"] == [0.0, 0.1]
+    for name in ("config.toml", "metrics.jsonl", "events.jsonl", "checkpoint.pt"):
+        assert (run_dir / name).is_file()
+    result = rlr("eval", str(run_dir), "--attack", "pgd-linf", "--eps", "0,0.05", "--samples", "50")
+    assert result.returncode == 0, result.stderr
+    assert "pgd-linf" in result.stdout and "0.05" in result.stdout
+
+
+def test_resume_continues_a_stopped_run(tmp_path):
+    result = rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
+    run_dir = next(tmp_path.iterdir())
+    result = rlr("train", "--resume", str(run_dir), "--set", "epochs=2")
+    assert result.returncode == 0, result.stderr
+    assert "resumed quickstart" in result.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "nope"], "unknown preset 'nope'"),
+    (["train", "quickstart", "--set", "tau=-1"], "tau = -1 is not allowed"),
+    (["train", "quickstart", "--set", "tau"], "expected key=value"),
+    (["train", "--resume", "/no/such/run"], "is not a run directory"),
+    (["eval", "/no/such/checkpoint.pt"], "does not exist"),
+])
+def test_user_errors_give_one_clear_line_and_no_traceback(args, expected):
+    result = rlr(*args)
+    assert result.returncode == 2
+    assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    result = rlr("eval", str(bad))
+    assert result.returncode == 2 and "unreadable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_data_set_exits_non_zero_with_advice(tmp_path):
+    result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false",
+                 "--runs", str(tmp_path / "runs"))
+    assert result.returncode == 1
+    assert "not available" in result.stderr and "quickstart" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

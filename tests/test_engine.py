@@ -1,0 +1,212 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from helpers import run_to_end, small_config, start_engine, wait_for
+from rlr_engine.checkpoint import load_checkpoint
+from rlr_engine.engine import Engine
+from rlr_engine.presets import load_preset
+from rlr_engine.records import (AttackNow, Pause, Resume, SaveCheckpoint, SetLearningRate, SetTau, Stop,
+                                Truncate)
+from rlr_engine.runs import read_jsonl
+
+
+def test_quickstart_trains_well_above_chance(tmp_path):
+    config = load_preset("quickstart").replace(snapshot_interval=0.2)
+    from rlr_engine.runs import new_run_dir
+
+    engine = Engine(config, new_run_dir(config, tmp_path)).start()
+    snap = run_to_end(engine, timeout=300)
+    assert snap.state == "finished", snap.message
+    assert snap.test_acc > 0.6  # ten classes: chance is 0.1
+    assert snap.adversarial is not None and snap.adversarial.eps[0] == 0.0
+    assert all(layer.kappa <= 1.1 + 1e-3 for layer in snap.layers if layer.low_rank and layer.name != "9")
+    assert 0 < snap.compression < 1 and snap.params < snap.dense_params
+
+
+def test_set_tau_is_reported_in_the_next_snapshot_and_bounds_kappa(tmp_path):
+    engine = start_engine(tmp_path, tau=math.inf, epochs=50)
+    wait_for(engine, lambda s: s.state == "running" and s.step > 5)
+    engine.send(SetTau(0.3))
+    snap = wait_for(engine, lambda s: s.tau == 0.3 and any("τ: inf → 0.3" in e.message for e in s.events))
+    engine.send(Truncate(theta=0.0))  # forces fresh layer statistics without changing ranks
+    snap = wait_for(engine, lambda s: s.version > snap.version + 3 and s.layers)
+    assert all(layer.kappa <= 1.3 + 1e-4 for layer in snap.layers if layer.low_rank)
+    engine.stop(30)
+
+
+def test_truncate_lowers_the_reported_ranks(tmp_path):
+    engine = start_engine(tmp_path, rank_fraction=1.0, epochs=50)
+    before = wait_for(engine, lambda s: s.state == "running" and s.step > 5 and s.layers)
+    ranks = {layer.name: layer.rank for layer in before.layers if layer.low_rank}
+    engine.send(Truncate(rank=3))
+    snap = wait_for(engine, lambda s: any(e.kind == "truncation" for e in s.events))
+    after = {layer.name: layer.rank for layer in snap.layers if layer.low_rank}
+    assert all(after[name] == min(3, rank) for name, rank in ranks.items())
+    assert snap.rank_fraction < before.rank_fraction
+    messages = [e.message for e in snap.events if e.kind == "truncation"]
+    assert any("rank 64 → 3" in m for m in messages), messages
+    engine.send(Truncate(rank=2, layer=next(iter(after))))
+    snap = wait_for(engine, lambda s: s.layers[0].rank == 2)
+    wait_for(engine, lambda s: s.step > snap.step + 3)  # training continues at the new shapes
+    engine.stop(30)
+
+
+def test_pause_stops_the_step_counter_and_resume_restarts_it(tmp_path):
+    engine = start_engine(tmp_path, epochs=100)
+    wait_for(engine, lambda s: s.state == "running" and s.step > 3)
+    engine.send(Pause())
+    paused = wait_for(engine, lambda s: s.state == "paused")
+    time.sleep(0.5)
+    assert engine.latest().step == paused.step
+    engine.send(Resume())
+    wait_for(engine, lambda s: s.state == "running" and s.step > paused.step + 2)
+    engine.stop(30)
+
+
+@pytest.mark.parametrize("command, reason", [
+    (SetTau(-1.0), "tau must be"),
+    (SetTau(float("nan")), "tau must be"),
+    (SetLearningRate(-0.5), "lr must be"),
+    (Truncate(theta=1.5), "theta must be"),
+    (Truncate(rank=0), "rank must be"),
+    (Truncate(theta=0.1, layer="no-such-layer"), "unknown layer"),
+    (Resume(), "cannot resume"),
+    (AttackNow(attack="nope"), "attack must be"),
+    (AttackNow(eps=(2.0,)), "eps must be"),
+])
+def test_rejected_commands_change_nothing_and_say_why(tmp_path, command, reason):
+    engine = start_engine(tmp_path, epochs=100, rank_fraction=1.0)
+    before = wait_for(engine, lambda s: s.state == "running" and s.step > 3 and s.layers)
+    engine.send(command)
+    snap = wait_for(engine, lambda s: any(e.kind == "rejected" for e in s.events))
+    rejected = [e.message for e in snap.events if e.kind == "rejected"]
+    assert reason in rejected[-1]
+    assert snap.tau == before.tau and snap.lr == before.lr and snap.state == "running"
+    assert [l.rank for l in snap.layers] == [l.rank for l in before.layers]
+    engine.stop(30)
+
+
+def test_truncating_a_dense_model_is_rejected(tmp_path):
+    engine = start_engine(tmp_path, method="dense", epochs=100)
+    wait_for(engine, lambda s: s.state == "running")
+    engine.send(Truncate(theta=0.2))
+    snap = wait_for(engine, lambda s: any(e.kind == "rejected" for e in s.events))
+    assert "no low-rank layers" in snap.events[-1].message
+    engine.stop(30)
+
+
+def test_learning_rate_command_changes_the_optimizer(tmp_path):
+    engine = start_engine(tmp_path, epochs=100)
+    wait_for(engine, lambda s: s.state == "running")
+    engine.send(SetLearningRate(0.01))
+    wait_for(engine, lambda s: s.lr == 0.01)
+    engine.stop(30)
+
+
+def test_attack_now_reports_accuracy_per_eps(tmp_path):
+    engine = start_engine(tmp_path, epochs=100)
+    wait_for(engine, lambda s: s.state == "running" and s.step > 20)
+    engine.send(AttackNow(attack="fgsm", eps=(0.0, 0.2)))
+    snap = wait_for(engine, lambda s: s.adversarial is not None)
+    assert snap.adversarial.eps == (0.0, 0.2) and len(snap.adversarial.accuracy) == 2
+    assert snap.adversarial.accuracy[1] <= snap.adversarial.accuracy[0]
+    engine.stop(30)
+
+
+def final_state(run_dir):
+    return load_checkpoint(run_dir / "checkpoint.pt")
+
+
+def test_resume_continues_the_same_curve(tmp_path):
+    reference = start_engine(tmp_path / "a", epochs=3, max_steps=50)
+    assert run_to_end(reference).state == "finished"
+    interrupted = start_engine(tmp_path / "b", epochs=3, max_steps=50)
+    wait_for(interrupted, lambda s: s.step >= 7)
+    interrupted.send(Pause())
+    paused = wait_for(interrupted, lambda s: s.state == "paused")
+    interrupted.send(Stop())
+    stopped = run_to_end(interrupted)
+    assert stopped.state == "stopped" and 7 <= stopped.step < 50
+    run_dir = interrupted.run_dir
+    resumed = start_engine(tmp_path / "b", resume_dir=run_dir, epochs=3, max_steps=50)
+    snap = run_to_end(resumed)
+    assert snap.state == "finished" and snap.step == 50
+    a, b = final_state(reference.run_dir), final_state(run_dir)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert snap.test_acc == reference.latest().test_acc
+    assert snap.curves["train_loss"][0][0] <= paused.step  # the curve before the stop is kept
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == sorted(steps)
+
+
+def test_non_finite_loss_pauses_keeps_the_checkpoint_and_rolls_back(tmp_path):
+    engine = start_engine(tmp_path, epochs=100)
+    wait_for(engine, lambda s: any(e.kind == "checkpoint" for e in s.events))
+    engine.send(Pause())
+    wait_for(engine, lambda s: s.state == "paused")
+    good = load_checkpoint(engine.run_dir / "checkpoint.pt")
+    with torch.no_grad():
+        for p in engine.model.parameters():
+            p.fill_(float("nan"))
+    engine.send(Resume())
+    snap = wait_for(engine, lambda s: any(e.kind == "error" and "non-finite" in e.message for e in s.events))
+    assert snap.state == "paused"
+    engine.send(SaveCheckpoint())
+    wait_for(engine, lambda s: any(e.kind == "rejected" for e in s.events))
+    assert load_checkpoint(engine.run_dir / "checkpoint.pt")["step"] == good["step"]
+    engine.send(Resume())
+    snap = wait_for(engine, lambda s: any("rolled back" in e.message for e in s.events))
+    wait_for(engine, lambda s: s.state == "running" and s.step > good["step"] + 3)
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    engine.stop(30)
+
+
+def test_stop_writes_a_final_resumable_checkpoint(tmp_path):
+    engine = start_engine(tmp_path, epochs=100)
+    wait_for(engine, lambda s: s.step > 5)
+    assert engine.stop(30)
+    snap = engine.latest()
+    assert snap.state == "stopped"
+    assert load_checkpoint(engine.run_dir)["step"] == snap.step
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from rlr_engine.checkpoint import save_atomic
+    big = torch.randn(4_000_000)
+    i = 0
+    while True:
+        i += 1
+        save_atomic({"step": i, "weights": big}, sys.argv[1])
+        print(i, flush=True)
+""")
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    for delay in (0.05, 0.13, 0.29):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path)], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline().strip()  # at least one complete checkpoint exists
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        payload = load_checkpoint(path)
+        assert payload["step"] >= 1 and payload["weights"].shape == (4_000_000,)
+
+
+def test_a_failing_setup_reports_a_message_instead_of_dying(tmp_path):
+    engine = start_engine(tmp_path, dataset="mnist", model="lenet5", data_dir=str(tmp_path / "nothing"),
+                          download=False)
+    snap = run_to_end(engine, timeout=30)
+    assert snap.state == "failed"
+    assert "mnist" in snap.message and "quickstart" in snap.message and str(tmp_path / "nothing") in snap.message

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+
+from rlr_engine.presets import PresetError, apply_overrides, available_presets, load_preset
+
+REQUIRED = ["quickstart", "fmnist-lenet5-dense", "fmnist-lenet5-vanilla-cr50", "fmnist-lenet5-vanilla-cr80",
+            "fmnist-lenet5-tau0-cr50", "fmnist-lenet5-tau0-cr80", "fmnist-lenet5-tau0.1-cr50",
+            "fmnist-lenet5-tau0.1-cr80", "mnist-lenet5-dense", "cifar10-vgg16-tau0.5-cr80",
+            "cifar10-wrn16-4-vanilla-cr50"]
+
+
+def test_every_shipped_preset_is_valid():
+    presets = available_presets()
+    assert set(REQUIRED) <= set(presets)
+    for name in presets:
+        config = load_preset(name)
+        assert config.name == name and config.description
+
+
+def test_paper_presets_carry_the_reference_hyperparameters():
+    vgg = load_preset("cifar10-vgg16-tau0.5-cr80")
+    assert (vgg.lr, vgg.momentum, vgg.batch_size, vgg.epochs, vgg.milestones, vgg.gamma) == (
+        0.05, 0.45, 128, 120, (70, 100), 0.3)
+    assert vgg.rank_fraction == 0.2 and vgg.tau == 0.5 and vgg.last_layer == "full-rank"
+    assert vgg.eps == (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006)
+    assert math.isinf(load_preset("mnist-lenet5-vanilla-cr80").tau)
+    assert load_preset("mnist-lenet5-dense").method == "dense"
+
+
+def write(tmp_path, text, name="mine.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('tau = -1\n', "tau = -1 is not allowed: must be a number in [0, inf]"),
+    ('epochs = "ten"\n', "epochs = 'ten' is not allowed: must be an integer in [1, 100000]"),
+    ('learning_rate = 0.1\n', "unknown key 'learning_rate'"),
+    ('dataset = "imagenet"\n', "dataset = 'imagenet' is not allowed: must be one of digits"),
+    ('eps = [0, 0.5, 3]\n', "eps = [0, 0.5, 3] is not allowed"),
+    ('download = "yes"\n', "download = 'yes' is not allowed: must be true or false"),
+    ('model = "vgg16"\ndataset = "digits"\n', "needs 32×32 RGB images"),
+    ('tau = [\n', "not valid TOML"),
+])
+def test_bad_preset_files_name_file_key_value_and_what_is_allowed(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(PresetError) as info:
+        load_preset(path)
+    assert expected in str(info.value)
+    assert path in str(info.value)
+
+
+def test_user_file_with_inf_and_overrides(tmp_path):
+    path = write(tmp_path, 'tau = inf\nepochs = 2\ndescription = "mine"\n')
+    config = load_preset(path, ["tau=0.5", "eps=[0, 0.01]", "dataset=synthetic"])
+    assert config.name == "mine" and config.tau == 0.5 and config.eps == (0.0, 0.01)
+    assert config.dataset == "synthetic" and config.epochs == 2
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("tau", "expected key=value"), ("colour=red", "unknown key 'colour'"),
+    ("tau=-3", "tau = -3 is not allowed"), ("rank_fraction=0", "rank_fraction = 0 is not allowed"),
+    ("milestones=[5, -1]", "milestones"),
+])
+def test_bad_overrides_are_rejected_and_change_nothing(override, expected):
+    config = load_preset("quickstart")
+    with pytest.raises(PresetError, match=None) as info:
+        apply_overrides(config, [override])
+    assert expected in str(info.value)
+    assert load_preset("quickstart") == config
+
+
+def test_missing_preset_lists_the_available_ones():
+    with pytest.raises(PresetError, match="unknown preset 'nope'.*quickstart"):
+        load_preset("nope")
+    with pytest.raises(PresetError, match="does not exist"):
+        load_preset("/no/such/file.toml")
