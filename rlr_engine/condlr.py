@@ -29,19 +29,14 @@ from torch import Tensor, nn
 
 from .lowrank import LowRankLayer, low_rank_layers
 from .manifold import project_condition, project_tangent, retract_qr, truncation_rank
+from .validation import check_tau, check_theta
 
 STEP_SCALINGS = ("reference", "alpha", "none")
 
 
 def validate_tau(tau: float) -> float:
     """τ must be a number in [0, ∞]; returns it as a float."""
-    try:
-        value = float(tau)
-    except (TypeError, ValueError):
-        raise ValueError(f"tau must be a number in [0, inf], got {tau!r}") from None
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"tau must be a number in [0, inf] (inf switches conditioning off), got {tau!r}")
-    return value
+    return check_tau(tau)
 
 
 @dataclass(frozen=True)
@@ -203,8 +198,8 @@ class CondLR(torch.optim.Optimizer):
         """
         if (theta is None) == (rank is None):
             raise ValueError("truncate needs exactly one of theta (relative tolerance) or rank")
-        if theta is not None and not (0.0 <= theta < 1.0):
-            raise ValueError(f"theta must be in [0, 1), got {theta!r}")
+        if theta is not None:
+            theta = check_theta(theta)
         if rank is not None and rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank!r}")
         if min_rank < 1:

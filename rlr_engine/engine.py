@@ -33,6 +33,7 @@ from .records import (AttackNow, AttackResult, Command, Event, Pause, Resume, Sa
                       SetLearningRate, SetTau, Snapshot, Stop, Truncate)
 from .runs import CHECKPOINT, EVENTS, METRICS, SUMMARY, append_jsonl, trim_jsonl
 from .spectra import compressible_layers, layer_stats, lipschitz_upper_bound
+from .validation import check_lr, check_theta
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
 SPECTRA_INTERVAL_S = 1.0
@@ -322,9 +323,7 @@ class Engine:
             self.optimizer.set_tau(command.tau)
             self._event("applied", f"τ: {old:g} → {self.optimizer.tau:g}")
         elif isinstance(command, SetLearningRate):
-            lr = command.lr
-            if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (0 < lr <= 100) or math.isnan(lr):
-                raise ValueError(f"lr must be a number in (0, 100], got {lr!r}")
+            lr = check_lr(command.lr)
             old = self.optimizer.param_groups[0]["lr"]
             for group in self.optimizer.param_groups:
                 group["lr"] = float(lr)
@@ -379,8 +378,8 @@ class Engine:
         if command.theta is not None and command.rank is not None:
             raise ValueError("give either theta or rank, not both")
         theta = self.theta if command.theta is None and command.rank is None else command.theta
-        if theta is not None and (not isinstance(theta, (int, float)) or not 0 <= theta < 1):
-            raise ValueError(f"theta must be a number in [0, 1), got {theta!r}")
+        if theta is not None:
+            theta = check_theta(theta)
         changes = self.optimizer.truncate(theta=theta, rank=command.rank,
                                           layers=None if command.layer is None else [command.layer],
                                           min_rank=self.config.min_rank)

@@ -5,6 +5,7 @@ Input normalisation is the model's first module, so attacks perturb and clip raw
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import torch
@@ -26,6 +27,12 @@ class Normalize(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
+def named_sequential(layers: list[tuple[str, nn.Module]]) -> nn.Sequential:
+    """A Sequential whose layers have readable names (conv1, fc2, ...) in state dicts, events
+    and the dashboard."""
+    return nn.Sequential(OrderedDict(layers))
+
+
 def _normalizer(mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
     return Normalize(mean, std) if mean is not None and std is not None else nn.Identity()
 
@@ -37,11 +44,12 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
     side = ((image_size - 4) // 2 - 4) // 2
     if side < 1:
         raise ValueError(f"lenet5 needs images of at least 16 pixels, got {image_size}")
-    return nn.Sequential(
-        _normalizer(mean, std),
-        nn.Conv2d(in_channels, 20, 5), nn.LeakyReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, 5), nn.LeakyReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(50 * side * side, 500), nn.LeakyReLU(), nn.Linear(500, num_classes))
+    return named_sequential([
+        ("normalize", _normalizer(mean, std)),
+        ("conv1", nn.Conv2d(in_channels, 20, 5)), ("act1", nn.LeakyReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(20, 50, 5)), ("act2", nn.LeakyReLU()), ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()), ("fc1", nn.Linear(50 * side * side, 500)), ("act3", nn.LeakyReLU()),
+        ("fc2", nn.Linear(500, num_classes))])
 
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -53,17 +61,21 @@ def vgg16(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
     linear 512→512→512→classes."""
     if image_size != 32:
         raise ValueError(f"vgg16 expects 32×32 images, got {image_size}")
-    layers: list[nn.Module] = [_normalizer(mean, std)]
-    channels = in_channels
+    layers: list[tuple[str, nn.Module]] = [("normalize", _normalizer(mean, std))]
+    channels, conv, pool = in_channels, 0, 0
     for item in VGG16_LAYOUT:
         if item == "M":
-            layers.append(nn.MaxPool2d(2))
+            pool += 1
+            layers.append((f"pool{pool}", nn.MaxPool2d(2)))
         else:
-            layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.LeakyReLU()]
+            conv += 1
+            layers += [(f"conv{conv}", nn.Conv2d(channels, item, 3, padding=1)), (f"bn{conv}", nn.BatchNorm2d(item)),
+                       (f"act{conv}", nn.LeakyReLU())]
             channels = item
-    layers += [nn.Flatten(), nn.Dropout(0.2), nn.Linear(512, 512), nn.LeakyReLU(),
-               nn.Linear(512, 512), nn.LeakyReLU(), nn.Linear(512, num_classes)]
-    return nn.Sequential(*layers)
+    layers += [("flatten", nn.Flatten()), ("dropout", nn.Dropout(0.2)), ("fc1", nn.Linear(512, 512)),
+               ("act14", nn.LeakyReLU()), ("fc2", nn.Linear(512, 512)), ("act15", nn.LeakyReLU()),
+               ("fc3", nn.Linear(512, num_classes))]
+    return named_sequential(layers)
 
 
 class WideBasicBlock(nn.Module):
@@ -125,18 +137,20 @@ def digits_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8,
                mean=None, std=None) -> nn.Sequential:
     """A small CNN for 8×8 digits: conv(c→32, 3) conv(32→64, 3) maxpool2, linear → 128 → classes."""
     side = image_size // 2
-    return nn.Sequential(
-        _normalizer(mean, std),
-        nn.Conv2d(in_channels, 32, 3, padding=1), nn.LeakyReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.LeakyReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * side * side, 128), nn.LeakyReLU(), nn.Linear(128, num_classes))
+    return named_sequential([
+        ("normalize", _normalizer(mean, std)),
+        ("conv1", nn.Conv2d(in_channels, 32, 3, padding=1)), ("act1", nn.LeakyReLU()),
+        ("conv2", nn.Conv2d(32, 64, 3, padding=1)), ("act2", nn.LeakyReLU()), ("pool", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()), ("fc1", nn.Linear(64 * side * side, 128)), ("act3", nn.LeakyReLU()),
+        ("fc2", nn.Linear(128, num_classes))])
 
 
 def mlp(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, mean=None, std=None) -> nn.Sequential:
     """Flatten, linear → 256 → 128 → classes with LeakyReLU."""
-    return nn.Sequential(_normalizer(mean, std), nn.Flatten(),
-                         nn.Linear(in_channels * image_size * image_size, 256), nn.LeakyReLU(),
-                         nn.Linear(256, 128), nn.LeakyReLU(), nn.Linear(128, num_classes))
+    return named_sequential([
+        ("normalize", _normalizer(mean, std)), ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(in_channels * image_size * image_size, 256)), ("act1", nn.LeakyReLU()),
+        ("fc2", nn.Linear(256, 128)), ("act2", nn.LeakyReLU()), ("fc3", nn.Linear(128, num_classes))])
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -1,0 +1,224 @@
+"""The live dashboard of one run: it polls the engine's latest snapshot and sends commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+
+from rlr_engine.records import (AttackNow, Pause, Resume, SaveCheckpoint, SetLearningRate, SetTau, Stop,
+                                Truncate)
+from rlr_engine.validation import check_lr, check_tau, check_theta
+
+from ..format import num
+from ..widgets.curves import CurvesPlot
+from ..widgets.event_log import EventLog
+from ..widgets.kappa_table import KappaTable
+from ..widgets.rank_bars import RankBars
+from ..widgets.robustness import AccuracyHistory, AccuracyVsEps
+from ..widgets.spectrum import SpectrumInfo, SpectrumPlot
+from ..widgets.status_bar import StatusBar
+from .confirm import ConfirmScreen
+from .value_dialog import ValueDialog
+
+POLL_INTERVAL_S = 0.25
+PLOT_INTERVAL_S = 0.5  # plotext redraws cost 40–110 ms: at most 2 Hz, visible tab only
+
+
+class DashboardScreen(Screen):
+    """Status bar, tabs (training curves, ranks, spectrum + κ table, robustness, events), footer."""
+
+    BINDINGS = [
+        Binding("t", "set_tau", "τ", id="set-tau", tooltip="Set τ, the conditioning tolerance (κ ≤ 1+τ)"),
+        Binding("r", "truncate", "Truncate", id="truncate", tooltip="Set θ and truncate every layer now"),
+        Binding("space", "toggle_pause", "Pause", id="pause", tooltip="Pause or resume training"),
+        Binding("a", "attack", "Attack", id="attack", tooltip="Run the run's attack now on the live subset"),
+        Binding("c", "checkpoint", "Ckpt", id="checkpoint", tooltip="Save a checkpoint now"),
+        Binding("l", "set_lr", "LR", id="set-lr", tooltip="Change the learning rate"),
+        Binding("s", "screenshot", "Shot", id="screenshot", tooltip="Save an SVG screenshot into the run directory"),
+        Binding("left_square_bracket", "layer(-1)", "◂Layer", id="prev-layer", tooltip="Previous layer"),
+        Binding("right_square_bracket", "layer(1)", "Layer▸", id="next-layer", tooltip="Next layer"),
+        Binding("g", "toggle_log", "log σ", id="log-scale", tooltip="Histogram of σ or of log10 σ"),
+        Binding("1", "tab('training')", "Curves", id="tab-training", show=False, tooltip="Loss and accuracy tab"),
+        Binding("2", "tab('ranks')", "Ranks", id="tab-ranks", show=False, tooltip="Rank per layer tab"),
+        Binding("3", "tab('spectrum')", "Spectrum", id="tab-spectrum", show=False, tooltip="Singular values and κ tab"),
+        Binding("4", "tab('robustness')", "Robust", id="tab-robustness", show=False, tooltip="Adversarial accuracy tab"),
+        Binding("5", "tab('events')", "Events", id="tab-events", show=False, tooltip="Event log tab"),
+    ]
+
+    def __init__(self, engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.snapshot = engine.latest()
+        self.selected_layer = 0
+        self.log_scale = False
+        self._seen_version = -1
+        self._plotted: dict[str, tuple[int, float]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with TabbedContent(initial="training", id="tabs"):
+            with TabPane("1 Curves", id="training"):
+                with Horizontal():
+                    yield CurvesPlot("loss", id="loss-plot")
+                    yield CurvesPlot("accuracy", id="accuracy-plot")
+            with TabPane("2 Ranks", id="ranks"):
+                yield RankBars(id="rank-bars")
+            with TabPane("3 Spectrum", id="spectrum"):
+                with Horizontal():
+                    yield KappaTable(id="kappa-table")
+                    with Vertical():
+                        yield SpectrumInfo(id="spectrum-info")
+                        yield SpectrumPlot(id="spectrum-plot")
+            with TabPane("4 Robustness", id="robustness"):
+                with Horizontal():
+                    yield AccuracyVsEps(id="eps-plot")
+                    yield AccuracyHistory(id="history-plot")
+            with TabPane("5 Events", id="events"):
+                yield EventLog(id="event-log", max_lines=2000, wrap=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(POLL_INTERVAL_S, self.poll)
+        self.poll()
+
+    # -- reading snapshots -------------------------------------------------------------------
+    def poll(self) -> None:
+        """Read the engine's latest snapshot (never blocks the engine) and redraw what changed."""
+        snap = self.engine.latest()
+        if snap.version == self._seen_version:
+            return
+        changed_state = snap.state != self.snapshot.state
+        self.snapshot, self._seen_version = snap, snap.version
+        with self.app.batch_update():
+            self.query_one(StatusBar).show(snap)
+            self.query_one(EventLog).show(snap.events)
+            self.redraw_active_tab()
+        if changed_state and snap.state == "failed":
+            self.notify(snap.message, title="run failed", severity="error", timeout=30)
+        elif changed_state and snap.state == "finished":
+            self.notify(f"finished; results in {snap.run_dir}", title="run finished")
+
+    def redraw_active_tab(self, force: bool = False) -> None:
+        tab = self.query_one(TabbedContent).active
+        now = time.monotonic()
+        last_version, last_time = self._plotted.get(tab, (-1, 0.0))
+        if not force and (last_version == self.snapshot.version or now - last_time < PLOT_INTERVAL_S):
+            return
+        self._plotted[tab] = (self.snapshot.version, now)
+        snap = self.snapshot
+        if tab == "training":
+            self.query_one("#loss-plot", CurvesPlot).show(snap)
+            self.query_one("#accuracy-plot", CurvesPlot).show(snap)
+        elif tab == "ranks":
+            self.query_one(RankBars).show(snap)
+        elif tab == "spectrum":
+            self.query_one(KappaTable).show(snap.layers, self.selected_layer)
+            self.show_spectrum()
+        elif tab == "robustness":
+            self.query_one(AccuracyVsEps).show(snap)
+            self.query_one(AccuracyHistory).show(snap)
+
+    def show_spectrum(self) -> None:
+        layers = self.snapshot.layers
+        layer = layers[min(self.selected_layer, len(layers) - 1)] if layers else None
+        self.query_one(SpectrumInfo).show(layer)
+        self.query_one(SpectrumPlot).show(layer, self.log_scale)
+
+    @on(TabbedContent.TabActivated)
+    def on_tab_activated(self) -> None:
+        self.redraw_active_tab(force=True)
+
+    @on(DataTable.RowHighlighted, "#kappa-table")
+    def on_layer_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.cursor_row != self.selected_layer:
+            self.selected_layer = event.cursor_row
+            self.show_spectrum()
+
+    # -- steering ------------------------------------------------------------------------------
+    def send(self, command, note: str) -> None:
+        self.engine.send(command)
+        self.notify(note, timeout=3)
+
+    def action_set_tau(self) -> None:
+        def apply(tau) -> None:
+            if tau is not None:
+                self.send(SetTau(tau), f"τ → {num(tau)} at the next step")
+        self.app.push_screen(ValueDialog("Set τ", "κ(S) ≤ 1 + τ for every layer; a number ≥ 0, or inf for none.",
+                                         num(self.snapshot.tau, 6), check_tau), apply)
+
+    def action_truncate(self) -> None:
+        def apply(theta) -> None:
+            if theta is not None:
+                self.send(Truncate(theta=theta), f"truncating with θ = {theta:g}")
+        self.app.push_screen(ValueDialog("Truncate now", "Relative tolerance θ in [0, 1): keep the smallest rank "
+                                         "whose discarded σ have norm ≤ θ‖σ‖.", num(self.snapshot.theta, 6),
+                                         check_theta), apply)
+
+    def action_set_lr(self) -> None:
+        def apply(lr) -> None:
+            if lr is not None:
+                self.send(SetLearningRate(lr), f"learning rate → {lr:g}")
+        self.app.push_screen(ValueDialog("Learning rate", "A number in (0, 100].", num(self.snapshot.lr, 6),
+                                         check_lr), apply)
+
+    def action_toggle_pause(self) -> None:
+        if self.snapshot.state == "paused":
+            self.send(Resume(), "resuming")
+        elif self.snapshot.state == "running":
+            self.send(Pause(), "pausing")
+        else:
+            self.notify(f"the run is {self.snapshot.state}", severity="warning")
+
+    def action_attack(self) -> None:
+        self.send(AttackNow(), "attack queued; results in the Robustness tab")
+
+    def action_checkpoint(self) -> None:
+        self.send(SaveCheckpoint(), "checkpoint queued")
+
+    def action_screenshot(self) -> None:
+        directory = Path(self.snapshot.run_dir or ".")
+        name = time.strftime("dashboard-%Y%m%d-%H%M%S.svg")
+        path = self.app.save_screenshot(filename=name, path=str(directory))
+        self.notify(f"screenshot saved: {path}")
+
+    def action_layer(self, delta: int) -> None:
+        count = len(self.snapshot.layers)
+        if not count:
+            return
+        self.selected_layer = (self.selected_layer + delta) % count
+        table = self.query_one(KappaTable)
+        if table.row_count:
+            table.move_cursor(row=self.selected_layer, animate=False)
+        self.show_spectrum()
+
+    def action_toggle_log(self) -> None:
+        self.log_scale = not self.log_scale
+        self.show_spectrum()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def request_stop(self, then_exit: bool = True) -> None:
+        """Ask whether to stop; on yes, stop the engine (final checkpoint) in a worker, then exit."""
+        if not self.snapshot.active:
+            self.app.exit()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.notify("stopping: writing the final checkpoint…", timeout=10)
+                self.engine.send(Stop())
+                self.run_worker(self._wait_then_exit, thread=True, exclusive=True)
+        self.app.push_screen(ConfirmScreen("Stop training and quit? A final checkpoint is written; "
+                                           "the run can be resumed."), answer)
+
+    def _wait_then_exit(self) -> None:
+        self.engine.join(timeout=300)
+        self.app.call_from_thread(self.app.exit)

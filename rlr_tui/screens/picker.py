@@ -1,0 +1,66 @@
+"""Pick a preset to train, or a previous run to resume."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label
+
+from rlr_engine.presets import PresetError, available_presets, load_preset
+from rlr_engine.runs import list_runs
+
+
+class PickerScreen(Screen):
+    """Two tables: presets (Enter starts one) and previous runs (Enter resumes one)."""
+
+    BINDINGS = [Binding("tab", "app.focus_next", "Next table", id="next-table", show=True)]
+
+    def __init__(self, overrides: list[str], runs_root) -> None:
+        super().__init__()
+        self.overrides, self.runs_root = overrides, runs_root
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="picker"):
+            yield Label("[b]rlr[/b] — pick a preset and press Enter (Tab: previous runs)", id="picker-title")
+            yield DataTable(id="presets", cursor_type="row", zebra_stripes=True)
+            yield Label("", id="preset-description")
+            yield Label("Previous runs — Enter resumes", id="runs-title")
+            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        presets = self.query_one("#presets", DataTable)
+        presets.add_columns("name", "data set", "model", "method", "τ", "rank kept", "what it is for")
+        names = list(available_presets())
+        for name in names:
+            try:
+                c = load_preset(name)
+                presets.add_row(name, c.dataset, c.model, "dense" if not c.is_low_rank else c.method_label,
+                                "–" if not c.is_low_rank else f"{c.tau:g}",
+                                f"{c.rank_fraction:.0%}" if c.is_low_rank else "100%", c.description, key=name)
+            except PresetError as error:
+                presets.add_row(name, "", "", "invalid", "", "", str(error), key=name)
+        if "quickstart" in names:
+            presets.move_cursor(row=names.index("quickstart"), animate=False)
+        runs = self.query_one("#runs", DataTable)
+        runs.add_columns("run", "method", "state")
+        for info in list_runs(self.runs_root):
+            state = "finished" if info.finished else ("resumable" if info.resumable else "no checkpoint")
+            runs.add_row(info.path.name, info.config.method_label, state, key=str(info.path))
+        presets.focus()
+
+    @on(DataTable.RowHighlighted, "#presets")
+    def describe_preset(self, event: DataTable.RowHighlighted) -> None:
+        row = event.data_table.get_row(event.row_key)
+        self.query_one("#preset-description", Label).update(f"[b]{row[0]}[/b]: {row[-1]}")
+
+    @on(DataTable.RowSelected, "#presets")
+    def start_preset(self, event: DataTable.RowSelected) -> None:
+        self.app.start_run(event.row_key.value)
+
+    @on(DataTable.RowSelected, "#runs")
+    def resume_run(self, event: DataTable.RowSelected) -> None:
+        self.app.resume_run(event.row_key.value)

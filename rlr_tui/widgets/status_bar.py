@@ -1,0 +1,28 @@
+"""Status bar: what runs where, how far, how fast, with which hyperparameters."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..format import duration, num
+
+STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "finished": "bold cyan",
+                "stopped": "bold yellow", "failed": "bold red", "starting": "bold"}
+
+
+class StatusBar(Static):
+    """Two lines: run identity and state; progress and hyperparameters."""
+
+    def show(self, snap) -> None:
+        first = Text()
+        first.append(f" {snap.state.upper()} ", style=f"reverse {STATE_STYLES.get(snap.state, 'bold')}")
+        first.append(f" {snap.preset}", style="bold")
+        first.append(f"  {snap.method} · {snap.model} on {snap.dataset} · {snap.device or '…'}")
+        second = Text()
+        second.append(f" epoch {snap.epoch}/{snap.epochs}  step {snap.step}/{snap.total_steps or '?'}")
+        second.append(f"  {snap.samples_per_s:,.0f}/s  ETA {duration(snap.eta_s)}")
+        second.append(f"  τ {num(snap.tau)}  θ {num(snap.theta)}  lr {num(snap.lr)}", style="bold")
+        if snap.message:
+            second.append(f"  {snap.message}", style="red")
+        self.update(Text("\n").join([first, second]))
