@@ -15,6 +15,7 @@ from textual.binding import Binding
 from rlr_engine.presets import PresetError, apply_overrides, load_preset
 from rlr_engine.runs import CHECKPOINT, new_run_dir, read_run_config
 
+from .screens.comparison import ComparisonError, ComparisonScreen, load_comparison
 from .screens.dashboard import DashboardScreen
 from .screens.help import HelpScreen
 from .screens.picker import PickerScreen
@@ -42,15 +43,24 @@ class RlrApp(App):
 
     def __init__(self, preset: str | None = None, overrides: Iterable[str] = (), runs_root: str | Path = "runs",
                  resume: str | Path | None = None,
-                 engine_factory: Callable = launch_engine) -> None:
+                 engine_factory: Callable = launch_engine, comparison: str | Path | None = None) -> None:
         super().__init__()
+        self.comparison = comparison
         self.preset, self.overrides = preset, list(overrides)
         self.runs_root, self.resume = Path(runs_root), resume
         self.engine_factory = engine_factory
         self.engine = None
 
     def on_mount(self) -> None:
-        if self.resume:
+        if self.comparison:
+            try:
+                rows, attacks = load_comparison(self.comparison)
+            except ComparisonError as error:
+                self.notify(str(error), severity="error", timeout=30)
+                self.push_screen(PickerScreen(self.overrides, self.runs_root))
+                return
+            self.push_screen(ComparisonScreen(self.comparison, rows, attacks))
+        elif self.resume:
             self.resume_run(self.resume)
         elif self.preset:
             self.start_run(self.preset)
@@ -88,7 +98,7 @@ class RlrApp(App):
         screen = self.screen
         if isinstance(screen, DashboardScreen):
             screen.request_stop()
-        elif isinstance(screen, PickerScreen) or self.engine is None:
+        elif isinstance(screen, (PickerScreen, ComparisonScreen)) or self.engine is None:
             self.exit()
         else:
             self.pop_screen()
@@ -115,6 +125,7 @@ def parse_args(argv):
                         help="override a preset key, e.g. --set tau=0.5 (repeatable)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume a run from its directory")
     parser.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
+    parser.add_argument("--comparison", metavar="DIR", help="show a finished `rlr compare` directory")
     return parser.parse_args(argv)
 
 
@@ -127,10 +138,12 @@ def main(argv=None) -> int:
             load_preset(args.preset, args.set)
         if args.resume:
             apply_overrides(read_run_config(args.resume), args.set)
-    except PresetError as error:
+        if args.comparison:
+            load_comparison(args.comparison)
+    except (PresetError, ComparisonError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    app = RlrApp(args.preset, args.set, args.runs, args.resume)
+    app = RlrApp(args.preset, args.set, args.runs, args.resume, comparison=args.comparison)
 
     def on_hangup(signum, frame) -> None:
         """The terminal went away (SSH dropped): leave the UI so the run stops cleanly."""

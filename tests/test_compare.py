@@ -1,0 +1,59 @@
+import asyncio
+import csv
+import json
+import os
+
+from rlr_engine.cli import main
+from rlr_tui.app import RlrApp
+from rlr_tui.screens.comparison import ComparisonScreen
+
+SETTINGS = ["--set", "dataset=synthetic", "--set", "epochs=2", "--set", "eps=[0, 0.05, 0.1]",
+            "--set", "attack_every=0"]
+
+
+def compare(out, *extra):
+    return main(["compare", "quickstart", "--seeds", "2", *SETTINGS, "--set", "method=dense", *extra,
+                 "--attacks", "fgsm,pgd-linf", "--attack-samples", "40", "--out", str(out)])
+
+
+def test_compare_tabulates_seeds_reuses_finished_runs_and_resumes_interrupted_ones(tmp_path):
+    out = tmp_path / "cmp"
+    assert compare(out) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 1 and rows[0]["seeds"] == 2
+    clean, spread = rows[0]["fgsm"]["accuracy"][0]
+    assert 0 < clean <= 1 and spread >= 0
+    assert rows[0]["pgd-linf"]["samples"] == 40
+    table = (out / "results.md").read_text()
+    assert "| dense |" in table and "ε=0.05" in table and "pgd-linf" in table
+    with open(out / "results.csv") as handle:
+        records = list(csv.DictReader(handle))
+    assert len(records) == 2 * 3  # two attacks × three ε
+    for name in ("accuracy_vs_eps_fgsm.png", "accuracy_vs_eps_pgd-linf.png", "kappa_per_layer.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+    runs = sorted((out / "runs").iterdir())
+    stamps = {run.name: os.path.getmtime(run / "summary.json") for run in runs}
+    (runs[1] / "summary.json").unlink()  # as if interrupted after its last checkpoint
+    assert compare(out) == 0
+    assert os.path.getmtime(runs[0] / "summary.json") == stamps[runs[0].name]  # reused
+    assert (runs[1] / "summary.json").is_file()
+    assert "resumed" in (runs[1] / "events.jsonl").read_text()
+
+    async def show():
+        app = RlrApp(comparison=out)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.2)
+            assert isinstance(app.screen, ComparisonScreen)
+            assert app.screen.query_one("#comparison-table").row_count == 1
+            await pilot.press("a")
+            assert app.screen.attacks[app.screen.attack_index] == "pgd-linf"
+    asyncio.run(show())
+
+
+def test_changed_settings_refuse_to_mix_with_stored_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "quickstart", *SETTINGS, "--set", "method=dense", "--out", str(out)]) == 0
+    assert main(["compare", "quickstart", *SETTINGS, "--set", "method=dense", "--set", "lr=0.2",
+                 "--out", str(out)]) == 2
+    assert "different settings" in capsys.readouterr().err
