@@ -157,16 +157,21 @@ def main(argv=None) -> int:
     try:
         app.run()
     finally:
+        # Stop first, report after: when the terminal is gone, writing to it can fail.
         if app.engine is not None and app.engine.latest().active:
-            print("stopping: writing the final checkpoint…", file=sys.stderr)
             app.engine.stop(timeout=300)
-    if app.engine is not None:
-        snap = app.engine.latest()
+    if app.engine is None:
+        return 0
+    snap = app.engine.latest()
+    try:
         print(f"{snap.preset}: {snap.state} at step {snap.step}; run directory {snap.run_dir}")
+        if snap.state == "stopped":
+            print(f"resume with: rlr-tui --resume {snap.run_dir}")
         if snap.state == "failed":
             print(f"error: {snap.message}", file=sys.stderr)
-            return 1
-    return 0
+    except OSError:
+        pass
+    return 1 if snap.state == "failed" else 0
 
 
 if __name__ == "__main__":
