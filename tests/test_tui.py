@@ -10,7 +10,7 @@ import pytest
 from fake_engine import FakeEngine
 from helpers import STARTED
 from rlr_engine.checkpoint import load_checkpoint
-from rlr_engine.records import Pause, SetTau
+from rlr_engine.records import Pause, SetTau, Truncate
 from rlr_tui.app import RlrApp, launch_engine
 from rlr_tui.screens.dashboard import DashboardScreen
 from rlr_tui.screens.help import HelpScreen
@@ -169,27 +169,26 @@ def test_screenshot_help_and_layer_keys(tmp_path):
     asyncio.run(scenario())
 
 
-def test_keys_send_commands_to_the_engine():
-    async def scenario():
-        engine = FakeEngine()
-        app = RlrApp("quickstart", [], "/tmp/unused-runs", engine_factory=lambda *a: engine)
-        app._open = lambda config, run_dir, resume: (setattr(app, "engine", engine),
-                                                     app.push_screen(DashboardScreen(engine)))
-        async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause(0.2)
-            await pilot.press("space")
-            await pilot.press("t")
-            await type_value(pilot, "0.25")
-            assert Pause() in engine.commands and SetTau(0.25) in engine.commands
-    asyncio.run(scenario())
-
-
 def fake_app():
     engine = FakeEngine()
     app = RlrApp("quickstart", [], "/tmp/unused-runs", engine_factory=lambda *a: engine)
     app._open = lambda config, run_dir, resume: (setattr(app, "engine", engine),
                                                  app.push_screen(DashboardScreen(engine)))
     return app
+
+
+def test_keys_send_commands_to_the_engine():
+    async def scenario():
+        app = fake_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            await pilot.press("space")
+            await pilot.press("t")
+            await type_value(pilot, "0.25")
+            await pilot.press("r")
+            await type_value(pilot, "0.3")
+            assert app.engine.commands == [Pause(), SetTau(0.25), Truncate(theta=0.3)]
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 50)])
@@ -200,3 +199,26 @@ def test_dashboard_layout(snap_compare, size, tab):
         await pilot.press(tab)
         await pilot.pause(0.7)
     assert snap_compare(fake_app(), run_before=show_tab, terminal_size=size)
+
+
+def test_a_stopped_run_is_listed_in_the_picker_and_resumes_where_it_stopped(tmp_path):
+    from helpers import start_engine, wait_for
+
+    engine = start_engine(tmp_path, epochs=200)
+    wait_for(engine, lambda s: s.step > 5)
+    engine.stop(30)
+    stopped_at = engine.latest().step
+
+    async def scenario():
+        app = RlrApp(None, [], tmp_path / "runs", engine_factory=tracked_engine)
+        async with app.run_test(size=(100, 30)) as pilot:
+            runs = app.screen.query_one("#runs")
+            assert runs.row_count == 1 and runs.get_row_at(0)[2] == "resumable"
+            await pilot.press("tab")
+            assert app.focused is runs
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+            await until(pilot, lambda: app.engine.latest().step > stopped_at)
+            assert any(f"resumed test" in e.message and f"step {stopped_at}" in e.message
+                       for e in app.engine.latest().events)
+    asyncio.run(scenario())
