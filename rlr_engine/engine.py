@@ -442,10 +442,11 @@ class Engine:
         self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
         perm = payload["permutation"]
         self.permutation = None if perm is None else perm.to(self.device)
-        self.generator.set_state(payload["generator"])
-        torch.set_rng_state(payload["torch_rng"])
+        # RNG states must be CPU byte tensors, whatever map_location did to the rest.
+        self.generator.set_state(payload["generator"].cpu())
+        torch.set_rng_state(payload["torch_rng"].cpu())
         if payload.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(payload["cuda_rng"], self.device)
+            torch.cuda.set_rng_state(payload["cuda_rng"].cpu(), self.device)
         self.theta = payload["theta"]
         for name, state in payload["curves"].items():
             self.curves[name].load_state_dict(state)
