@@ -169,6 +169,7 @@ class Engine:
         self._reset_window()
         self._layer_stats = layer_stats(self.model)
         self._layers_at = time.monotonic()
+        self._spectra_interval = SPECTRA_INTERVAL_S
         self.state = "running"
         self._event("info", f"{'resumed' if self.resume_requested else 'started'} {config.name} "
                             f"({config.method_label}) on {self.device_name} at step {self.step}")
@@ -535,13 +536,16 @@ class Engine:
             if self._check_finite():
                 self._publish()
                 return
-            self._publish(with_layers=now - self._layers_at >= SPECTRA_INTERVAL_S)
+            self._publish(with_layers=now - self._layers_at >= self._spectra_interval)
 
     def _publish(self, with_layers: bool = False) -> None:
         model = getattr(self, "model", None)
         if model is not None and with_layers:
+            started = time.monotonic()
             self._layer_stats = layer_stats(model)
             self._layers_at = time.monotonic()
+            # SVDs of large dense weights are not free: space them so they take ≤ 1 % of the time.
+            self._spectra_interval = max(SPECTRA_INTERVAL_S, 100 * (self._layers_at - started))
         report = parameter_report(model) if model is not None else None
         stats = getattr(self, "_layer_stats", ())
         throughput = getattr(self, "_throughput", 0.0)
