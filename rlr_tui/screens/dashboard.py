@@ -169,12 +169,13 @@ class DashboardScreen(Screen):
                                          check_lr), apply)
 
     def action_toggle_pause(self) -> None:
-        if self.snapshot.state == "paused":
+        state = self.engine.latest().state
+        if state == "paused":
             self.send(Resume(), "resuming")
-        elif self.snapshot.state == "running":
+        elif state == "running":
             self.send(Pause(), "pausing")
         else:
-            self.notify(f"the run is {self.snapshot.state}", severity="warning")
+            self.notify(f"the run is {state}", severity="warning")
 
     def action_attack(self) -> None:
         self.send(AttackNow(), "attack queued; results in the Robustness tab")
@@ -207,7 +208,7 @@ class DashboardScreen(Screen):
 
     def request_stop(self, then_exit: bool = True) -> None:
         """Ask whether to stop; on yes, stop the engine (final checkpoint) in a worker, then exit."""
-        if not self.snapshot.active:
+        if not self.engine.latest().active:
             self.app.exit()
             return
 
