@@ -1,6 +1,6 @@
 """Time one full training step (forward, backward, optimizer) for dense SGD, vanilla low-rank
-(τ = ∞) and CondLR (τ = 0, τ = 0.1) at rank_fraction = 0.2, on LeNet5 / MNIST-shaped and
-VGG16 / CIFAR-shaped synthetic batches. Variants are measured round-robin, so machine noise hits
+(τ = ∞) and CondLR (τ = 0, τ = 0.1) at rank_fraction = 0.2, each also channels-last (CL), on
+LeNet5 / MNIST-shaped and VGG16 / CIFAR-shaped synthetic batches. Variants are measured round-robin, so machine noise hits
 them alike; medians and ratios to dense (and CondLR to τ = ∞) come from the same run.
 
     python3 benchmarks/step_speed.py [--models lenet5,vgg16] [--batch 128] [--repeats 7] [--device cpu]
@@ -17,19 +17,23 @@ import torch
 import torch.nn.functional as F
 
 from rlr_engine import CondLR, to_low_rank
-from rlr_engine.models import build_model
+from rlr_engine.models import build_model, use_channels_last
 
 SHAPES = {"lenet5": (1, 28), "vgg16": (3, 32)}
-VARIANTS = (("dense SGD", None), ("low-rank τ=inf", math.inf), ("CondLR τ=0", 0.0), ("CondLR τ=0.1", 0.1))
+VARIANTS = (("dense SGD", None, False), ("low-rank τ=inf", math.inf, False), ("CondLR τ=0", 0.0, False),
+            ("CondLR τ=0.1", 0.1, False), ("dense SGD, CL", None, True), ("low-rank τ=inf, CL", math.inf, True),
+            ("CondLR τ=0.1, CL", 0.1, True))
 
 
-def make(model_name: str, tau: float | None, device: torch.device):
+def make(model_name: str, tau: float | None, channels_last: bool, device: torch.device):
     channels, size = SHAPES[model_name]
     torch.manual_seed(0)
     model = build_model(model_name, channels, 10, size)
     if tau is not None:
         to_low_rank(model, rank_fraction=0.2)
     model.to(device)
+    if channels_last:
+        use_channels_last(model)
     if tau is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.45)
     else:
@@ -62,13 +66,13 @@ def main() -> None:
         channels, size = SHAPES[model_name]
         x = torch.rand(args.batch, channels, size, size, device=device)
         y = torch.randint(0, 10, (args.batch,), device=device)
-        built = {label: make(model_name, tau, device) for label, tau in VARIANTS}
-        times: dict[str, list[float]] = {label: [] for label, _ in VARIANTS}
+        built = {label: make(model_name, tau, cl, device) for label, tau, cl in VARIANTS}
+        times: dict[str, list[float]] = {label: [] for label, _, _ in VARIANTS}
         for _ in range(args.warmup):
-            for label, _ in VARIANTS:
+            for label in built:
                 step(*built[label], x, y)
         for _ in range(args.repeats):
-            for label, _ in VARIANTS:
+            for label in built:
                 sync(device)
                 start = time.perf_counter()
                 step(*built[label], x, y)
@@ -76,12 +80,15 @@ def main() -> None:
                 times[label].append(time.perf_counter() - start)
         medians = {label: statistics.median(t) for label, t in times.items()}
         dense = medians["dense SGD"]
-        print(f"\n{model_name} ({channels}×{size}×{size}), rank_fraction 0.2, median of {args.repeats}:")
-        print(f"  {'variant':<16} {'ms/step':>9} {'× dense':>8}")
+        best_dense = min(dense, medians["dense SGD, CL"])
+        print(f"\n{model_name} ({channels}×{size}×{size}), rank_fraction 0.2, median of {args.repeats} "
+              f"(CL: channels_last = true):")
+        print(f"  {'variant':<20} {'ms/step':>9} {'× dense':>8} {'× best dense':>13}")
         for label, median in medians.items():
-            print(f"  {label:<16} {1000 * median:>9.1f} {median / dense:>8.2f}")
-        for label in ("CondLR τ=0", "CondLR τ=0.1"):
-            print(f"  {label} / low-rank τ=inf: {medians[label] / medians['low-rank τ=inf']:.3f}")
+            print(f"  {label:<20} {1000 * median:>9.1f} {median / dense:>8.2f} {median / best_dense:>13.2f}")
+        for label, base in (("CondLR τ=0", "low-rank τ=inf"), ("CondLR τ=0.1", "low-rank τ=inf"),
+                            ("CondLR τ=0.1, CL", "low-rank τ=inf, CL")):
+            print(f"  {label} / {base}: {medians[label] / medians[base]:.3f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from .condlr import CondLR, validate_tau
 from .data import DatasetUnavailable, ImageData, augment, load_dataset, to_float
 from .history import DecimatingSeries
 from .lowrank import parameter_report, to_low_rank
-from .models import build_model
+from .models import build_model, use_channels_last
 from .presets import RunConfig
 from .records import (AttackNow, AttackResult, Command, Event, Pause, Resume, SaveCheckpoint,
                       SetLearningRate, SetTau, Snapshot, Stop, Truncate)
@@ -66,6 +66,8 @@ def build_network(config: RunConfig, data: ImageData) -> nn.Module:
             weight = last.weight
             ranks = {last_name: min(weight.shape[0], weight[0].numel())}
         to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True)
+    if config.channels_last:
+        use_channels_last(model)
     return model
 
 

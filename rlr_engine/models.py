@@ -153,6 +153,21 @@ def mlp(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, mean=N
         ("fc2", nn.Linear(256, 128)), ("act2", nn.LeakyReLU()), ("fc3", nn.Linear(128, num_classes))])
 
 
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Run the model channels-last: its 4-D weights and, through a forward pre-hook, its input.
+
+    Callers (attacks above all) keep passing contiguous float32 images; the layout changes
+    inside the forward, so advertorch's attacks, which break on channels-last inputs, never see
+    one. State-dict keys are unchanged."""
+    model.to(memory_format=torch.channels_last)
+    model.register_forward_pre_hook(_to_channels_last)
+    return model
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": lenet5,
     "vgg16": vgg16,

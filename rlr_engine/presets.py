@@ -86,6 +86,8 @@ class RunConfig:
                             "dense: leave the classifier dense; full-rank: factorise it at full rank"))
     step_scaling: str = field(default="reference", metadata=_spec(str, _choice(STEP_SCALINGS)))
     reference_compat: bool = field(default=False, metadata=_spec(bool))
+    channels_last: bool = field(default=False, metadata=_spec(bool, help="run convolutions channels-last "
+                                "(much faster low-rank convs on CPU; inputs stay contiguous for attacks)"))
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))
     max_steps: int = field(default=0, metadata=_spec(int, _number(0, 10**9), "stop after this many steps (0: no limit)"))
     batch_size: int = field(default=128, metadata=_spec(int, _number(1, 65_536)))
