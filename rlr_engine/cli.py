@@ -6,7 +6,6 @@ import argparse
 import math
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 

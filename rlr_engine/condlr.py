@@ -34,11 +34,6 @@ from .validation import check_tau, check_theta
 STEP_SCALINGS = ("reference", "alpha", "none")
 
 
-def validate_tau(tau: float) -> float:
-    """τ must be a number in [0, ∞]; returns it as a float."""
-    return check_tau(tau)
-
-
 @dataclass(frozen=True)
 class RankChange:
     """One layer's truncation: its name, rank before and after, and ‖W_before − W_after‖_F
@@ -69,7 +64,7 @@ class CondLR(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if step_scaling not in STEP_SCALINGS:
             raise ValueError(f"step_scaling must be one of {STEP_SCALINGS}, got {step_scaling!r}")
-        tau = validate_tau(tau)
+        tau = check_tau(tau)
         self.layers: list[tuple[str, LowRankLayer]] = list(low_rank_layers(model))
         self.step_scaling = step_scaling
         self.reference_compat = reference_compat
@@ -95,7 +90,7 @@ class CondLR(torch.optim.Optimizer):
 
     def set_tau(self, tau: float) -> None:
         """Change τ from the next step on. Raises ValueError unless τ ∈ [0, ∞]."""
-        tau = validate_tau(tau)
+        tau = check_tau(tau)
         for group in self.param_groups:
             group["tau"] = tau
 

@@ -7,6 +7,7 @@ engine never waits for whoever reads them.
 
 from __future__ import annotations
 
+import json
 import math
 import queue
 import threading
@@ -23,7 +24,7 @@ from torch import nn
 
 from .attacks import AttackSpec, adversarial_accuracy
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
-from .condlr import CondLR, validate_tau
+from .condlr import CondLR
 from .data import DatasetUnavailable, ImageData, augment, load_dataset, to_float
 from .history import DecimatingSeries
 from .lowrank import parameter_report, to_low_rank
@@ -31,7 +32,7 @@ from .models import build_model, use_channels_last
 from .presets import RunConfig
 from .records import (AttackNow, AttackResult, Command, Event, Pause, Resume, SaveCheckpoint,
                       SetLearningRate, SetTau, Snapshot, Stop, Truncate)
-from .runs import CHECKPOINT, EVENTS, METRICS, SUMMARY, append_jsonl, trim_jsonl
+from .runs import CHECKPOINT, EVENTS, METRICS, SUMMARY, append_jsonl, read_jsonl, trim_jsonl
 from .spectra import compressible_layers, layer_stats, lipschitz_upper_bound
 from .validation import check_lr, check_theta
 
@@ -481,8 +482,6 @@ class Engine:
         self._publish()
 
     def _write_summary(self, result: AttackResult) -> None:
-        import json
-
         report = parameter_report(self.model)
         summary = {
             "state": "finished", "preset": self.config.name, "method": self.config.method_label,
@@ -498,7 +497,8 @@ class Engine:
         (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
     def _train_seconds(self) -> float:
-        return sum(r.get("seconds", 0.0) for r in _read_windows(self.run_dir / METRICS))
+        """Wall time spent training (evaluations and attacks excluded), from the logged windows."""
+        return sum(r.get("seconds", 0.0) for r in read_jsonl(self.run_dir / METRICS) if r.get("type") == "train")
 
     # -- snapshots ---------------------------------------------------------------------------
     def _event(self, kind: str, message: str) -> None:
@@ -572,9 +572,3 @@ class Engine:
             adversarial=self.attack_history[-1] if self.attack_history else None,
             adversarial_history=tuple(self.attack_history), events=tuple(self._events),
             version=self._version, **{k: v for k, v in self.last_values.items()})
-
-
-def _read_windows(path: Path):
-    from .runs import read_jsonl
-
-    return (r for r in read_jsonl(path) if r.get("type") == "train")

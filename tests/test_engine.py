@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import run_to_end, small_config, start_engine, wait_for
+from helpers import run_to_end, start_engine, wait_for
 from rlr_engine.checkpoint import load_checkpoint
 from rlr_engine.engine import Engine
 from rlr_engine.presets import load_preset

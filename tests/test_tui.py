@@ -219,6 +219,6 @@ def test_a_stopped_run_is_listed_in_the_picker_and_resumes_where_it_stopped(tmp_
             await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
             await until(pilot, lambda: app.engine.latest().step > stopped_at)
-            assert any(f"resumed test" in e.message and f"step {stopped_at}" in e.message
+            assert any("resumed test" in e.message and f"step {stopped_at}" in e.message
                        for e in app.engine.latest().events)
     asyncio.run(scenario())
