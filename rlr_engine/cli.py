@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .presets import PresetError, RunConfig, apply_overrides, available_presets, load_preset
+from .presets import PresetError, apply_overrides, available_presets, load_preset
 
 console = Console()
 err_console = Console(stderr=True)
@@ -150,35 +150,20 @@ def print_summary(snap) -> None:
 
 # -- rlr eval -------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from .attacks import AttackSpec, adversarial_accuracy
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset, to_float
-    from .engine import build_network, resolve_device
-    from .presets import validate
+    from .attacks import AttackSpec
+    from .engine import evaluate_checkpoint
 
     if args.samples < 0:
         raise UserError(f"--samples {args.samples}: must be >= 0 (0: the whole test set)")
-    device = resolve_device(args.device or "auto")
-    payload = load_checkpoint(args.checkpoint, device)
-    config: RunConfig = validate(payload["config"], source=f"{args.checkpoint} (stored config)")
-    try:
-        spec = AttackSpec(args.attack, tuple(args.eps) if args.eps else config.eps, args.steps, args.step_size)
+    try:  # check the attack settings before anything is loaded
+        AttackSpec(args.attack, tuple(args.eps) if args.eps else (0.0,), args.steps, args.step_size)
     except ValueError as error:
         raise UserError(str(error)) from None
-    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.download,
-                        config.val_fraction, config.seed, device)
-    model = build_network(config, data).to(device)
-    model.load_state_dict(payload["model"])
-    images, labels = data.test.images, data.test.labels
-    if args.samples:
-        subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:args.samples]
-        images, labels = images[subset.to(device)], labels[subset.to(device)]
-    with console.status(f"{spec.name} on {len(labels)} test images"):
-        accuracy = adversarial_accuracy(model, images, labels, spec, to_input=to_float)
-    table = Table(title=f"{config.name} (step {payload['step']}): accuracy under {spec.name}, "
-                        f"{len(labels)} test images")
+    with console.status(f"{args.attack} on the test set"):
+        config, step, spec, accuracy, n = evaluate_checkpoint(
+            args.checkpoint, args.attack, args.eps, args.steps, args.step_size, args.samples,
+            args.device or "auto", args.data_dir)
+    table = Table(title=f"{config.name} (step {step}): accuracy under {spec.name}, {n} test images")
     table.add_column("ε", justify="right")
     table.add_column("accuracy", justify="right")
     for eps in spec.eps:

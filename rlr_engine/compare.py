@@ -101,25 +101,11 @@ def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack
     cache = run_dir / f"robustness-{attack}-{samples}.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    import torch
+    from .engine import evaluate_checkpoint
 
-    from .attacks import AttackSpec, adversarial_accuracy
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset, to_float
-    from .engine import build_network, resolve_device
-
-    dev = resolve_device(device or config.device)
-    payload = load_checkpoint(run_dir / CHECKPOINT, dev)
-    data = load_dataset(config.dataset, config.data_dir, config.download, config.val_fraction, config.seed, dev)
-    model = build_network(config, data).to(dev)
-    model.load_state_dict(payload["model"])
-    images, labels = data.test.images, data.test.labels
-    if samples:
-        subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:samples].to(dev)
-        images, labels = images[subset], labels[subset]
-    spec = AttackSpec(attack, config.eps, config.pgd_steps, config.pgd_step_size)
-    accuracy = adversarial_accuracy(model, images, labels, spec, to_input=to_float)
-    result = {"eps": list(config.eps), "accuracy": [accuracy[e] for e in config.eps], "samples": len(labels)}
+    _, _, _, accuracy, n = evaluate_checkpoint(run_dir / CHECKPOINT, attack, samples=samples,
+                                               device=device or config.device)
+    result = {"eps": list(config.eps), "accuracy": [accuracy[e] for e in config.eps], "samples": n}
     cache.write_text(json.dumps(result), encoding="utf-8")
     return result
 

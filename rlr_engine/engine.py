@@ -72,6 +72,32 @@ def build_network(config: RunConfig, data: ImageData) -> nn.Module:
     return model
 
 
+def evaluate_checkpoint(checkpoint: str | Path, attack: str | None = None, eps=None, steps: int | None = None,
+                        step_size: float | None = None, samples: int = 0, device: str = "auto",
+                        data_dir: str | None = None):
+    """Load a saved model with the config stored beside it and attack it on the test set (or a
+    seeded subset of ``samples`` images). Attack settings left None are the run's own.
+    Returns (config, step, attack spec, accuracy per ε, number of images)."""
+    from .presets import validate
+
+    dev = resolve_device(device)
+    payload = load_checkpoint(checkpoint, dev)
+    config = validate(payload["config"], source=f"{checkpoint} (stored config)")
+    spec = AttackSpec(attack or config.attack, tuple(eps) if eps else config.eps,
+                      config.pgd_steps if steps is None else steps,
+                      config.pgd_step_size if step_size is None else step_size)
+    data = load_dataset(config.dataset, data_dir or config.data_dir, config.download, config.val_fraction,
+                        config.seed, dev)
+    model = build_network(config, data).to(dev)
+    model.load_state_dict(payload["model"])
+    images, labels = data.test.images, data.test.labels
+    if samples:
+        subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:samples].to(dev)
+        images, labels = images[subset], labels[subset]
+    accuracy = adversarial_accuracy(model, images, labels, spec, to_input=to_float)
+    return config, payload["step"], spec, accuracy, len(labels)
+
+
 class Engine:
     """Trains one run in a background thread.
 
