@@ -59,3 +59,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an rlr checkpoint (no '{FORMAT}' marker)")
     return payload
+
+
+def load_model_state(model: torch.nn.Module, payload: dict[str, Any], source: str | Path) -> None:
+    """Load a checkpoint's weights, reporting a mismatch (another model, an older layout) as a
+    CheckpointError instead of PyTorch's multi-line RuntimeError."""
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError) as error:
+        first = str(error).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise CheckpointError(f"checkpoint {source} does not fit the model its config describes: "
+                              f"{detail[:300]}") from None

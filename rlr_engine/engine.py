@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import AttackSpec, adversarial_accuracy
-from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_atomic
 from .condlr import CondLR
 from .data import DatasetUnavailable, ImageData, augment, load_dataset, to_float
 from .history import DecimatingSeries
@@ -89,7 +89,7 @@ def evaluate_checkpoint(checkpoint: str | Path, attack: str | None = None, eps=N
     data = load_dataset(config.dataset, data_dir or config.data_dir, config.download, config.val_fraction,
                         config.seed, dev)
     model = build_network(config, data).to(dev)
-    model.load_state_dict(payload["model"])
+    load_model_state(model, payload, checkpoint)
     images, labels = data.test.images, data.test.labels
     if samples:
         subset = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:samples].to(dev)
@@ -465,7 +465,7 @@ class Engine:
         return True
 
     def _restore(self, payload: dict[str, Any], resumed: bool) -> None:
-        self.model.load_state_dict(payload["model"])
+        load_model_state(self.model, payload, self.run_dir / CHECKPOINT)
         self._build_optimizer()
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])

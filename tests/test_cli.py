@@ -68,3 +68,18 @@ def test_missing_data_set_exits_non_zero_with_advice(tmp_path):
     assert result.returncode == 1
     assert "not available" in result.stderr and "quickstart" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_checkpoint_of_another_model_is_reported_not_raised(tmp_path):
+    import torch
+
+    from rlr_engine.checkpoint import save_atomic
+
+    result = rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
+    run_dir = next(tmp_path.iterdir())
+    payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    payload["model"] = {"1." + k: v for k, v in payload["model"].items()}  # an older layer layout
+    save_atomic(payload, run_dir / "checkpoint.pt")
+    result = rlr("eval", str(run_dir), "--samples", "10")
+    assert result.returncode == 2 and "does not fit the model" in result.stderr
+    assert "Traceback" not in result.stderr
