@@ -83,9 +83,7 @@ def evaluate_checkpoint(checkpoint: str | Path, attack: str | None = None, eps=N
     dev = resolve_device(device)
     payload = load_checkpoint(checkpoint, dev)
     config = validate(payload["config"], source=f"{checkpoint} (stored config)")
-    spec = AttackSpec(attack or config.attack, tuple(eps) if eps else config.eps,
-                      config.pgd_steps if steps is None else steps,
-                      config.pgd_step_size if step_size is None else step_size)
+    spec = config.attack_spec(attack, eps, steps, step_size)
     data = load_dataset(config.dataset, data_dir or config.data_dir, config.download, config.val_fraction,
                         config.seed, dev)
     model = build_network(config, data).to(dev)
@@ -196,7 +194,7 @@ class Engine:
         if self.resume_requested:
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT, self.device), resumed=True)
         self._reset_window()
-        self._layer_stats = layer_stats(self.model)
+        self._refresh_structure()
         self._layers_at = time.monotonic()
         self._spectra_interval = SPECTRA_INTERVAL_S
         self.state = "running"
@@ -281,8 +279,7 @@ class Engine:
         if (config.eval_every and self.epoch % config.eval_every == 0) or last:
             self._evaluate()
         if config.attack_every and self.epoch % config.attack_every == 0 and not last:
-            self._attack(AttackSpec(config.attack, config.eps, config.pgd_steps, config.pgd_step_size),
-                         full=False)
+            self._attack(config.attack_spec(), full=False)
         if config.checkpoint_every and self.epoch % config.checkpoint_every == 0:
             self._checkpoint()
 
@@ -369,9 +366,7 @@ class Engine:
         elif isinstance(command, Resume):
             self._resume()
         elif isinstance(command, AttackNow):
-            spec = AttackSpec(command.attack or self.config.attack,
-                              tuple(command.eps) if command.eps else self.config.eps,
-                              self.config.pgd_steps, self.config.pgd_step_size)
+            spec = self.config.attack_spec(command.attack, command.eps)
             self._event("applied", f"attack {spec.name} at step {self.step}")
             paused_at = time.monotonic()
             self._attack(spec, full=False)
@@ -423,7 +418,7 @@ class Engine:
         for change in changed:
             self._event("truncation", f"{change.layer}: rank {change.old_rank} → {change.new_rank} "
                                       f"(‖ΔW‖_F = {change.discarded_norm:.3g})")
-        self._layer_stats = layer_stats(self.model)
+        self._refresh_structure()
 
     # -- divergence, checkpoints -------------------------------------------------------------
     def _check_finite(self) -> bool:
@@ -464,8 +459,14 @@ class Engine:
         self._event("checkpoint", f"checkpoint at step {self.step} → {path}")
         return True
 
+    def _refresh_structure(self) -> None:
+        """Recount parameters and re-read spectra: needed only when ranks may have changed."""
+        self._report = parameter_report(self.model)
+        self._layer_stats = layer_stats(self.model)
+
     def _restore(self, payload: dict[str, Any], resumed: bool) -> None:
         load_model_state(self.model, payload, self.run_dir / CHECKPOINT)
+        self._report = parameter_report(self.model)
         self._build_optimizer()
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -498,8 +499,7 @@ class Engine:
             self._flush_window()
             if self.position:  # max_steps ended the run mid-epoch
                 self._evaluate()
-            spec = AttackSpec(config.attack, config.eps, config.pgd_steps, config.pgd_step_size)
-            result = self._attack(spec, full=True)
+            result = self._attack(config.attack_spec(), full=True)
             if self.last_checkpoint_step != self.step:
                 self._checkpoint()
             self.state = "finished"
@@ -508,7 +508,7 @@ class Engine:
         self._publish()
 
     def _write_summary(self, result: AttackResult) -> None:
-        report = parameter_report(self.model)
+        report = self._report
         summary = {
             "state": "finished", "preset": self.config.name, "method": self.config.method_label,
             "dataset": self.config.dataset, "model": self.config.model, "steps": self.step,
@@ -574,7 +574,7 @@ class Engine:
             self._layers_at = time.monotonic()
             # SVDs of large dense weights are not free: space them so they take ≤ 1 % of the time.
             self._spectra_interval = max(SPECTRA_INTERVAL_S, 100 * (self._layers_at - started))
-        report = parameter_report(model) if model is not None else None
+        report = getattr(self, "_report", None)
         stats = getattr(self, "_layer_stats", ())
         throughput = getattr(self, "_throughput", 0.0)
         remaining = max(getattr(self, "total_steps", 0) - self.step, 0)

@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .attacks import ATTACKS
+from .attacks import ATTACKS, AttackSpec
 from .condlr import STEP_SCALINGS
 from .data import DATASETS
 from .models import MODELS
@@ -124,6 +124,13 @@ class RunConfig:
     @property
     def is_low_rank(self) -> bool:
         return self.method == "lowrank"
+
+    def attack_spec(self, attack: str | None = None, eps=None, steps: int | None = None,
+                    step_size: float | None = None) -> AttackSpec:
+        """The run's attack, with any of its settings replaced (None keeps the run's own)."""
+        return AttackSpec(attack or self.attack, tuple(eps) if eps else self.eps,
+                          self.pgd_steps if steps is None else steps,
+                          self.pgd_step_size if step_size is None else step_size)
 
     @property
     def method_label(self) -> str:
