@@ -17,15 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
-SYNTHETIC_SHAPES = {"synthetic": (1, 8), "synthetic-28": (1, 28), "synthetic-32": (3, 32)}
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", *SYNTHETIC_SHAPES)
-OFFLINE_HINT = ("Presets that work offline: quickstart (scikit-learn digits), and the fashion-mnist "
-                "presets once Debian's dataset-fashion-mnist package is installed "
-                "(apt-get install dataset-fashion-mnist).")
+from .catalog import DATASETS, DEBIAN_FASHION_MNIST, OFFLINE_HINT, DatasetInfo
+
+DEFAULT_DATA_DIR = "data"
 
 
 class DatasetUnavailable(Exception):
@@ -110,9 +104,9 @@ def _digits(seed: int) -> tuple[Split, Split]:
     return Split(images[train], labels[train]), Split(images[test], labels[test])
 
 
-def _synthetic(name: str, seed: int, samples: int = 2000, classes: int = 10) -> tuple[Split, Split]:
+def _synthetic(info: DatasetInfo, seed: int, samples: int = 2000) -> tuple[Split, Split]:
     """Class prototypes plus Gaussian noise: learnable, deterministic, any shape."""
-    channels, size = SYNTHETIC_SHAPES[name]
+    channels, size, classes = info.channels, info.image_size, info.classes
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(classes, channels, size, size, generator=g) * 0.6 + 0.2
     labels = torch.randint(0, classes, (samples,), generator=g)
@@ -182,20 +176,38 @@ def _unavailable(name: str, root: Path, download: bool, reason: BaseException) -
         f"directory (set data_dir to use another).{extra} {OFFLINE_HINT}")
 
 
-def load_dataset(name: str, data_dir: str | Path = "data", download: bool = True,
+def check_data_dir(name: str, data_dir: str | Path) -> None:
+    """A data set read from files needs its directory to exist. Only the default ``data``
+    (relative to the working directory) is created by rlr; any other path is the user's own
+    choice, and a missing one is most likely mistyped, so it is an error that names it."""
+    if not DATASETS[name].needs_files:
+        return
+    root = Path(data_dir).expanduser()
+    if root.is_dir():
+        return
+    if root.exists():
+        raise DatasetUnavailable(f"data set {name!r}: data_dir = {str(data_dir)!r} is not a directory")
+    if str(data_dir) != DEFAULT_DATA_DIR:
+        raise DatasetUnavailable(
+            f"data set {name!r}: data_dir = {str(data_dir)!r} does not exist; nothing was created. "
+            f"Create it first (mkdir -p {data_dir}) or leave data_dir unset to use ./{DEFAULT_DATA_DIR}. "
+            f"{OFFLINE_HINT}")
+
+
+def load_dataset(name: str, data_dir: str | Path = DEFAULT_DATA_DIR, download: bool = True,
                  val_fraction: float = 0.25, seed: int = 0, device: str | torch.device = "cpu") -> ImageData:
     """Load a data set, hold out ``val_fraction`` of its training set (seeded) for validation,
-    and place all splits on ``device`` as uint8."""
+    and place all splits on ``device`` as uint8. Facts about each set (shape, classes,
+    normalisation, augmentation) come from ``catalog.DATASETS``."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+    info = DATASETS[name]
+    check_data_dir(name, data_dir)
     root = Path(data_dir).expanduser()
-    mean = std = None
-    crop, flip = 0, False
-    classes = 10
     if name == "digits":
         train, test = _digits(seed)
-    elif name in SYNTHETIC_SHAPES:
-        train, test = _synthetic(name, seed)
+    elif info.source == "synthetic":
+        train, test = _synthetic(info, seed)
     else:
         if name == "fashion-mnist":
             try:
@@ -206,11 +218,6 @@ def load_dataset(name: str, data_dir: str | Path = "data", download: bool = True
             train, test = _torchvision(name, root, download)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
             raise _unavailable(name, root, download, error) from None
-        if name == "cifar10":
-            mean, std, crop, flip = CIFAR10_MEAN, CIFAR10_STD, 4, True
-        elif name == "cifar100":
-            mean, std, crop, flip, classes = CIFAR100_MEAN, CIFAR100_STD, 4, True, 100
-        elif name == "svhn":
-            mean, std, crop = SVHN_MEAN, SVHN_STD, 4
     train, val = _hold_out(train.images, train.labels, val_fraction, seed)
-    return ImageData(name, train.to(device), val.to(device), test.to(device), classes, mean, std, crop, flip)
+    return ImageData(name, train.to(device), val.to(device), test.to(device), info.classes, info.mean, info.std,
+                     info.crop_padding, info.flip)

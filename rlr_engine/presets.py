@@ -20,8 +20,7 @@ else:  # pragma: no cover
 
 from .attacks import ATTACKS, AttackSpec
 from .condlr import STEP_SCALINGS
-from .data import DATASETS
-from .models import MODELS
+from .catalog import DATASETS, MODEL_INPUTS, model_data_problem
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -75,7 +74,7 @@ class RunConfig:
     name: str = field(default="custom", metadata=_spec(str, help="preset name"))
     description: str = field(default="", metadata=_spec(str, help="one line of what it is for"))
     dataset: str = field(default="digits", metadata=_spec(str, _choice(DATASETS)))
-    model: str = field(default="digits-cnn", metadata=_spec(str, _choice(MODELS)))
+    model: str = field(default="digits-cnn", metadata=_spec(str, _choice(MODEL_INPUTS)))
     method: str = field(default="lowrank", metadata=_spec(str, _choice(("dense", "lowrank")),
                         "dense: no factorisation; lowrank: CondLR (tau = inf is vanilla low-rank)"))
     tau: float = field(default=0.1, metadata=_spec(float, _number(0, math.inf),
@@ -141,6 +140,9 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
+# A preset file must say what it trains: without these the defaults would silently train
+# something else. Overrides (--set) may still supply them.
+REQUIRED_IN_FILE = ("dataset", "model", "method")
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -186,10 +188,9 @@ def validate(raw: Mapping[str, Any], source: str = "preset") -> RunConfig:
         raise PresetError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(FIELDS)}")
     values = {key: _coerce(key, value, source) for key, value in raw.items()}
     config = RunConfig(**values)
-    if config.model in ("vgg16", "wrn16-4") and config.dataset in ("digits", "synthetic", "mnist",
-                                                                    "fashion-mnist", "synthetic-28"):
-        raise PresetError(f"{source}: model = {config.model!r} needs 32×32 RGB images; "
-                          f"dataset {config.dataset!r} is not (use cifar10, cifar100, svhn or synthetic-32)")
+    problem = model_data_problem(config.model, config.dataset)
+    if problem:
+        raise PresetError(f"{source}: {problem}")
     return config
 
 
@@ -249,8 +250,18 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> RunConfig:
     except tomllib.TOMLDecodeError as error:
         raise PresetError(f"preset {path}: not valid TOML: {error}") from None
     raw.setdefault("name", path.stem)
-    config = validate(raw, source=f"preset {path}")
-    return apply_overrides(config, overrides)
+    overrides = list(overrides)
+    overridden = {parse_override(text)[0] for text in overrides}
+    missing = [key for key in REQUIRED_IN_FILE if key not in raw and key not in overridden]
+    if missing:
+        raise PresetError(f"preset {path}: missing required key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(missing)} (a preset file must name its "
+                          f"{', '.join(REQUIRED_IN_FILE)}; e.g. {missing[0]} = "
+                          f"{_toml_value(getattr(RunConfig(), missing[0]))})")
+    for text in overrides:
+        key, value = parse_override(text)
+        raw[key] = _coerce(key, value, f"--set {text}")
+    return validate(raw, source=f"preset {path}")
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:

@@ -53,6 +53,7 @@ def test_fashion_mnist_is_found_where_debian_installs_it(tmp_path, monkeypatch):
         with open(tmp_path / name, "rb") as src, gzip.open(debian / f"{name}.gz", "wb") as dst:
             dst.write(src.read())
     monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", debian)
+    (tmp_path / "data").mkdir()
     data = load_dataset("fashion-mnist", tmp_path / "data", download=False, val_fraction=0.0)
     assert len(data.train) == 40 and len(data.test) == 10
     torch.testing.assert_close(data.test.labels, torch.from_numpy(yte.astype(np.int64)))
@@ -87,6 +88,7 @@ def test_cifar10_loads_from_pickled_batches(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn", "fashion-mnist"])
 def test_missing_data_set_says_where_it_looked_and_what_works_offline(tmp_path, monkeypatch, name):
     monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetUnavailable) as info:
         load_dataset(name, tmp_path / "empty", download=False)
     message = str(info.value)
@@ -122,3 +124,19 @@ def test_augmentation_crops_and_flips_each_image_independently():
         windows = [padded[i, :, dy:dy + 4, dx:dx + 4] for dy in range(3) for dx in range(3)]
         assert any(torch.equal(cropped[i], w) for w in windows)
     assert len({bytes(c.numpy()) for c in cropped[::2]}) > 1
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_a_mistyped_data_dir_is_an_error_naming_it_and_creates_nothing(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(DatasetUnavailable) as info:
+        load_dataset(name, missing, download=True)
+    message = str(info.value)
+    assert f"data_dir = {str(missing)!r} does not exist" in message and "mkdir -p" in message
+    assert not (tmp_path / "no").exists()
+
+
+def test_in_memory_data_sets_ignore_data_dir(tmp_path):
+    data = load_dataset("synthetic", tmp_path / "never-made", val_fraction=0.25)
+    assert len(data.train) > 0 and not (tmp_path / "never-made").exists()

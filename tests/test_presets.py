@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 
@@ -41,11 +42,14 @@ def write(tmp_path, text, name="mine.toml"):
     ('dataset = "imagenet"\n', "dataset = 'imagenet' is not allowed: must be one of digits"),
     ('eps = [0, 0.5, 3]\n', "eps = [0, 0.5, 3] is not allowed"),
     ('download = "yes"\n', "download = 'yes' is not allowed: must be true or false"),
-    ('model = "vgg16"\ndataset = "digits"\n', "needs 32×32 RGB images"),
+    ('model = "vgg16"\n', "model 'vgg16' needs 32×32 images; data set 'digits' has 8×8"),
+    ('model = "lenet5"\n', "model 'lenet5' needs images of at least 16×16"),
     ('tau = [\n', "not valid TOML"),
 ])
 def test_bad_preset_files_name_file_key_value_and_what_is_allowed(tmp_path, text, expected):
-    path = write(tmp_path, text)
+    required = {"dataset": 'dataset = "digits"', "model": 'model = "digits-cnn"', "method": 'method = "lowrank"'}
+    header = "".join(line + "\n" for key, line in required.items() if not text.startswith(f"{key} ="))
+    path = write(tmp_path, text if text.startswith("tau = [") else header + text)
     with pytest.raises(PresetError) as info:
         load_preset(path)
     assert expected in str(info.value)
@@ -53,7 +57,7 @@ def test_bad_preset_files_name_file_key_value_and_what_is_allowed(tmp_path, text
 
 
 def test_user_file_with_inf_and_overrides(tmp_path):
-    path = write(tmp_path, 'tau = inf\nepochs = 2\ndescription = "mine"\n')
+    path = write(tmp_path, 'tau = inf\nepochs = 2\ndescription = "mine"\nmodel = "digits-cnn"\nmethod = "lowrank"\n')
     config = load_preset(path, ["tau=0.5", "eps=[0, 0.01]", "dataset=synthetic"])
     assert config.name == "mine" and config.tau == 0.5 and config.eps == (0.0, 0.01)
     assert config.dataset == "synthetic" and config.epochs == 2
@@ -77,3 +81,24 @@ def test_missing_preset_lists_the_available_ones():
         load_preset("nope")
     with pytest.raises(PresetError, match="does not exist"):
         load_preset("/no/such/file.toml")
+
+
+@pytest.mark.parametrize("missing", ["dataset", "model", "method"])
+def test_a_preset_file_must_name_its_dataset_model_and_method(tmp_path, missing):
+    lines = [line for line in (Path(available_presets()["fmnist-lenet5-tau0.1-cr80"]).read_text().splitlines())
+             if not line.startswith(f"{missing} =")]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(PresetError) as info:
+        load_preset(path)
+    assert f"missing required key {missing}" in str(info.value) and path in str(info.value)
+    # an override may supply it
+    value = {"dataset": "fashion-mnist", "model": "lenet5", "method": "lowrank"}[missing]
+    assert getattr(load_preset(path, [f"{missing}={value}"]), missing) == value
+
+
+def test_a_model_that_cannot_take_the_data_is_rejected_with_the_sets_that_fit(tmp_path):
+    path = write(tmp_path, 'dataset = "digits"\nmodel = "lenet5"\nmethod = "lowrank"\n')
+    with pytest.raises(PresetError) as info:
+        load_preset(path)
+    assert "data sets that fit: mnist, fashion-mnist" in str(info.value)
+    assert load_preset(path, ["dataset=fashion-mnist"]).dataset == "fashion-mnist"
