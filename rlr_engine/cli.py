@@ -29,20 +29,22 @@ def _fmt_pct(value: float | None) -> str:
 
 # -- rlr presets ----------------------------------------------------------------------------
 def cmd_presets(args: argparse.Namespace) -> int:
-    from rich import box
-
-    table = Table(title="rlr presets (rlr train NAME)", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("name / what it is for", overflow="fold", ratio=1)
-    for column in ("data set", "model", "method", "rank kept"):
-        table.add_column(column, no_wrap=True)
-    for name, path in available_presets().items():
+    presets = available_presets()
+    console.print("[bold]rlr presets[/bold] (rlr train NAME, rlr-tui NAME)")
+    # A grid, not a boxed table: names are what users copy, so their column never wraps and is
+    # as wide as the longest name; the details beside them wrap instead.
+    table = Table.grid(padding=(0, 2))
+    table.add_column("name", no_wrap=True, min_width=max((len(name) for name in presets), default=4))
+    table.add_column("what it trains", overflow="fold")
+    for name, path in presets.items():
         try:
             c = load_preset(str(path))
         except PresetError as error:
-            table.add_row(f"[bold]{name}[/bold]\n[red]{error}[/red]", "", "", "invalid", "")
+            table.add_row(f"[bold]{name}[/bold]", f"[red]invalid: {error}[/red]")
             continue
-        table.add_row(f"[bold]{name}[/bold]\n[dim]{c.description}[/dim]", c.dataset, c.model, c.method_label,
-                      f"{c.rank_fraction:.0%}" if c.is_low_rank else "100%")
+        kept = f"{c.rank_fraction:.0%}" if c.is_low_rank else "100%"
+        table.add_row(f"[bold]{name}[/bold]", f"{c.dataset} · {c.model} · {c.method_label} · rank {kept}"
+                                                f"\n[dim]{c.description}[/dim]")
     console.print(table)
     return 0
 

@@ -102,3 +102,18 @@ def test_a_model_that_cannot_take_the_data_is_rejected_with_the_sets_that_fit(tm
         load_preset(path)
     assert "data sets that fit: mnist, fashion-mnist" in str(info.value)
     assert load_preset(path, ["dataset=fashion-mnist"]).dataset == "fashion-mnist"
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_rlr_presets_never_wraps_a_preset_name(monkeypatch, width):
+    import io
+
+    from rich.console import Console
+
+    from rlr_engine import cli
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=width, no_color=True))
+    assert cli.main(["presets"]) == 0
+    first_words = {line.split()[0] for line in out.getvalue().splitlines() if line and not line[0].isspace()}
+    assert set(available_presets()) <= first_words
