@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Label
 from textual_plotext import PlotextPlot
 
 from ..format import num, pct
+from ..widgets.markers import series_marker
 
 
 class ComparisonError(Exception):
@@ -75,9 +76,10 @@ class ComparisonScreen(Screen):
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
-        for row in self.rows:
+        for index, row in enumerate(self.rows):
             plt.plot(eps, [100 * m for m, _ in row[attack]["accuracy"]],
-                     label=f"{row['method']} {row['rank_fraction']:.0%}", marker="braille")
+                     label=f"{row['method']} {row['rank_fraction']:.0%}",
+                     marker=series_marker(index, len(eps), self.app.no_color))
         plt.title(f"accuracy (%) under {attack} vs ε")
         plt.xlabel("ε")
         plot.refresh()

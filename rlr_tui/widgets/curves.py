@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual_plotext import PlotextPlot
 
 from ..format import downsample
+from .markers import series_marker
 
 SERIES = {"loss": (("train_loss", "train"), ("val_loss", "val")),
           "accuracy": (("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test"))}
@@ -27,11 +28,11 @@ class CurvesPlot(PlotextPlot):
         limit = max(2 * self.size.width, 16)
         plotted = False
         self.points_drawn: dict[str, int] = {}
-        for key, label in SERIES[self.kind]:
+        for index, (key, label) in enumerate(SERIES[self.kind]):
             points = downsample(snap.curves.get(key, ()), limit)
             if points:
                 plt.plot([p[0] for p in points], [p[1] for p in points], label=label,
-                         marker="braille" if len(points) > 1 else "dot")
+                         marker=series_marker(index, len(points), self.app.no_color))
                 plotted = True
                 self.points_drawn[label] = len(points)
         if not plotted:

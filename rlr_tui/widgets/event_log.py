@@ -12,16 +12,24 @@ STYLES = {"applied": "green", "rejected": "bold red", "error": "bold red", "warn
 
 
 class EventLog(RichLog):
-    """Appends each event once (events carry increasing sequence numbers)."""
+    """Appends each event once (events carry increasing sequence numbers).
 
-    last_seq = 0
+    It follows the newest events only while the view is at the bottom: once the user scrolls
+    back (Up, PageUp, Home, the mouse), new events are appended without moving the view, and
+    scrolling to the end (End) follows the tail again."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.last_seq = 0
 
     def show(self, events) -> None:
-        for event in events:
-            if event.seq <= self.last_seq:
-                continue
+        fresh = [event for event in events if event.seq > self.last_seq]
+        if not fresh:
+            return
+        follow = self.is_vertical_scroll_end
+        for event in fresh:
             line = Text(time.strftime("%H:%M:%S ", time.localtime(event.time)), style="dim")
             line.append(f"[{event.kind}] ", style=STYLES.get(event.kind, ""))
             line.append(event.message)
-            self.write(line)
+            self.write(line, scroll_end=follow)
             self.last_seq = event.seq

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from textual_plotext import PlotextPlot
 
+from .markers import series_marker
+
 
 class AccuracyVsEps(PlotextPlot):
     """Accuracy (%) against ε of the latest evaluation; ε = 0 is the clean point."""
@@ -37,7 +39,7 @@ class AccuracyHistory(PlotextPlot):
             steps = [r.step for r in history]
             for i, eps in enumerate(history[-1].eps):
                 plt.plot(steps, [100 * r.accuracy[i] for r in history], label=f"ε={eps:g}",
-                         marker="braille" if len(steps) > 1 else "dot")
+                         marker=series_marker(i, len(steps), self.app.no_color))
             plt.title("accuracy (%) per ε over the run")
             plt.xlabel("step")
         self.refresh()
