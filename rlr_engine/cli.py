@@ -151,7 +151,7 @@ def print_summary(snap) -> None:
 # -- rlr eval -------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from .attacks import AttackSpec
-    from .engine import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
 
     if args.samples < 0:
         raise UserError(f"--samples {args.samples}: must be >= 0 (0: the whole test set)")

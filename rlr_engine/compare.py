@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 from .attacks import ATTACKS
 from .presets import PresetError, RunConfig, dump_toml, load_preset
-from .runs import CHECKPOINT, CONFIG, SUMMARY, read_run_config
+from .runfiles import CHECKPOINT, CONFIG, SUMMARY
+from .runs import read_run_config
 
 SPEC_FILE = "comparison.json"
 
@@ -101,7 +102,7 @@ def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack
     cache = run_dir / f"robustness-{attack}-{samples}.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    from .engine import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
 
     _, _, _, accuracy, n = evaluate_checkpoint(run_dir / CHECKPOINT, attack, samples=samples,
                                                device=device or config.device)

@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .names import DATASETS, SYNTHETIC_DATASETS
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 SYNTHETIC_SHAPES = {"synthetic": (1, 8), "synthetic-28": (1, 28), "synthetic-32": (3, 32)}
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", *SYNTHETIC_SHAPES)
+assert tuple(SYNTHETIC_SHAPES) == SYNTHETIC_DATASETS
 OFFLINE_HINT = ("Presets that work offline: quickstart (scikit-learn digits), and the fashion-mnist "
                 "presets once Debian's dataset-fashion-mnist package is installed "
                 "(apt-get install dataset-fashion-mnist).")

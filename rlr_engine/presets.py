@@ -18,10 +18,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .attacks import ATTACKS, AttackSpec
-from .condlr import STEP_SCALINGS
-from .data import DATASETS
-from .models import MODELS
+from .names import ATTACKS, DATASETS, MODELS, STEP_SCALINGS
+from .records import AttackSpec
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -134,10 +132,15 @@ class RunConfig:
 
     @property
     def method_label(self) -> str:
-        """dense, vanilla low-rank (τ = ∞) or CondLR τ = …"""
-        if not self.is_low_rank:
-            return "dense"
-        return "low-rank τ=inf" if math.isinf(self.tau) else f"CondLR τ={self.tau:g}"
+        """The preset's method with its starting τ (a live run's τ may differ: see method_label())."""
+        return method_label(self.method, self.tau)
+
+
+def method_label(method: str, tau: float) -> str:
+    """dense, vanilla low-rank (τ = ∞) or CondLR τ = …"""
+    if method != "lowrank":
+        return "dense"
+    return "low-rank τ=inf" if math.isinf(tau) else f"CondLR τ={tau:g}"
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}

@@ -16,9 +16,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .presets import PresetError, RunConfig, dump_toml, validate
+from .runfiles import CHECKPOINT, CONFIG, EVENTS, METRICS, SUMMARY
 
-CONFIG, METRICS, EVENTS, CHECKPOINT, SUMMARY = ("config.toml", "metrics.jsonl", "events.jsonl",
-                                                 "checkpoint.pt", "summary.json")
 
 
 def new_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
