@@ -114,6 +114,13 @@ class Engine:
     def latest(self) -> Snapshot:
         return self._latest
 
+    def log_event(self, kind: str, message: str) -> None:
+        """Record an event from another thread (the control server reporting a bad client)."""
+        self._event(kind, message)
+
+    def recent_events(self) -> list[Event]:
+        return self.recorder.recent_events()
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end; True when it has."""
         if self._thread is None:
@@ -228,7 +235,7 @@ class Engine:
 
     def _facts(self) -> dict[str, Any]:
         trainer, report = self.trainer, self.trainer.report
-        return {"steps": trainer.step, "epochs": trainer.epoch, "rank_fraction": report.rank_fraction,
+        return {"steps": trainer.step, "total_steps": trainer.total_steps, "epochs": trainer.epoch, "rank_fraction": report.rank_fraction,
                 "params": report.params, "dense_params": report.dense_params, "compression": report.compression,
                 "layers": [{"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa}
                            for s in self._layer_stats]}
@@ -404,7 +411,7 @@ class Engine:
             state=self.state, message=self.message, device=self.device_name, samples_per_s=rate, eta_s=eta,
             curves={name: series.points() for name, series in recorder.curves.items()},
             adversarial=recorder.attack_history[-1] if recorder.attack_history else None,
-            adversarial_history=tuple(recorder.attack_history), events=tuple(recorder.events),
+            adversarial_history=tuple(recorder.attack_history), events=tuple(recorder.recent_events()),
             last_checkpoint_step=recorder.last_checkpoint_step, version=self._version, **recorder.last_values)
         if trainer is not None:
             report = trainer.report

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -30,8 +31,8 @@ def last_event_seq(path: Path) -> int:
 
 
 class Recorder:
-    """Owns ``run_dir``. ``listener`` (if set) is called with every Event as it is recorded; it
-    must not block (the engine thread calls it)."""
+    """Owns ``run_dir``. ``event()`` may be called from any thread; the rest from the engine
+    thread only."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path) -> None:
         self.config = config
@@ -42,7 +43,7 @@ class Recorder:
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.event_seq = last_event_seq(self.run_dir / EVENTS)
         self.last_checkpoint_step: int | None = None
-        self.listener = None
+        self._events_lock = threading.Lock()  # the control server logs client trouble from its thread
 
     def clear_summary(self) -> None:
         """A resumed run is no longer stopped or finished."""
@@ -54,16 +55,19 @@ class Recorder:
 
     # -- events ---------------------------------------------------------------------------------
     def event(self, step: int, kind: str, message: str) -> Event:
-        self.event_seq += 1
-        event = Event(self.event_seq, step, time.time(), kind, message)
-        self.events.append(event)
-        try:
-            append_jsonl(self.run_dir / EVENTS, event_to_dict(event))
-        except OSError:
-            pass  # the event is still shown; a full disk must not stop training
-        if self.listener is not None:
-            self.listener(event)
+        with self._events_lock:
+            self.event_seq += 1
+            event = Event(self.event_seq, step, time.time(), kind, message)
+            self.events.append(event)
+            try:
+                append_jsonl(self.run_dir / EVENTS, event_to_dict(event))
+            except OSError:
+                pass  # the event is still shown; a full disk must not stop training
         return event
+
+    def recent_events(self) -> list[Event]:
+        with self._events_lock:
+            return list(self.events)
 
     # -- metrics --------------------------------------------------------------------------------
     def train_window(self, step: int, epoch: int, loss: float, acc: float, lr: float, tau: float,
