@@ -45,5 +45,7 @@ def start_detached(train_args: Sequence[str]) -> tuple[Path, int]:
         return Path(line[len(READY):]), proc.pid
     _, err = proc.communicate()
     message = err.decode("utf-8", "replace").strip()
-    lines = [l for l in message.splitlines() if l.strip()]
-    raise LaunchError(lines[-1].removeprefix("error: ") if lines else f"the engine exited with code {proc.returncode}")
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    if "error: " in text:
+        text = text[text.rindex("error: ") + len("error: "):]
+    raise LaunchError(text or f"the engine exited with code {proc.returncode}")
