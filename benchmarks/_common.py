@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from rlr_engine.presets import RunConfig
-from rlr_engine.runs import METRICS, read_jsonl
+from rlr_engine.runfiles import METRICS
+from rlr_engine.runs import read_jsonl
 
 
 def benchmark_config(steps: int, **changes) -> RunConfig:

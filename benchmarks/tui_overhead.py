@@ -16,23 +16,36 @@ import torch
 
 from _common import benchmark_config, engine_samples_per_s, report, wait
 from rlr_engine.engine import Engine
+from rlr_engine.runfiles import CONTROL_SOCKET
+from rlr_engine.server import ControlServer
 from rlr_tui.app import RlrApp
+from rlr_tui.engines import EngineLauncher
+
+
+class InProcessLauncher(EngineLauncher):
+    """The engine and its control server in this process (the dashboard attaches through the
+    socket as usual): the dashboard's cost lands on the training process, a pessimistic measure."""
+
+    def __init__(self, config, run_dir: Path) -> None:
+        self.config, self.run_dir, self.engine, self.server = config, run_dir, None, None
+
+    def start(self, preset, overrides, runs_root) -> Path:
+        self.engine = Engine(self.config, self.run_dir).setup()
+        self.server = ControlServer(self.engine, self.run_dir / CONTROL_SOCKET).start()
+        self.engine.listener = self.server
+        self.engine.start()
+        return self.run_dir
 
 
 async def with_dashboard(config, run_dir: Path, size: tuple[int, int]) -> float:
-    engines = []
-
-    def factory(cfg, directory, resume):
-        engine = Engine(config, run_dir).start()
-        engines.append(engine)
-        return engine
-
-    app = RlrApp("quickstart", [], run_dir.parent, engine_factory=factory)
+    launcher = InProcessLauncher(config, run_dir)
+    app = RlrApp("quickstart", [], run_dir.parent, launcher=launcher)
     async with app.run_test(size=size) as pilot:
-        while not engines or engines[0].latest().active:
+        while launcher.engine is None or launcher.engine.latest().active:
             await pilot.pause(0.25)
-    engines[0].join(timeout=60)
-    assert engines[0].latest().state == "finished", engines[0].latest().message
+    launcher.engine.join(timeout=60)
+    launcher.server.close()
+    assert launcher.engine.latest().state == "finished", launcher.engine.latest().message
     return engine_samples_per_s(run_dir)
 
 

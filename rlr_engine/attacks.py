@@ -6,14 +6,17 @@ All attacks work in [0, 1] pixel space: models normalise their inputs themselves
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ATTACKS = ("fgsm", "pgd-linf", "pgd-l2")
+from .names import ATTACKS
+from .records import AttackSpec
+
+__all__ = ["ATTACKS", "AttackSpec", "adversarial_accuracy", "fgsm_batch", "pgd_batch", "import_advertorch"]
+
 
 
 def _zero_gradients(x) -> None:
@@ -41,27 +44,6 @@ def import_advertorch():
     import advertorch.attacks
 
     return advertorch.attacks
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """Which attack, at which budgets. ``steps`` and ``step_size`` apply to PGD; a step size of
-    0 means 2.5·ε/steps (Madry et al.)."""
-
-    name: str = "fgsm"
-    eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03)
-    steps: int = 10
-    step_size: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.name not in ATTACKS:
-            raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {self.name!r}")
-        if not self.eps or any(not (0.0 <= e <= 1.0) for e in self.eps):
-            raise ValueError(f"eps must be a non-empty list of values in [0, 1], got {list(self.eps)}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.step_size < 0:
-            raise ValueError(f"step_size must be >= 0, got {self.step_size}")
 
 
 def fgsm_batch(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[float]) -> list[Tensor]:

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .runfiles import CHECKPOINT
+
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or not an rlr checkpoint."""
@@ -47,7 +49,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     which file and why."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

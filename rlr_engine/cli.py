@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import math
-import signal
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .launch import ENGINE_CHILD_FLAG, READY
 from .presets import PresetError, apply_overrides, available_presets, load_preset
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line, exit code 2."""
-
-
-def _fmt_pct(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
+from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, watch
 
 
 # -- rlr presets ----------------------------------------------------------------------------
@@ -52,79 +40,132 @@ def cmd_presets(args: argparse.Namespace) -> int:
 # -- rlr train ------------------------------------------------------------------------------
 def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None, runs_root: str,
                 device: str | None):
-    """Resolve the config and run directory for a new or resumed run."""
-    from .runs import CHECKPOINT, new_run_dir, read_run_config
-    from .presets import dump_toml
+    """The config and run directory of a new or resumed run, checked; nothing is created yet.
+    Returns (config, run_dir, whether the run directory is new)."""
+    from .runfiles import CHECKPOINT
+    from .runs import choose_run_dir, engine_alive, read_run_config
 
     extra = list(overrides) + ([f"device={device}"] if device else [])
     if resume:
         run_dir = Path(resume)
         config = apply_overrides(read_run_config(run_dir), extra)
+        if engine_alive(run_dir):
+            raise UserError(f"--resume {run_dir}: the run is still running; attach with: rlr-tui --attach {run_dir}")
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"--resume {run_dir}: no {CHECKPOINT} in that directory, nothing to resume")
-        (run_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
-        return config, run_dir
+        return config, run_dir, False
     if preset is None:
         raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
     config = load_preset(preset, extra)
-    return config, new_run_dir(config, runs_root)
+    return config, choose_run_dir(config, runs_root), True
 
 
-def watch(engine, title: str) -> tuple[object, bool]:
-    """Show a rich progress bar and the run's events until the engine ends. The first Ctrl+C
-    asks for a clean stop (final checkpoint), a second one aborts. Returns (last snapshot,
-    whether the user interrupted)."""
-    from .records import Stop
-
-    interrupted = False
-
-    def on_interrupt(signum, frame):
-        nonlocal interrupted
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted = True
-        console.print("[yellow]stopping: writing a final checkpoint (Ctrl+C again to abort)[/yellow]")
-        engine.send(Stop())
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    last_event = 0
-    try:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console) as progress:
-            task = progress.add_task(title, total=None, info="")
-            done = False
-            while not done:
-                done = engine.join(timeout=0.25)
-                snap = engine.latest()
-                for event in snap.events:
-                    if event.seq > last_event and event.kind != "checkpoint":
-                        progress.console.print(f"[dim]step {event.step}[/dim] {event.message}", highlight=False)
-                last_event = snap.events[-1].seq if snap.events else last_event
-                loss = "–" if snap.train_loss is None else f"{snap.train_loss:.3f}"
-                progress.update(task, total=snap.total_steps or None, completed=snap.step,
-                                description=f"{title} epoch {snap.epoch}/{snap.epochs}",
-                                info=f"loss {loss}  acc {_fmt_pct(snap.train_acc)}  "
-                                     f"{snap.samples_per_s:,.0f} samples/s")
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return engine.latest(), interrupted
+def train_arguments(args: argparse.Namespace) -> list[str]:
+    """The arguments of ``rlr train`` that describe the run (for the detached engine)."""
+    argv = [args.preset] if args.preset else []
+    for item in args.set:
+        argv += ["--set", item]
+    if args.device:
+        argv += ["--device", args.device]
+    if args.resume:
+        argv += ["--resume", args.resume]
+    return argv + ["--runs", args.runs]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.detach and not args.engine_child:
+        return start_detached_run(args)
+    from .data import DatasetUnavailable
     from .engine import Engine
+    from .process import become_detached_log, serve_run
+    from .runfiles import CONFIG
+    from .presets import dump_toml
+    from .runs import create_run_dir
 
-    config, run_dir = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
-    engine = Engine(config, run_dir, resume=bool(args.resume)).start()
-    console.print(f"[bold]{config.name}[/bold] — {config.method_label}, {config.model} on {config.dataset} "
-                  f"→ {run_dir}", highlight=False)
-    snap, interrupted = watch(engine, config.name)
-    if snap.state == "failed":
-        err_console.print(f"[red]error:[/red] {snap.message}", highlight=False)
+    config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
+    engine = Engine(config, run_dir, resume=not new)
+    show = not args.engine_child
+    try:
+        if show:
+            with console.status(f"loading {config.dataset} and building {config.model}"):
+                engine.setup()
+        else:
+            engine.setup()
+    except DatasetUnavailable as error:
+        err_console.print(f"[red]error:[/red] {error}", highlight=False)
         return 1
-    print_summary(snap)
-    if snap.state == "stopped":
-        console.print(f"stopped at step {snap.step}; resume with: rlr train --resume {run_dir}")
-        return 130 if interrupted else 0
+    if new:
+        create_run_dir(run_dir, config)
+    else:
+        os.chmod(run_dir, 0o700)
+        (run_dir / CONFIG).write_text(dump_toml(config), encoding="utf-8")
+
+    def on_ready(path: Path) -> None:
+        if args.engine_child:
+            print(f"{READY}{path}", flush=True)
+            become_detached_log(path)
+        else:
+            console.print(f"[bold]{config.name}[/bold] — {config.method_label}, {config.model} on {config.dataset} "
+                          f"→ {path}  (attach: rlr-tui --attach {path})", highlight=False)
+
+    snap, signal_code = serve_run(engine, detached=args.engine_child,
+                                  follow=lambda e: watch(e, config.name, show=show), on_ready=on_ready)
+    try:
+        if snap.state == "failed":
+            err_console.print(f"[red]error:[/red] {snap.message}", highlight=False)
+            return 1
+        if show:
+            print_summary(snap)
+        if snap.state == "stopped":
+            console.print(f"stopped at step {snap.step}; resume with: rlr train --resume {run_dir}")
+            return signal_code or 0
+    except OSError:
+        pass  # the terminal is gone
+    return 0
+
+
+def start_detached_run(args: argparse.Namespace) -> int:
+    from .launch import LaunchError, start_detached
+
+    # Check what can be checked here, so a typo is reported before a process starts.
+    prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
+    try:
+        with console.status("starting the engine (loading the data set)"):
+            run_dir, pid = start_detached(train_arguments(args))
+    except LaunchError as error:
+        raise UserError(str(error)) from None
+    console.print(f"engine running in the background (pid {pid}), run directory {run_dir}", highlight=False)
+    console.print(f"attach: rlr-tui --attach {run_dir}\nlist:   rlr runs\nstop:   kill {pid}  "
+                  f"(a final checkpoint is written)", highlight=False)
+    return 0
+
+
+# -- rlr runs -------------------------------------------------------------------------------
+STATE_STYLES = {"running": "green", "paused": "yellow", "starting": "", "stopped": "yellow", "finished": "cyan",
+                "failed": "red", "dead": "bold red"}
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from rich import box
+
+    from .runs import list_runs
+
+    runs = [r for r in list_runs(args.root) if args.all or r.state not in ("finished", "failed")]
+    if not runs:
+        console.print(f"no {'' if args.all else 'live or resumable '}runs under {args.root}"
+                      f"{'' if args.all else ' (--all lists finished and failed ones too)'}")
+        return 0
+    table = Table(title=f"runs under {args.root}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("run", "state", "preset", "step", "τ", "checkpoint", "pid"):
+        table.add_column(column, justify="right" if column in ("step", "τ", "checkpoint", "pid") else "left",
+                         no_wrap=column != "run", overflow="fold")
+    for r in runs:
+        step = "–" if r.step is None else f"{r.step}/{r.total_steps if r.total_steps else '?'}"
+        table.add_row(r.path.name, f"[{STATE_STYLES.get(r.state, '')}]{r.state}[/]", r.config.name, step,
+                      "–" if r.tau is None else f"{r.tau:g}",
+                      "–" if r.last_checkpoint_step is None else str(r.last_checkpoint_step),
+                      str(r.pid) if r.pid and r.live else "–")
+    console.print(table)
     return 0
 
 
@@ -153,7 +194,7 @@ def print_summary(snap) -> None:
 # -- rlr eval -------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from .attacks import AttackSpec
-    from .engine import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
 
     if args.samples < 0:
         raise UserError(f"--samples {args.samples}: must be >= 0 (0: the whole test set)")
@@ -199,7 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: the preset's)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
     p.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background (no terminal; survives logout) and print how to attach")
+    p.add_argument(ENGINE_CHILD_FLAG, dest="engine_child", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", help="list runs: running, paused, stopped, dead (--all: finished, failed too)")
+    p.add_argument("--all", action="store_true", help="also list finished and failed runs")
+    p.add_argument("--root", default="runs", metavar="DIR", help="where run directories are (default: runs)")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("eval", help="robustness table of a saved checkpoint")
     p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
@@ -221,11 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DatasetUnavailable
+    from .runs import RunBusy
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, PresetError, CheckpointError, DatasetUnavailable) as error:
+    except (UserError, PresetError, CheckpointError, DatasetUnavailable, RunBusy) as error:
         err_console.print(f"[red]error:[/red] {error}", highlight=False)
         return 2
 

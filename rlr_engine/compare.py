@@ -16,14 +16,17 @@ import io
 import json
 import math
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any, Sequence
 
 from .attacks import ATTACKS
+from .records import Stop
 from .presets import PresetError, RunConfig, dump_toml, load_preset
-from .runs import CHECKPOINT, CONFIG, SUMMARY, read_run_config
+from .runfiles import CHECKPOINT, CONFIG, SUMMARY
+from .runs import read_run_config
 
 SPEC_FILE = "comparison.json"
 
@@ -76,7 +79,12 @@ def ensure_run(config: RunConfig, run_dir: Path, device: str | None, watch) -> d
         run_dir.mkdir(parents=True)
         (run_dir / CONFIG).write_text(dump_toml(config), encoding="utf-8")
     engine = Engine(config, run_dir, resume=resume).start()
-    snap, interrupted = watch(engine, f"{config.name} seed {config.seed}")
+    # Ctrl+C stops the run cleanly (final checkpoint); the same command resumes it.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: engine.send(Stop()))
+    try:
+        snap = watch(engine, f"{config.name} seed {config.seed}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if snap.state == "failed":
         raise PresetError(f"run {run_dir} failed: {snap.message}")
     if snap.state != "finished":
@@ -101,7 +109,7 @@ def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack
     cache = run_dir / f"robustness-{attack}-{samples}.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    from .engine import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
 
     _, _, _, accuracy, n = evaluate_checkpoint(run_dir / CHECKPOINT, attack, samples=samples,
                                                device=device or config.device)
@@ -244,7 +252,7 @@ def write_plots(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str
 
 # -- the command ----------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .cli import UserError, console, watch
+    from .progress import UserError, console, watch
 
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: must be >= 1")

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from .lowrank import LowRankLayer, low_rank_layers
+from .names import STEP_SCALINGS
 from .manifold import project_condition, project_tangent, retract_qr, truncation_rank
 from .validation import check_tau, check_theta
 
-STEP_SCALINGS = ("reference", "alpha", "none")
 
 
 @dataclass(frozen=True)

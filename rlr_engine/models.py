@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .names import MODELS
+
 
 class Normalize(nn.Module):
     """(x − mean) / std per channel, as a layer."""
@@ -168,19 +170,20 @@ def use_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": lenet5,
     "vgg16": vgg16,
     "wrn16-4": wrn16_4,
     "digits-cnn": digits_cnn,
     "mlp": mlp,
 }
+assert tuple(BUILDERS) == MODELS, "names.MODELS lists the models built here"
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
                 mean=None, std=None) -> nn.Module:
     """Instantiate a model by name for the given input shape and class count."""
-    if name not in MODELS:
+    if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+    return BUILDERS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size,
                         mean=mean, std=std)

@@ -18,9 +18,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .attacks import ATTACKS, AttackSpec
-from .condlr import STEP_SCALINGS
-from .catalog import DATASETS, MODEL_INPUTS, model_data_problem
+from .catalog import model_data_problem
+from .names import ATTACKS, DATASETS, MODELS, STEP_SCALINGS
+from .records import AttackSpec
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -74,7 +74,7 @@ class RunConfig:
     name: str = field(default="custom", metadata=_spec(str, help="preset name"))
     description: str = field(default="", metadata=_spec(str, help="one line of what it is for"))
     dataset: str = field(default="digits", metadata=_spec(str, _choice(DATASETS)))
-    model: str = field(default="digits-cnn", metadata=_spec(str, _choice(MODEL_INPUTS)))
+    model: str = field(default="digits-cnn", metadata=_spec(str, _choice(MODELS)))
     method: str = field(default="lowrank", metadata=_spec(str, _choice(("dense", "lowrank")),
                         "dense: no factorisation; lowrank: CondLR (tau = inf is vanilla low-rank)"))
     tau: float = field(default=0.1, metadata=_spec(float, _number(0, math.inf),
@@ -133,10 +133,15 @@ class RunConfig:
 
     @property
     def method_label(self) -> str:
-        """dense, vanilla low-rank (τ = ∞) or CondLR τ = …"""
-        if not self.is_low_rank:
-            return "dense"
-        return "low-rank τ=inf" if math.isinf(self.tau) else f"CondLR τ={self.tau:g}"
+        """The preset's method with its starting τ (a live run's τ may differ: see method_label())."""
+        return method_label(self.method, self.tau)
+
+
+def method_label(method: str, tau: float) -> str:
+    """dense, vanilla low-rank (τ = ∞) or CondLR τ = …"""
+    if method != "lowrank":
+        return "dense"
+    return "low-rank τ=inf" if math.isinf(tau) else f"CondLR τ={tau:g}"
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}

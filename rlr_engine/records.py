@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .names import ATTACKS
+
 
 @dataclass(frozen=True)
 class Command:
@@ -69,6 +71,13 @@ class SaveCheckpoint(Command):
 
 
 @dataclass(frozen=True)
+class RefreshLayers(Command):
+    """Recompute every layer's spectrum now (they are otherwise refreshed at most once a second)."""
+
+    kind: ClassVar[str] = "refresh_layers"
+
+
+@dataclass(frozen=True)
 class Stop(Command):
     """Stop cleanly: write a final checkpoint and end the run (resumable)."""
 
@@ -76,15 +85,74 @@ class Stop(Command):
 
 
 COMMANDS = {cls.kind: cls for cls in (SetTau, Truncate, SetLearningRate, Pause, Resume, AttackNow,
-                                      SaveCheckpoint, Stop)}
+                                      SaveCheckpoint, RefreshLayers, Stop)}
 
 
-def command_from_dict(raw: dict[str, Any]) -> Command:
+def _field_error(kind: str, name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{kind}.{name} = {value!r} is not allowed: expected {allowed}")
+
+
+def _coerce_field(kind: str, name: str, annotation: str, value: Any) -> Any:
+    """Check one field of a command read from the wire against its annotation (the dataclasses
+    here use a handful of plain types: float, int, str, a tuple of floats, each maybe None)."""
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    if value is None:
+        if optional:
+            return None
+        raise _field_error(kind, name, value, base)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base == "float" and is_number:
+        return float(value)
+    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base == "str" and isinstance(value, str):
+        return value
+    if base.startswith("tuple[float") and isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)
+    allowed = {"float": "a number", "int": "an integer", "str": "a string"}.get(base, "a list of numbers")
+    raise _field_error(kind, name, value, allowed + (" or null" if optional else ""))
+
+
+def command_from_dict(raw: Any) -> Command:
+    """The command a plain dict (as sent over the control socket) describes; ValueError naming
+    the kind, the field and what is allowed when it describes none."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a command must be an object with a 'kind', got {raw!r}")
     raw = dict(raw)
     kind = raw.pop("kind", None)
     if kind not in COMMANDS:
         raise ValueError(f"unknown command kind {kind!r}; known: {', '.join(COMMANDS)}")
-    return COMMANDS[kind](**raw)
+    cls = COMMANDS[kind]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{kind}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields) or 'none'}")
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            values[name] = _coerce_field(kind, name, str(f.type), raw[name])
+        elif f.default is dataclasses.MISSING:
+            raise ValueError(f"{kind}: missing field {name!r}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The engine's answer to one command: ``status`` is applied or rejected, ``message`` says
+    what changed or why nothing did. ``request_id`` and ``session`` name the command and the
+    client that sent it (empty for commands given in-process)."""
+
+    request_id: str
+    session: int
+    kind: str
+    status: str
+    message: str
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied"
 
 
 @dataclass(frozen=True)
@@ -123,6 +191,27 @@ class LayerStats:
     @property
     def kappa(self) -> float:
         return self.sigma_max / self.sigma_min if self.sigma_min > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """Which attack, at which budgets. ``steps`` and ``step_size`` apply to PGD; a step size of
+    0 means 2.5·ε/steps (Madry et al.)."""
+
+    name: str = "fgsm"
+    eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03)
+    steps: int = 10
+    step_size: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in ATTACKS:
+            raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {self.name!r}")
+        if not self.eps or any(not (0.0 <= e <= 1.0) for e in self.eps):
+            raise ValueError(f"eps must be a non-empty list of values in [0, 1], got {list(self.eps)}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.step_size < 0:
+            raise ValueError(f"step_size must be >= 0, got {self.step_size}")
 
 
 @dataclass(frozen=True)
@@ -174,6 +263,7 @@ class Snapshot:
     adversarial_history: tuple[AttackResult, ...] = ()
     events: tuple[Event, ...] = ()
     message: str = ""
+    last_checkpoint_step: int | None = None
     version: int = 0
 
     @property

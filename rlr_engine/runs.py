@@ -1,9 +1,16 @@
-"""Run directories: ``runs/<timestamp>-<preset>/`` with config.toml, metrics.jsonl,
-events.jsonl, checkpoint.pt and summary.json."""
+"""Run directories (``runs/<timestamp>-<preset>/``, files named in runfiles.py): creating them,
+reading them, and telling whether an engine process still lives in one. Torch-free.
+
+Liveness is never inferred from a pid or a socket file: the engine holds an exclusive fcntl lock
+on ``engine.json`` for as long as it lives, and the kernel drops it when the process dies
+(kill -9 and out-of-memory included). A stale socket or a reused pid therefore reads as dead.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,13 +23,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .presets import PresetError, RunConfig, dump_toml, validate
+from .runfiles import CHECKPOINT, CONFIG, ENGINE_INFO, EVENTS, METRICS, SUMMARY
 
-CONFIG, METRICS, EVENTS, CHECKPOINT, SUMMARY = ("config.toml", "metrics.jsonl", "events.jsonl",
-                                                 "checkpoint.pt", "summary.json")
-
-
-def new_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
-    """Create a fresh run directory and write the resolved config into it."""
+def choose_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+    """The path a new run of ``config`` gets under ``root`` (nothing is created)."""
     root = Path(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / f"{stamp}-{config.name}"
@@ -30,9 +34,75 @@ def new_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
     while path.exists():
         suffix += 1
         path = root / f"{stamp}-{config.name}-{suffix}"
-    path.mkdir(parents=True)
+    return path
+
+
+def create_run_dir(path: str | Path, config: RunConfig) -> Path:
+    """Create a run directory (mode 0700: only its owner may read or steer the run) and write the
+    resolved config into it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700)
+    os.chmod(path, 0o700)  # whatever the umask
     (path / CONFIG).write_text(dump_toml(config), encoding="utf-8")
     return path
+
+
+def new_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+    """Create a fresh run directory for ``config`` under ``root``."""
+    return create_run_dir(choose_run_dir(config, root), config)
+
+
+# -- liveness --------------------------------------------------------------------------------
+class RunBusy(Exception):
+    """Another engine process lives in this run directory."""
+
+
+class EngineLock:
+    """Held by the engine process for its whole life: an exclusive lock on engine.json, which
+    also says who holds it (pid, start time, host)."""
+
+    def __init__(self, run_dir: str | Path, info: dict[str, Any]) -> None:
+        path = Path(run_dir) / ENGINE_INFO
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = read_engine_info(run_dir)
+            raise RunBusy(f"{run_dir} is in use by a running engine (pid {other.get('pid', '?')}); "
+                          f"attach with: rlr-tui --attach {run_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "started": time.time(), **info}).encode("utf-8"))
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def engine_alive(run_dir: str | Path) -> bool:
+    """True while an engine process holds the run's lock."""
+    path = Path(run_dir) / ENGINE_INFO
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock if it was taken
+    return False
+
+
+def read_engine_info(run_dir: str | Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(run_dir) / ENGINE_INFO).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
@@ -78,17 +148,111 @@ def trim_jsonl(path: Path, max_step: int) -> None:
         tmp.replace(path)
 
 
+def tail_jsonl(path: Path, max_bytes: int = 1 << 16) -> list[dict[str, Any]]:
+    """The records in the last ``max_bytes`` of a JSONL file (a cut first line is skipped)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    if size > max_bytes:
+        lines = lines[1:]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+    return records
+
+
+LIVE_STATES = ("starting", "running", "paused")
+RESUMABLE_STATES = ("stopped", "dead")
+
+
 @dataclass(frozen=True)
 class RunInfo:
+    """One run directory as ``rlr runs`` and the picker show it. ``state`` is running, paused or
+    starting (an engine lives there), finished, stopped, failed, or dead (no engine, and the run
+    neither finished nor stopped: killed, out of memory, power cut)."""
+
     path: Path
     config: RunConfig
-    resumable: bool
-    finished: bool
+    state: str
+    step: int | None
+    total_steps: int | None
+    tau: float | None
+    last_checkpoint_step: int | None
+    pid: int | None
     summary: dict[str, Any] | None
 
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
 
-def list_runs(root: str | Path = "runs") -> list[RunInfo]:
-    """Run directories under root, newest first; unreadable ones are skipped."""
+    @property
+    def resumable(self) -> bool:
+        return self.state in RESUMABLE_STATES and (self.path / CHECKPOINT).is_file()
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((path / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_info(path: str | Path, ask_engine: bool = True) -> RunInfo:
+    """What is known of one run directory (PresetError when it is not one). With ``ask_engine``
+    a live run is asked for its state and step over its control socket."""
+    path = Path(path)
+    config = read_run_config(path)
+    info = read_engine_info(path)
+    pid = info.get("pid")
+    total = info.get("total_steps")
+    events = tail_jsonl(path / EVENTS)
+    checkpoints = [e.get("step") for e in events if e.get("kind") == "checkpoint"]
+    last_checkpoint = checkpoints[-1] if checkpoints else None
+    step = events[-1].get("step") if events else None
+    trains = [r for r in tail_jsonl(path / METRICS) if r.get("type") == "train"]
+    tau = trains[-1].get("tau") if trains else None
+    summary = None
+    if engine_alive(path):
+        state = "running"
+        if ask_engine:
+            from .client import EngineClient, EngineUnavailable
+            from .protocol import ProtocolError
+
+            try:
+                client = EngineClient.connect(path, client="rlr runs", timeout=2.0)
+                snap = client.wait(lambda s: True, timeout=2.0)
+                client.close()
+                if snap is not None:
+                    state, step, total, tau = snap.state, snap.step, snap.total_steps, snap.tau
+                    last_checkpoint = snap.last_checkpoint_step
+            except (EngineUnavailable, ProtocolError):
+                pass
+    else:
+        summary = _read_summary(path)
+        state = summary.get("state", "dead") if summary else "dead"
+        if summary:
+            step = summary.get("steps", step)
+            tau = summary.get("tau", tau)
+            last_checkpoint = summary.get("last_checkpoint_step", last_checkpoint)
+            total = summary.get("total_steps", total)
+    return RunInfo(path, config, state, step, total, tau, last_checkpoint, pid, summary)
+
+
+def list_runs(root: str | Path = "runs", ask_engine: bool = True) -> list[RunInfo]:
+    """Run directories under root: live runs first, then the rest, newest first within each;
+    unreadable ones are skipped."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -97,15 +261,7 @@ def list_runs(root: str | Path = "runs") -> list[RunInfo]:
         if not (path / CONFIG).is_file():
             continue
         try:
-            config = read_run_config(path)
+            runs.append(run_info(path, ask_engine))
         except PresetError:
             continue
-        summary = None
-        if (path / SUMMARY).is_file():
-            try:
-                summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                summary = None
-        finished = bool(summary and summary.get("state") == "finished")
-        runs.append(RunInfo(path, config, (path / CHECKPOINT).is_file() and not finished, finished, summary))
-    return runs
+    return sorted(runs, key=lambda r: not r.live)

@@ -1,55 +1,60 @@
-"""``rlr-tui``: watch and steer CondLR training live in the terminal."""
+"""``rlr-tui``: watch and steer CondLR training live, in a terminal or a browser.
+
+The dashboard is a thin client: every run trains in its own engine process (started detached,
+so it outlives this terminal) and the app attaches to its control socket. Nothing here imports
+torch."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
+from rlr_engine.client import EngineUnavailable
+from rlr_engine.launch import LaunchError
 from rlr_engine.presets import PresetError, apply_overrides, load_preset
-from rlr_engine.runs import CHECKPOINT, new_run_dir, read_run_config
+from rlr_engine.protocol import ProtocolError
+from rlr_engine.runfiles import CHECKPOINT
+from rlr_engine.runs import engine_alive, read_run_config
 
+from .engines import EngineLauncher
 from .screens.comparison import ComparisonError, ComparisonScreen, load_comparison
 from .screens.dashboard import DashboardScreen
 from .screens.help import HelpScreen
 from .screens.picker import PickerScreen
 
 
-def launch_engine(config, run_dir: Path, resume: bool):
-    """Start the real training engine in its own thread and return it."""
-    from rlr_engine.engine import Engine
-
-    return Engine(config, run_dir, resume=resume).start()
-
-
 class RlrApp(App):
-    """Preset picker → dashboard. The engine runs in its own thread; this app only reads its
-    snapshots and sends it commands."""
+    """Preset and run picker → dashboard of one run, attached to its engine process."""
 
     CSS_PATH = "app.tcss"
     TITLE = "rlr"
     BINDINGS = [
-        Binding("q", "quit_run", "Quit", id="quit", tooltip="Stop training (final checkpoint) and quit"),
+        Binding("q", "quit_run", "Quit", id="quit", tooltip="Leave: stop the run (final checkpoint) or detach"),
         Binding("ctrl+c", "quit_run", "Quit", id="quit-ctrl-c", show=False, priority=True,
-                tooltip="Stop training (final checkpoint) and quit"),
+                tooltip="Leave: stop the run (final checkpoint) or detach"),
         Binding("question_mark,f1", "help", "Help", id="help", tooltip="Show every key"),
     ]
 
     def __init__(self, preset: str | None = None, overrides: Iterable[str] = (), runs_root: str | Path = "runs",
-                 resume: str | Path | None = None,
-                 engine_factory: Callable = launch_engine, comparison: str | Path | None = None) -> None:
+                 resume: str | Path | None = None, attach: str | Path | None = None,
+                 comparison: str | Path | None = None, launcher: EngineLauncher | None = None) -> None:
         super().__init__()
         self.comparison = comparison
         self.preset, self.overrides = preset, list(overrides)
-        self.runs_root, self.resume = Path(runs_root), resume
-        self.engine_factory = engine_factory
-        self.engine = None
+        self.runs_root, self.resume, self.attach_to = Path(runs_root), resume, attach
+        self.launcher = launcher or EngineLauncher()
+        self.client = None
+        self.run_dir: Path | None = None
+        self.detached = False
+        self.launching = False
 
     def on_mount(self) -> None:
         if self.comparison:
@@ -60,6 +65,8 @@ class RlrApp(App):
                 self.push_screen(PickerScreen(self.overrides, self.runs_root))
                 return
             self.push_screen(ComparisonScreen(self.comparison, rows, attacks))
+        elif self.attach_to:
+            self.attach_run(self.attach_to)
         elif self.resume:
             self.resume_run(self.resume)
         elif self.preset:
@@ -70,35 +77,69 @@ class RlrApp(App):
     # -- runs --------------------------------------------------------------------------------
     def start_run(self, preset: str) -> None:
         try:
-            config = load_preset(preset, self.overrides)
+            load_preset(preset, self.overrides)
         except PresetError as error:
             self.notify(str(error), title="cannot start", severity="error", timeout=30)
             return
-        self._open(config, new_run_dir(config, self.runs_root), resume=False)
+        self.notify(f"starting {preset}: loading the data set…", timeout=5)
+        self.run_worker(self._launch(lambda: self.launcher.start(preset, self.overrides, self.runs_root)),
+                        group="launch")
 
     def resume_run(self, run_dir: str | Path) -> None:
         run_dir = Path(run_dir)
         try:
-            config = apply_overrides(read_run_config(run_dir), self.overrides)
+            apply_overrides(read_run_config(run_dir), self.overrides)
         except PresetError as error:
             self.notify(str(error), title="cannot resume", severity="error", timeout=30)
+            return
+        if engine_alive(run_dir):
+            self.attach_run(run_dir)
             return
         if not (run_dir / CHECKPOINT).is_file():
             self.notify(f"{run_dir} has no {CHECKPOINT}; nothing to resume", severity="error", timeout=30)
             return
-        self._open(config, run_dir, resume=True)
+        self.notify(f"resuming {run_dir.name}…", timeout=5)
+        self.run_worker(self._launch(lambda: self.launcher.resume(run_dir, self.overrides)), group="launch")
 
-    def _open(self, config, run_dir: Path, resume: bool) -> None:
-        self.engine = self.engine_factory(config, run_dir, resume)
-        self.sub_title = f"{config.name} → {run_dir}"
-        self.push_screen(DashboardScreen(self.engine))
+    def attach_run(self, run_dir: str | Path) -> None:
+        self.run_worker(self._launch(lambda: Path(run_dir)), group="launch")
+
+    async def _launch(self, start) -> None:
+        """Start (or find) the engine off the UI thread, attach, and show its dashboard."""
+        if self.launching:
+            self.notify("already starting an engine; one moment", severity="warning")
+            return
+        self.launching = True
+        try:
+            run_dir = await asyncio.to_thread(start)
+            client = await asyncio.to_thread(self.launcher.attach, run_dir)
+        except (LaunchError, EngineUnavailable, ProtocolError, OSError) as error:
+            self.notify(str(error), title="cannot open the run", severity="error", timeout=30)
+            if not isinstance(self.screen, (PickerScreen, DashboardScreen)):
+                self.push_screen(PickerScreen(self.overrides, self.runs_root))
+            return
+        finally:
+            self.launching = False
+        if self.client is not None:
+            self.client.close()
+        self.client, self.run_dir = client, Path(run_dir)
+        dashboard = DashboardScreen(client, run_dir)
+        if isinstance(self.screen, DashboardScreen):
+            self.switch_screen(dashboard)
+        else:
+            self.push_screen(dashboard)
+
+    def detach(self) -> None:
+        """Leave the run training without this dashboard."""
+        self.detached = True
+        self.exit()
 
     # -- actions -----------------------------------------------------------------------------
     def action_quit_run(self) -> None:
         screen = self.screen
         if isinstance(screen, DashboardScreen):
-            screen.request_stop()
-        elif isinstance(screen, (PickerScreen, ComparisonScreen)) or self.engine is None:
+            screen.request_quit()
+        elif isinstance(screen, (PickerScreen, ComparisonScreen)) or self.client is None:
             self.exit()
         else:
             self.pop_screen()
@@ -115,7 +156,7 @@ class RlrApp(App):
                 action = binding.action
                 yield SystemCommand(binding.tooltip or binding.description, f"key: {binding.key}",
                                     lambda action=action: self.run_action(action, screen))
-        yield SystemCommand("Quit", "Stop training (final checkpoint) and quit", self.action_quit_run)
+        yield SystemCommand("Quit", "Leave: stop the run (final checkpoint) or detach", self.action_quit_run)
 
 
 def parse_args(argv):
@@ -123,30 +164,63 @@ def parse_args(argv):
     parser.add_argument("preset", nargs="?", help="preset name or .toml file (omit to pick one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset key, e.g. --set tau=0.5 (repeatable)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="resume a run from its directory")
+    parser.add_argument("--attach", metavar="RUN_DIR", help="attach to a running run")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="resume a stopped (or dead) run from its directory")
     parser.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
     parser.add_argument("--comparison", metavar="DIR", help="show a finished `rlr compare` directory")
+    parser.add_argument("--serve", action="store_true",
+                        help="serve the dashboard to a browser (textual-serve) on 127.0.0.1; reach it with ssh -L")
+    parser.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
     return parser.parse_args(argv)
 
 
+def serve(argv: list[str], port: int) -> int:
+    """Serve ``rlr-tui ARGV`` through textual-serve on 127.0.0.1:PORT. Each browser tab gets its
+    own app process; they are thin clients, so every tab attaches to the same engines."""
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        print("error: --serve needs textual-serve (pip install 'rlr[serve]')", file=sys.stderr)
+        return 2
+    if not 1 <= port <= 65535:
+        print(f"error: --port {port}: must be in 1..65535", file=sys.stderr)
+        return 2
+    command = shlex.join([sys.executable, "-m", "rlr_tui.app", *argv])
+    print(f"serving the dashboard on http://127.0.0.1:{port} (from another machine: "
+          f"ssh -L {port}:127.0.0.1:{port} HOST)", flush=True)
+    Server(command, host="127.0.0.1", port=port, title="rlr").serve()
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:
         # Check the preset before the screen switches to the dashboard, so a mistake is one
         # plain line in the terminal.
-        if args.preset and not args.resume:
+        if args.preset and not args.resume and not args.attach:
             load_preset(args.preset, args.set)
         if args.resume:
             apply_overrides(read_run_config(args.resume), args.set)
+        if args.attach:
+            read_run_config(args.attach)
         if args.comparison:
             load_comparison(args.comparison)
     except (PresetError, ComparisonError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    app = RlrApp(args.preset, args.set, args.runs, args.resume, comparison=args.comparison)
+    if args.serve:
+        rest = [a for a in argv if a != "--serve"]
+        if "--port" in rest:
+            i = rest.index("--port")
+            del rest[i:i + 2]
+        rest = [a for a in rest if not a.startswith("--port=")]
+        return serve(rest, args.port)
+    app = RlrApp(args.preset, args.set, args.runs, args.resume, args.attach, comparison=args.comparison)
 
     def on_hangup(signum, frame) -> None:
-        """The terminal went away (SSH dropped): leave the UI so the run stops cleanly."""
+        """The terminal went away (SSH dropped): detach; the run trains on."""
+        app.detached = True
         try:
             asyncio.get_running_loop().call_soon_threadsafe(app.exit)
         except RuntimeError:
@@ -154,24 +228,34 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGHUP, on_hangup)
     signal.signal(signal.SIGTERM, on_hangup)
+    died = False
     try:
         app.run()
     finally:
-        # Stop first, report after: when the terminal is gone, writing to it can fail.
-        if app.engine is not None and app.engine.latest().active:
-            app.engine.stop(timeout=300)
-    if app.engine is None:
+        if app.client is not None:
+            died = app.client.engine_died
+            app.client.close()
+    if app.client is None:
         return 0
-    snap = app.engine.latest()
+    snap = app.client.latest()
     try:
-        print(f"{snap.preset}: {snap.state} at step {snap.step}; run directory {snap.run_dir}")
-        if snap.state == "stopped":
-            print(f"resume with: rlr-tui --resume {snap.run_dir}")
-        if snap.state == "failed":
-            print(f"error: {snap.message}", file=sys.stderr)
+        if snap is None:
+            return 0
+        if died:
+            print(f"{snap.preset}: the engine process died; last good checkpoint at step "
+                  f"{snap.last_checkpoint_step}. Resume with: rlr-tui --resume {app.run_dir}")
+        elif snap.active:
+            print(f"{snap.preset}: detached at step {snap.step}; training continues. "
+                  f"Attach again with: rlr-tui --attach {app.run_dir}")
+        else:
+            print(f"{snap.preset}: {snap.state} at step {snap.step}; run directory {app.run_dir}")
+            if snap.state == "stopped":
+                print(f"resume with: rlr-tui --resume {app.run_dir}")
+            if snap.state == "failed":
+                print(f"error: {snap.message}", file=sys.stderr)
     except OSError:
         pass
-    return 1 if snap.state == "failed" else 0
+    return 1 if snap is not None and snap.state == "failed" else 0
 
 
 if __name__ == "__main__":

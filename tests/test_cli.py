@@ -1,16 +1,21 @@
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from rlr_engine.cli import main
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}  # the test's settings win
+
+
 def rlr(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "rlr_engine.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, env={"OMP_NUM_THREADS": "1", "COLUMNS": "200",
-                                                     **__import__("os").environ})
+                          cwd=cwd, timeout=300, env=ENV)
 
 
 def test_presets_lists_name_dataset_model_method_and_purpose(capsys):
@@ -33,13 +38,32 @@ def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
     assert "pgd-linf" in result.stdout and "0.05" in result.stdout
 
 
-def test_resume_continues_a_stopped_run(tmp_path):
-    result = rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
+def test_resume_continues_a_run_stopped_midway(tmp_path):
+    from rlr_engine.runs import read_jsonl
+
+    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", "--set", "epochs=200",
+                             "--set", "tau=0.3", "--runs", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait for the first epoch's checkpoint
+        events = [e for d in tmp_path.iterdir() for e in read_jsonl(d / "events.jsonl")]
+        if any(e["kind"] == "checkpoint" for e in events):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
     run_dir = next(tmp_path.iterdir())
-    result = rlr("train", "--resume", str(run_dir), "--set", "epochs=2")
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert stopped["state"] == "stopped" and 0 < stopped["steps"] < 6 * 34, stopped
+    result = rlr("train", "--resume", str(run_dir), "--set", "epochs=6")
     assert result.returncode == 0, result.stderr
-    assert "resumed quickstart" in result.stdout
-    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
+    assert "resumed quickstart (CondLR τ=0.3)" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["state"] == "finished" and summary["epochs"] == 6 and summary["steps"] == 6 * 34
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == sorted(steps) and steps[0] < stopped["steps"] < steps[-1]  # one curve, continued
+    seqs = [e["seq"] for e in read_jsonl(run_dir / "events.jsonl")]
+    assert seqs == list(range(1, len(seqs) + 1))  # event numbers continue across the resume
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -62,12 +86,33 @@ def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
     assert result.returncode == 2 and "unreadable" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_data_set_exits_non_zero_with_advice(tmp_path):
+def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path):
     result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false",
                  "--runs", str(tmp_path / "runs"))
     assert result.returncode == 1
     assert "not available" in result.stderr and "quickstart" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads(tmp_path):
+    from rlr_engine.presets import load_preset
+    from rlr_engine.runs import new_run_dir
+
+    # The run's data set is missing too: the checkpoint must be the error reported.
+    config = load_preset("mnist-lenet5-dense", [f"data_dir={tmp_path / 'nothing'}", "download=false"])
+    run_dir = new_run_dir(config, tmp_path / "runs")
+    (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    result = rlr("train", "--resume", str(run_dir))
+    assert result.returncode == 2 and "unreadable" in result.stderr and "not available" not in result.stderr
+
+
+def test_runs_lists_states(tmp_path):
+    rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
+    result = rlr("runs", "--root", str(tmp_path))
+    assert "no live or resumable runs" in result.stdout and "--all" in result.stdout
+    result = rlr("runs", "--all", "--root", str(tmp_path))
+    assert result.returncode == 0 and "finished" in result.stdout and "34/34" in result.stdout
 
 
 def test_checkpoint_of_another_model_is_reported_not_raised(tmp_path):

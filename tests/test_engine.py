@@ -13,8 +13,8 @@ from helpers import run_to_end, start_engine, wait_for
 from rlr_engine.checkpoint import load_checkpoint
 from rlr_engine.engine import Engine
 from rlr_engine.presets import load_preset
-from rlr_engine.records import (AttackNow, Pause, Resume, SaveCheckpoint, SetLearningRate, SetTau, Stop,
-                                Truncate)
+from rlr_engine.records import (AttackNow, Pause, RefreshLayers, Resume, SaveCheckpoint, SetLearningRate, SetTau,
+                                Stop, Truncate)
 from rlr_engine.runs import read_jsonl
 
 
@@ -36,8 +36,8 @@ def test_set_tau_is_reported_in_the_next_snapshot_and_bounds_kappa(tmp_path):
     wait_for(engine, lambda s: s.state == "running" and s.step > 5)
     engine.send(SetTau(0.3))
     snap = wait_for(engine, lambda s: s.tau == 0.3 and any("τ: inf → 0.3" in e.message for e in s.events))
-    engine.send(Truncate(theta=0.0))  # forces fresh layer statistics without changing ranks
-    snap = wait_for(engine, lambda s: s.version > snap.version + 3 and s.layers)
+    engine.send(RefreshLayers())
+    snap = wait_for(engine, lambda s: any(a.kind == "refresh_layers" for a in engine.acks))
     assert all(layer.kappa <= 1.3 + 1e-4 for layer in snap.layers if layer.low_rank)
     engine.stop(30)
 
@@ -85,10 +85,11 @@ def test_pause_stops_the_step_counter_and_resume_restarts_it(tmp_path):
 def test_rejected_commands_change_nothing_and_say_why(tmp_path, command, reason):
     engine = start_engine(tmp_path, epochs=100, rank_fraction=1.0)
     before = wait_for(engine, lambda s: s.state == "running" and s.step > 3 and s.layers)
-    engine.send(command)
+    engine.send(command, request_id="r1")
     snap = wait_for(engine, lambda s: any(e.kind == "rejected" for e in s.events))
-    rejected = [e.message for e in snap.events if e.kind == "rejected"]
-    assert reason in rejected[-1]
+    ack = next(a for a in engine.acks if a.request_id == "r1")
+    assert ack.status == "rejected" and ack.kind == command.kind and reason in ack.message
+    assert any(e.kind == "rejected" and reason in e.message for e in snap.events)
     assert snap.tau == before.tau and snap.lr == before.lr and snap.state == "running"
     assert [l.rank for l in snap.layers] == [l.rank for l in before.layers]
     engine.stop(30)
@@ -99,7 +100,7 @@ def test_truncating_a_dense_model_is_rejected(tmp_path):
     wait_for(engine, lambda s: s.state == "running")
     engine.send(Truncate(theta=0.2))
     snap = wait_for(engine, lambda s: any(e.kind == "rejected" for e in s.events))
-    assert "no low-rank layers" in snap.events[-1].message
+    assert any("no low-rank layers" in e.message for e in snap.events if e.kind == "rejected")
     engine.stop(30)
 
 
@@ -155,7 +156,7 @@ def test_non_finite_loss_pauses_keeps_the_checkpoint_and_rolls_back(tmp_path):
     wait_for(engine, lambda s: s.state == "paused")
     good = load_checkpoint(engine.run_dir / "checkpoint.pt")
     with torch.no_grad():
-        for p in engine.model.parameters():
+        for p in engine.trainer.model.parameters():
             p.fill_(float("nan"))
     engine.send(Resume())
     snap = wait_for(engine, lambda s: any(e.kind == "error" and "non-finite" in e.message for e in s.events))
@@ -166,7 +167,7 @@ def test_non_finite_loss_pauses_keeps_the_checkpoint_and_rolls_back(tmp_path):
     engine.send(Resume())
     snap = wait_for(engine, lambda s: any("rolled back" in e.message for e in s.events))
     wait_for(engine, lambda s: s.state == "running" and s.step > good["step"] + 3)
-    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    assert all(torch.isfinite(p).all() for p in engine.trainer.model.parameters())
     engine.stop(30)
 
 

@@ -1,8 +1,11 @@
-"""The live dashboard of one run: it polls the engine's latest snapshot and sends commands."""
+"""The live dashboard of one run: a client of the engine process. It polls the client's newest
+snapshot and acknowledgements (never blocking, never called from another thread) and sends
+commands; every command's outcome is shown from the engine's acknowledgement."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from textual import on
@@ -12,7 +15,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
-from rlr_engine.records import (AttackNow, Pause, Resume, SaveCheckpoint, SetLearningRate, SetTau, Stop,
+from rlr_engine.client import EngineUnavailable
+from rlr_engine.records import (AttackNow, Pause, Resume, SaveCheckpoint, SetLearningRate, SetTau, Snapshot, Stop,
                                 Truncate)
 from rlr_engine.validation import check_lr, check_tau, check_theta
 
@@ -24,7 +28,7 @@ from ..widgets.rank_bars import RankBars
 from ..widgets.robustness import AccuracyHistory, AccuracyVsEps
 from ..widgets.spectrum import SpectrumInfo, SpectrumPlot
 from ..widgets.status_bar import StatusBar
-from .confirm import ConfirmScreen
+from .quit import QuitScreen
 from .value_dialog import ValueDialog
 
 POLL_INTERVAL_S = 0.25
@@ -37,7 +41,10 @@ class DashboardScreen(Screen):
     BINDINGS = [
         Binding("t", "set_tau", "τ", id="set-tau", tooltip="Set τ, the conditioning tolerance (κ ≤ 1+τ)"),
         Binding("r", "truncate", "Truncate", id="truncate", tooltip="Set θ and truncate every layer now"),
-        Binding("space", "toggle_pause", "Pause", id="pause", tooltip="Pause or resume training"),
+        Binding("space", "pause", "Pause", id="pause", tooltip="Pause training"),
+        Binding("space", "resume", "Resume", id="resume", tooltip="Resume training"),
+        Binding("R", "resume_run", "Resume run", id="resume-run",
+                tooltip="Start the engine again from the last checkpoint (after it died or stopped)"),
         Binding("a", "attack", "Attack", id="attack", tooltip="Run the run's attack now on the live subset"),
         Binding("c", "checkpoint", "Ckpt", id="checkpoint", tooltip="Save a checkpoint now"),
         Binding("l", "set_lr", "LR", id="set-lr", tooltip="Change the learning rate"),
@@ -52,13 +59,16 @@ class DashboardScreen(Screen):
         Binding("5", "tab('events')", "Events", id="tab-events", show=False, tooltip="Event log tab"),
     ]
 
-    def __init__(self, engine) -> None:
+    def __init__(self, client, run_dir: str | Path) -> None:
         super().__init__()
-        self.engine = engine
-        self.snapshot = engine.latest()
+        self.client = client
+        self.run_dir = Path(run_dir)
+        self.snapshot: Snapshot = client.latest() or Snapshot(run_dir=str(run_dir))
         self.selected_layer = 0
         self.log_scale = False
+        self.exit_when_ended = False
         self._seen_version = -1
+        self._reported_gone = False
         self._plotted: dict[str, tuple[int, float]] = {}
 
     def compose(self) -> ComposeResult:
@@ -90,9 +100,24 @@ class DashboardScreen(Screen):
 
     # -- reading snapshots -------------------------------------------------------------------
     def poll(self) -> None:
-        """Read the engine's latest snapshot (never blocks the engine) and redraw what changed."""
-        snap = self.engine.latest()
-        if snap.version == self._seen_version:
+        """Read the client's newest snapshot and acknowledgements and redraw what changed."""
+        client = self.client
+        for ack in client.take_acks():
+            self.show_ack(ack)
+        for error in client.take_errors():
+            self.notify(error, title="engine", severity="warning", timeout=8)
+        snap = client.latest()
+        if snap is None:
+            snap = self.snapshot
+        gone = client.engine_died and snap.active
+        if gone:
+            checkpoint = "no checkpoint yet" if snap.last_checkpoint_step is None else (
+                f"last good checkpoint at step {snap.last_checkpoint_step}")
+            snap = replace(snap, state="dead", eta_s=None, samples_per_s=0.0,
+                           message=f"engine process gone ({client.lost_reason}); {checkpoint}; R resumes")
+        elif not client.connected and snap.active and not client.closed:
+            snap = replace(snap, state=client.ended_state or "stopped", eta_s=None, samples_per_s=0.0)
+        if snap.version == self._seen_version and snap.state == self.snapshot.state:
             return
         changed_state = snap.state != self.snapshot.state
         self.snapshot, self._seen_version = snap, snap.version
@@ -100,10 +125,27 @@ class DashboardScreen(Screen):
             self.query_one(StatusBar).show(snap)
             self.query_one(EventLog).show(snap.events)
             self.redraw_active_tab()
-        if changed_state and snap.state == "failed":
+        if changed_state:
+            self.refresh_bindings()
+            self.app.sub_title = f"{snap.preset} ({snap.method}) → {self.run_dir}"
+        if gone and not self._reported_gone:
+            self._reported_gone = True
+            self.notify(snap.message, title="the engine died", severity="error", timeout=60)
+        elif changed_state and snap.state == "failed":
             self.notify(snap.message, title="run failed", severity="error", timeout=30)
         elif changed_state and snap.state == "finished":
             self.notify(f"finished; results in {snap.run_dir}", title="run finished")
+        if self.exit_when_ended and not snap.active:
+            self.app.exit()
+
+    def show_ack(self, ack) -> None:
+        """The engine's answer to a command: from this dashboard, or from another one attached."""
+        mine = ack.session == self.client.session
+        who = "" if mine else " (from another client)"
+        if ack.applied:
+            self.notify(f"{ack.message}{who}", timeout=4)
+        elif mine:
+            self.notify(ack.message, title=f"{ack.kind} rejected", severity="error", timeout=10)
 
     def redraw_active_tab(self, force: bool = False) -> None:
         tab = self.query_one(TabbedContent).active
@@ -142,21 +184,35 @@ class DashboardScreen(Screen):
             self.show_spectrum()
 
     # -- steering ------------------------------------------------------------------------------
-    def send(self, command, note: str) -> None:
-        self.engine.send(command)
-        self.notify(note, timeout=3)
+    def send(self, command) -> None:
+        """Send a command; its acknowledgement (applied, or rejected with the reason) is shown
+        when the engine answers."""
+        try:
+            self.client.send(command)
+        except EngineUnavailable as error:
+            self.notify(str(error), severity="error")
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        state = self.snapshot.state
+        if action == "pause":
+            return state != "paused"
+        if action == "resume":
+            return state == "paused"
+        if action == "resume_run":
+            return state in ("dead", "stopped")
+        return True
 
     def action_set_tau(self) -> None:
         def apply(tau) -> None:
             if tau is not None:
-                self.send(SetTau(tau), f"τ → {num(tau)} at the next step")
+                self.send(SetTau(tau))
         self.app.push_screen(ValueDialog("Set τ", "κ(S) ≤ 1 + τ for every layer; a number ≥ 0, or inf for none.",
                                          num(self.snapshot.tau, 6), check_tau), apply)
 
     def action_truncate(self) -> None:
         def apply(theta) -> None:
             if theta is not None:
-                self.send(Truncate(theta=theta), f"truncating with θ = {theta:g}")
+                self.send(Truncate(theta=theta))
         self.app.push_screen(ValueDialog("Truncate now", "Relative tolerance θ in [0, 1): keep the smallest rank "
                                          "whose discarded σ have norm ≤ θ‖σ‖.", num(self.snapshot.theta, 6),
                                          check_theta), apply)
@@ -164,27 +220,27 @@ class DashboardScreen(Screen):
     def action_set_lr(self) -> None:
         def apply(lr) -> None:
             if lr is not None:
-                self.send(SetLearningRate(lr), f"learning rate → {lr:g}")
+                self.send(SetLearningRate(lr))
         self.app.push_screen(ValueDialog("Learning rate", "A number in (0, 100].", num(self.snapshot.lr, 6),
                                          check_lr), apply)
 
-    def action_toggle_pause(self) -> None:
-        state = self.engine.latest().state
-        if state == "paused":
-            self.send(Resume(), "resuming")
-        elif state == "running":
-            self.send(Pause(), "pausing")
-        else:
-            self.notify(f"the run is {state}", severity="warning")
+    def action_pause(self) -> None:
+        self.send(Pause())
+
+    def action_resume(self) -> None:
+        self.send(Resume())
+
+    def action_resume_run(self) -> None:
+        self.app.resume_run(self.run_dir)
 
     def action_attack(self) -> None:
-        self.send(AttackNow(), "attack queued; results in the Robustness tab")
+        self.send(AttackNow())
 
     def action_checkpoint(self) -> None:
-        self.send(SaveCheckpoint(), "checkpoint queued")
+        self.send(SaveCheckpoint())
 
     def action_screenshot(self) -> None:
-        directory = Path(self.snapshot.run_dir or ".")
+        directory = self.run_dir
         name = time.strftime("dashboard-%Y%m%d-%H%M%S.svg")
         path = self.app.save_screenshot(filename=name, path=str(directory))
         self.notify(f"screenshot saved: {path}")
@@ -206,20 +262,17 @@ class DashboardScreen(Screen):
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
-    def request_stop(self, then_exit: bool = True) -> None:
-        """Ask whether to stop; on yes, stop the engine (final checkpoint) in a worker, then exit."""
-        if not self.engine.latest().active:
+    def request_quit(self) -> None:
+        """Leave: for a live run, ask whether to stop it (final checkpoint) or detach from it."""
+        if not self.snapshot.active or not self.client.connected:
             self.app.exit()
             return
 
-        def answer(yes: bool | None) -> None:
-            if yes:
+        def answer(choice: str | None) -> None:
+            if choice == "stop":
                 self.notify("stopping: writing the final checkpoint…", timeout=10)
-                self.engine.send(Stop())
-                self.run_worker(self._wait_then_exit, thread=True, exclusive=True)
-        self.app.push_screen(ConfirmScreen("Stop training and quit? A final checkpoint is written; "
-                                           "the run can be resumed."), answer)
-
-    def _wait_then_exit(self) -> None:
-        self.engine.join(timeout=300)
-        self.app.call_from_thread(self.app.exit)
+                self.exit_when_ended = True
+                self.send(Stop())
+            elif choice == "detach":
+                self.app.detach()
+        self.app.push_screen(QuitScreen(), answer)

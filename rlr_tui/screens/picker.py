@@ -1,4 +1,4 @@
-"""Pick a preset to train, or a previous run to resume."""
+"""Pick a preset to train, a running run to attach to, or a stopped one to resume."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from rlr_engine.runs import list_runs
 
 
 class PickerScreen(Screen):
-    """Two tables: presets (Enter starts one) and previous runs (Enter resumes one)."""
+    """Two tables: presets (Enter starts one) and runs — running ones first (Enter attaches), then
+    stopped or dead ones (Enter resumes). Finished and failed runs are not listed."""
 
     BINDINGS = [Binding("tab", "app.focus_next", "Next table", id="next-table", show=True)]
 
@@ -27,7 +28,7 @@ class PickerScreen(Screen):
             yield Label("[b]rlr[/b] — pick a preset and press Enter (Tab: previous runs)", id="picker-title")
             yield DataTable(id="presets", cursor_type="row", zebra_stripes=True)
             yield Label("", id="preset-description")
-            yield Label("Previous runs — Enter resumes", id="runs-title")
+            yield Label("Runs — Enter attaches to a running one, resumes a stopped one", id="runs-title")
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -46,10 +47,13 @@ class PickerScreen(Screen):
         if "quickstart" in names:
             presets.move_cursor(row=names.index("quickstart"), animate=False)
         runs = self.query_one("#runs", DataTable)
-        runs.add_columns("run", "method", "state")
+        runs.add_columns("run", "state", "step", "method")
         for info in list_runs(self.runs_root):
-            state = "finished" if info.finished else ("resumable" if info.resumable else "no checkpoint")
-            runs.add_row(info.path.name, info.config.method_label, state, key=str(info.path))
+            if not (info.live or info.resumable):
+                continue
+            step = "–" if info.step is None else f"{info.step}/{info.total_steps or '?'}"
+            state = info.state if info.live else f"{info.state} (resume)"
+            runs.add_row(info.path.name, state, step, info.config.method_label, key=str(info.path))
         presets.focus()
 
     @on(DataTable.RowHighlighted, "#presets")
@@ -62,5 +66,5 @@ class PickerScreen(Screen):
         self.app.start_run(event.row_key.value)
 
     @on(DataTable.RowSelected, "#runs")
-    def resume_run(self, event: DataTable.RowSelected) -> None:
-        self.app.resume_run(event.row_key.value)
+    def open_run(self, event: DataTable.RowSelected) -> None:
+        self.app.resume_run(event.row_key.value)  # attaches when the run is alive

@@ -8,7 +8,7 @@ from textual.widgets import Static
 from ..format import duration, num
 
 STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "finished": "bold cyan",
-                "stopped": "bold yellow", "failed": "bold red", "starting": "bold"}
+                "stopped": "bold yellow", "failed": "bold red", "starting": "bold", "dead": "bold white on red"}
 
 
 class StatusBar(Static):

@@ -1,0 +1,151 @@
+"""The recorder: what happened in a run, in memory (curves, attack history, recent events) and in
+its run directory (metrics, events, summary, checkpoint). The only writer of the run directory
+while a run lives; it never touches the model itself — the Trainer hands it a payload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint, save_atomic
+from .history import DecimatingSeries
+from .presets import RunConfig, method_label
+from .protocol import attack_result_from_dict, attack_result_to_dict, event_to_dict
+from .records import AttackResult, Event, LayerStats
+from .runfiles import CHECKPOINT, EVENTS, METRICS, SUMMARY
+from .runs import append_jsonl, read_jsonl, trim_jsonl
+
+CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
+MAX_EVENTS = 200
+
+
+def last_event_seq(path: Path) -> int:
+    """The highest ``seq`` in an events file (0 when there is none), so a resumed run continues it."""
+    return max((int(r.get("seq", 0)) for r in read_jsonl(path)), default=0)
+
+
+class Recorder:
+    """Owns ``run_dir``. ``event()`` may be called from any thread; the rest from the engine
+    thread only."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.curves = {name: DecimatingSeries() for name in CURVES}
+        self.last_values: dict[str, float | None] = {name: None for name in CURVES}
+        self.attack_history: list[AttackResult] = []
+        self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self.event_seq = last_event_seq(self.run_dir / EVENTS)
+        self.last_checkpoint_step: int | None = None
+        self._events_lock = threading.Lock()  # the control server logs client trouble from its thread
+
+    def clear_summary(self) -> None:
+        """A resumed run is no longer stopped or finished."""
+        (self.run_dir / SUMMARY).unlink(missing_ok=True)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    # -- events ---------------------------------------------------------------------------------
+    def event(self, step: int, kind: str, message: str) -> Event:
+        with self._events_lock:
+            self.event_seq += 1
+            event = Event(self.event_seq, step, time.time(), kind, message)
+            self.events.append(event)
+            try:
+                append_jsonl(self.run_dir / EVENTS, event_to_dict(event))
+            except OSError:
+                pass  # the event is still shown; a full disk must not stop training
+        return event
+
+    def recent_events(self) -> list[Event]:
+        with self._events_lock:
+            return list(self.events)
+
+    # -- metrics --------------------------------------------------------------------------------
+    def train_window(self, step: int, epoch: int, loss: float, acc: float, lr: float, tau: float,
+                     samples_per_s: float, seconds: float) -> None:
+        if math.isfinite(loss):
+            self.curves["train_loss"].append(step, loss)
+            self.curves["train_acc"].append(step, acc)
+            self.last_values["train_loss"], self.last_values["train_acc"] = loss, acc
+        self._metric({"type": "train", "step": step, "epoch": epoch, "train_loss": loss, "train_acc": acc, "lr": lr,
+                      "tau": tau, "samples_per_s": samples_per_s, "seconds": seconds})
+
+    def evaluation(self, step: int, epoch: int, val_loss: float, val_acc: float, test_acc: float,
+                   layers: tuple[LayerStats, ...]) -> None:
+        for name, value in (("val_loss", val_loss), ("val_acc", val_acc), ("test_acc", test_acc)):
+            if not math.isnan(value):
+                self.curves[name].append(step, value)
+                self.last_values[name] = value
+        self._metric({"type": "eval", "step": step, "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
+                      "test_acc": test_acc})
+        self._metric({"type": "layers", "step": step, "layers": [
+            {"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa, "sigma_max": s.sigma_max}
+            for s in layers]})
+        self.event(step, "evaluation", f"epoch {epoch}: val acc {val_acc:.2%}, test acc {test_acc:.2%}")
+
+    def attack(self, result: AttackResult, samples: int) -> None:
+        self.attack_history.append(result)
+        self._metric({"type": "attack", **attack_result_to_dict(result), "samples": samples})
+        pairs = ", ".join(f"{e:g}: {a:.1%}" for e, a in zip(result.eps, result.accuracy))
+        self.event(result.step, "attack", f"{result.attack} on {samples} test images: {pairs}")
+
+    def _metric(self, record: dict[str, Any]) -> None:
+        try:
+            append_jsonl(self.run_dir / METRICS, record)
+        except OSError as error:
+            self.event(record.get("step", 0), "warning", f"metrics not written: {error}")
+
+    def train_seconds(self) -> float:
+        """Wall time spent training (evaluations and attacks excluded), from the logged windows."""
+        return sum(r.get("seconds", 0.0) for r in read_jsonl(self.run_dir / METRICS) if r.get("type") == "train")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, trainer_state: dict[str, Any], config: RunConfig) -> Path:
+        payload = dict(trainer_state)
+        payload.update({
+            "curves": {name: series.state_dict() for name, series in self.curves.items()},
+            "last_values": dict(self.last_values),
+            "attack_history": [attack_result_to_dict(r) for r in self.attack_history],
+            "config": config.to_dict(),
+        })
+        path = save_atomic(payload, self.checkpoint_path)
+        self.last_checkpoint_step = trainer_state["step"]
+        self.event(trainer_state["step"], "checkpoint", f"checkpoint at step {trainer_state['step']} → {path}")
+        return path
+
+    def load_checkpoint(self, device) -> dict[str, Any]:
+        """The checkpoint's payload (CheckpointError when it is missing or unreadable)."""
+        return load_checkpoint(self.checkpoint_path, device)
+
+    def restore(self, payload: dict[str, Any], trim: bool) -> None:
+        """Curves, last values and attack history of a checkpoint; with ``trim``, metrics logged
+        after it (by a run that went on and then died) are dropped from metrics.jsonl."""
+        for name, state in payload["curves"].items():
+            self.curves[name].load_state_dict(state)
+        self.last_values = dict(payload["last_values"])
+        self.attack_history = [attack_result_from_dict(r) for r in payload["attack_history"]]
+        self.last_checkpoint_step = payload["step"]
+        if trim:
+            trim_jsonl(self.run_dir / METRICS, payload["step"])
+
+    # -- the end --------------------------------------------------------------------------------
+    def write_summary(self, state: str, tau: float, facts: dict[str, Any]) -> None:
+        """summary.json: ``state`` (finished, stopped or failed), the τ it ended with and the run's
+        final numbers."""
+        summary = {"state": state, "preset": self.config.name, "method": method_label(self.config.method, tau),
+                   "tau": tau,
+                   "dataset": self.config.dataset, "model": self.config.model, **facts,
+                   "val_acc": self.last_values["val_acc"], "test_acc": self.last_values["test_acc"],
+                   "last_checkpoint_step": self.last_checkpoint_step, "train_seconds": self.train_seconds()}
+        tmp = self.run_dir / (SUMMARY + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        tmp.replace(self.run_dir / SUMMARY)

@@ -1,0 +1,269 @@
+"""The Trainer: model, optimizer, scheduler and data of one run, and the steps that change them.
+
+No threads and no files: it is what every process runs (the engine thread today, every rank
+under torch.distributed next). The engine decides when to step, evaluate, attack or truncate;
+the recorder writes down what happened.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attacks import adversarial_accuracy
+from .checkpoint import load_model_state
+from .condlr import CondLR, RankChange
+from .data import DatasetUnavailable, ImageData, augment, load_dataset, to_float
+from .lowrank import ParameterReport, parameter_report, to_low_rank
+from .models import build_model, use_channels_last
+from .presets import RunConfig
+from .records import AttackSpec, LayerStats
+from .spectra import compressible_layers, layer_stats
+from .validation import check_lr, check_theta
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DatasetUnavailable("device = 'cuda' was asked for but no CUDA GPU is available; "
+                                 "use device = 'cpu' or 'auto'")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def build_network(config: RunConfig, data: ImageData) -> nn.Module:
+    """The preset's model for this data, converted to low rank when the method asks for it."""
+    model = build_model(config.model, data.channels, data.num_classes, data.image_size, data.mean, data.std)
+    if config.is_low_rank:
+        ranks = None
+        if config.last_layer == "full-rank":
+            last_name, last = [(n, m) for n, m in compressible_layers(model)][-1]
+            weight = last.weight
+            ranks = {last_name: min(weight.shape[0], weight[0].numel())}
+        to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True)
+    if config.channels_last:
+        use_channels_last(model)
+    return model
+
+
+def load_run_data(config: RunConfig, device: torch.device) -> ImageData:
+    return load_dataset(config.dataset, config.data_dir, config.download, config.val_fraction, config.seed, device)
+
+
+class Trainer:
+    """One run's training state on one device.
+
+    A *window* accumulates the loss, correct count and finiteness of the steps since it was last
+    read, on the device: ``read_window()`` is the one host synchronisation.
+    """
+
+    def __init__(self, config: RunConfig, data: ImageData, device: torch.device) -> None:
+        self.config, self.data, self.device = config, data, device
+        torch.manual_seed(config.seed)
+        self.model = build_network(config, data).to(device)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        subset = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(config.seed + 1))
+        if config.attack_samples:
+            subset = subset[:config.attack_samples]
+        self.attack_indices = subset.to(device)
+        self.permutation: torch.Tensor | None = None
+        self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.step = 0
+        self.epoch = 0
+        self.position = 0
+        self.theta = config.truncate_theta
+        self.optimizer, self.scheduler = self._build_optimizer()
+        self.report: ParameterReport = parameter_report(self.model)
+        self._loss_sum = torch.zeros((), device=device)
+        self._correct = torch.zeros((), dtype=torch.long, device=device)
+        self._finite = torch.ones((), dtype=torch.bool, device=device)
+        self.window_samples = 0
+
+    def _build_optimizer(self) -> tuple[CondLR, torch.optim.lr_scheduler.MultiStepLR]:
+        c = self.config
+        optimizer = CondLR(self.model, lr=c.lr, momentum=c.momentum, tau=c.tau, weight_decay=c.weight_decay,
+                           step_scaling=c.step_scaling, reference_compat=c.reference_compat)
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(c.milestones), c.gamma)
+
+    # -- hyperparameters ------------------------------------------------------------------------
+    @property
+    def tau(self) -> float:
+        return self.optimizer.tau
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def set_tau(self, tau: Any) -> None:
+        self.optimizer.set_tau(tau)
+
+    def set_lr(self, lr: Any) -> None:
+        lr = check_lr(lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(lr)
+
+    # -- training -------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    @property
+    def epoch_complete(self) -> bool:
+        return self.position >= len(self.data.train)
+
+    def train_step(self) -> bool:
+        """One optimisation step; False when the optimizer met non-finite values."""
+        config, data = self.config, self.data
+        if self.permutation is None:
+            self.permutation = torch.randperm(len(data.train), device=self.device, generator=self.generator)
+        index = self.permutation[self.position:self.position + config.batch_size]
+        images = data.train.images[index]
+        if data.crop_padding or data.flip:
+            images = augment(images, data.crop_padding, data.flip, self.generator)
+        x, y = to_float(images), data.train.labels[index]
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        try:
+            self.optimizer.step()
+        except torch.linalg.LinAlgError:
+            # The SVD of a core fails on non-finite values: divergence detected early, not a crash.
+            self._finite.fill_(False)
+            return False
+        with torch.no_grad():
+            detached = loss.detach()
+            self._loss_sum += detached * len(y)
+            self._correct += (logits.argmax(1) == y).sum()
+            self._finite &= torch.isfinite(detached)
+        self.window_samples += len(y)
+        self.position += len(y)
+        self.step += 1
+        return True
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.position = 0
+        self.permutation = None
+        self.scheduler.step()
+
+    def read_window(self) -> tuple[float, float, int]:
+        """(mean loss, accuracy, samples) of the steps since the last read; the window restarts.
+        Finiteness is kept until ``take_finite()`` reads it."""
+        n = self.window_samples
+        loss, correct = (self._loss_sum / max(n, 1)).item(), self._correct.item() / max(n, 1)
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self.window_samples = 0
+        return loss, correct, n
+
+    def take_finite(self) -> bool:
+        """Whether every step since the last call had a finite loss and a finite update."""
+        finite = bool(self._finite)
+        self._finite.fill_(True)
+        return finite
+
+    def parameters_finite(self) -> bool:
+        return all(torch.isfinite(p).all() for p in self.model.parameters())
+
+    # -- measuring ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_split(self, split) -> tuple[float, float]:
+        if len(split) == 0:
+            return math.nan, math.nan
+        self.model.eval()
+        loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for start in range(0, len(split), 1000):
+            x = to_float(split.images[start:start + 1000])
+            y = split.labels[start:start + 1000]
+            logits = self.model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        self.model.train()
+        return loss.item() / len(split), correct.item() / len(split)
+
+    def evaluate(self) -> tuple[float, float, float]:
+        """(validation loss, validation accuracy, test accuracy)."""
+        val_loss, val_acc = self.evaluate_split(self.data.val)
+        _, test_acc = self.evaluate_split(self.data.test)
+        return val_loss, val_acc, test_acc
+
+    def attack(self, spec: AttackSpec, full: bool) -> tuple[tuple[float, ...], int]:
+        """Accuracy per ε of ``spec`` on the test set (``full``) or the run's seeded subset, and
+        the number of images attacked."""
+        images, labels = self.data.test.images, self.data.test.labels
+        if not full:
+            images, labels = images[self.attack_indices], labels[self.attack_indices]
+        accuracy = adversarial_accuracy(self.model, images, labels, spec, to_input=to_float)
+        return tuple(accuracy[e] for e in spec.eps), len(labels)
+
+    def layer_stats(self) -> tuple[LayerStats, ...]:
+        return layer_stats(self.model)
+
+    # -- structure ------------------------------------------------------------------------------
+    def truncate(self, theta: float | None, rank: int | None, layer: str | None) -> tuple[float | None, list[RankChange]]:
+        """Truncate with relative tolerance θ (None: the run's current θ) or to ``rank``; returns
+        the θ used and every layer's change. ValueError (nothing changed) for a bad request."""
+        if not self.optimizer.layers:
+            raise ValueError("this model has no low-rank layers to truncate (method = dense)")
+        if theta is not None and rank is not None:
+            raise ValueError("give either theta or rank, not both")
+        if theta is None and rank is None:
+            theta = self.theta
+        if theta is not None:
+            theta = check_theta(theta)
+        changes = self.optimizer.truncate(theta=theta, rank=rank, layers=None if layer is None else [layer],
+                                          min_rank=self.config.min_rank)
+        if theta is not None:
+            self.theta = float(theta)
+        self.report = parameter_report(self.model)
+        return theta, changes
+
+    # -- checkpoint payload ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "permutation": None if self.permutation is None else self.permutation.cpu(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "theta": self.theta,
+        }
+
+    def load_state_dict(self, payload: dict[str, Any], source: str) -> None:
+        load_model_state(self.model, payload, source)
+        self.report = parameter_report(self.model)
+        self.optimizer, self.scheduler = self._build_optimizer()  # the ranks may have changed
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
+        perm = payload["permutation"]
+        self.permutation = None if perm is None else perm.to(self.device)
+        # RNG states must be CPU byte tensors, whatever map_location did to the rest.
+        self.generator.set_state(payload["generator"].cpu())
+        torch.set_rng_state(payload["torch_rng"].cpu())
+        if payload.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(payload["cuda_rng"].cpu(), self.device)
+        self.theta = payload["theta"]
+        self.window_samples = 0
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self._finite.fill_(True)

@@ -1,0 +1,228 @@
+"""The engine as its own process: detach, attach, signals, several clients, bad clients, a
+killed engine. Real processes on synthetic data."""
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlr_engine.client import EngineClient
+from rlr_engine.launch import LaunchError, start_detached
+from rlr_engine.protocol import MAX_LINE, PROTOCOL_VERSION, decode, encode, hello
+from rlr_engine.records import SetTau
+from rlr_engine.runs import engine_alive, read_jsonl, run_info
+
+FAST = ["--set", "dataset=synthetic", "--set", "epochs=500", "--set", "snapshot_interval=0.05",
+        "--set", "attack_every=0", "--set", "checkpoint_every=1", "--set", "eval_every=5"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+def start(tmp_path, engine_processes, *extra):
+    run_dir, pid = start_detached(["quickstart", *FAST, *extra, "--runs", str(tmp_path / "runs")])
+    engine_processes.append(run_dir)
+    return run_dir, pid
+
+
+def wait_until(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_detach_prints_how_to_attach_and_the_engine_survives_sighup(tmp_path, engine_processes):
+    result = subprocess.run([sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", *FAST, "--runs",
+                             str(tmp_path / "runs"), "--detach"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    engine_processes.append(run_dir)
+    assert f"rlr-tui --attach {run_dir}" in result.stdout.replace("\n", "")
+    pid = json.loads((run_dir / "engine.json").read_text())["pid"]
+    assert os.getsid(pid) == pid and os.getpgid(pid) == pid  # its own session: no terminal's SIGHUP
+    client = EngineClient.connect(run_dir)
+    wait_until(lambda: (client.latest() or None) and client.latest().step > 10, what="training")
+    client.close()
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(1.0)
+    assert engine_alive(run_dir)
+    client = EngineClient.connect(run_dir)
+    first = client.wait(lambda s: True, 5)
+    snap = client.wait(lambda s: s.step > first.step + 5, 60)
+    assert snap.step > first.step + 5  # still training
+    assert snap.events[0].seq == 1 and "started quickstart" in snap.events[0].message  # history complete
+    assert snap.curves["train_loss"][0][0] < 20
+    client.close()
+
+
+def test_two_clients_see_one_application_of_each_command_and_rejections_reach_the_sender(tmp_path,
+                                                                                       engine_processes):
+    run_dir, _ = start(tmp_path, engine_processes)
+    a, b = EngineClient.connect(run_dir, "a"), EngineClient.connect(run_dir, "b")
+    assert a.session != b.session
+    wait_until(lambda: a.latest() and a.latest().state == "running", what="running")
+    request = a.send(SetTau(0.5))
+    bad = b.send(SetTau(-1.0))
+    acks_a, acks_b = [], []
+
+    def both_answered():
+        acks_a.extend(a.take_acks())
+        acks_b.extend(b.take_acks())
+        return len(acks_a) >= 2 and len(acks_b) >= 2
+    wait_until(both_answered, what="acknowledgements")
+    for acks in (acks_a, acks_b):  # both dashboards see both answers, in order
+        assert [(x.session, x.request_id, x.status) for x in acks] == [
+            (a.session, request, "applied"), (b.session, bad, "rejected")]
+    assert "tau must be" in acks_b[1].message and "τ: 0.1 → 0.5" in acks_a[0].message
+    for client in (a, b):
+        snap = client.wait(lambda s: s.tau == 0.5, 10)
+        assert snap.tau == 0.5
+    applied = [e for e in read_jsonl(run_dir / "events.jsonl") if e["kind"] == "applied" and "τ" in e["message"]]
+    assert len(applied) == 1
+    a.close()
+    b.close()
+
+
+def test_bad_clients_get_errors_and_training_goes_on(tmp_path, engine_processes):
+    run_dir, _ = start(tmp_path, engine_processes)
+    path = str(run_dir / "control.sock")
+
+    def raw(greet=True):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        sock.settimeout(10)
+        if greet:
+            sock.sendall(encode(hello("test")))
+        return sock
+
+    def messages(sock, want, limit=200):
+        buffer, seen = b"", []
+        while len(seen) < limit:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                return seen
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                seen.append(decode(line))
+                if want(seen[-1]):
+                    return seen
+        return seen
+
+    good = EngineClient.connect(run_dir)
+    before = wait_until(lambda: good.latest() and good.latest().step > 5 and good.latest(), what="training")
+    silent = raw()  # hello, then never reads a byte
+    never_hello = raw(greet=False)
+    garbage = raw()
+    garbage.sendall(b"this is not json\n")
+    errors = messages(garbage, lambda m: m["type"] == "error")
+    assert errors[-1]["type"] == "error" and not errors[-1]["fatal"] and "not a JSON line" in errors[-1]["error"]
+    garbage.sendall(b'{"type": "command", "id": "x1", "command": {"kind": "warp_speed"}}\n')
+    acks = messages(garbage, lambda m: m["type"] == "ack")
+    assert acks[-1]["id"] == "x1" and acks[-1]["status"] == "rejected" and "unknown command" in acks[-1]["message"]
+    garbage.sendall(b'{"type": "command", "command": {"kind": "pause"}}\n')  # no id: nothing to acknowledge
+    assert "'id'" in messages(garbage, lambda m: m["type"] == "error")[-1]["error"]
+    oversized = raw()
+    oversized.sendall(b"x" * (MAX_LINE + 10))
+    answer = messages(oversized, lambda m: m["type"] == "error" and m["fatal"])
+    assert "over the limit" in answer[-1]["error"]
+    assert oversized.recv(1 << 16) == b""  # and the engine closed that connection
+    old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old.connect(path)
+    old.sendall(encode({"type": "hello", "protocol": PROTOCOL_VERSION + 1, "client": "future"}))
+    refusal = decode(old.makefile("rb").readline())
+    assert refusal["fatal"] and "protocol version mismatch" in refusal["error"]
+    half = raw()
+    half.shutdown(socket.SHUT_WR)  # half-closed: still gets the welcome and snapshots
+    kinds = {m["type"] for m in messages(half, lambda m: m["type"] == "snapshot")}
+    assert {"welcome", "snapshot"} <= kinds
+    time.sleep(2.0)
+    after = good.wait(lambda s: s.step > before.step + 20, 60)
+    assert after.step > before.step + 20 and after.state == "running"
+    notes = [e["message"] for e in read_jsonl(run_dir / "events.jsonl") if "control: client" in e["message"]]
+    assert notes, "bad clients are logged in the events"
+    for sock in (silent, never_hello, garbage, oversized, old, half):
+        sock.close()
+    good.close()
+
+
+def test_kill_9_is_reported_runs_says_dead_and_resume_continues(tmp_path, engine_processes):
+    run_dir, pid = start(tmp_path, engine_processes)
+    client = EngineClient.connect(run_dir)
+    snap = client.wait(lambda s: s.last_checkpoint_step is not None and s.step > s.last_checkpoint_step, 120)
+    checkpoint_step = snap.last_checkpoint_step
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: client.engine_died, timeout=2.0, what="the client to notice")
+    assert time.monotonic() - killed < 2.0
+    assert (run_dir / "control.sock").exists()  # a stale socket is left behind …
+    info = run_info(run_dir)
+    assert info.state == "dead" and info.resumable  # … and not trusted
+    last_seq = max(e["seq"] for e in read_jsonl(run_dir / "events.jsonl"))
+    start_detached(["--resume", str(run_dir)])
+    resumed = EngineClient.connect(run_dir)
+    first = resumed.wait(lambda s: s.state == "running", 60)
+    assert first.step >= checkpoint_step
+    later = resumed.wait(lambda s: s.step > first.step + 5, 60)
+    assert later.step > first.step + 5
+    assert later.curves["train_loss"][0][0] < checkpoint_step  # the curve before the kill is kept
+    seqs = [e["seq"] for e in read_jsonl(run_dir / "events.jsonl")]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and max(seqs) > last_seq
+    assert any("resumed quickstart" in e.message for e in resumed.latest().events)
+    resumed.close()
+
+
+def test_socket_and_run_directory_are_private(tmp_path, engine_processes):
+    run_dir, _ = start(tmp_path, engine_processes)
+    assert stat.S_IMODE(os.stat(run_dir / "control.sock").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
+
+
+def test_the_dashboard_imports_no_torch():
+    code = ("import sys, rlr_tui.app, rlr_tui.screens.dashboard, rlr_tui.screens.picker, rlr_engine.client, "
+            "rlr_engine.runs, rlr_engine.protocol, rlr_engine.records; rlr_tui.app.RlrApp(); "
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
+    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", *FAST, "--runs",
+                             str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+    try:
+        run_dir = wait_until(lambda: next((tmp_path / "runs").glob("*/control.sock"), None), 300, "the socket").parent
+        client = EngineClient.connect(run_dir)
+        client.wait(lambda s: s.step > 40, 120)
+        client.close()
+        proc.send_signal(signum)
+        proc.wait(120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, proc.stderr.read()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["state"] == "stopped" and summary["steps"] > 40
+    assert summary["last_checkpoint_step"] == summary["steps"]  # the final checkpoint: no work lost
+    events = list(read_jsonl(run_dir / "events.jsonl"))
+    assert any(e["kind"] == "info" and e["message"].startswith("stopped at step") for e in events)
+    assert not (run_dir / "control.sock").exists() and not engine_alive(run_dir)
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    with pytest.raises(LaunchError, match="not available"):
+        start_detached(["mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false",
+                        "--runs", str(tmp_path / "runs")])
+    with pytest.raises(LaunchError, match="no CUDA GPU"):
+        start_detached(["quickstart", "--device", "cuda", "--runs", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
