@@ -53,6 +53,7 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
     """Resolve the config and run directory for a new or resumed run."""
     from .runs import CHECKPOINT, new_run_dir, read_run_config
     from .presets import dump_toml
+    from .tensorboard_log import require_tensorboard
 
     extra = list(overrides) + ([f"device={device}"] if device else [])
     if resume:
@@ -60,6 +61,7 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
         config = apply_overrides(read_run_config(run_dir), extra)
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"--resume {run_dir}: no {CHECKPOINT} in that directory, nothing to resume")
+        require_tensorboard(config)  # before config.toml is rewritten
         (run_dir / "config.toml").write_text(dump_toml(config), encoding="utf-8")
         return config, run_dir
     if preset is None:
@@ -111,7 +113,8 @@ def watch(engine, title: str) -> tuple[object, bool]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import Engine
 
-    config, run_dir = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
+    overrides = args.set + (["tensorboard=true"] if args.tensorboard else [])
+    config, run_dir = prepare_run(args.preset, overrides, args.resume, args.runs, args.device)
     engine = Engine(config, run_dir, resume=bool(args.resume)).start()
     console.print(f"[bold]{config.name}[/bold] — {config.method_label}, {config.model} on {config.dataset} "
                   f"→ {run_dir}", highlight=False)
@@ -197,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: the preset's)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
     p.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into RUN_DIR/tensorboard/ (= --set tensorboard=true)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="robustness table of a saved checkpoint")
@@ -213,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import add_compare_parser
 
     add_compare_parser(sub)
+
+    from .export import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 

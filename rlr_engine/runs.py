@@ -17,11 +17,14 @@ else:  # pragma: no cover
 
 from .presets import PresetError, RunConfig, dump_toml, validate
 from .runfiles import CHECKPOINT, CONFIG, EVENTS, METRICS, SUMMARY
+from .tensorboard_log import require_tensorboard
 
 
 
 def new_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
-    """Create a fresh run directory and write the resolved config into it."""
+    """Create a fresh run directory and write the resolved config into it. PresetError (nothing
+    created) when the config asks for an optional extra that is not installed."""
+    require_tensorboard(config)
     root = Path(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / f"{stamp}-{config.name}"
