@@ -233,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, PresetError, CheckpointError, DatasetUnavailable) as error:
-        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        from rich.markup import escape  # messages hold brackets: pip install 'rlr[tensorboard]'
+
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 2
 
 
