@@ -2,8 +2,9 @@
 written with torch's ``SummaryWriter`` when a run has ``tensorboard = true``.
 
 The Recorder feeds it the plain records it appends to metrics.jsonl and events.jsonl, plus the
-layer spectra at their own cadence; nothing here runs per training step. TensorBoard is an
-optional extra, imported only when the first writer opens, so this module is torch-free.
+layer spectra at their own cadence; nothing here runs per training step, and the writing itself
+happens on a thread of its own. TensorBoard is an optional extra, imported only by a run that asks
+for it, so this module is torch-free.
 
 Tags (each scalar's step is the record's training step):
 
@@ -25,6 +26,8 @@ previous writer logged after it instead of showing those steps twice.
 from __future__ import annotations
 
 import importlib.util
+import queue
+import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -101,65 +104,105 @@ def open_summary_writer(directory: Path, purge_step: int | None) -> SummaryWrite
 
 class TensorBoardLog:
     """Writes into ``directory`` (inside an existing run directory; it never creates the run
-    directory itself). The writer opens at the first write.
+    directory itself).
+
+    The caller's thread only queues plain records (microseconds); a writer thread of its own,
+    started at the first write, builds the summaries and calls the SummaryWriter, so the training
+    thread never waits on protobuf, numpy or the disk. ``close()`` waits for everything queued.
 
     Writing never stops training: the first error the writer raises (a full disk, a broken
-    install) is passed once to ``on_failure(step, message)`` and nothing more is written for
-    the rest of the run."""
+    install) is passed once to ``on_failure(step, message)``, on the caller's thread at its next
+    call (or at ``close()``), and nothing more is written for the rest of the run."""
 
     def __init__(self, directory: str | Path, on_failure: Callable[[int, str], None],
                  open_writer: Callable[[Path, int | None], SummaryWriterLike] = open_summary_writer) -> None:
         self.directory = Path(directory)
         self.on_failure = on_failure
         self.open_writer = open_writer
+        self.last_spectra_step: int | None = None
+        self.failure_reported = False
+        # Owned by the writer thread while it runs:
         self.writer: SummaryWriterLike | None = None
         self.purge_step: int | None = None
-        self.failure: str | None = None
-        self.last_spectra_step: int | None = None
+        self.failure: tuple[int, str] | None = None
         self.last_step = 0
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if tensorboard_installed():
+            # Importing TensorBoard takes a second or more: pay it now, before training starts,
+            # not inside the first timed training window. A broken install is reported by the first write.
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                pass
 
+    # -- the caller's side --------------------------------------------------------------------
     def metrics(self, record: dict[str, Any]) -> None:
         step = int(record.get("step", 0))
-        points = record_scalars(record)
-        if not points:
-            return
 
         def write(writer: SummaryWriterLike) -> None:
-            for tag, value in points:
+            for tag, value in record_scalars(record):
                 writer.add_scalar(tag, value, step)
-        self._write(step, write)
+        self._queue(step, write)
 
     def spectra(self, step: int, layers: tuple[LayerStats, ...]) -> None:
         """σ histograms of every layer, once per step."""
         if step == self.last_spectra_step or not layers:
             return
         self.last_spectra_step = step
-        import numpy as np
 
         def write(writer: SummaryWriterLike) -> None:
+            import numpy as np
+
             for layer in layers:
                 if layer.sigma:
                     writer.add_histogram(f"sigma/{layer.name}", np.asarray(layer.sigma, dtype=np.float64), step)
-        self._write(step, write)
+        self._queue(step, write)
 
     def event(self, event: Event) -> None:
-        self._write(event.step, lambda writer: writer.add_text(f"events/{event.kind}", event.message, event.step))
+        self._queue(event.step, lambda writer: writer.add_text(f"events/{event.kind}", event.message, event.step))
 
     def restart_after(self, step: int) -> None:
         """The run goes on from a checkpoint taken at ``step``: what was logged after it is void.
         The next writer starts with ``purge_step = step + 1``."""
-        self.close()
-        self.purge_step = step + 1
         self.last_spectra_step = None
+        self._submit(lambda: self._restart(step + 1))
 
     def close(self) -> None:
-        """Flush and close the event file (the next write opens a new one)."""
-        writer, self.writer = self.writer, None
-        if writer is not None and self.failure is None:
-            try:
-                writer.close()
-            except Exception as error:  # see _write
-                self._fail(self.last_step, error)
+        """Write everything queued, then flush and close the event file."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+        self._close_writer()  # the writer thread has ended: this thread owns the writer now
+        self._report_failure()
+
+    def _queue(self, step: int, write: Callable[[SummaryWriterLike], Any]) -> None:
+        self._report_failure()
+        if self.failure is None:
+            self._submit(lambda: self._write(step, write))
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="rlr-tensorboard", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _report_failure(self) -> None:
+        failure = self.failure
+        if failure is not None and not self.failure_reported:
+            self.failure_reported = True
+            step, message = failure
+            self.on_failure(step, f"TensorBoard writing stopped: {message} (metrics.jsonl is still written)")
+
+    # -- the writer thread --------------------------------------------------------------------
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def _restart(self, purge_step: int) -> None:
+        self._close_writer()
+        self.purge_step = purge_step
 
     def _write(self, step: int, write: Callable[[SummaryWriterLike], Any]) -> None:
         if self.failure is not None:
@@ -177,12 +220,20 @@ class TensorBoardLog:
             # disk, a protobuf or import error) is reported once and never reaches the training loop.
             self._fail(step, error)
 
+    def _close_writer(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None and self.failure is None:
+            try:
+                writer.close()
+            except Exception as error:  # see _write
+                self._fail(self.last_step, error)
+
     def _fail(self, step: int, error: Exception) -> None:
-        self.failure = f"{type(error).__name__}: {error}" if not isinstance(error, PresetError) else str(error)
         writer, self.writer = self.writer, None
         if writer is not None:
             try:
                 writer.close()
             except Exception:
-                pass  # it has already failed; the one report below says so
-        self.on_failure(step, f"TensorBoard writing stopped: {self.failure} (metrics.jsonl is still written)")
+                pass  # it has already failed; the one report says so
+        message = str(error) if isinstance(error, PresetError) else f"{type(error).__name__}: {error}"
+        self.failure = (step, message)

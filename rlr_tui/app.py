@@ -71,10 +71,11 @@ class RlrApp(App):
     def start_run(self, preset: str) -> None:
         try:
             config = load_preset(preset, self.overrides)
+            run_dir = new_run_dir(config, self.runs_root)  # refuses a config whose extras are missing
         except PresetError as error:
             self.notify(str(error), title="cannot start", severity="error", timeout=30)
             return
-        self._open(config, new_run_dir(config, self.runs_root), resume=False)
+        self._open(config, run_dir, resume=False)
 
     def resume_run(self, run_dir: str | Path) -> None:
         run_dir = Path(run_dir)
