@@ -44,6 +44,7 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
     Returns (config, run_dir, whether the run directory is new)."""
     from .runfiles import CHECKPOINT
     from .runs import choose_run_dir, engine_alive, read_run_config
+    from .tensorboard_log import require_tensorboard
 
     extra = list(overrides) + ([f"device={device}"] if device else [])
     if resume:
@@ -53,10 +54,12 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
             raise UserError(f"--resume {run_dir}: the run is still running; attach with: rlr-tui --attach {run_dir}")
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"--resume {run_dir}: no {CHECKPOINT} in that directory, nothing to resume")
+        require_tensorboard(config)  # a missing optional extra is reported before anything changes
         return config, run_dir, False
     if preset is None:
         raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
     config = load_preset(preset, extra)
+    require_tensorboard(config)
     return config, choose_run_dir(config, runs_root), True
 
 
@@ -69,6 +72,8 @@ def train_arguments(args: argparse.Namespace) -> list[str]:
         argv += ["--device", args.device]
     if args.resume:
         argv += ["--resume", args.resume]
+    if args.tensorboard:
+        argv += ["--tensorboard"]
     return argv + ["--runs", args.runs]
 
 
@@ -82,7 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .presets import dump_toml
     from .runs import create_run_dir
 
-    config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
+    overrides = args.set + (["tensorboard=true"] if args.tensorboard else [])
+    config, run_dir, new = prepare_run(args.preset, overrides, args.resume, args.runs, args.device)
     engine = Engine(config, run_dir, resume=not new)
     show = not args.engine_child
     try:
@@ -243,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true",
                    help="run in the background (no terminal; survives logout) and print how to attach")
     p.add_argument(ENGINE_CHILD_FLAG, dest="engine_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into RUN_DIR/tensorboard/ (= --set tensorboard=true)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runs", help="list runs: running, paused, stopped, dead (--all: finished, failed too)")
@@ -264,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import add_compare_parser
 
     add_compare_parser(sub)
+
+    from .export import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 
@@ -276,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, PresetError, CheckpointError, DatasetUnavailable, RunBusy) as error:
-        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        from rich.markup import escape  # messages hold brackets: pip install 'rlr[tensorboard]'
+
+        err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 2
 
 

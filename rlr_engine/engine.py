@@ -151,6 +151,8 @@ class Engine:
             except OSError:
                 pass
             self._fail(f"{type(error).__name__}: {error} (traceback in {log})")
+        finally:
+            self.recorder.close()
 
     def _fail(self, message: str) -> None:
         self.state, self.message = "failed", message
@@ -245,7 +247,8 @@ class Engine:
         trainer = self.trainer
         val_loss, val_acc, test_acc = trainer.evaluate()
         self._layer_stats = trainer.layer_stats()
-        self.recorder.evaluation(trainer.step, trainer.epoch, val_loss, val_acc, test_acc, self._layer_stats)
+        self.recorder.evaluation(trainer.step, trainer.epoch, val_loss, val_acc, test_acc, self._layer_stats,
+                                 trainer.report.compression)
 
     def attack(self, spec: AttackSpec, full: bool) -> AttackResult:
         trainer = self.trainer
@@ -399,6 +402,7 @@ class Engine:
             self._layers_at = time.monotonic()
             # SVDs of large dense weights are not free: space them so they take ≤ 1 % of the time.
             self._spectra_interval = max(SPECTRA_INTERVAL_S, 100 * (self._layers_at - started))
+            self.recorder.spectra(trainer.step, self._layer_stats)
         recorder, stats = self.recorder, self._layer_stats
         running = self.state == "running"
         # While paused (or after the end) there is no current rate, hence no ETA.

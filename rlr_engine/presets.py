@@ -113,6 +113,8 @@ class RunConfig:
     download: bool = field(default=True, metadata=_spec(bool))
     device: str = field(default="auto", metadata=_spec(str, _device))
     snapshot_interval: float = field(default=0.25, metadata=_spec(float, _number(0.01, 60)))
+    tensorboard: bool = field(default=False, metadata=_spec(bool, help="also write TensorBoard event files into "
+                              "runs/<id>/tensorboard/ (needs pip install 'rlr[tensorboard]')"))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}

@@ -18,8 +18,9 @@ from .history import DecimatingSeries
 from .presets import RunConfig, method_label
 from .protocol import attack_result_from_dict, attack_result_to_dict, event_to_dict
 from .records import AttackResult, Event, LayerStats
-from .runfiles import CHECKPOINT, EVENTS, METRICS, SUMMARY
+from .runfiles import CHECKPOINT, EVENTS, METRICS, SUMMARY, TENSORBOARD
 from .runs import append_jsonl, read_jsonl, trim_jsonl
+from .tensorboard_log import TensorBoardLog
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
 MAX_EVENTS = 200
@@ -44,6 +45,9 @@ class Recorder:
         self.event_seq = last_event_seq(self.run_dir / EVENTS)
         self.last_checkpoint_step: int | None = None
         self._events_lock = threading.Lock()  # the control server logs client trouble from its thread
+        # TensorBoard mirror (tensorboard = true): fed at the same points as metrics.jsonl.
+        self.tensorboard = (TensorBoardLog(self.run_dir / TENSORBOARD, on_failure=self._tensorboard_failed)
+                            if config.tensorboard else None)
 
     def clear_summary(self) -> None:
         """A resumed run is no longer stopped or finished."""
@@ -63,6 +67,8 @@ class Recorder:
                 append_jsonl(self.run_dir / EVENTS, event_to_dict(event))
             except OSError:
                 pass  # the event is still shown; a full disk must not stop training
+            if self.tensorboard is not None:
+                self.tensorboard.event(event)
         return event
 
     def recent_events(self) -> list[Event]:
@@ -80,16 +86,16 @@ class Recorder:
                       "tau": tau, "samples_per_s": samples_per_s, "seconds": seconds})
 
     def evaluation(self, step: int, epoch: int, val_loss: float, val_acc: float, test_acc: float,
-                   layers: tuple[LayerStats, ...]) -> None:
+                   layers: tuple[LayerStats, ...], compression: float | None = None) -> None:
         for name, value in (("val_loss", val_loss), ("val_acc", val_acc), ("test_acc", test_acc)):
             if not math.isnan(value):
                 self.curves[name].append(step, value)
                 self.last_values[name] = value
         self._metric({"type": "eval", "step": step, "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
                       "test_acc": test_acc})
-        self._metric({"type": "layers", "step": step, "layers": [
-            {"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa, "sigma_max": s.sigma_max}
-            for s in layers]})
+        self._metric({"type": "layers", "step": step, **({} if compression is None else {"compression": compression}),
+                      "layers": [{"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa,
+                                  "sigma_max": s.sigma_max} for s in layers]})
         self.event(step, "evaluation", f"epoch {epoch}: val acc {val_acc:.2%}, test acc {test_acc:.2%}")
 
     def attack(self, result: AttackResult, samples: int) -> None:
@@ -103,6 +109,16 @@ class Recorder:
             append_jsonl(self.run_dir / METRICS, record)
         except OSError as error:
             self.event(record.get("step", 0), "warning", f"metrics not written: {error}")
+        if self.tensorboard is not None:
+            self.tensorboard.metrics(record)
+
+    def spectra(self, step: int, layers: tuple[LayerStats, ...]) -> None:
+        """Fresh layer spectra (at the engine's spectra cadence): σ histograms in TensorBoard."""
+        if self.tensorboard is not None:
+            self.tensorboard.spectra(step, layers)
+
+    def _tensorboard_failed(self, step: int, message: str) -> None:
+        self.event(step, "warning", message)
 
     def train_seconds(self) -> float:
         """Wall time spent training (evaluations and attacks excluded), from the logged windows."""
@@ -136,6 +152,8 @@ class Recorder:
         self.last_checkpoint_step = payload["step"]
         if trim:
             trim_jsonl(self.run_dir / METRICS, payload["step"])
+        if self.tensorboard is not None:
+            self.tensorboard.restart_after(payload["step"])
 
     # -- the end --------------------------------------------------------------------------------
     def write_summary(self, state: str, tau: float, facts: dict[str, Any]) -> None:
@@ -149,3 +167,8 @@ class Recorder:
         tmp = self.run_dir / (SUMMARY + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
         tmp.replace(self.run_dir / SUMMARY)
+
+    def close(self) -> None:
+        """The run's thread ends: flush what is buffered (TensorBoard event files)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()

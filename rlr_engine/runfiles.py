@@ -11,6 +11,7 @@ them too.
   control.sock    the engine's control socket (mode 0600) while it lives
   engine.log      stdout/stderr of a detached engine
   error.log       the traceback of an unexpected engine error
+  tensorboard/    TensorBoard event files (with ``tensorboard = true``)
 """
 
 from __future__ import annotations
@@ -24,3 +25,4 @@ ENGINE_INFO = "engine.json"
 CONTROL_SOCKET = "control.sock"
 ENGINE_LOG = "engine.log"
 ERROR_LOG = "error.log"
+TENSORBOARD = "tensorboard"

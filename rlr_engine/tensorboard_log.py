@@ -1,0 +1,239 @@
+"""A run's metrics, spectra and events as TensorBoard event files (``runs/<id>/tensorboard/``),
+written with torch's ``SummaryWriter`` when a run has ``tensorboard = true``.
+
+The Recorder feeds it the plain records it appends to metrics.jsonl and events.jsonl, plus the
+layer spectra at their own cadence; nothing here runs per training step, and the writing itself
+happens on a thread of its own. TensorBoard is an optional extra, imported only by a run that asks
+for it, so this module is torch-free.
+
+Tags (each scalar's step is the record's training step):
+
+  loss/train, loss/val                       train window / evaluation losses
+  accuracy/train, accuracy/val, accuracy/test
+  optimizer/lr, optimizer/tau                at every train window
+  speed/samples_per_s                        training throughput of the window
+  parameters/compression                     1 − params / dense params, at every evaluation
+  rank/<layer>, kappa/<layer>, sigma_max/<layer>   at every evaluation
+  adv/<attack>/<ε>                           adversarial accuracy, at every attack
+  sigma/<layer>                              histogram of the layer's singular values (spectra cadence)
+  events/<kind>                              text: what the user was told
+
+A resumed run (or a rollback to the last good checkpoint) continues the same curves: the next
+writer opens with ``purge_step`` one past the checkpoint's step, so TensorBoard drops whatever the
+previous writer logged after it instead of showing those steps twice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from .metrics_table import flatten_record
+from .presets import PresetError, RunConfig
+from .records import Event, LayerStats
+
+INSTALL_HINT = "pip install 'rlr[tensorboard]' (from a source checkout: pip install -e '.[tensorboard]')"
+# Event files reach the disk at least this often while a run lives; TensorBoard re-reads its
+# logdir every few seconds.
+FLUSH_SECONDS = 10
+
+SCALAR_TAGS = {
+    "train_loss": "loss/train", "val_loss": "loss/val",
+    "train_acc": "accuracy/train", "val_acc": "accuracy/val", "test_acc": "accuracy/test",
+    "lr": "optimizer/lr", "tau": "optimizer/tau", "samples_per_s": "speed/samples_per_s",
+    "compression": "parameters/compression",
+}
+NESTED_SCALAR_PREFIXES = ("rank/", "kappa/", "sigma_max/", "adv/")
+
+
+class TensorBoardUnavailable(PresetError):
+    """``tensorboard = true`` but the tensorboard package is not installed."""
+
+
+def tensorboard_installed() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def require_tensorboard(config: RunConfig) -> None:
+    """TensorBoardUnavailable (with the install command) when ``config`` asks for TensorBoard
+    and it is not installed. Call it before anything of the run is written."""
+    if config.tensorboard and not tensorboard_installed():
+        raise TensorBoardUnavailable(f"tensorboard = true needs the tensorboard package, which is not "
+                                     f"installed; install it with: {INSTALL_HINT}")
+
+
+def scalar_tag(column: str) -> str | None:
+    """The TensorBoard tag of a metrics column (see metrics_table), None for what is not a curve
+    (type, step, epoch, seconds, samples, attack, full_rank/…)."""
+    if column in SCALAR_TAGS:
+        return SCALAR_TAGS[column]
+    return column if column.startswith(NESTED_SCALAR_PREFIXES) else None
+
+
+def record_scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
+    """(tag, value) of every curve point a metrics record holds."""
+    points = []
+    for column, value in flatten_record(record).items():
+        tag = scalar_tag(column)
+        if tag is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            points.append((tag, float(value)))
+    return points
+
+
+class SummaryWriterLike(Protocol):
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None: ...
+
+    def add_histogram(self, tag: str, values: Any, global_step: int) -> None: ...
+
+    def add_text(self, tag: str, text_string: str, global_step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_summary_writer(directory: Path, purge_step: int | None) -> SummaryWriterLike:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise TensorBoardUnavailable(f"TensorBoard is not installed ({error}); install it with: "
+                                     f"{INSTALL_HINT}") from None
+    return SummaryWriter(log_dir=str(directory), purge_step=purge_step, flush_secs=FLUSH_SECONDS)
+
+
+class TensorBoardLog:
+    """Writes into ``directory`` (inside an existing run directory; it never creates the run
+    directory itself).
+
+    The caller's thread only queues plain records (microseconds); a writer thread of its own,
+    started at the first write, builds the summaries and calls the SummaryWriter, so the training
+    thread never waits on protobuf, numpy or the disk. ``close()`` waits for everything queued.
+
+    Writing never stops training: the first error the writer raises (a full disk, a broken
+    install) is passed once to ``on_failure(step, message)``, on the caller's thread at its next
+    call (or at ``close()``), and nothing more is written for the rest of the run."""
+
+    def __init__(self, directory: str | Path, on_failure: Callable[[int, str], None],
+                 open_writer: Callable[[Path, int | None], SummaryWriterLike] = open_summary_writer) -> None:
+        self.directory = Path(directory)
+        self.on_failure = on_failure
+        self.open_writer = open_writer
+        self.last_spectra_step: int | None = None
+        self.failure_reported = False
+        # Owned by the writer thread while it runs:
+        self.writer: SummaryWriterLike | None = None
+        self.purge_step: int | None = None
+        self.failure: tuple[int, str] | None = None
+        self.last_step = 0
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if tensorboard_installed():
+            # Importing TensorBoard takes a second or more: pay it now, before training starts,
+            # not inside the first timed training window. A broken install is reported by the first write.
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                pass
+
+    # -- the caller's side --------------------------------------------------------------------
+    def metrics(self, record: dict[str, Any]) -> None:
+        step = int(record.get("step", 0))
+
+        def write(writer: SummaryWriterLike) -> None:
+            for tag, value in record_scalars(record):
+                writer.add_scalar(tag, value, step)
+        self._queue(step, write)
+
+    def spectra(self, step: int, layers: tuple[LayerStats, ...]) -> None:
+        """σ histograms of every layer, once per step."""
+        if step == self.last_spectra_step or not layers:
+            return
+        self.last_spectra_step = step
+
+        def write(writer: SummaryWriterLike) -> None:
+            import numpy as np
+
+            for layer in layers:
+                if layer.sigma:
+                    writer.add_histogram(f"sigma/{layer.name}", np.asarray(layer.sigma, dtype=np.float64), step)
+        self._queue(step, write)
+
+    def event(self, event: Event) -> None:
+        self._queue(event.step, lambda writer: writer.add_text(f"events/{event.kind}", event.message, event.step))
+
+    def restart_after(self, step: int) -> None:
+        """The run goes on from a checkpoint taken at ``step``: what was logged after it is void.
+        The next writer starts with ``purge_step = step + 1``."""
+        self.last_spectra_step = None
+        self._submit(lambda: self._restart(step + 1))
+
+    def close(self) -> None:
+        """Write everything queued, then flush and close the event file."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+        self._close_writer()  # the writer thread has ended: this thread owns the writer now
+        self._report_failure()
+
+    def _queue(self, step: int, write: Callable[[SummaryWriterLike], Any]) -> None:
+        self._report_failure()
+        if self.failure is None:
+            self._submit(lambda: self._write(step, write))
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="rlr-tensorboard", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _report_failure(self) -> None:
+        failure = self.failure
+        if failure is not None and not self.failure_reported:
+            self.failure_reported = True
+            step, message = failure
+            self.on_failure(step, f"TensorBoard writing stopped: {message} (metrics.jsonl is still written)")
+
+    # -- the writer thread --------------------------------------------------------------------
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def _restart(self, purge_step: int) -> None:
+        self._close_writer()
+        self.purge_step = purge_step
+
+    def _write(self, step: int, write: Callable[[SummaryWriterLike], Any]) -> None:
+        if self.failure is not None:
+            return
+        self.last_step = step
+        try:
+            if self.writer is None:
+                if not self.directory.parent.is_dir():
+                    return  # the run directory is not there (a run that failed before it was made)
+                self.writer = self.open_writer(self.directory, self.purge_step)
+                self.purge_step = None  # only the first writer after a restart purges
+            write(self.writer)
+        except Exception as error:
+            # An optional mirror of metrics.jsonl: whatever its writer raises (OSError from a full
+            # disk, a protobuf or import error) is reported once and never reaches the training loop.
+            self._fail(step, error)
+
+    def _close_writer(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None and self.failure is None:
+            try:
+                writer.close()
+            except Exception as error:  # see _write
+                self._fail(self.last_step, error)
+
+    def _fail(self, step: int, error: Exception) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass  # it has already failed; the one report says so
+        message = str(error) if isinstance(error, PresetError) else f"{type(error).__name__}: {error}"
+        self.failure = (step, message)

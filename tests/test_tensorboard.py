@@ -1,0 +1,200 @@
+"""TensorBoard event files of a run, read back with TensorBoard's own EventAccumulator."""
+
+import math
+import sys
+import time
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from helpers import STARTED, run_to_end, small_config, start_engine, wait_for
+from rlr_engine.cli import main
+from rlr_engine.engine import Engine
+from rlr_engine.presets import PresetError, dump_toml, load_preset
+from rlr_engine.records import Pause, RefreshLayers, Stop
+from rlr_engine.runs import new_run_dir, read_jsonl
+from rlr_engine.tensorboard_log import open_summary_writer, record_scalars
+
+# The name every metrics field has in TensorBoard (the nested ones keep their column names).
+EXPECTED_TAGS = {"train_loss": "loss/train", "train_acc": "accuracy/train", "lr": "optimizer/lr",
+                 "tau": "optimizer/tau", "samples_per_s": "speed/samples_per_s", "val_loss": "loss/val",
+                 "val_acc": "accuracy/val", "test_acc": "accuracy/test", "compression": "parameters/compression"}
+
+
+def read_events(run_dir) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"),
+                                   size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    return accumulator.Reload()
+
+
+def scalar_points(accumulator, tag):
+    return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+
+
+def expected_points(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) per tag, from metrics.jsonl."""
+    points: dict[str, list] = {}
+    for record in read_jsonl(run_dir / "metrics.jsonl"):
+        for tag, value in record_scalars(record):
+            points.setdefault(tag, []).append((record["step"], value))
+    return points
+
+
+def assert_same_points(actual, expected, tag):
+    assert [s for s, _ in actual] == [s for s, _ in expected], tag
+    for (_, a), (_, e) in zip(actual, expected):
+        assert a == pytest.approx(e, rel=1e-6, abs=1e-6) or (math.isnan(a) and math.isnan(e)), tag
+
+
+def test_event_files_hold_every_metric_of_metrics_jsonl_at_its_step(tmp_path):
+    engine = start_engine(tmp_path, tensorboard=True, epochs=2, attack_every=1, eps=(0.0, 0.02))
+    wait_for(engine, lambda s: s.state == "running" and s.step > 3)
+    engine.send(RefreshLayers())  # a spectrum now, whatever the run's length
+    snap = run_to_end(engine)
+    assert snap.state == "finished", snap.message
+    run_dir = engine.run_dir
+    events = read_events(run_dir)
+    expected = expected_points(run_dir)
+    scalars = set(events.Tags()["scalars"])
+    assert scalars == set(expected)
+    layers = [layer.name for layer in snap.layers]
+    assert set(EXPECTED_TAGS.values()) | {f"rank/{n}" for n in layers} | {f"kappa/{n}" for n in layers} | {
+        "adv/fgsm/0", "adv/fgsm/0.02"} <= scalars
+    records = list(read_jsonl(run_dir / "metrics.jsonl"))
+    for field, tag in EXPECTED_TAGS.items():
+        assert_same_points(scalar_points(events, tag),
+                           [(r["step"], r[field]) for r in records if field in r], tag)
+    kappa = [(r["step"], next(l["kappa"] for l in r["layers"] if l["name"] == layers[0]))
+             for r in records if r["type"] == "layers"]
+    assert_same_points(scalar_points(events, f"kappa/{layers[0]}"), kappa, "kappa")
+    adversarial = [(r["step"], r["accuracy"][1]) for r in records if r["type"] == "attack"]
+    assert len(adversarial) == 2  # the attack after epoch 1 and the final one
+    assert_same_points(scalar_points(events, "adv/fgsm/0.02"), adversarial, "adv")
+    for tag, points in expected.items():
+        assert_same_points(scalar_points(events, tag), points, tag)
+
+
+def test_sigma_histograms_hold_each_layers_singular_values(tmp_path):
+    engine = start_engine(tmp_path, tensorboard=True, epochs=1)
+    wait_for(engine, lambda s: s.state == "running" and s.step > 3)
+    engine.send(RefreshLayers())
+    snap = run_to_end(engine)
+    events = read_events(engine.run_dir)
+    assert set(events.Tags()["histograms"]) == {f"sigma/{layer.name}" for layer in snap.layers}
+    for layer in snap.layers:  # no truncation: the rank is the same at every histogram
+        histograms = events.Histograms(f"sigma/{layer.name}")
+        assert histograms and all(h.histogram_value.num == layer.rank for h in histograms)
+        assert all(h.histogram_value.min > 0 for h in histograms)
+    final = events.Histograms(f"sigma/{snap.layers[0].name}")[-1]
+    if final.step == snap.step:
+        assert final.histogram_value.max == pytest.approx(snap.layers[0].sigma_max, rel=1e-6)
+
+
+def test_events_are_written_as_text_under_their_kind(tmp_path):
+    engine = start_engine(tmp_path, tensorboard=True, epochs=1)
+    run_to_end(engine)
+    events = read_events(engine.run_dir)
+    written = sorted((tag.split("/")[1], e.step, e.tensor_proto.string_val[0].decode())
+                     for tag in events.Tags()["tensors"] for e in events.Tensors(tag))
+    logged = sorted((e["kind"], e["step"], e["message"]) for e in read_jsonl(engine.run_dir / "events.jsonl"))
+    assert written == logged and any(kind == "evaluation" for kind, _, _ in written)
+
+
+def test_a_resumed_run_continues_the_same_curves_without_repeated_steps(tmp_path):
+    engine = start_engine(tmp_path, tensorboard=True, epochs=3, max_steps=50)
+    wait_for(engine, lambda s: s.step >= 7)
+    engine.send(Pause())
+    wait_for(engine, lambda s: s.state == "paused")
+    engine.send(Stop())
+    stopped = run_to_end(engine)
+    assert stopped.state == "stopped"
+    run_dir = engine.run_dir
+    # A run that went on after its checkpoint and then died left points past it: TensorBoard
+    # orders event files by their name, which starts with the second they were created in.
+    time.sleep(1.1)
+    orphan = SummaryWriter(str(run_dir / "tensorboard"))
+    for step in range(stopped.step + 1, stopped.step + 4):
+        orphan.add_scalar("loss/train", 99.0, step)
+    orphan.close()
+    time.sleep(1.1)
+    resumed = start_engine(tmp_path, resume_dir=run_dir, tensorboard=True, epochs=3, max_steps=50)
+    assert run_to_end(resumed).step == 50
+    events = read_events(run_dir)
+    train = scalar_points(events, "loss/train")
+    steps = [s for s, _ in train]
+    assert steps == sorted(set(steps)) and steps[0] <= stopped.step < steps[-1] == 50
+    assert 99.0 not in [v for _, v in train]
+    for tag, points in expected_points(run_dir).items():
+        assert_same_points(scalar_points(events, tag), points, tag)
+
+
+class FullDiskWriter:
+    """A SummaryWriter whose add_* calls raise OSError (no space left) after ``ok`` of them."""
+
+    def __init__(self, directory, purge_step, ok: int):
+        self.writer = open_summary_writer(directory, purge_step)
+        self.ok, self.calls = ok, 0
+
+    def _add(self, method, *args):
+        self.calls += 1
+        if self.calls > self.ok:
+            raise OSError(28, "No space left on device")
+        return method(*args)
+
+    def add_scalar(self, *args):
+        return self._add(self.writer.add_scalar, *args)
+
+    def add_histogram(self, *args):
+        return self._add(self.writer.add_histogram, *args)
+
+    def add_text(self, *args):
+        return self._add(self.writer.add_text, *args)
+
+    def close(self):
+        self.writer.close()
+
+
+def test_a_failing_writer_warns_once_stops_writing_and_training_goes_on(tmp_path):
+    config = small_config(tensorboard=True, epochs=2)
+    engine = Engine(config, new_run_dir(config, tmp_path / "runs"))
+    writers = []
+    engine.recorder.tensorboard.open_writer = lambda d, p: writers.append(FullDiskWriter(d, p, ok=20)) or writers[-1]
+    STARTED.append(engine)
+    snap = run_to_end(engine.start())
+    assert snap.state == "finished" and snap.step == snap.total_steps, snap.message
+    warnings = [e for e in read_jsonl(engine.run_dir / "events.jsonl") if e["kind"] == "warning"]
+    assert len(warnings) == 1 and "TensorBoard writing stopped" in warnings[0]["message"]
+    assert "No space left on device" in warnings[0]["message"]
+    assert len(writers) == 1 and writers[0].calls == 21  # nothing was tried after the failure
+    records = list(read_jsonl(engine.run_dir / "metrics.jsonl"))
+    assert [r["type"] for r in records if r["step"] == snap.step][-1] == "attack"  # the log is complete
+    assert len(scalar_points(read_events(engine.run_dir), "loss/train")) >= 1
+
+
+def test_tensorboard_without_the_extra_names_the_install_command_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    runs = tmp_path / "runs"
+    assert main(["train", "quickstart", "--tensorboard", "--runs", str(runs)]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "tensorboard = true" in error and "pip install 'rlr[tensorboard]'" in error
+    assert not runs.exists()
+    with pytest.raises(PresetError, match="pip install"):
+        new_run_dir(load_preset("quickstart", ["tensorboard=true"]), runs)
+    assert not runs.exists()
+    # Resuming with it does not touch the run either.
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    config_text = dump_toml(small_config(tensorboard=True))
+    (run_dir / "config.toml").write_text(config_text)
+    (run_dir / "checkpoint.pt").write_bytes(b"")
+    assert main(["train", "--resume", str(run_dir), "--set", "epochs=5"]) == 2
+    assert "pip install" in capsys.readouterr().err
+    assert (run_dir / "config.toml").read_text() == config_text
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.toml"]
+
+
+def test_the_tensorboard_key_accepts_only_true_or_false():
+    with pytest.raises(PresetError, match="tensorboard = 'yes' is not allowed: must be true or false"):
+        load_preset("quickstart", ["tensorboard=yes"])
+    assert load_preset("quickstart").tensorboard is False
