@@ -68,17 +68,19 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
     return config, new_run_dir(config, runs_root)
 
 
-def watch(engine, title: str) -> tuple[object, bool]:
+def watch(engine, title: str, repeat_stops: bool = False) -> tuple[object, bool]:
     """Show a rich progress bar and the run's events until the engine ends. The first Ctrl+C
-    asks for a clean stop (final checkpoint), a second one aborts. Returns (last snapshot,
-    whether the user interrupted)."""
+    asks for a clean stop (final checkpoint), a second one aborts (with ``repeat_stops``, as
+    under torchrun, whose agent forwards the terminal's Ctrl+C once more, every one asks for the
+    stop and the agent's shutdown timeout is the abort). Returns (last snapshot, whether the
+    user interrupted)."""
     from .records import Stop
 
     interrupted = False
 
     def on_interrupt(signum, frame):
         nonlocal interrupted
-        if interrupted:
+        if interrupted and not repeat_stops:
             raise KeyboardInterrupt
         interrupted = True
         console.print("[yellow]stopping: writing a final checkpoint (Ctrl+C again to abort)[/yellow]")
@@ -111,6 +113,22 @@ def watch(engine, title: str) -> tuple[object, bool]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import Engine
 
+    # -- torch.distributed: a torchrun worker, or the launcher of --nproc N workers (launch.py) --
+    from .distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        from .launch import train_worker
+
+        return train_worker(args)
+    if args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc}: must be >= 1 (processes to train on, one per GPU on CUDA)")
+    if args.nproc > 1:
+        from .launch import launch
+
+        return launch(args)
+    if args.run_dir:
+        raise UserError("--run-dir is set by the --nproc launcher for its workers; use --resume RUN_DIR")
+    # -- end torch.distributed --
     config, run_dir = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
     engine = Engine(config, run_dir, resume=bool(args.resume)).start()
     console.print(f"[bold]{config.name}[/bold] — {config.method_label}, {config.model} on {config.dataset} "
@@ -197,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: the preset's)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
     p.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes started through torchrun (one GPU each on CUDA; default 1)")
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)  # the fresh run directory the --nproc launcher made
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="robustness table of a saved checkpoint")
