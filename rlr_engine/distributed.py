@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -94,14 +95,15 @@ def ranks_from_environment() -> Ranks:
     return Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
 
 
-def join_process_group(ranks: Ranks, device: torch.device) -> None:
+def join_process_group(ranks: Ranks, device: torch.device, timeout: timedelta | None = None) -> None:
     """init_process_group from torchrun's environment: NCCL when training on CUDA (after
-    selecting this rank's GPU), gloo on CPU."""
+    selecting this rank's GPU), gloo on CPU. ``timeout`` bounds every collective (torch's
+    default when None)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
 
 
 def leave_process_group() -> None:
