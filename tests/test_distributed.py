@@ -19,9 +19,13 @@ from rlr_engine.distributed import Ranks
 from rlr_engine.presets import dump_toml
 from rlr_engine.runs import list_runs
 
-# 1600 training images, global batch 63: every epoch ends with a batch of 25 that two ranks split
-# 13 + 12, so the equivalence below also covers a last batch that does not split evenly.
-EQUIVALENCE = dict(batch_size=63, epochs=2, max_steps=50, eval_every=1, checkpoint_every=1, attack_samples=200)
+# 1200 training images, global batch 63: every epoch ends with a batch of 3 that two ranks split
+# 2 + 1, so the equivalence below also covers a last batch that does not split evenly.
+# lr 0.02, momentum 0.5: at the suite's usual lr 0.05, momentum 0.9 this small CondLR model
+# amplifies rounding (a 1e-7 perturbation of one process's weights grows to 4e-3 in 50 steps with
+# no second process involved); here a 1e-6 perturbation stays below 1e-4, so the bound measures
+# the data-parallel step, not the sensitivity of the training run.
+EQUIVALENCE = dict(lr=0.02, momentum=0.5, batch_size=63, epochs=3, max_steps=50, eval_every=1, checkpoint_every=1, attack_samples=200)
 
 
 def _preset(tmp_path: Path, **changes) -> str:
