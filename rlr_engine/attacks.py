@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from .names import ATTACKS
 from .records import AttackSpec
 
-__all__ = ["ATTACKS", "AttackSpec", "adversarial_accuracy", "fgsm_batch", "pgd_batch", "import_advertorch"]
+__all__ = ["ATTACKS", "AttackSpec", "adversarial_accuracy", "adversarial_correct", "fgsm_batch", "pgd_batch",
+           "import_advertorch"]
 
 
 
@@ -82,6 +83,15 @@ def adversarial_accuracy(model: nn.Module, images: Tensor, labels: Tensor, spec:
 
     ``images`` may be uint8 (converted with ``to_input``) or float in [0, 1]. The model is put
     in eval mode for the duration and restored afterwards."""
+    correct = adversarial_correct(model, images, labels, spec, batch_size, to_input)
+    n = max(len(labels), 1)
+    return {e: c.item() / n for e, c in correct.items()}
+
+
+def adversarial_correct(model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec,
+                        batch_size: int = 256, to_input=None) -> dict[float, Tensor]:
+    """Number of images still classified correctly under the attack at each ε, as device
+    tensors (counts add up across the shards of a data-parallel run)."""
     was_training = model.training
     model.eval()
     correct = {e: torch.zeros((), dtype=torch.long, device=labels.device) for e in spec.eps}
@@ -98,5 +108,4 @@ def adversarial_accuracy(model: nn.Module, images: Tensor, labels: Tensor, spec:
                 correct[e] += _correct(model, x_adv, y)
     finally:
         model.train(was_training)
-    n = max(len(labels), 1)
-    return {e: c.item() / n for e, c in correct.items()}
+    return correct

@@ -78,6 +78,9 @@ def train_arguments(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.detach and args.nproc > 1:
+        raise UserError(f"--detach with --nproc {args.nproc}: not supported yet; start the run inside tmux "
+                        f"or with nohup, then attach with rlr-tui --attach RUN_DIR")
     if args.detach and not args.engine_child:
         return start_detached_run(args)
     from .data import DatasetUnavailable
@@ -87,6 +90,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .presets import dump_toml
     from .runs import create_run_dir
 
+    # -- torch.distributed: a torchrun worker, or the launcher of --nproc N workers --
+    from .distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        from .distributed_launch import train_worker
+
+        return train_worker(args)
+    if args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc}: must be >= 1 (processes to train on, one per GPU on CUDA)")
+    if args.nproc > 1:
+        from .distributed_launch import launch
+
+        return launch(args)
+    if args.run_dir:
+        raise UserError("--run-dir is set by the --nproc launcher for its workers; use --resume RUN_DIR")
+    # -- end torch.distributed --
     overrides = args.set + (["tensorboard=true"] if args.tensorboard else [])
     config, run_dir, new = prepare_run(args.preset, overrides, args.resume, args.runs, args.device)
     engine = Engine(config, run_dir, resume=not new)
@@ -251,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(ENGINE_CHILD_FLAG, dest="engine_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files into RUN_DIR/tensorboard/ (= --set tensorboard=true)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes started through torchrun (one GPU each on CUDA; default 1)")
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)  # the fresh run directory the --nproc launcher made
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runs", help="list runs: running, paused, stopped, dead (--all: finished, failed too)")

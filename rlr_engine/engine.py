@@ -22,9 +22,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .boundary import FollowerRecorder, StepBoundary
 from .checkpoint import CheckpointError
 from .commands import CHANGES_LAYERS, HANDLERS
 from .data import DatasetUnavailable
+from .distributed import SINGLE, Ranks
 from .presets import RunConfig, method_label
 from .recorder import Recorder
 from .records import Ack, AttackResult, AttackSpec, Command, Event, LayerStats, Snapshot, Stop
@@ -58,13 +60,20 @@ class Engine:
 
     ``setup()`` loads the checkpoint (when resuming), the data and the model, writing nothing:
     call it before the run directory exists to fail early; ``start()`` calls it when nobody did.
+
+    Under torch.distributed every rank runs an Engine with its ``ranks``: rank 0 records and
+    takes commands; the others record nothing; all apply rank 0's commands at the same step
+    boundary (boundary.py).
     """
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False, ranks: Ranks = SINGLE) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume_requested = resume
-        self.recorder = Recorder(config, self.run_dir)
+        self.ranks = ranks
+        self.recorder = (Recorder if ranks.is_main else FollowerRecorder)(config, self.run_dir)
+        self.boundary = StepBoundary(ranks) if ranks.distributed else None
+        self._flush_due = False
         self.trainer: Trainer | None = None
         self.device_name = ""
         self.state = "starting"
@@ -91,11 +100,11 @@ class Engine:
         """Load everything the run needs; raises CheckpointError or DatasetUnavailable. The
         checkpoint of a resumed run is read first, so a corrupt one is reported before the data set
         loads."""
-        device = resolve_device(self.config.device)
+        device = self.ranks.place(resolve_device(self.config.device))
         if self.resume_requested:
             self._resume_payload = self.recorder.load_checkpoint(device)
         data = load_run_data(self.config, device)
-        trainer = Trainer(self.config, data, device)
+        trainer = Trainer(self.config, data, device, self.ranks)
         if self._resume_payload is not None:
             trainer.load_state_dict(self._resume_payload, str(self.recorder.checkpoint_path))
         self.device_name = describe_device(device)
@@ -313,13 +322,29 @@ class Engine:
         return True
 
     # -- commands ------------------------------------------------------------------------------
-    def _apply_commands(self, block: bool) -> None:
+    def _take_requests(self, block: bool) -> list[_Request]:
+        """Everything queued; with ``block``, wait up to 0.2 s for the first request."""
+        requests = []
         while True:
             try:
-                request = self._requests.get(timeout=0.2) if block else self._requests.get_nowait()
+                requests.append(self._requests.get(timeout=0.2) if block else self._requests.get_nowait())
             except queue.Empty:
-                return
+                return requests
             block = False
+
+    def _exchange(self, block: bool) -> list[_Request]:
+        """torch.distributed: rank 0's requests, applied by every rank at the same boundary."""
+        exchange = self.boundary.exchange(self.trainer, self._take_requests, self._snapshot_due, block)
+        if exchange is None:
+            return []
+        for warning in exchange.warnings:
+            self._event("warning", warning)
+        self._flush_due = exchange.flush
+        return [_Request(*request) for request in exchange.requests]
+
+    def _apply_commands(self, block: bool) -> None:
+        requests = self._take_requests(block) if self.boundary is None else self._exchange(block)
+        for request in requests:
             command = request.command
             handler = HANDLERS.get(type(command))
             try:
@@ -385,9 +410,15 @@ class Engine:
                                    self._throughput, elapsed)
         self._window_start = time.monotonic()
 
+    def _snapshot_due(self) -> bool:
+        return time.monotonic() - self._window_start >= self.config.snapshot_interval
+
     def _maybe_publish(self) -> None:
         now = time.monotonic()
-        if now - self._window_start >= self.config.snapshot_interval:
+        # Under torch.distributed reading the window is a collective: rank 0 decides, at a boundary.
+        due = self._snapshot_due() if self.boundary is None else self._flush_due
+        self._flush_due = False
+        if due:
             self._flush_window()
             if self._check_finite():
                 self._publish()

@@ -27,10 +27,13 @@ STOP_SIGNALS = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGHUP: 129}
 
 
 def serve_run(engine: Engine, detached: bool, follow: Callable[[Engine], Snapshot],
-              on_ready: Callable[[Path], None] = lambda run_dir: None) -> tuple[Snapshot, int | None]:
+              on_ready: Callable[[Path], None] = lambda run_dir: None,
+              abort_on_second_interrupt: bool = True) -> tuple[Snapshot, int | None]:
     """Run ``engine`` (already set up, its run directory created) with its control server until it
     ends; ``follow(engine)`` shows it meanwhile and returns the last snapshot. Returns that
-    snapshot and the stop signal's exit code (None when no signal stopped it)."""
+    snapshot and the stop signal's exit code (None when no signal stopped it). A second Ctrl+C
+    aborts unless ``abort_on_second_interrupt`` is false (under torchrun, whose agent repeats
+    the terminal's Ctrl+C)."""
     run_dir = engine.run_dir
     lock = EngineLock(run_dir, {"protocol": PROTOCOL_VERSION, "preset": engine.config.name,
                                 "total_steps": engine.trainer.total_steps if engine.trainer else None,
@@ -40,7 +43,7 @@ def serve_run(engine: Engine, detached: bool, follow: Callable[[Engine], Snapsho
     stopped_by: list[int] = []
 
     def on_signal(signum, frame) -> None:
-        if signum == signal.SIGINT and stopped_by and not detached:
+        if signum == signal.SIGINT and stopped_by and not detached and abort_on_second_interrupt:
             raise KeyboardInterrupt  # the second Ctrl+C: abort now
         if not stopped_by:
             stopped_by.append(STOP_SIGNALS[signum])

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import adversarial_accuracy
+from .attacks import adversarial_correct
 from .checkpoint import load_model_state
 from .condlr import CondLR, RankChange
 from .data import DatasetUnavailable, ImageData, augment, load_dataset, to_float
+from .distributed import SINGLE, Ranks
 from .lowrank import ParameterReport, parameter_report, to_low_rank
 from .models import build_model, use_channels_last
 from .presets import RunConfig
@@ -66,12 +67,20 @@ class Trainer:
 
     A *window* accumulates the loss, correct count and finiteness of the steps since it was last
     read, on the device: ``read_window()`` is the one host synchronisation.
+
+    Under torch.distributed (``ranks``, see distributed.py) every rank holds the whole model and
+    data, trains on its shard of each global batch through DistributedDataParallel, and shards
+    evaluation and attacks; the window, evaluation and attack counts are summed over ranks, so
+    every rank reads the same numbers. ``model`` is always the bare module (checkpoints do not
+    depend on the number of processes); ``train_module`` is what the training forward uses.
     """
 
-    def __init__(self, config: RunConfig, data: ImageData, device: torch.device) -> None:
-        self.config, self.data, self.device = config, data, device
+    def __init__(self, config: RunConfig, data: ImageData, device: torch.device, ranks: Ranks = SINGLE) -> None:
+        self.config, self.data, self.device, self.ranks = config, data, device, ranks
         torch.manual_seed(config.seed)
         self.model = build_network(config, data).to(device)
+        self.train_module: nn.Module = self.model
+        self._wrapped: tuple[int, ...] = ()
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         subset = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(config.seed + 1))
         if config.attack_samples:
@@ -92,6 +101,18 @@ class Trainer:
         self._correct = torch.zeros((), dtype=torch.long, device=device)
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.window_samples = 0
+        self._wrap()
+
+    def _wrap(self) -> None:
+        """(Re)build DistributedDataParallel when the parameter objects changed (a truncation or
+        a checkpoint of another rank replaced U, S, V: DDP's gradient hooks are bound to the
+        parameter objects it was built with). Rebuilding is a collective, so it happens on every
+        rank at the same step boundary; the optimizer already holds the new objects (CondLR swaps
+        them). Layers that keep fixed storage and never replace parameters never rebuild."""
+        params = tuple(id(p) for p in self.model.parameters())
+        if params != self._wrapped:
+            self.train_module = self.ranks.wrap(self.model, self.device)
+            self._wrapped = params
 
     def _build_optimizer(self) -> tuple[CondLR, torch.optim.lr_scheduler.MultiStepLR]:
         c = self.config
@@ -130,13 +151,18 @@ class Trainer:
         config, data = self.config, self.data
         if self.permutation is None:
             self.permutation = torch.randperm(len(data.train), device=self.device, generator=self.generator)
-        index = self.permutation[self.position:self.position + config.batch_size]
-        images = data.train.images[index]
+        batch = self.permutation[self.position:self.position + config.batch_size]
+        n = len(batch)
+        images = data.train.images[batch]
         if data.crop_padding or data.flip:
+            # Augmented on the whole global batch so every rank draws the same random numbers.
             images = augment(images, data.crop_padding, data.flip, self.generator)
-        x, y = to_float(images), data.train.labels[index]
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        mine = self.ranks.shard(n)
+        x, y = to_float(images[mine]), data.train.labels[batch[mine]]
+        logits = self.train_module(x)
+        # W/n · Σ_shard ℓ: DDP's average over the W ranks makes it the global batch mean (distributed.py).
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        loss = loss_sum * (self.ranks.world_size / n)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         try:
@@ -146,12 +172,12 @@ class Trainer:
             self._finite.fill_(False)
             return False
         with torch.no_grad():
-            detached = loss.detach()
-            self._loss_sum += detached * len(y)
+            detached = loss_sum.detach()
+            self._loss_sum += detached
             self._correct += (logits.argmax(1) == y).sum()
             self._finite &= torch.isfinite(detached)
-        self.window_samples += len(y)
-        self.position += len(y)
+        self.window_samples += n
+        self.position += n
         self.step += 1
         return True
 
@@ -165,7 +191,14 @@ class Trainer:
         """(mean loss, accuracy, samples) of the steps since the last read; the window restarts.
         Finiteness is kept until ``take_finite()`` reads it."""
         n = self.window_samples
-        loss, correct = (self._loss_sum / max(n, 1)).item(), self._correct.item() / max(n, 1)
+        if self.ranks.distributed:
+            # One all-reduce: loss sum, correct count and non-finite count over all ranks.
+            totals = self.ranks.sum(torch.stack([self._loss_sum.double(), self._correct.double(),
+                                                 (~self._finite).double()]))
+            self._finite.fill_(bool(totals[2] == 0))
+            loss, correct = float(totals[0]) / max(n, 1), float(totals[1]) / max(n, 1)
+        else:
+            loss, correct = (self._loss_sum / max(n, 1)).item(), self._correct.item() / max(n, 1)
         self._loss_sum.zero_()
         self._correct.zero_()
         self.window_samples = 0
@@ -186,16 +219,18 @@ class Trainer:
         if len(split) == 0:
             return math.nan, math.nan
         self.model.eval()
-        loss = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for start in range(0, len(split), 1000):
-            x = to_float(split.images[start:start + 1000])
-            y = split.labels[start:start + 1000]
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct count
+        mine = self.ranks.shard(len(split))
+        images, labels = split.images[mine], split.labels[mine]
+        for start in range(0, len(labels), 1000):
+            x = to_float(images[start:start + 1000])
+            y = labels[start:start + 1000]
             logits = self.model(x)
-            loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            totals[0] += F.cross_entropy(logits, y, reduction="sum")
+            totals[1] += (logits.argmax(1) == y).sum()
         self.model.train()
-        return loss.item() / len(split), correct.item() / len(split)
+        loss, correct = self.ranks.sum(totals).tolist()
+        return loss / len(split), correct / len(split)
 
     def evaluate(self) -> tuple[float, float, float]:
         """(validation loss, validation accuracy, test accuracy)."""
@@ -209,8 +244,11 @@ class Trainer:
         images, labels = self.data.test.images, self.data.test.labels
         if not full:
             images, labels = images[self.attack_indices], labels[self.attack_indices]
-        accuracy = adversarial_accuracy(self.model, images, labels, spec, to_input=to_float)
-        return tuple(accuracy[e] for e in spec.eps), len(labels)
+        mine = self.ranks.shard(len(labels))
+        correct = adversarial_correct(self.model, images[mine], labels[mine], spec, to_input=to_float)
+        counts = self.ranks.sum(torch.stack([correct[e] for e in spec.eps]))
+        n = max(len(labels), 1)
+        return tuple(c / n for c in counts.tolist()), len(labels)
 
     def layer_stats(self) -> tuple[LayerStats, ...]:
         return layer_stats(self.model)
@@ -232,6 +270,7 @@ class Trainer:
         if theta is not None:
             self.theta = float(theta)
         self.report = parameter_report(self.model)
+        self._wrap()
         return theta, changes
 
     # -- checkpoint payload ---------------------------------------------------------------------
@@ -254,6 +293,7 @@ class Trainer:
         self.optimizer, self.scheduler = self._build_optimizer()  # the ranks may have changed
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        self._wrap()
         self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
         perm = payload["permutation"]
         self.permutation = None if perm is None else perm.to(self.device)

@@ -1,0 +1,190 @@
+"""``rlr train PRESET --nproc N``: data-parallel training through torch.distributed's launcher.
+
+Two sides:
+
+* ``launch`` (the process the user started) validates the preset and creates the run directory,
+  then calls torchrun's own API (``torch.distributed.run``: the elastic agent, rendezvous on a
+  free local port, ``--standalone``) to start N workers running ``python -m rlr_engine.cli train
+  --run-dir DIR`` (or ``--resume DIR``). When a worker dies the agent stops the others and raises
+  ChildFailedError; the launcher writes the first failure's reason into summary.json
+  (state "failed"), so ``rlr runs`` and the dashboard show why.
+* ``train_worker`` (every worker; also what ``torchrun --nproc-per-node N -m rlr_engine.cli train
+  PRESET`` runs) joins the process group and runs the engine with its rank. Rank 0 shows progress,
+  owns the run directory and takes commands; the others follow. It is wrapped in torch elastic's
+  ``@record``, so an error on any rank lands in torchrun's error file with its message.
+
+Multi-node runs use torchrun by hand with its rendezvous flags (``--nnodes``,
+``--rdzv-backend c10d --rdzv-endpoint HOST:PORT``); the run directory must then be on a file
+system every node sees (every rank reads the checkpoint when resuming).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+
+from .progress import UserError, console, err_console, watch
+from .distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
+from .presets import RunConfig, apply_overrides, load_preset
+from .recorder import Recorder
+from .runfiles import CONFIG, EVENTS, SUMMARY
+from .runs import read_jsonl, read_run_config
+
+
+class RankFailed(Exception):
+    """The engine of this rank ended in the failed state; the message says why."""
+
+
+# -- the launcher ---------------------------------------------------------------------------
+def launch(args: argparse.Namespace) -> int:
+    """Start ``args.nproc`` workers on this machine and wait for them."""
+    import torch.distributed.run as torchrun
+
+    config, run_dir = _prepared_run_dir(args)
+    worker = ["train", "--resume", str(run_dir)] if args.resume else ["train", "--run-dir", str(run_dir)]
+    torchrun_args = torchrun.parse_args(["--standalone", "--nnodes", "1", "--nproc-per-node", str(args.nproc),
+                                         "--max-restarts", "0", "-m", "rlr_engine.cli", *worker])
+    console.print(f"[bold]{config.name}[/bold] on {args.nproc} processes (torch.distributed) → {run_dir}",
+                  highlight=False)
+    try:
+        torchrun.run(torchrun_args)
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        reason = f"rank {rank} failed: {failure_reason(failure)}"
+        record_failure(config, run_dir, reason)
+        err_console.print(f"[red]error:[/red] {reason}", highlight=False)
+        return 1
+    except SignalException as error:  # Ctrl+C: the agent passed it on; rank 0 stopped cleanly
+        err_console.print(f"interrupted ({error.sigval.name}); resume with: rlr train --nproc {args.nproc} "
+                          f"--resume {run_dir}", highlight=False)
+        return 130
+    return 0
+
+
+def failure_reason(failure) -> str:
+    """One line from torch elastic's ProcessFailure: the exception message its ``@record`` error
+    file holds, or what the exit said (a signal, an exit code)."""
+    message = failure.message
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    if failure.signal_name() != "<N/A>":
+        return f"killed by {failure.signal_name()} (pid {failure.pid})"
+    message = str(message or "").strip()
+    if not message or message.startswith("To enable traceback"):
+        return f"exited with code {failure.exitcode} (pid {failure.pid})"
+    return message.splitlines()[0]
+
+
+def record_failure(config: RunConfig, run_dir: Path, reason: str) -> None:
+    """summary.json state "failed" with ``reason``: rank 0's own summary (when it wrote one) keeps
+    its numbers and gets the root cause; otherwise a summary is written from the run directory."""
+    path = run_dir / SUMMARY
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        summary = None
+    if summary is not None and summary.get("state") == "failed":
+        if summary.get("error") and summary["error"] != reason:
+            summary["rank0_error"] = summary["error"]
+        summary["error"] = reason
+        tmp = path.with_name(SUMMARY + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        tmp.replace(path)
+        return
+    recorder = Recorder(config, run_dir)
+    checkpoints = [r.get("step") for r in read_jsonl(run_dir / EVENTS) if r.get("kind") == "checkpoint"]
+    recorder.last_checkpoint_step = checkpoints[-1] if checkpoints else None
+    recorder.write_summary("failed", config.tau, {"error": reason})
+
+
+# -- every worker ---------------------------------------------------------------------------
+def worker_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config, read without writing anything (every rank computes it)."""
+    extra = list(args.set) + ([f"device={args.device}"] if args.device else [])
+    if args.run_dir:
+        return read_run_config(args.run_dir)
+    if args.resume:
+        return apply_overrides(read_run_config(args.resume), extra)
+    if args.preset is None:
+        raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
+    return load_preset(args.preset, extra)
+
+
+@record
+def train_worker(args: argparse.Namespace) -> int:
+    """One rank of a data-parallel run (see the module docstring). Raises RankFailed when the
+    engine fails, so torchrun's error file holds the reason."""
+    from .engine import Engine
+    from .trainer import resolve_device
+
+    ranks = ranks_from_environment()
+    config = worker_config(args)
+    join_process_group(ranks, ranks.place(resolve_device(config.device)))
+    try:
+        run_dir = ranks.broadcast(str(_rank0_run_dir(args, config)) if ranks.is_main else None)
+        engine = Engine(config, run_dir, resume=bool(args.resume), ranks=ranks)
+        engine.setup()
+        return _run_main(engine, config, ranks) if ranks.is_main else _run_follower(engine)
+    finally:
+        leave_process_group()
+
+
+def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """Resolve and check the run as ``rlr train`` does, then create its directory (a new run) or
+    write its overridden config (a resumed one): done once, before any worker starts."""
+    from .cli import prepare_run  # cli imports this module lazily, for --nproc only
+    from .presets import dump_toml
+    from .runs import create_run_dir
+
+    config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
+    if new:
+        create_run_dir(run_dir, config)
+    else:
+        (run_dir / CONFIG).write_text(dump_toml(config), encoding="utf-8")
+    return config, run_dir
+
+
+def _rank0_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    return _prepared_run_dir(args)[1]
+
+
+def _run_main(engine, config: RunConfig, ranks: Ranks) -> int:
+    """Rank 0 runs the engine as a one-process ``rlr train`` does: control socket, run lock and
+    clean stops on SIGTERM/SIGINT/SIGHUP. torchrun's agent forwards the terminal's Ctrl+C once
+    more, so every interrupt asks for the clean stop (the agent's own timeout is the abort)."""
+    from .cli import print_summary
+    from .process import serve_run
+
+    def on_ready(path: Path) -> None:
+        console.print(f"[bold]{config.name}[/bold] — {config.method_label}, {config.model} on {config.dataset}, "
+                      f"{ranks.world_size} processes → {path}  (attach: rlr-tui --attach {path})", highlight=False)
+
+    snap, _ = serve_run(engine, detached=False, follow=lambda e: watch(e, config.name), on_ready=on_ready,
+                        abort_on_second_interrupt=False)
+    if snap.state == "failed":
+        raise RankFailed(snap.message)
+    print_summary(snap)
+    if snap.state == "stopped":
+        console.print(f"stopped at step {snap.step}; resume with: rlr train --nproc {ranks.world_size} "
+                      f"--resume {engine.run_dir}")
+    return 0
+
+
+def _run_follower(engine) -> int:
+    # Ctrl+C reaches every process of the terminal's group; rank 0 turns it into a clean stop
+    # that reaches this rank at the next step boundary.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    engine.start()
+    engine.join()
+    snap = engine.latest()
+    if snap.state == "failed":
+        raise RankFailed(snap.message)
+    return 0
