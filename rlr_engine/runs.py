@@ -39,7 +39,11 @@ def choose_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
 
 def create_run_dir(path: str | Path, config: RunConfig) -> Path:
     """Create a run directory (mode 0700: only its owner may read or steer the run) and write the
-    resolved config into it."""
+    resolved config into it. PresetError, and nothing created, when the config asks for an
+    optional extra that is not installed."""
+    from .tensorboard_log import require_tensorboard  # tensorboard_log reads presets, as runs does
+
+    require_tensorboard(config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.mkdir(mode=0o700)
