@@ -33,7 +33,7 @@ from .presets import RunConfig
 from .records import (AttackNow, AttackResult, Command, Event, Pause, Resume, SaveCheckpoint,
                       SetLearningRate, SetTau, Snapshot, Stop, Truncate)
 from .runs import CHECKPOINT, EVENTS, METRICS, SUMMARY, append_jsonl, read_jsonl, trim_jsonl
-from .spectra import compressible_layers, layer_stats, lipschitz_upper_bound
+from .spectra import compressible_layers, layer_stats
 from .validation import check_lr, check_theta
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
@@ -594,7 +594,6 @@ class Engine:
             dense_params=report.dense_params if report else 0,
             compression=report.compression if report else 0.0,
             rank_fraction=report.rank_fraction if report else 1.0,
-            lipschitz_bound=lipschitz_upper_bound(stats) if stats else 0.0,
             adversarial=self.attack_history[-1] if self.attack_history else None,
             adversarial_history=tuple(self.attack_history), events=tuple(self._events),
             version=self._version, **{k: v for k, v in self.last_values.items()})

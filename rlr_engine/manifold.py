@@ -8,9 +8,14 @@ import torch
 from torch import Tensor
 
 
-def project_tangent(U: Tensor, G: Tensor) -> Tensor:
-    """Tangent direction at U on the Stiefel manifold used by CondLR: (I − U Uᵀ) G,
-    computed as G − U (Uᵀ G) without forming the m×m projector."""
+def project_orthogonal_complement(U: Tensor, G: Tensor) -> Tensor:
+    """(I − U Uᵀ) G, the part of G orthogonal to the column space of U, computed as
+    G − U (Uᵀ G) without forming the m×m projector.
+
+    This is the direction CondLR (and its reference code) moves U along. It is not the
+    Stiefel tangent projection G − U·sym(UᵀG) (as in geoopt): it drops the in-span part
+    U·skew(UᵀG) on purpose, because a rotation within span(U) is a change of the core S,
+    which takes its own gradient step (as in dynamical low-rank training)."""
     return G - U @ (U.mT @ G)
 
 
