@@ -36,10 +36,12 @@ import torch
 from torch import Tensor, nn
 
 from .lowrank import LowRankLayer, low_rank_layers
-from .manifold import project_condition, project_orthogonal_complement, retract_qr, truncation_rank
+from .manifold import (project_condition, project_orthogonal_complement, retract_cholesky_qr, retract_qr,
+                       truncation_rank)
 from .validation import check_tau, check_theta
 
 STEP_SCALINGS = ("reference", "alpha", "none")
+RETRACTIONS = ("householder", "cholesky-qr2")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class CondLR(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, lr: float, momentum: float = 0.0, tau: float = 0.1,
                  weight_decay: float = 0.0, step_scaling: str = "reference",
-                 reference_compat: bool = False, store_scaled_direction: bool = True) -> None:
+                 reference_compat: bool = False, store_scaled_direction: bool = True,
+                 retraction: str | None = None) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if not 0.0 <= momentum < 1.0:
@@ -78,6 +81,11 @@ class CondLR(torch.optim.Optimizer):
         self.step_scaling = step_scaling
         self.reference_compat = reference_compat
         self.store_scaled_direction = store_scaled_direction
+        if retraction is None:
+            retraction = "householder" if reference_compat else "cholesky-qr2"
+        if retraction not in RETRACTIONS:
+            raise ValueError(f"retraction must be one of {RETRACTIONS}, got {retraction!r}")
+        self.retraction = retraction
         factor_ids = set()
         stiefel, core = [], []
         for _, layer in self.layers:
@@ -121,19 +129,19 @@ class CondLR(torch.optim.Optimizer):
     def _momentum(self, group: dict, params: Sequence[Tensor]) -> list[Tensor]:
         """m ← μ m + (g + wd·p) for each parameter; returns the buffers (or the raw
         gradients when μ = 0)."""
-        grads = [p.grad if group["weight_decay"] == 0 else p.grad.add(p, alpha=group["weight_decay"])
-                 for p in params]
+        grads = [p.grad for p in params]
+        if group["weight_decay"] != 0:
+            grads = torch._foreach_add(grads, list(params), alpha=group["weight_decay"])
         if group["momentum"] == 0:
             return grads
-        bufs = []
-        for p, g in zip(params, grads):
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g.clone()
-            else:
-                buf.mul_(group["momentum"]).add_(g)
-            bufs.append(buf)
+        bufs = [self.state[p].get("momentum_buffer") for p in params]
+        old = [i for i, buf in enumerate(bufs) if buf is not None]
+        if old:  # one foreach call each instead of two kernels per parameter
+            torch._foreach_mul_([bufs[i] for i in old], group["momentum"])
+            torch._foreach_add_([bufs[i] for i in old], [grads[i] for i in old])
+        for i, p in enumerate(params):
+            if bufs[i] is None:
+                bufs[i] = self.state[p]["momentum_buffer"] = grads[i].clone()
         return bufs
 
     def _sgd_step(self, group: dict) -> None:
@@ -163,17 +171,21 @@ class CondLR(torch.optim.Optimizer):
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, (p, _) in enumerate(factors):
             by_shape[tuple(p.shape)].append(i)
+        retract = retract_qr if self.retraction == "householder" else retract_cholesky_qr
         for idx in by_shape.values():
-            P = torch.stack([factors[i][0] for i in idx])
+            params = [factors[i][0] for i in idx]
+            moments = [directions[i] for i in idx]
+            # A lone matrix of its shape is used in place (a view), not copied into a stack.
+            P = params[0].unsqueeze(0) if len(idx) == 1 else torch.stack(params)
+            M = moments[0].unsqueeze(0) if len(idx) == 1 else torch.stack(moments)
             c = torch.stack([torch.as_tensor(factors[i][1], dtype=P.dtype, device=P.device) for i in idx])
-            projected = project_orthogonal_complement(P, torch.stack([directions[i] for i in idx]))
+            projected = project_orthogonal_complement(P, M)
             D = c.view(-1, 1, 1) * projected
-            Q = retract_qr(P - stiefel["lr"] * D)
-            stored = D if self.store_scaled_direction else projected
-            for j, i in enumerate(idx):
-                factors[i][0].copy_(Q[j])
-                if stiefel["momentum"] != 0:
-                    directions[i].copy_(stored[j])
+            Q = retract(P - stiefel["lr"] * D)
+            torch._foreach_copy_(params, list(Q.unbind(0)))
+            if stiefel["momentum"] != 0:
+                stored = D if self.store_scaled_direction else projected
+                torch._foreach_copy_(moments, list(stored.unbind(0)))
         cores = [layer.S for layer in active]
         torch._foreach_add_(cores, self._momentum(core, cores), alpha=-core["lr"])
         self._project_cores(cores, tau)
