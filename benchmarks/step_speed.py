@@ -93,7 +93,7 @@ def main() -> None:
         best_dense = min(dense, medians["dense SGD, CL"])
         print(f"\n{model_name} ({channels}×{size}×{size}), rank_fraction 0.2, median of {args.repeats} "
               f"(CL: channels_last = true):")
-        print(f"  {"variant":<22} {'ms/step':>9} {'× dense':>8} {'× best dense':>13}")
+        print(f"  {'variant':<22} {'ms/step':>9} {'× dense':>8} {'× best dense':>13}")
         for label, median in medians.items():
             print(f"  {label:<22} {1000 * median:>9.1f} {median / dense:>8.2f} {median / best_dense:>13.2f}")
         for label, base in RATIOS:

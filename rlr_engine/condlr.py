@@ -178,7 +178,9 @@ class CondLR(torch.optim.Optimizer):
             # A lone matrix of its shape is used in place (a view), not copied into a stack.
             P = params[0].unsqueeze(0) if len(idx) == 1 else torch.stack(params)
             M = moments[0].unsqueeze(0) if len(idx) == 1 else torch.stack(moments)
-            c = torch.stack([torch.as_tensor(factors[i][1], dtype=P.dtype, device=P.device) for i in idx])
+            # new_full fills on the device; as_tensor of a float would be a synchronising copy.
+            c = torch.stack([s.to(P.dtype) if isinstance(s, Tensor) else P.new_full((), s)
+                             for s in (factors[i][1] for i in idx)])
             projected = project_orthogonal_complement(P, M)
             D = c.view(-1, 1, 1) * projected
             Q = retract(P - stiefel["lr"] * D)
