@@ -31,7 +31,6 @@ from .presets import RunConfig, method_label
 from .recorder import Recorder
 from .records import Ack, AttackResult, AttackSpec, Command, Event, LayerStats, Snapshot, Stop
 from .runfiles import ERROR_LOG
-from .spectra import lipschitz_upper_bound
 from .trainer import Trainer, describe_device, load_run_data, resolve_device
 
 SPECTRA_INTERVAL_S = 1.0
@@ -454,5 +453,5 @@ class Engine:
                 method=method_label(self.config.method, trainer.tau), step=trainer.step, epoch=trainer.epoch,
                 total_steps=trainer.total_steps, tau=trainer.tau, theta=trainer.theta, lr=trainer.lr, layers=stats,
                 params=report.params, dense_params=report.dense_params, compression=report.compression,
-                rank_fraction=report.rank_fraction, lipschitz_bound=lipschitz_upper_bound(stats) if stats else 0.0)
+                rank_fraction=report.rank_fraction)
         self._latest = replace(self._latest, **changes)

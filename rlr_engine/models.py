@@ -170,6 +170,16 @@ def use_channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
+def compile_model(model: nn.Module) -> nn.Module:
+    """Compile the model's forward (and so its backward) with torch.compile, in place.
+
+    ``nn.Module.compile`` keeps the module itself (parameters, state-dict keys, hooks), so the
+    optimizer, checkpoints and attacks see the same object. A truncation replaces U, S, V by
+    new parameters of another shape: the compiled graph then recompiles once."""
+    model.compile()
+    return model
+
+
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": lenet5,
     "vgg16": vgg16,

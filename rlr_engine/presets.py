@@ -87,6 +87,8 @@ class RunConfig:
     reference_compat: bool = field(default=False, metadata=_spec(bool))
     channels_last: bool = field(default=False, metadata=_spec(bool, help="run convolutions channels-last "
                                 "(much faster low-rank convs on CPU; inputs stay contiguous for attacks)"))
+    compile: bool = field(default=False, metadata=_spec(bool, help="compile the model's forward and backward "
+                          "with torch.compile (fewer kernel launches; the first steps take longer)"))
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))
     max_steps: int = field(default=0, metadata=_spec(int, _number(0, 10**9), "stop after this many steps (0: no limit)"))
     batch_size: int = field(default=128, metadata=_spec(int, _number(1, 65_536)))

@@ -258,7 +258,6 @@ class Snapshot:
     dense_params: int = 0
     compression: float = 0.0
     rank_fraction: float = 1.0
-    lipschitz_bound: float = 0.0
     adversarial: AttackResult | None = None
     adversarial_history: tuple[AttackResult, ...] = ()
     events: tuple[Event, ...] = ()

@@ -46,11 +46,3 @@ def layer_stats(model: nn.Module) -> tuple[LayerStats, ...]:
         stats.append(LayerStats(name, shape, rank, full, sigmas[name], low))
     return tuple(stats)
 
-
-def lipschitz_upper_bound(stats: tuple[LayerStats, ...]) -> float:
-    """Π σ_max over the compressible layers: an upper bound of the network's Lipschitz constant
-    for 1-Lipschitz activations (pooling and normalisation layers aside)."""
-    bound = 1.0
-    for layer in stats:
-        bound *= layer.sigma_max
-    return bound

@@ -20,7 +20,7 @@ from .condlr import CondLR, RankChange
 from .data import DatasetUnavailable, ImageData, augment, load_dataset, to_float
 from .distributed import SINGLE, Ranks
 from .lowrank import ParameterReport, parameter_report, to_low_rank
-from .models import build_model, use_channels_last
+from .models import build_model, compile_model, use_channels_last
 from .presets import RunConfig
 from .records import AttackSpec, LayerStats
 from .spectra import compressible_layers, layer_stats
@@ -55,6 +55,8 @@ def build_network(config: RunConfig, data: ImageData) -> nn.Module:
         to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True)
     if config.channels_last:
         use_channels_last(model)
+    if config.compile:
+        compile_model(model)
     return model
 
 

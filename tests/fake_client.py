@@ -35,7 +35,7 @@ def scripted_snapshot(version: int = 1) -> Snapshot:
                 "val_acc": tuple((s, 0.88 - 0.8 * math.exp(-s / 300)) for s in steps[::20]),
                 "test_acc": tuple((s, 0.87 - 0.8 * math.exp(-s / 300)) for s in steps[::20])},
         layers=layers, params=123_456, dense_params=431_080, compression=1 - 123_456 / 431_080,
-        rank_fraction=0.2, lipschitz_bound=12.3, adversarial=attacks[-1], adversarial_history=attacks,
+        rank_fraction=0.2, adversarial=attacks[-1], adversarial_history=attacks,
         events=events, version=version)
 
 
