@@ -88,7 +88,7 @@ def train(args) -> None:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(data.train) / args.batch)
     total = args.epochs * steps_per_epoch if not args.max_steps else args.max_steps
-    losses, kappas = [], []
+    losses, kappas, boundary_ranks = [], [], list(adaptation.ranks().values())
     step, started = 0, time.perf_counter()
     while step < total:
         permutation = torch.randperm(len(data.train), device=device, generator=generator)
@@ -106,9 +106,10 @@ def train(args) -> None:
             losses.append(task.item())
             if changes:
                 kappas.append(max_kappa(model))
+                boundary_ranks = [c.new_rank for c in changes]
             if step % args.print_every == 0:
                 print(f"step {step:5d}  loss {statistics.mean(losses[-args.print_every:]):.4f}  "
-                      f"ranks {list(adaptation.ranks().values())}  κ_max at last boundary "
+                      f"ranks at last boundary {boundary_ranks}  κ_max there "
                       f"{kappas[-1] if kappas else float('nan'):.3f}")
     sync(device)
     seconds = time.perf_counter() - started

@@ -57,7 +57,7 @@ from .validation import check_adapt_every, check_beta, check_tau, check_theta
 
 METHODS = ("robust-dlrt", "condlr-adaptive")
 CORE_OPTIMIZERS = ("sgd", "adamw")
-CRITERIA = ("frobenius", "relative")
+CRITERIA = ("frobenius", "relative", "nearest")
 DEFAULT_CRITERION = {"robust-dlrt": "frobenius", "condlr-adaptive": "relative"}
 SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")
 KAPPA_SLACK = 1e-5  # relative float slack before a core counts as violating κ ≤ 1 + τ
@@ -83,15 +83,39 @@ def soft_conditioning_penalty(S: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(gram - (gram.diagonal().sum() / r) * torch.eye(r, dtype=S.dtype, device=S.device))
 
 
-def criterion_rank(sigma: Tensor, criterion: str, theta: float, min_rank: int) -> int:
+def conditioned_distances(sigma: Tensor, tau: float) -> Tensor:
+    """d[j] = ‖σ − c_j‖ for j = 1..r, where c_j keeps σ_1..σ_j clamped into [m_j(1−δ), m_j(1+δ)]
+    (m_j their mean, δ = τ/(2+τ)) and drops the rest: how far truncating to rank j and then
+    projecting with ``project_condition`` moves W."""
+    sigma = sigma.double()
+    r = sigma.numel()
+    j = torch.arange(1, r + 1, dtype=sigma.dtype)
+    means = sigma.cumsum(0) / j
+    tail = sigma.square().flip(0).cumsum(0).flip(0)
+    tail = torch.cat([tail[1:], tail.new_zeros(1)])  # Σ_{i>j} σ_i²
+    if math.isinf(tau):
+        return tail.sqrt()
+    delta = tau / (2.0 + tau)
+    low, high = (means * (1 - delta)).unsqueeze(1), (means * (1 + delta)).unsqueeze(1)
+    kept = torch.arange(r).unsqueeze(0) < j.unsqueeze(1)  # row j−1 keeps the first j
+    clamp = (sigma - torch.minimum(torch.maximum(sigma, low), high)).square() * kept
+    return (clamp.sum(1) + tail).sqrt()
+
+
+def criterion_rank(sigma: Tensor, criterion: str, theta: float, min_rank: int, tau: float = math.inf) -> int:
     """New rank r' from σ (descending, on the host), at least min(min_rank, len σ).
 
-    frobenius: smallest r' with ‖σ_{r'+1..}‖ ≤ θ‖σ‖; relative: #{i : σ_i ≥ θ σ_1}."""
+    frobenius: smallest r' with ‖σ_{r'+1..}‖ ≤ θ‖σ‖; relative: #{i : σ_i ≥ θ σ_1};
+    nearest: the r' whose truncation followed by the τ projection moves W least
+    (``conditioned_distances``; θ is not used)."""
     r = sigma.numel()
     if criterion == "frobenius":
         new = truncation_rank(sigma, theta, min_rank)
-    else:
+    elif criterion == "relative":
         new = int((sigma >= theta * sigma[0]).sum()) if r else 0
+    else:
+        lower = min(min_rank, r)
+        new = lower + int(torch.argmin(conditioned_distances(sigma, tau)[lower - 1:]))
     return max(min(new, r), min(min_rank, r))
 
 
@@ -262,7 +286,7 @@ class RankAdaptation:
         changes = []
         for (name, layer), (P, sigma, Qh), host_sigma in zip(self.layers, svds, sigmas):
             old = layer.rank
-            new = criterion_rank(host_sigma, self.criterion, self._theta, self.lower_rank(layer))
+            new = criterion_rank(host_sigma, self.criterion, self._theta, self.lower_rank(layer), self._tau)
             discarded = float(host_sigma[new:].double().square().sum().sqrt())
             U, _, V = (t.detach() for t in layer.live_factors())
             left, right = P[:, :new].mT, Qh[:new].mT

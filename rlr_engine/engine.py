@@ -66,7 +66,8 @@ def build_network(config: RunConfig, data: ImageData) -> nn.Module:
             last_name, last = [(n, m) for n, m in compressible_layers(model)][-1]
             weight = last.weight
             ranks = {last_name: min(weight.shape[0], weight[0].numel())}
-        to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True)
+        to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True,
+                    max_rank_fraction=config.max_rank_fraction if config.is_rank_adaptive else None)
     if config.channels_last:
         use_channels_last(model)
     return model
@@ -159,7 +160,7 @@ class Engine:
             self._setup()
             self._loop()
             self._finish()
-        except (DatasetUnavailable, CheckpointError) as error:
+        except (DatasetUnavailable, CheckpointError, NotImplementedError) as error:
             self._fail(str(error))
         except Exception as error:  # report, never die silently
             (self.run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
@@ -203,6 +204,9 @@ class Engine:
 
     def _build_optimizer(self) -> None:
         c = self.config
+        if c.is_rank_adaptive:
+            raise NotImplementedError(f"method = {c.method!r} is not run by the engine yet; train it with "
+                                      f"rlr_engine.adaptive.RankAdaptation (see benchmarks/adaptive_train.py)")
         self.optimizer = CondLR(self.model, lr=c.lr, momentum=c.momentum, tau=c.tau,
                                 weight_decay=c.weight_decay, step_scaling=c.step_scaling,
                                 reference_compat=c.reference_compat)
