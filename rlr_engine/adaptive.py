@@ -232,7 +232,7 @@ class RankAdaptation:
         else:
             self.optimizer.step()
             if self.position >= self._adapt_every - 1:
-                changes = self._end_window()
+                changes = self.end_window()
             else:
                 self.position += 1
         for _, layer in self.layers:
@@ -249,12 +249,15 @@ class RankAdaptation:
         if self.method != "condlr-adaptive":
             return []
         if self.position != 0:
-            return self._end_window()
+            return self.end_window()
         if self.hard_conditioning:
             self._project_violating()
         return []
 
-    def _end_window(self) -> list[RankChange]:
+    @torch.no_grad()
+    def end_window(self) -> list[RankChange]:
+        """End the current window now: truncate with θ (then the τ projection for
+        condlr-adaptive); the next batch augments. The user's "truncate" command."""
         changes = self._truncate()
         self.position = 0
         self.windows += 1

@@ -133,17 +133,17 @@ def test_ranks_never_leave_min_rank_to_max_rank(method, criterion, theta):
         assert target in seen
 
 
-@pytest.mark.parametrize("criterion", ["frobenius", "relative"])
-def test_truncation_error_equals_the_discarded_singular_values(criterion):
+@pytest.mark.parametrize("method, criterion", [("robust-dlrt", "frobenius"), ("robust-dlrt", "relative"),
+                                               ("condlr-adaptive", "relative")])
+def test_truncation_error_equals_the_discarded_singular_values(method, criterion):
     x, y = synthetic_task()
-    # τ = ∞: the window's end is truncation alone, no projection after it
-    model, optimizer, adaptation = setup("condlr-adaptive", tau=math.inf, theta=0.3, criterion=criterion,
-                                         adapt_every=50)
+    # τ = ∞ for condlr-adaptive: the window's end is truncation alone, no projection after it
+    model, optimizer, adaptation = setup(method, tau=math.inf, theta=0.3, criterion=criterion, adapt_every=50)
     train(model, optimizer, adaptation, x, y, 7)
     layers = dict(low_rank_layers(model))
     weights = {n: layer.dense_weight().detach().clone() for n, layer in layers.items()}
     sigmas = {n: torch.linalg.svdvals(layer.live_factors()[1].detach()) for n, layer in layers.items()}
-    changes = adaptation.before_evaluation()
+    changes = adaptation.end_window()
     assert any(c.new_rank < c.old_rank for c in changes)
     for change in changes:
         layer = layers[change.layer]
