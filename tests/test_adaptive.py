@@ -328,3 +328,12 @@ def test_middle_steps_never_read_tensors_on_the_host(monkeypatch):
     for name in ("item", "__float__", "__bool__", "__int__", "tolist"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     adaptation.step()
+
+
+def test_the_engine_refuses_rank_adaptive_methods_with_a_clear_message(tmp_path):
+    from helpers import start_engine, wait_for
+
+    engine = start_engine(tmp_path, method="robust-dlrt", max_rank_fraction=0.5)
+    snap = wait_for(engine, lambda s: s.state == "failed")
+    assert "method = 'robust-dlrt' is not run by the engine yet" in snap.message
+    assert "Traceback" not in snap.message and not (engine.run_dir / "error.log").exists()
