@@ -6,6 +6,6 @@ from .condlr import CondLR, RankChange
 from .lowrank import (LowRankConv2d, LowRankLayer, LowRankLinear, ParameterReport, low_rank_layers,
                       parameter_report, to_low_rank)
 
-__all__ = ["CondLR", "RankAdaptation", "RankChange", "core_optimizer", "LowRankConv2d", "LowRankLayer", "LowRankLinear", "ParameterReport",
-           "low_rank_layers", "parameter_report", "to_low_rank"]
+__all__ = ["CondLR", "RankAdaptation", "RankChange", "core_optimizer", "LowRankConv2d", "LowRankLayer",
+           "LowRankLinear", "ParameterReport", "low_rank_layers", "parameter_report", "to_low_rank"]
 __version__ = "0.1.0"
