@@ -7,7 +7,7 @@ The package itself imports nothing heavy: ``rlr_engine.records``, ``protocol``, 
 
 from importlib import import_module
 
-_LAZY = {"CondLR": "condlr", "RankChange": "condlr", "LowRankConv2d": "lowrank", "LowRankLayer": "lowrank",
+_LAZY = {"CondLR": "condlr", "RankAdaptation": "adaptive", "core_optimizer": "adaptive", "RankChange": "condlr", "LowRankConv2d": "lowrank", "LowRankLayer": "lowrank",
          "LowRankLinear": "lowrank", "ParameterReport": "lowrank", "low_rank_layers": "lowrank",
          "parameter_report": "lowrank", "to_low_rank": "lowrank"}
 

@@ -150,7 +150,7 @@ class Engine:
             self._begin()
             self._loop()
             self._finish()
-        except (DatasetUnavailable, CheckpointError) as error:
+        except (DatasetUnavailable, CheckpointError, NotImplementedError) as error:
             self._fail(str(error))
         except Exception as error:  # report, never die silently
             log = self.run_dir / ERROR_LOG

@@ -19,7 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .catalog import model_data_problem
-from .names import ATTACKS, DATASETS, MODELS, STEP_SCALINGS
+from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, MODELS, STEP_SCALINGS
 from .records import AttackSpec
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -75,12 +75,26 @@ class RunConfig:
     description: str = field(default="", metadata=_spec(str, help="one line of what it is for"))
     dataset: str = field(default="digits", metadata=_spec(str, _choice(DATASETS)))
     model: str = field(default="digits-cnn", metadata=_spec(str, _choice(MODELS)))
-    method: str = field(default="lowrank", metadata=_spec(str, _choice(("dense", "lowrank")),
-                        "dense: no factorisation; lowrank: CondLR (tau = inf is vanilla low-rank)"))
+    method: str = field(default="lowrank", metadata=_spec(str, _choice(("dense", "lowrank", *ADAPTIVE_METHODS)),
+                        "dense: no factorisation; lowrank: CondLR (tau = inf is vanilla low-rank); "
+                        "robust-dlrt: rank-adaptive with the soft regularizer beta; condlr-adaptive: "
+                        "rank-adaptive with kappa(S) <= 1 + tau at every window boundary"))
     tau: float = field(default=0.1, metadata=_spec(float, _number(0, math.inf),
                        "conditioning tolerance: kappa(S) <= 1 + tau; inf switches it off"))
     rank_fraction: float = field(default=0.2, metadata=_spec(float, _number(0, 1, low_open=True),
-                                 "fraction of each layer's full rank kept"))
+                                 "fraction of each layer's full rank kept (rank-adaptive: the starting rank)"))
+    max_rank_fraction: float = field(default=0.5, metadata=_spec(float, _number(0, 1, low_open=True),
+                                     "rank-adaptive: storage (largest rank) of each layer as a fraction of "
+                                     "its full rank; at least rank_fraction"))
+    adapt_every: int = field(default=10, metadata=_spec(int, _number(2, 100_000),
+                             "rank-adaptive: batches per window (augment on the first, truncate with "
+                             "truncate_theta on the last)"))
+    beta: float = field(default=0.0, metadata=_spec(float, _number(0, math.inf, high_open=True),
+                        "rank-adaptive: weight of the soft conditioning regularizer "
+                        "||S S^T - (||S||_F^2 / r) I||_F added to the loss (0: off)"))
+    core_optimizer: str = field(default="sgd", metadata=_spec(str, _choice(CORE_OPTIMIZERS),
+                                "rank-adaptive: optimizer of the cores S and the other parameters "
+                                "(sgd: with momentum; adamw: momentum is not used)"))
     last_layer: str = field(default="dense", metadata=_spec(str, _choice(("dense", "full-rank")),
                             "dense: leave the classifier dense; full-rank: factorise it at full rank"))
     step_scaling: str = field(default="reference", metadata=_spec(str, _choice(STEP_SCALINGS)))
@@ -126,7 +140,11 @@ class RunConfig:
 
     @property
     def is_low_rank(self) -> bool:
-        return self.method == "lowrank"
+        return self.method != "dense"
+
+    @property
+    def is_rank_adaptive(self) -> bool:
+        return self.method in ADAPTIVE_METHODS
 
     def attack_spec(self, attack: str | None = None, eps=None, steps: int | None = None,
                     step_size: float | None = None) -> AttackSpec:
@@ -138,13 +156,17 @@ class RunConfig:
     @property
     def method_label(self) -> str:
         """The preset's method with its starting τ (a live run's τ may differ: see method_label())."""
-        return method_label(self.method, self.tau)
+        return method_label(self.method, self.tau, self.beta)
 
 
-def method_label(method: str, tau: float) -> str:
-    """dense, vanilla low-rank (τ = ∞) or CondLR τ = …"""
-    if method != "lowrank":
+def method_label(method: str, tau: float, beta: float = 0.0) -> str:
+    """dense, vanilla low-rank (τ = ∞), CondLR τ = …, or a rank-adaptive method."""
+    if method == "dense":
         return "dense"
+    if method == "robust-dlrt":
+        return f"robust-dlrt β={beta:g}"
+    if method == "condlr-adaptive":
+        return f"CondLR-adaptive τ={tau:g}"
     return "low-rank τ=inf" if math.isinf(tau) else f"CondLR τ={tau:g}"
 
 
@@ -200,6 +222,12 @@ def validate(raw: Mapping[str, Any], source: str = "preset") -> RunConfig:
     problem = model_data_problem(config.model, config.dataset)
     if problem:
         raise PresetError(f"{source}: {problem}")
+    if config.is_rank_adaptive and config.max_rank_fraction < config.rank_fraction:
+        raise PresetError(f"{source}: max_rank_fraction = {config.max_rank_fraction!r} is not allowed: must be "
+                          f">= rank_fraction = {config.rank_fraction!r} (the starting rank must fit the storage)")
+    if config.is_rank_adaptive and config.truncate_every:
+        raise PresetError(f"{source}: truncate_every = {config.truncate_every!r} is not allowed with method = "
+                          f"{config.method!r}: must be 0 (it truncates every adapt_every batches)")
     return config
 
 

@@ -27,7 +27,7 @@ def layer_stats(model: nn.Module) -> tuple[LayerStats, ...]:
     layers = compressible_layers(model)
     matrices = {}
     for name, module in layers:
-        matrices[name] = module.S if isinstance(module, LowRankLayer) else module.weight.flatten(1)
+        matrices[name] = module.live_factors()[1] if isinstance(module, LowRankLayer) else module.weight.flatten(1)
     by_shape = defaultdict(list)
     for name, matrix in matrices.items():
         by_shape[tuple(matrix.shape)].append(name)

@@ -50,3 +50,20 @@ def check_theta(value: Any) -> float:
     if not 0 <= theta < 1:
         raise ValueError(f"theta must be {allowed}, got {value!r}")
     return theta
+
+
+def check_beta(value: Any) -> float:
+    """Weight β ∈ [0, ∞) of the soft conditioning regularizer; 0 switches it off."""
+    allowed = "a number in [0, inf) (0 switches the regularizer off)"
+    beta = _as_float("beta", value, allowed)
+    if not 0 <= beta < math.inf:
+        raise ValueError(f"beta must be {allowed}, got {value!r}")
+    return beta
+
+
+def check_adapt_every(value: Any) -> int:
+    """Window length k ≥ 2 batches (augment on the first, truncate on the last)."""
+    allowed = "an integer >= 2 (batches per rank-adaptation window)"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"adapt_every must be {allowed}, got {value!r}")
+    return value

@@ -96,3 +96,52 @@ def test_parameter_report_counts_true_compression():
     assert (report.params, report.dense_params) == (low, dense)
     assert report.compression == pytest.approx(1 - low / dense)
     assert report.rank_fraction == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("make", [lambda: LowRankLinear(17, 9, rank=3, max_rank=6),
+                                  lambda: LowRankConv2d(3, 8, 3, rank=3, padding=1, max_rank=6)])
+def test_a_layer_with_spare_storage_computes_with_its_live_block_only(make):
+    layer = make()
+    assert (layer.rank, layer.max_rank) == (3, 6) and layer.S.shape == (6, 6)
+    with torch.no_grad():  # garbage outside the live block must not reach the output
+        layer.S[3:].normal_()
+        layer.S[:, 3:].normal_()
+    U, S, V = layer.U[:, :3], layer.S[:3, :3], layer.V[:, :3]
+    weight = (U @ S @ V.T).reshape(layer.dense_weight().shape)
+    torch.testing.assert_close(layer.dense_weight(), weight)
+    if isinstance(layer, LowRankLinear):
+        x = torch.randn(4, 17)
+        expected = F.linear(x, weight, layer.bias)
+    else:
+        x = torch.randn(2, 3, 7, 7)
+        expected = F.conv2d(x, weight, layer.bias, padding=1)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    assert "rank=3/" in repr(layer) and "allocated 6" in repr(layer)
+
+
+def test_live_rank_round_trips_through_the_state_dict_and_old_checkpoints_still_load():
+    layer = LowRankLinear(17, 9, rank=3, max_rank=6)
+    layer.set_live_rank(5)
+    fresh = LowRankLinear(17, 9, rank=2, max_rank=4)
+    fresh.load_state_dict(layer.state_dict())
+    assert (fresh.rank, fresh.max_rank) == (5, 6)
+    torch.testing.assert_close(fresh.dense_weight(), layer.dense_weight())
+    old_format = {k: v for k, v in LowRankLinear(17, 9, rank=4).state_dict().items() if k != "live_rank"}
+    fresh.load_state_dict(old_format)
+    assert (fresh.rank, fresh.max_rank) == (4, 4)
+    with pytest.raises(ValueError, match="live rank must be in \\[1, 4\\]"):
+        fresh.set_live_rank(5)
+
+
+def test_storage_fraction_allocates_the_maximum_rank_and_the_report_counts_live_parameters():
+    model = to_low_rank(nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10)), rank_fraction=0.1,
+                        max_rank_fraction=0.35)
+    layer = model[0]
+    assert (layer.rank, layer.max_rank) == (10, 35)
+    report = parameter_report(model)
+    low = 100 * 10 + 10 * 10 + 100 * 10 + 100 + 100 * 10 + 10
+    assert report.params == low and report.rank_fraction == pytest.approx(0.1)
+    explicit = to_low_rank(small_cnn(), rank_fraction=0.2, ranks={"7": 5}, max_rank_fraction=0.5)
+    assert explicit[7].max_rank == 5 and explicit[0].max_rank == 6
+    with pytest.raises(ValueError, match="max_rank_fraction"):
+        to_low_rank(small_cnn(), rank_fraction=0.2, max_rank_fraction=0.0)

@@ -117,3 +117,33 @@ def test_rlr_presets_never_wraps_a_preset_name(monkeypatch, width):
     assert cli.main(["presets"]) == 0
     first_words = {line.split()[0] for line in out.getvalue().splitlines() if line and not line[0].isspace()}
     assert set(available_presets()) <= first_words
+
+
+def test_rank_adaptive_presets_carry_their_method_settings():
+    robust = load_preset("fmnist-lenet5-robust-dlrt")
+    assert robust.is_rank_adaptive and robust.is_low_rank and robust.method == "robust-dlrt"
+    assert (robust.adapt_every, robust.core_optimizer, robust.min_rank) == (10, "sgd", 2)
+    assert robust.rank_fraction < robust.max_rank_fraction and robust.beta > 0
+    conditioned = load_preset("fmnist-lenet5-condlr-adaptive")
+    assert conditioned.method == "condlr-adaptive" and conditioned.tau == 0.1
+    assert conditioned.method_label == "CondLR-adaptive τ=0.1"
+    for name in ("cifar10-vgg16-robust-dlrt", "cifar10-vgg16-condlr-adaptive"):
+        assert load_preset(name).model == "vgg16"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('method = "dlrt"\n', "method = 'dlrt' is not allowed: must be one of dense, lowrank, robust-dlrt, condlr-adaptive"),
+    ('adapt_every = 1\n', "adapt_every = 1 is not allowed: must be a number in [2, 100000]"),
+    ('beta = -0.5\n', "beta = -0.5 is not allowed: must be a number in [0, inf)"),
+    ('beta = inf\n', "beta = inf is not allowed"),
+    ('core_optimizer = "lamb"\n', "core_optimizer = 'lamb' is not allowed: must be one of sgd, adamw"),
+    ('max_rank_fraction = 0\n', "max_rank_fraction = 0 is not allowed: must be a number in (0, 1]"),
+    ('method = "robust-dlrt"\nrank_fraction = 0.5\nmax_rank_fraction = 0.3\n',
+     "max_rank_fraction = 0.3 is not allowed: must be >= rank_fraction = 0.5"),
+    ('method = "condlr-adaptive"\ntruncate_every = 2\n', "truncate_every = 2 is not allowed with method = 'condlr-adaptive'"),
+])
+def test_bad_rank_adaptive_settings_name_the_key_the_value_and_what_is_allowed(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(PresetError) as info:
+        load_preset(path)
+    assert expected in str(info.value)
