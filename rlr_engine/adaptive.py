@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from .condlr import RankChange
 from .lowrank import LowRankLayer, low_rank_layers
 from .manifold import project_condition, retract_qr, truncation_rank
-from .names import ADAPTIVE_METHODS
+from .names import ADAPTIVE_METHODS, CORE_OPTIMIZERS
 from .validation import check_adapt_every, check_beta, check_tau, check_theta
 
 METHODS = ADAPTIVE_METHODS

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .records import (AttackNow, Command, Pause, RefreshLayers, Resume, SaveCheckpoint, SetLearningRate, SetTau,
+from .records import (AttackNow, Command, Pause, RefreshLayers, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
                       Stop, Truncate)
 
 if TYPE_CHECKING:
@@ -66,6 +66,15 @@ def refresh_layers(engine: "Engine", command: RefreshLayers) -> str:
     return "layer statistics refreshed"
 
 
+def set_adaptation(engine: "Engine", command: SetAdaptation) -> str:
+    trainer = engine.trainer
+    if command.beta is None and command.adapt_every is None:
+        raise ValueError("set_adaptation needs beta, adapt_every or both")
+    old = (trainer.beta, trainer.adapt_every)
+    trainer.set_adaptation(beta=command.beta, adapt_every=command.adapt_every)
+    return f"β: {old[0]:g} → {trainer.beta:g}, window: {old[1]} → {trainer.adapt_every} batches"
+
+
 def stop(engine: "Engine", command: Stop) -> str:
     engine.request_stop()
     return f"stopping at step {engine.trainer.step}: writing a final checkpoint"
@@ -80,6 +89,7 @@ HANDLERS: dict[type[Command], Callable[["Engine", Command], str]] = {
     AttackNow: attack_now,
     SaveCheckpoint: save_checkpoint,
     RefreshLayers: refresh_layers,
+    SetAdaptation: set_adaptation,
     Stop: stop,
 }
 

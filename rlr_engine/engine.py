@@ -150,7 +150,7 @@ class Engine:
             self._begin()
             self._loop()
             self._finish()
-        except (DatasetUnavailable, CheckpointError, NotImplementedError) as error:
+        except (DatasetUnavailable, CheckpointError) as error:
             self._fail(str(error))
         except Exception as error:  # report, never die silently
             log = self.run_dir / ERROR_LOG
@@ -183,7 +183,7 @@ class Engine:
         self._layers_at = time.monotonic()
         self.state = "running"
         self._event("info", f"{'resumed' if self.resume_requested else 'started'} {self.config.name} "
-                            f"({method_label(self.config.method, trainer.tau)}) on {self.device_name} "
+                            f"({method_label(self.config.method, trainer.tau, trainer.beta or 0.0)}) on {self.device_name} "
                             f"at step {trainer.step}")
 
     def _loop(self) -> None:
@@ -201,6 +201,8 @@ class Engine:
                 self._check_finite()
                 self._publish()
                 continue
+            if trainer.rank_changes:
+                self._report_rank_changes()
             if trainer.epoch_complete:
                 self._end_epoch()
             self._maybe_publish()
@@ -251,15 +253,35 @@ class Engine:
                            for s in self._layer_stats]}
 
     # -- what the handlers and the loop do -------------------------------------------------------
+    def _condition_for_measuring(self) -> None:
+        """What is evaluated, attacked or saved of a condlr-adaptive run has κ(S) ≤ 1 + τ."""
+        self.trainer.condition_for_measuring()
+        if self.trainer.rank_changes:
+            self._report_rank_changes()
+
+    def _report_rank_changes(self) -> None:
+        """One event per window that changed ranks (a summary, not a line per layer)."""
+        trainer = self.trainer
+        changed = [c for c in trainer.take_rank_changes() if c.new_rank != c.old_rank]
+        if not changed:
+            return
+        moves = ", ".join(f"{c.layer} {c.old_rank}→{c.new_rank}" for c in changed)
+        self._event("truncation", f"window ended: {moves}; {trainer.report.compression:.1%} of the parameters "
+                                  f"removed")
+        self._layer_stats = trainer.layer_stats()
+
     def _evaluate(self) -> None:
         trainer = self.trainer
+        self._condition_for_measuring()
         val_loss, val_acc, test_acc = trainer.evaluate()
-        self._layer_stats = trainer.layer_stats()
+        if trainer.at_window_boundary:
+            self._layer_stats = trainer.layer_stats()
         self.recorder.evaluation(trainer.step, trainer.epoch, val_loss, val_acc, test_acc, self._layer_stats,
                                  trainer.report.compression)
 
     def attack(self, spec: AttackSpec, full: bool) -> AttackResult:
         trainer = self.trainer
+        self._condition_for_measuring()
         accuracy, samples = trainer.attack(spec, full)
         result = AttackResult(trainer.step, trainer.epoch, spec.name, tuple(spec.eps), accuracy)
         self.recorder.attack(result, samples)
@@ -314,6 +336,7 @@ class Engine:
 
     def checkpoint(self) -> bool:
         trainer = self.trainer
+        self._condition_for_measuring()
         if self._diverged or not trainer.parameters_finite():
             self._event("warning", "checkpoint skipped: the model holds non-finite values")
             return False
@@ -422,7 +445,8 @@ class Engine:
             if self._check_finite():
                 self._publish()
                 return
-            self._publish(with_layers=now - self._layers_at >= self._spectra_interval)
+            self._publish(with_layers=now - self._layers_at >= self._spectra_interval
+                          and self.trainer.at_window_boundary)
 
     def _publish(self, with_layers: bool = False) -> None:
         trainer = self.trainer
@@ -450,8 +474,9 @@ class Engine:
         if trainer is not None:
             report = trainer.report
             changes.update(
-                method=method_label(self.config.method, trainer.tau), step=trainer.step, epoch=trainer.epoch,
-                total_steps=trainer.total_steps, tau=trainer.tau, theta=trainer.theta, lr=trainer.lr, layers=stats,
+                method=method_label(self.config.method, trainer.tau, trainer.beta or 0.0), step=trainer.step,
+                epoch=trainer.epoch, total_steps=trainer.total_steps, tau=trainer.tau, theta=trainer.theta,
+                lr=trainer.lr, beta=trainer.beta, adapt_every=trainer.adapt_every, layers=stats,
                 params=report.params, dense_params=report.dense_params, compression=report.compression,
                 rank_fraction=report.rank_fraction)
         self._latest = replace(self._latest, **changes)

@@ -78,6 +78,16 @@ class RefreshLayers(Command):
 
 
 @dataclass(frozen=True)
+class SetAdaptation(Command):
+    """Change the soft-conditioning weight β and/or the window length k (batches) of a
+    rank-adaptive run; empty fields stay as they are."""
+
+    kind: ClassVar[str] = "set_adaptation"
+    beta: float | None = None
+    adapt_every: int | None = None
+
+
+@dataclass(frozen=True)
 class Stop(Command):
     """Stop cleanly: write a final checkpoint and end the run (resumable)."""
 
@@ -85,7 +95,7 @@ class Stop(Command):
 
 
 COMMANDS = {cls.kind: cls for cls in (SetTau, Truncate, SetLearningRate, Pause, Resume, AttackNow,
-                                      SaveCheckpoint, RefreshLayers, Stop)}
+                                      SaveCheckpoint, RefreshLayers, SetAdaptation, Stop)}
 
 
 def _field_error(kind: str, name: str, value: Any, allowed: str) -> ValueError:
@@ -247,6 +257,8 @@ class Snapshot:
     tau: float = math.inf
     theta: float = 0.1
     lr: float = 0.0
+    beta: float | None = None  # rank-adaptive runs: soft conditioning weight
+    adapt_every: int | None = None  # rank-adaptive runs: batches per window
     train_loss: float | None = None
     train_acc: float | None = None
     val_loss: float | None = None

@@ -16,6 +16,7 @@ from torch import nn
 
 from .attacks import adversarial_correct
 from .checkpoint import load_model_state
+from .adaptive import RankAdaptation, core_optimizer
 from .condlr import CondLR, RankChange
 from .data import DatasetUnavailable, ImageData, augment, load_dataset, to_float
 from .distributed import SINGLE, Ranks
@@ -24,7 +25,7 @@ from .models import build_model, compile_model, use_channels_last
 from .presets import RunConfig
 from .records import AttackSpec, LayerStats
 from .spectra import compressible_layers, layer_stats
-from .validation import check_lr, check_theta
+from .validation import check_adapt_every, check_beta, check_lr, check_theta
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,7 +53,8 @@ def build_network(config: RunConfig, data: ImageData) -> nn.Module:
             last_name, last = [(n, m) for n, m in compressible_layers(model)][-1]
             weight = last.weight
             ranks = {last_name: min(weight.shape[0], weight[0].numel())}
-        to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True)
+        to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True,
+                    max_rank_fraction=config.max_rank_fraction if config.is_rank_adaptive else None)
     if config.channels_last:
         use_channels_last(model)
     if config.compile:
@@ -96,7 +98,9 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.position = 0
-        self.theta = config.truncate_theta
+        self._theta = config.truncate_theta
+        self.adaptation: RankAdaptation | None = None  # rank-adaptive methods only
+        self.rank_changes: list[RankChange] = []  # what rank adaptation changed since the engine last looked
         self.optimizer, self.scheduler = self._build_optimizer()
         self.report: ParameterReport = parameter_report(self.model)
         self._loss_sum = torch.zeros((), device=device)
@@ -116,23 +120,57 @@ class Trainer:
             self.train_module = self.ranks.wrap(self.model, self.device)
             self._wrapped = params
 
-    def _build_optimizer(self) -> tuple[CondLR, torch.optim.lr_scheduler.MultiStepLR]:
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+        """CondLR for fixed-rank methods; for rank-adaptive ones the core optimizer (SGD or AdamW
+        over the cores and every other parameter) driven by a RankAdaptation (adaptive.py)."""
         c = self.config
-        optimizer = CondLR(self.model, lr=c.lr, momentum=c.momentum, tau=c.tau, weight_decay=c.weight_decay,
-                           step_scaling=c.step_scaling, reference_compat=c.reference_compat)
+        if c.is_rank_adaptive:
+            optimizer = core_optimizer(self.model, c.core_optimizer, c.lr, c.momentum, c.weight_decay)
+            self.adaptation = RankAdaptation(self.model, optimizer, c.method, c.adapt_every, self._theta, c.beta,
+                                             c.tau, c.min_rank)
+        else:
+            optimizer = CondLR(self.model, lr=c.lr, momentum=c.momentum, tau=c.tau, weight_decay=c.weight_decay,
+                               step_scaling=c.step_scaling, reference_compat=c.reference_compat)
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(c.milestones), c.gamma)
 
     # -- hyperparameters ------------------------------------------------------------------------
     @property
     def tau(self) -> float:
-        return self.optimizer.tau
+        return self.adaptation.tau if self.adaptation is not None else self.optimizer.tau
+
+    @property
+    def theta(self) -> float:
+        return self.adaptation.theta if self.adaptation is not None else self._theta
+
+    @property
+    def beta(self) -> float | None:
+        return self.adaptation.beta if self.adaptation is not None else None
+
+    @property
+    def adapt_every(self) -> int | None:
+        return self.adaptation.adapt_every if self.adaptation is not None else None
+
+    def set_adaptation(self, beta: Any = None, adapt_every: Any = None, theta: Any = None) -> None:
+        """Change β, the window k or θ of a rank-adaptive run (validated first: a bad value
+        changes nothing)."""
+        if self.adaptation is None:
+            raise ValueError(f"beta and the window apply to rank-adaptive methods only (method = {self.config.method})")
+        values = {"beta": check_beta(beta) if beta is not None else None,
+                  "adapt_every": check_adapt_every(adapt_every) if adapt_every is not None else None,
+                  "theta": check_theta(theta) if theta is not None else None}
+        for name, value in values.items():
+            if value is not None:
+                setattr(self.adaptation, name, value)
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def set_tau(self, tau: Any) -> None:
-        self.optimizer.set_tau(tau)
+        if self.adaptation is not None:
+            self.adaptation.tau = tau  # condlr-adaptive: from the next window boundary on
+        else:
+            self.optimizer.set_tau(tau)
 
     def set_lr(self, lr: Any) -> None:
         lr = check_lr(lr)
@@ -165,10 +203,15 @@ class Trainer:
         # W/n · Σ_shard ℓ: DDP's average over the W ranks makes it the global batch mean (distributed.py).
         loss_sum = F.cross_entropy(logits, y, reduction="sum")
         loss = loss_sum * (self.ranks.world_size / n)
+        if self.adaptation is not None:
+            loss = loss + self.adaptation.regularizer()  # soft conditioning β (reported loss: cross-entropy)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         try:
-            self.optimizer.step()
+            if self.adaptation is not None:
+                self._note_rank_changes(self.adaptation.step())
+            else:
+                self.optimizer.step()
         except torch.linalg.LinAlgError:
             # The SVD of a core fails on non-finite values: divergence detected early, not a crash.
             self._finite.fill_(False)
@@ -255,10 +298,42 @@ class Trainer:
     def layer_stats(self) -> tuple[LayerStats, ...]:
         return layer_stats(self.model)
 
+    def _note_rank_changes(self, changes: list[RankChange]) -> None:
+        if any(c.new_rank != c.old_rank for c in changes):
+            self.report = parameter_report(self.model)
+        self.rank_changes += changes
+
+    @property
+    def at_window_boundary(self) -> bool:
+        """True unless a rank-adaptive window is under way. Inside a window of robust-dlrt the
+        augmented directions are still near zero, so κ(S) of the live core says nothing of W:
+        spectra are read at boundaries only."""
+        return self.adaptation is None or self.adaptation.position == 0
+
+    def take_rank_changes(self) -> list[RankChange]:
+        """The RankChanges of the windows that ended since the last call (rank-adaptive runs)."""
+        changes, self.rank_changes = self.rank_changes, []
+        return changes
+
+    def condition_for_measuring(self) -> None:
+        """Before an evaluation, attack or checkpoint: a condlr-adaptive run ends its window so
+        what is measured or saved has κ(S) ≤ 1 + τ (adaptive.RankAdaptation.before_evaluation)."""
+        if self.adaptation is not None:
+            self._note_rank_changes(self.adaptation.before_evaluation())
+
     # -- structure ------------------------------------------------------------------------------
     def truncate(self, theta: float | None, rank: int | None, layer: str | None) -> tuple[float | None, list[RankChange]]:
         """Truncate with relative tolerance θ (None: the run's current θ) or to ``rank``; returns
         the θ used and every layer's change. ValueError (nothing changed) for a bad request."""
+        if self.adaptation is not None:
+            if rank is not None or layer is not None:
+                raise ValueError(f"{self.config.method} truncates every layer with θ at its window boundary; "
+                                 f"give θ only")
+            if theta is not None:
+                self.adaptation.theta = theta
+            changes = self.adaptation.end_window()
+            self.report = parameter_report(self.model)
+            return self.adaptation.theta, changes
         if not self.optimizer.layers:
             raise ValueError("this model has no low-rank layers to truncate (method = dense)")
         if theta is not None and rank is not None:
@@ -270,7 +345,7 @@ class Trainer:
         changes = self.optimizer.truncate(theta=theta, rank=rank, layers=None if layer is None else [layer],
                                           min_rank=self.config.min_rank)
         if theta is not None:
-            self.theta = float(theta)
+            self._theta = float(theta)
         self.report = parameter_report(self.model)
         self._wrap()
         return theta, changes
@@ -287,6 +362,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "theta": self.theta,
+            "adaptation": None if self.adaptation is None else self.adaptation.state_dict(),
         }
 
     def load_state_dict(self, payload: dict[str, Any], source: str) -> None:
@@ -295,6 +371,8 @@ class Trainer:
         self.optimizer, self.scheduler = self._build_optimizer()  # the ranks may have changed
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        if self.adaptation is not None and payload.get("adaptation") is not None:
+            self.adaptation.load_state_dict(payload["adaptation"])
         self._wrap()
         self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
         perm = payload["permutation"]
@@ -304,7 +382,7 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"].cpu())
         if payload.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(payload["cuda_rng"].cpu(), self.device)
-        self.theta = payload["theta"]
+        self._theta = payload["theta"]
         self.window_samples = 0
         self._loss_sum.zero_()
         self._correct.zero_()

@@ -330,10 +330,81 @@ def test_middle_steps_never_read_tensors_on_the_host(monkeypatch):
     adaptation.step()
 
 
-def test_the_engine_refuses_rank_adaptive_methods_with_a_clear_message(tmp_path):
+ADAPTIVE = dict(rank_fraction=0.25, max_rank_fraction=0.75, adapt_every=5, truncate_theta=0.2, lr=0.05,
+                momentum=0.5)
+
+
+def live_kappas(model_state):
+    """κ of every live core of a saved model."""
+    kappas = []
+    for key, S in model_state.items():
+        if key.endswith(".S"):
+            r = int(model_state[key[:-1] + "live_rank"])
+            sigma = torch.linalg.svdvals(S[:r, :r].double())
+            kappas.append(float(sigma[0] / sigma[-1]))
+    return kappas
+
+
+def test_the_engine_trains_condlr_adaptive_with_one_event_per_window_and_kappa_bounded_when_saved(tmp_path):
+    from helpers import run_to_end, start_engine
+
+    from rlr_engine.checkpoint import load_checkpoint
+    from rlr_engine.runs import read_jsonl
+
+    engine = start_engine(tmp_path, method="condlr-adaptive", tau=0.1, epochs=3, **ADAPTIVE)
+    snap = run_to_end(engine, timeout=300)
+    assert snap.state == "finished", snap.message
+    windows = [e for e in read_jsonl(engine.run_dir / "events.jsonl") if e["message"].startswith("window ended")]
+    assert windows, "ranks never moved"
+    assert all("→" in e["message"] and "removed" in e["message"] for e in windows)
+    steps = [e["step"] for e in windows]
+    assert len(steps) == len(set(steps)), "one event per window, not one per layer"
+    assert all(k <= 1.1 + 1e-4 for k in live_kappas(load_checkpoint(engine.run_dir / "checkpoint.pt")["model"]))
+    assert all(layer.kappa <= 1.1 + 1e-4 for layer in snap.layers if layer.low_rank and layer.rank > 1)
+    assert snap.method.startswith("CondLR-adaptive") and snap.adapt_every == 5
+
+
+def test_beta_and_the_window_are_steered_live_and_bad_values_are_rejected(tmp_path):
     from helpers import start_engine, wait_for
 
-    engine = start_engine(tmp_path, method="robust-dlrt", max_rank_fraction=0.5)
-    snap = wait_for(engine, lambda s: s.state == "failed")
-    assert "method = 'robust-dlrt' is not run by the engine yet" in snap.message
-    assert "Traceback" not in snap.message and not (engine.run_dir / "error.log").exists()
+    from rlr_engine.records import SetAdaptation, SetTau
+
+    engine = start_engine(tmp_path, method="robust-dlrt", beta=0.01, epochs=100, **ADAPTIVE)
+    wait_for(engine, lambda s: s.state == "running" and s.step > 3)
+    engine.send(SetAdaptation(beta=0.05, adapt_every=4), request_id="ok")
+    snap = wait_for(engine, lambda s: s.beta == 0.05)
+    assert snap.adapt_every == 4 and snap.method == "robust-dlrt β=0.05"
+    engine.send(SetAdaptation(beta=-1.0), request_id="bad")
+    engine.send(SetTau(0.5), request_id="tau")
+    wait_for(engine, lambda s: len([a for a in engine.acks if a.request_id in ("bad", "tau")]) == 2)
+    acks = {a.request_id: a for a in engine.acks}
+    assert acks["ok"].status == "applied"
+    assert acks["bad"].status == "rejected" and "beta" in acks["bad"].message
+    assert acks["tau"].status == "rejected" and "condlr-adaptive only" in acks["tau"].message
+    assert engine.latest().beta == 0.05 and engine.latest().adapt_every == 4
+    engine.stop(30)
+
+
+def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_path):
+    from helpers import run_to_end, start_engine, wait_for
+
+    from rlr_engine.checkpoint import load_checkpoint
+    from rlr_engine.records import Pause, Stop
+
+    settings = dict(method="robust-dlrt", beta=0.01, epochs=2, max_steps=40, **ADAPTIVE)
+    reference = start_engine(tmp_path / "a", **settings)
+    assert run_to_end(reference).state == "finished"
+    interrupted = start_engine(tmp_path / "b", **settings)
+    wait_for(interrupted, lambda s: s.step >= 7)
+    interrupted.send(Pause())
+    wait_for(interrupted, lambda s: s.state == "paused")
+    interrupted.send(Stop())
+    stopped = run_to_end(interrupted)
+    assert stopped.state == "stopped" and stopped.step % 5 != 0 or stopped.step < 40
+    resumed = start_engine(tmp_path / "b", resume_dir=interrupted.run_dir, **settings)
+    assert run_to_end(resumed).state == "finished"
+    a = load_checkpoint(reference.run_dir / "checkpoint.pt")
+    b = load_checkpoint(interrupted.run_dir / "checkpoint.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["adaptation"] == b["adaptation"]
