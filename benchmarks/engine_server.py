@@ -73,6 +73,7 @@ def main() -> None:
             for name, clients in conditions.items():
                 run_dir = Path(tmp) / f"{repeat}-{clients}"
                 results[name].append(one_run(config, run_dir, clients))
+                print(f"  repeat {repeat + 1} {name}: {results[name][-1]:,.0f} samples/s", flush=True)
     baseline = statistics.median(results["no server"])
     for name, values in results.items():
         median = statistics.median(values)

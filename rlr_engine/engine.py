@@ -12,7 +12,6 @@ States: starting → running ⇄ paused → finished | stopped | failed.
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time

@@ -36,8 +36,10 @@ def test_set_tau_is_reported_in_the_next_snapshot_and_bounds_kappa(tmp_path):
     wait_for(engine, lambda s: s.state == "running" and s.step > 5)
     engine.send(SetTau(0.3))
     snap = wait_for(engine, lambda s: s.tau == 0.3 and any("τ: inf → 0.3" in e.message for e in s.events))
+    wait_for(engine, lambda s: s.step > snap.step + 2)  # steps taken under the new τ
     engine.send(RefreshLayers())
-    snap = wait_for(engine, lambda s: any(a.kind == "refresh_layers" for a in engine.acks))
+    # The refresh's event and its fresh spectra are published together.
+    snap = wait_for(engine, lambda s: any(e.message == "layer statistics refreshed" for e in s.events))
     assert all(layer.kappa <= 1.3 + 1e-4 for layer in snap.layers if layer.low_rank)
     engine.stop(30)
 

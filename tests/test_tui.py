@@ -3,7 +3,6 @@ keys, acknowledgements, a dead engine), and one end to end against a real engine
 
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
