@@ -109,3 +109,43 @@ def test_sanity_module_imports_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr
+
+
+def test_dashboard_flags_come_from_the_snapshots_latest_attacks():
+    from rlr_engine.records import AttackResult, Snapshot
+    from rlr_tui.widgets.robustness import flag_summary, snapshot_sanity
+
+    old = AttackResult(10, 1, "pgd-linf", EPS, (0.95, 0.9, 0.9))  # an earlier step: not mixed in
+    pgd_now = AttackResult(20, 2, "pgd-linf", EPS, (0.95, 0.2, 0.0))
+    square_now = AttackResult(20, 2, "square", EPS, (0.95, 0.1, 0.0))
+    snap = Snapshot(dataset="digits", adversarial=square_now, adversarial_history=(old, pgd_now, square_now))
+    assert flag_summary(snapshot_sanity(snap)) == f"⚠ {BLACK_BOX_WINS}"
+    healthy = Snapshot(dataset="digits", adversarial=pgd_now, adversarial_history=(old, pgd_now))
+    assert flag_summary(snapshot_sanity(healthy)) == "checks: no flags"
+    assert snapshot_sanity(Snapshot()) is None
+
+
+def test_attack_dialog_returns_a_registry_name_the_engine_accepts():
+    import asyncio
+
+    from textual.app import App
+
+    from rlr_engine.attacks import ATTACKS
+    from rlr_engine.presets import RunConfig
+    from rlr_tui.screens.attack_dialog import AttackDialog
+
+    chosen = []
+
+    class Host(App):
+        def on_mount(self) -> None:
+            self.push_screen(AttackDialog(current="fgsm"), chosen.append)
+
+    async def pick():
+        async with Host().run_test() as pilot:
+            await pilot.pause()
+            await pilot.press("down", "down", "down", "down", "enter")
+            await pilot.pause()
+
+    asyncio.run(pick())
+    assert chosen == [list(ATTACKS)[4]] == ["autoattack"]
+    assert RunConfig().attack_spec(chosen[0]).name == "autoattack"  # what AttackNow resolves
