@@ -59,7 +59,7 @@ def test_compare_tabulates_seeds_reuses_finished_runs_and_resumes_interrupted_on
 
 def test_unknown_attack_is_refused_with_the_choices(tmp_path, capsys):
     assert main(["compare", "quickstart", *SETTINGS, "--attacks", "fgsm,nope", "--out", str(tmp_path)]) == 2
-    assert "choose from fgsm, pgd-linf, pgd-l2, cw-l2, autoattack, square" in capsys.readouterr().err
+    assert "choose from fgsm, pgd-linf, pgd-l2, cw-l2, autoattack, square" in " ".join(capsys.readouterr().err.split())
 
 
 def test_changed_settings_refuse_to_mix_with_stored_runs(tmp_path, capsys):
