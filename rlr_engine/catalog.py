@@ -1,5 +1,6 @@
-"""What rlr knows about each data set and what each model needs as input: the single source of
-these facts for loading data, validating presets and judging attack results.
+"""What rlr knows about each data set, what each model needs as input and what each attack is:
+the single source of these facts for loading data, validating presets and commands, and judging
+attack results.
 
 Plain Python only (no torch), so a dashboard or a preset check can use it without loading the
 training stack.
@@ -90,3 +91,48 @@ def model_data_problem(model: str, dataset: str) -> str | None:
     fitting = [d.name for d in DATASETS.values() if MODEL_INPUTS[model].problem(d) is None]
     return (f"model {model!r} {problem}; data set {dataset!r} has {info.image_size}×{info.image_size} "
             f"(data sets that fit: {', '.join(fitting)})")
+
+
+# What an attack is, as far as the sanity checks care.
+SINGLE_STEP = "single-step"    # FGSM
+ITERATIVE = "iterative"        # white-box, many gradient steps: PGD, APGD, FAB, CW
+ENSEMBLE = "ensemble"          # white-box and black-box parts, per-image worst case (AutoAttack)
+BLACK_BOX = "black-box"        # no gradients: Square
+LINF, L2 = "linf", "l2"
+
+
+@dataclass(frozen=True)
+class AttackFacts:
+    """One attack: ``norm`` is what ε measures (L∞ or L2, pixel units on [0, 1]); ``uses_steps``:
+    PGD's step count and step size apply; ``uses_restarts``: random restarts apply;
+    ``default_samples``: test images ``rlr eval`` attacks when not told (0: all), for attacks too
+    slow for the whole set; ``needs``: the package that runs it. How each runs is in attacks.py."""
+
+    name: str
+    summary: str
+    kind: str
+    norm: str
+    uses_steps: bool = False
+    uses_restarts: bool = False
+    default_samples: int = 0
+    needs: str = "advertorch"
+
+    @property
+    def max_eps(self) -> float:
+        """L∞ budgets live in [0, 1]; an L2 budget is any length."""
+        return 1.0 if self.norm == LINF else float("inf")
+
+
+ATTACKS: dict[str, AttackFacts] = {a.name: a for a in (
+    AttackFacts("fgsm", "FGSM, one gradient-sign step (L∞)", SINGLE_STEP, LINF),
+    AttackFacts("pgd-linf", "PGD with random starts (L∞), worst case over --restarts", ITERATIVE, LINF,
+                uses_steps=True, uses_restarts=True),
+    AttackFacts("pgd-l2", "PGD with random starts (L2), worst case over --restarts", ITERATIVE, L2,
+                uses_steps=True, uses_restarts=True),
+    AttackFacts("cw-l2", "Carlini-Wagner L2; robust when the found perturbation is longer than ε", ITERATIVE, L2,
+                default_samples=500),
+    AttackFacts("autoattack", "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), per-image worst case (L∞)",
+                ENSEMBLE, LINF, default_samples=1000, needs="pyautoattack"),
+    AttackFacts("square", "Square, black-box, 5000 queries (L∞)", BLACK_BOX, LINF, default_samples=1000,
+                needs="pyautoattack"),
+)}

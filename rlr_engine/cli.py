@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -198,14 +199,20 @@ def print_summary(snap) -> None:
     """Clean and adversarial accuracy per ε, ranks, κ and compression of a finished run."""
     result = snap.adversarial
     if result is not None:
-        table = Table(title=f"{snap.preset}: accuracy under {result.attack}")
+        # Headings are lines of their own (a table title wraps at the table's width and would
+        # break the preset's name); the attack says when it ran, since the model is later.
+        console.print(f"[bold]{snap.preset}[/bold]: accuracy under {result.attack} at step {result.step}"
+                      f"{'' if result.step == snap.step else f' (the model is at step {snap.step})'}",
+                      highlight=False)
+        table = Table()
         table.add_column("ε", justify="right")
         table.add_column("accuracy", justify="right")
         for eps, acc in zip(result.eps, result.accuracy):
             table.add_row(f"{eps:g}", _fmt_pct(acc))
         console.print(table)
-    layers = Table(title=f"layers — {snap.params:,} parameters, {snap.compression:.1%} fewer than dense, "
-                         f"{snap.rank_fraction:.0%} of the rank kept")
+    console.print(f"layers — {snap.params:,} parameters, {snap.compression:.1%} fewer than dense, "
+                  f"{snap.rank_fraction:.0%} of the rank kept", highlight=False)
+    layers = Table()
     for column in ("layer", "shape", "rank", "κ", "σ_max"):
         layers.add_column(column, justify="right" if column != "layer" else "left")
     for s in snap.layers:
@@ -217,26 +224,97 @@ def print_summary(snap) -> None:
 
 
 # -- rlr eval -------------------------------------------------------------------------------
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .attacks import AttackSpec
-    from .evaluation import evaluate_checkpoint
+def _eval_spec(args: argparse.Namespace):
+    """The attack the user asked for, checked before anything is loaded (the stored run fills
+    what is left out later)."""
+    from .attacks import ATTACKS, AttackSpec, check_available
 
-    if args.samples < 0:
-        raise UserError(f"--samples {args.samples}: must be >= 0 (0: the whole test set)")
-    try:  # check the attack settings before anything is loaded
-        AttackSpec(args.attack, tuple(args.eps) if args.eps else (0.0,), args.steps, args.step_size)
+    info = ATTACKS[args.attack]
+    if args.steps is not None and not info.uses_steps:
+        raise UserError(f"--steps {args.steps}: applies to {_names_with('uses_steps')}, not to {args.attack}")
+    if args.step_size and not info.uses_steps:
+        raise UserError(f"--step-size {args.step_size}: applies to {_names_with('uses_steps')}, not to {args.attack}")
+    samples = info.default_samples if args.samples is None else args.samples
+    if samples < 0:
+        raise UserError(f"--samples {samples}: must be >= 0 (0: the whole test set)")
+    try:
+        AttackSpec(args.attack, tuple(args.eps) if args.eps else (0.0,), args.steps or 1, args.step_size,
+                   args.restarts)
+        check_available(args.attack)
     except ValueError as error:
         raise UserError(str(error)) from None
-    with console.status(f"{args.attack} on the test set"):
-        config, step, spec, accuracy, n = evaluate_checkpoint(
-            args.checkpoint, args.attack, args.eps, args.steps, args.step_size, args.samples,
-            args.device or "auto", args.data_dir)
-    table = Table(title=f"{config.name} (step {step}): accuracy under {spec.name}, {n} test images")
-    table.add_column("ε", justify="right")
+    return samples
+
+
+def _names_with(flag: str) -> str:
+    from .attacks import ATTACKS
+
+    return ", ".join(name for name, info in ATTACKS.items() if getattr(info, flag))
+
+
+def eval_json(config, step: int, checked) -> dict:
+    """What ``rlr eval --json`` prints: one object, accuracies as fractions in [0, 1]."""
+    result = checked.result
+    spec = result.spec
+    return {
+        "preset": config.name, "dataset": config.dataset, "step": step,
+        "attack": spec.name, "norm": spec.info.norm, "eps": list(spec.eps), "accuracy": list(result.accuracy),
+        "samples": result.samples, "steps": spec.steps if spec.info.uses_steps else None,
+        "restarts": spec.restarts,
+        "parts": [{"attack": p.attack, "kind": p.kind, "accuracy": list(p.accuracy)} for p in result.parts],
+        "probes": [{"attack": p.spec.name, "eps": list(p.spec.eps), "accuracy": list(p.accuracy)}
+                   for p in checked.probes],
+        "flags": [{"code": f.code, "message": f.message} for f in checked.sanity.flags],
+        "not_checked": list(checked.sanity.skipped),
+    }
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .attacks import robustness_with_checks, work_units
+    from .data import to_float
+    from .evaluation import load_evaluation_target
+
+    samples = _eval_spec(args)
+    config, step, model, images, labels = load_evaluation_target(args.checkpoint, samples, args.device or "auto",
+                                                                 args.data_dir)
+    spec = dataclasses.replace(config.attack_spec(args.attack, args.eps, args.steps, args.step_size),
+                               restarts=args.restarts)
+    n = len(labels)
+    shown = err_console if args.json else console
+    shown.print(f"{config.name} (step {step}): {spec.name} on {n} test images"
+                f"{'' if samples else ' (the whole test set)'}", highlight=False)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=shown, transient=True) as progress:
+        task = progress.add_task(f"{spec.name}, images × ε", total=work_units(spec, config.dataset, n,
+                                                                              not args.no_probes))
+        checked = robustness_with_checks(model, images, labels, spec, config.dataset, probes=not args.no_probes,
+                                         to_input=to_float, progress=lambda k: progress.advance(task, k))
+    if args.json:
+        print(json.dumps(eval_json(config, step, checked)))
+        return 0
+    # The heading is a line of its own, not the table's title: a title wraps at the table's narrow
+    # width and would break the run's name.
+    console.print(f"[bold]{config.name}[/bold] (step {step}): accuracy under {spec.name}, {n} test images",
+                  highlight=False)
+    table = Table()
+    table.add_column("ε" + (" (L2)" if spec.info.norm == "l2" else ""), justify="right")
     table.add_column("accuracy", justify="right")
-    for eps in spec.eps:
-        table.add_row(f"{eps:g}", _fmt_pct(accuracy[eps]))
+    for part in checked.result.parts:
+        table.add_column(f"after {part.attack}", justify="right")
+    for i, eps in enumerate(spec.eps):
+        table.add_row(f"{eps:g}", _fmt_pct(checked.result.accuracy[i]),
+                      *[_fmt_pct(part.accuracy[i]) for part in checked.result.parts])
     console.print(table)
+    for probe in checked.probes:
+        pairs = ", ".join(f"ε={e:g}: {a:.1%}" for e, a in zip(probe.spec.eps, probe.accuracy))
+        console.print(f"[dim]probe for the checks: {probe.spec.name} {pairs}[/dim]", highlight=False)
+    for line in checked.sanity.lines():
+        console.print(f"[yellow]{line}[/yellow]" if line.startswith("⚠") else f"[dim]{line}[/dim]", highlight=False)
     return 0
 
 
@@ -246,9 +324,35 @@ def _eps_list(text: str) -> list[float]:
         values = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--eps {text!r}: expected numbers like 0,0.01,0.02") from None
-    if not values or any(not 0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"--eps {text!r}: values must be in [0, 1]")
+    if not values or any(v < 0 or math.isnan(v) for v in values):
+        raise argparse.ArgumentTypeError(f"--eps {text!r}: values must be >= 0 (L∞ budgets in [0, 1])")
     return values
+
+
+def add_eval_parser(sub) -> None:
+    from .attacks import ATTACKS
+
+    slow = ", ".join(f"{name} {info.default_samples}" for name, info in ATTACKS.items() if info.default_samples)
+    p = sub.add_parser("eval", help="robustness table of a saved checkpoint, with sanity checks",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="attacks:\n" + "\n".join(f"  {name:11} {info.summary}"
+                                                             for name, info in ATTACKS.items()))
+    p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
+    p.add_argument("--attack", choices=tuple(ATTACKS), default="fgsm")
+    p.add_argument("--eps", type=_eps_list, help="comma-separated budgets (default: the run's); L2 budgets for "
+                                                 "pgd-l2 and cw-l2")
+    p.add_argument("--steps", type=int, help="PGD iterations (default: the run's pgd_steps)")
+    p.add_argument("--step-size", type=float, default=0.0, help="PGD step (default 2.5·ε/steps)")
+    p.add_argument("--restarts", type=int, default=1, help="PGD random starts; an image counts as robust only if "
+                                                           "it survives all (default 1)")
+    p.add_argument("--samples", type=int, help=f"attack a seeded subset of the test set (0: all; default all, "
+                                               f"except {slow})")
+    p.add_argument("--no-probes", action="store_true",
+                   help="skip the extra measurements the sanity checks use (FGSM/PGD references, large ε)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--data-dir", help="where the data set is (default: the run's)")
+    p.set_defaults(func=cmd_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,16 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs", metavar="DIR", help="where run directories are (default: runs)")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("eval", help="robustness table of a saved checkpoint")
-    p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
-    p.add_argument("--attack", choices=("fgsm", "pgd-linf", "pgd-l2"), default="fgsm")
-    p.add_argument("--eps", type=_eps_list, help="comma-separated budgets (default: the run's)")
-    p.add_argument("--steps", type=int, default=10, help="PGD iterations (default 10)")
-    p.add_argument("--step-size", type=float, default=0.0, help="PGD step (default 2.5·ε/steps)")
-    p.add_argument("--samples", type=int, default=0, help="attack a seeded subset of the test set (0: all)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--data-dir", help="where the data set is (default: the run's)")
-    p.set_defaults(func=cmd_eval)
+    add_eval_parser(sub)
 
     from .compare import add_compare_parser
 

@@ -4,7 +4,8 @@ Layout of a comparison directory::
 
     comparison.json            what was asked (presets, seeds, overrides, attacks)
     runs/<preset>-seed<k>/     ordinary run directories (reused when finished, resumed otherwise)
-    results.md, results.csv    per method: accuracy per ε (mean ± std over seeds), ranks, κ, time
+    results.md, results.csv    per method: accuracy per ε (mean ± std over seeds), ranks, κ, time,
+                               and the sanity flags (rlr_engine.sanity) of each method
     accuracy_vs_eps_<attack>.png, kappa_per_layer.png
 """
 
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 
 from .attacks import ATTACKS
 from .records import Stop
+from .sanity import AttackRecord, Component, sanity_report
 from .presets import PresetError, RunConfig, dump_toml, load_preset
 from .runfiles import CHECKPOINT, CONFIG, SUMMARY
 from .runs import read_run_config
@@ -38,7 +40,8 @@ class RunResult:
     config: RunConfig
     seed: int
     summary: dict[str, Any]
-    robustness: dict[str, dict[str, Any]]  # attack → {"eps": [...], "accuracy": [...], "samples": n}
+    # attack → {"eps": [...], "accuracy": [...], "samples": n, "parts": [...], "probes": [...]}
+    robustness: dict[str, dict[str, Any]]
 
 
 def run_dir_for(out: Path, preset: str, seed: int) -> Path:
@@ -102,20 +105,51 @@ def _comparable(config: RunConfig) -> dict[str, Any]:
 
 def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack: str, samples: int,
                device: str | None) -> dict[str, Any]:
-    """Accuracy per ε under ``attack`` for a finished run, computed once from its checkpoint and
-    cached in the run directory. The run's own final attack (whole test set) is reused."""
-    if attack == summary.get("attack"):
-        return {"eps": summary["eps"], "accuracy": summary["adversarial_accuracy"], "samples": 0}
+    """Accuracy per ε under ``attack`` for a finished run, with the parts of an ensemble attack
+    and the probes the sanity checks need, computed once from its checkpoint and cached in the run
+    directory. The run's own final attack (whole test set) is reused; only its probes are run."""
     cache = run_dir / f"robustness-{attack}-{samples}.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    from .evaluation import evaluate_checkpoint
+    from .attacks import probe_specs, robustness as measure, robustness_with_checks
+    from .data import to_float
+    from .evaluation import load_evaluation_target
 
-    _, _, _, accuracy, n = evaluate_checkpoint(run_dir / CHECKPOINT, attack, samples=samples,
-                                               device=device or config.device)
-    result = {"eps": list(config.eps), "accuracy": [accuracy[e] for e in config.eps], "samples": n}
+    _, _, model, images, labels = load_evaluation_target(run_dir / CHECKPOINT, samples,
+                                                         device=device or config.device)
+    spec = config.attack_spec(attack)
+    if attack == summary.get("attack"):
+        probes = [measure(model, images, labels, p, to_input=to_float) for p in probe_specs(spec, config.dataset)]
+        result = {"eps": summary["eps"], "accuracy": summary["adversarial_accuracy"], "samples": 0, "parts": []}
+    else:
+        checked = robustness_with_checks(model, images, labels, spec, config.dataset, to_input=to_float)
+        probes, main = list(checked.probes), checked.result
+        result = {"eps": list(config.eps), "accuracy": list(main.accuracy), "samples": main.samples,
+                  "parts": [{"attack": p.attack, "kind": p.kind, "accuracy": list(p.accuracy)} for p in main.parts]}
+    result["probes"] = [{"attack": p.spec.name, "eps": list(p.spec.eps), "accuracy": list(p.accuracy),
+                         "samples": p.samples} for p in probes]
     cache.write_text(json.dumps(result), encoding="utf-8")
     return result
+
+
+def row_sanity(row: dict[str, Any], attacks: Sequence[str], dataset: str | None) -> dict[str, list]:
+    """The sanity checks over one comparison row: its attacks and their probes, at the mean over
+    seeds."""
+    records = []
+    for attack in attacks:
+        entry = row[attack]
+        info = ATTACKS[attack]
+        records.append(AttackRecord(attack, info.kind, info.norm, tuple(entry["eps"]),
+                                    tuple(m for m, _ in entry["accuracy"]), entry["samples"],
+                                    tuple(Component(p["attack"], p["kind"], tuple(p["accuracy"]))
+                                          for p in entry.get("parts", []))))
+        for probe in entry.get("probes", []):
+            pinfo = ATTACKS[probe["attack"]]
+            records.append(AttackRecord(probe["attack"], pinfo.kind, pinfo.norm, tuple(probe["eps"]),
+                                        tuple(probe["accuracy"]), probe["samples"]))
+    report = sanity_report(records, dataset)
+    return {"flags": [{"code": f.code, "message": f.message} for f in report.flags],
+            "not_checked": list(report.skipped)}
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -124,6 +158,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return mean(values), pstdev(values) if len(values) > 1 else 0.0
+
+
+def _mean_columns(columns: Sequence[Sequence[float]]) -> list[float]:
+    return [mean(values) for values in zip(*columns)]
 
 
 def _kappas(summary: dict[str, Any]) -> list[float]:
@@ -151,10 +189,18 @@ def aggregate(results: Sequence[RunResult], attacks: Sequence[str]) -> list[dict
                              for layer in runs[0].summary["layers"]},
         }
         for attack in attacks:
-            eps = runs[0].robustness[attack]["eps"]
+            first = runs[0].robustness[attack]
+            eps = first["eps"]
             row[attack] = {"eps": eps, "accuracy": [_mean_std([r.robustness[attack]["accuracy"][i] for r in runs])
                                                     for i in range(len(eps))],
-                           "samples": runs[0].robustness[attack]["samples"]}
+                           "samples": first["samples"],
+                           "parts": [dict(part, accuracy=_mean_columns([r.robustness[attack]["parts"][j]["accuracy"]
+                                                                         for r in runs]))
+                                     for j, part in enumerate(first.get("parts", []))],
+                           "probes": [dict(probe, accuracy=_mean_columns([r.robustness[attack]["probes"][j]["accuracy"]
+                                                                           for r in runs]))
+                                      for j, probe in enumerate(first.get("probes", []))]}
+        row["sanity"] = row_sanity(row, attacks, config.dataset)
         rows.append(row)
     return rows
 
@@ -171,15 +217,33 @@ def _pm(value: tuple[float, float], percent: bool = True, digits: int = 1) -> st
 def markdown_table(rows: Sequence[dict[str, Any]], attack: str) -> str:
     eps = rows[0][attack]["eps"]
     head = (["method", "preset", "rank kept", "param. compression"] +
-            [("clean" if e == 0 else f"ε={e:g}") for e in eps] + ["mean κ", "max κ", "train time (s)"])
+            [("clean" if e == 0 else f"ε={e:g}") for e in eps] + ["mean κ", "max κ", "train time (s)", "flags"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["method"], row["preset"], f"{row['rank_fraction']:.0%}", f"{row['compression']:.1%}"]
         cells += [_pm(a) for a in row[attack]["accuracy"]]
         cells += [_pm(row["kappa_mean"], False), _pm(row["kappa_max"], False),
-                  f"{row['train_seconds'][0]:.1f}"]
+                  f"{row['train_seconds'][0]:.1f}", _flag_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _flag_cell(row: dict[str, Any]) -> str:
+    codes = sorted({f["code"] for f in row["sanity"]["flags"]})
+    return "⚠ " + ", ".join(codes) if codes else "ok"
+
+
+def sanity_section(rows: Sequence[dict[str, Any]]) -> str:
+    """Every flag and every check that could not run, per method."""
+    lines = ["## Sanity checks\n",
+             "Flags (see rlr_engine/sanity.py): accuracy rising with ε; an iterative attack above FGSM; the "
+             "black-box Square attack beating the white-box ones (gradient masking); more than 10 % correct at "
+             "a large ε. Probes (FGSM/PGD references, the large ε) are measured on the attack subset.\n"]
+    for row in rows:
+        lines.append(f"- **{row['method']}** ({row['preset']}):")
+        lines += [f"  - ⚠ {f['message']}" for f in row["sanity"]["flags"]] or ["  - no flags"]
+        lines += [f"  - not checked: {why}" for why in row["sanity"]["not_checked"]]
+    return "\n".join(lines) + "\n"
 
 
 def write_report(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str], command: str) -> None:
@@ -193,18 +257,20 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[st
         where = "the whole test set" if not samples else f"a seeded subset of {samples} test images"
         parts.append(f"## {attack} (ε in pixel units, on {where})\n\n{markdown_table(rows, attack)}\n")
         parts.append(f"![accuracy vs ε under {attack}](accuracy_vs_eps_{attack}.png)\n")
+    parts.append(sanity_section(rows))
     parts.append("![κ per layer](kappa_per_layer.png)\n")
     (out / "results.md").write_text("\n".join(parts), encoding="utf-8")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["preset", "method", "seeds", "rank_fraction", "compression", "attack", "eps",
-                     "accuracy_mean", "accuracy_std", "kappa_mean", "kappa_max", "train_seconds"])
+                     "accuracy_mean", "accuracy_std", "kappa_mean", "kappa_max", "train_seconds", "flags"])
     for row in rows:
         for attack in attacks:
             for e, (m, s) in zip(row[attack]["eps"], row[attack]["accuracy"]):
                 writer.writerow([row["preset"], row["method"], row["seeds"], row["rank_fraction"],
                                  row["compression"], attack, e, m, s, row["kappa_mean"][0],
-                                 row["kappa_max"][0], row["train_seconds"][0]])
+                                 row["kappa_max"][0], row["train_seconds"][0],
+                                 ";".join(sorted({f["code"] for f in row["sanity"]["flags"]}))])
     (out / "results.csv").write_text(buffer.getvalue(), encoding="utf-8")
     (out / "results.json").write_text(json.dumps(list(rows), indent=1), encoding="utf-8")
     write_plots(out, rows, attacks)
@@ -260,13 +326,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     bad = [a for a in attacks if a not in ATTACKS]
     if bad or not attacks:
         raise UserError(f"--attacks {args.attacks!r}: choose from {', '.join(ATTACKS)}")
-    if args.attack_samples < 0:
+    from .attacks import AttackUnavailable, check_available
+
+    try:
+        for attack in attacks:
+            check_available(attack)
+    except AttackUnavailable as error:
+        raise UserError(f"--attacks {args.attacks!r}: {error}") from None
+    if args.attack_samples is not None and args.attack_samples < 0:
         raise UserError(f"--attack-samples {args.attack_samples}: must be >= 0 (0: whole test set)")
     jobs = plan(args.presets, args.seeds, args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "rlr compare " + " ".join(args.presets) + f" --seeds {args.seeds}" + "".join(
-        f" --set {s}" for s in args.set) + f" --attacks {','.join(attacks)} --attack-samples {args.attack_samples}"
+        f" --set {s}" for s in args.set) + f" --attacks {','.join(attacks)}" + (
+        "" if args.attack_samples is None else f" --attack-samples {args.attack_samples}")
     (out / SPEC_FILE).write_text(json.dumps({"presets": args.presets, "seeds": args.seeds, "set": args.set,
                                              "attacks": attacks, "command": command}, indent=1), encoding="utf-8")
     results = []
@@ -280,7 +354,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return 130
         rob = {}
         for attack in attacks:
-            samples = 0 if attack == summary.get("attack") else args.attack_samples
+            samples = ATTACKS[attack].default_samples if args.attack_samples is None else args.attack_samples
             with console.status(f"{attack} on {name} seed {seed}"):
                 rob[attack] = robustness(config, run_dir, summary, attack, samples, args.device)
         results.append(RunResult(config, seed, summary, rob))
@@ -297,9 +371,11 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=1, help="runs per preset, seeds preset.seed + 0..N-1")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in every preset (repeatable)")
-    p.add_argument("--attacks", default="fgsm", help="comma-separated: fgsm, pgd-linf, pgd-l2 (default fgsm)")
-    p.add_argument("--attack-samples", type=int, default=0,
-                   help="test images for attacks other than each run's own (0: all)")
+    p.add_argument("--attacks", default="fgsm", help=f"comma-separated: {', '.join(ATTACKS)} (default fgsm)")
+    slow = ", ".join(f"{name} {info.default_samples}" for name, info in ATTACKS.items() if info.default_samples)
+    p.add_argument("--attack-samples", type=int,
+                   help="test images for attacks other than each run's own, and for the sanity probes "
+                        f"(0: all; default all, except {slow})")
     p.add_argument("--out", default="comparisons/latest", help="comparison directory (default comparisons/latest)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_compare)

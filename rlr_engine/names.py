@@ -7,10 +7,11 @@ condlr.py) check at import time that they implement exactly these."""
 
 from __future__ import annotations
 
+from .catalog import ATTACKS as _ATTACK_FACTS
 from .catalog import DATASETS as _DATASET_FACTS
 from .catalog import MODEL_INPUTS as _MODEL_INPUTS
 
-ATTACKS = ("fgsm", "pgd-linf", "pgd-l2")
+ATTACKS = tuple(_ATTACK_FACTS)
 DATASETS = tuple(_DATASET_FACTS)
 MODELS = tuple(_MODEL_INPUTS)
 STEP_SCALINGS = ("reference", "alpha", "none")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .names import ATTACKS
+from .catalog import ATTACKS, AttackFacts
 
 
 @dataclass(frozen=True)
@@ -206,22 +206,35 @@ class LayerStats:
 @dataclass(frozen=True)
 class AttackSpec:
     """Which attack, at which budgets. ``steps`` and ``step_size`` apply to PGD; a step size of
-    0 means 2.5·ε/steps (Madry et al.)."""
+    0 means 2.5·ε/steps (Madry et al.). ``restarts``: PGD runs from that many random starts and
+    an image counts as robust only when it survives all of them."""
 
     name: str = "fgsm"
     eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03)
     steps: int = 10
     step_size: float = 0.0
+    restarts: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in ATTACKS:
             raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {self.name!r}")
-        if not self.eps or any(not (0.0 <= e <= 1.0) for e in self.eps):
-            raise ValueError(f"eps must be a non-empty list of values in [0, 1], got {list(self.eps)}")
+        if not self.eps or any(not (0.0 <= e <= self.info.max_eps) for e in self.eps):
+            allowed = "in [0, 1]" if self.info.max_eps == 1.0 else ">= 0 (an L2 budget)"
+            raise ValueError(f"eps must be a non-empty list of values {allowed} for {self.name}, "
+                             f"got {list(self.eps)}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.step_size < 0:
             raise ValueError(f"step_size must be >= 0, got {self.step_size}")
+        if self.restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
+        if self.restarts > 1 and not self.info.uses_restarts:
+            raise ValueError(f"restarts apply to {', '.join(n for n, a in ATTACKS.items() if a.uses_restarts)}, "
+                             f"not to {self.name}")
+
+    @property
+    def info(self) -> AttackFacts:
+        return ATTACKS[self.name]
 
 
 @dataclass(frozen=True)

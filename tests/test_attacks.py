@@ -90,3 +90,187 @@ def test_channels_last_models_give_the_same_outputs_and_attacks_still_work():
     acc = adversarial_accuracy(model, x, y, AttackSpec("pgd-l2", (0.0, 0.5), steps=2))
     assert set(acc) == {0.0, 0.5}
     assert list(model.state_dict()) == list(to_low_rank(build_model("vgg16", 3, 10, 32), 0.2).state_dict())
+
+
+# -- the registry's stronger attacks -----------------------------------------------------------
+from rlr_engine.attacks import (ATTACKS, AUTOATTACK_PARTS, STANDARD, AttackBudget, import_pyautoattack, robustness,
+                                robustness_with_checks)
+from rlr_engine.sanity import BLACK_BOX_WINS, HIGH_AT_LARGE_EPS
+
+# Test-only iteration counts (the default, STANDARD, is the published version).
+QUICK = AttackBudget(apgd_iterations=10, fab_iterations=10, square_queries=300, cw_search_steps=3,
+                     cw_iterations=50)
+
+
+def test_default_budget_is_autoattacks_published_standard_version():
+    AutoAttack = import_pyautoattack().AutoAttack
+    aa = AutoAttack(nn.Linear(2, 2), eps=0.1, norm="Linf", version="standard", device="cpu")
+    assert list(aa.attacks_to_run) == list(AUTOATTACK_PARTS)
+    STANDARD.apply(aa)
+    assert (aa.apgd.n_iter, aa.apgd_targeted.n_iter, aa.fab.n_iter, aa.square.n_queries) == (100, 100, 100, 5000)
+    QUICK.apply(aa)
+    assert (aa.apgd.n_iter, aa.fab.n_iter, aa.square.n_queries) == (10, 10, 300)
+
+
+def test_autoattack_lowers_accuracy_and_its_worst_case_is_at_most_each_part(trained):
+    model, x, y = trained
+    x, y = x[:40], y[:40]
+    result = robustness(model, x, y, AttackSpec("autoattack", (0.0, 0.1)), budget=QUICK)
+    clean, attacked = result.accuracy
+    assert attacked < clean - 0.1
+    assert [p.attack for p in result.parts] == list(AUTOATTACK_PARTS)
+    after = [p.accuracy[1] for p in result.parts]
+    assert after == sorted(after, reverse=True)  # each part only removes images
+    assert attacked == after[-1] and all(attacked <= a for a in after)
+
+
+def test_autoattack_matches_the_librarys_own_standard_evaluation(trained):
+    model, x, y = trained
+    x, y = x[:20], y[:20]
+    ours = robustness(model, x, y, AttackSpec("autoattack", (0.1,)), budget=QUICK).accuracy[0]
+    aa = import_pyautoattack().AutoAttack(model.eval(), eps=0.1, norm="Linf", version="standard", seed=0,
+                                          device="cpu")
+    QUICK.apply(aa)
+    aa.verbose = False
+    _, y_adv = aa.run_standard_evaluation(x, y, batch_size=250)
+    assert ours == pytest.approx((y_adv == y).float().mean().item())
+
+
+def test_restarts_never_raise_accuracy_and_are_the_per_image_worst_case(trained):
+    from rlr_engine.attacks import pgd_batch
+
+    model, x, y = trained
+    x, y = x[:64], y[:64]
+    spec = AttackSpec("pgd-linf", (0.15,), steps=1, step_size=0.01, restarts=4)  # the start matters
+    torch.manual_seed(0)
+    survived = [(model(pgd_batch(model.eval(), x, y, 0.15, spec)).argmax(1) == y) for _ in range(4)]
+    torch.manual_seed(0)  # the same four random starts
+    four = robustness(model, x, y, spec).accuracy[0]
+    singles = [s.float().mean().item() for s in survived]
+    assert four == pytest.approx(torch.stack(survived).all(0).float().mean().item())
+    assert all(four <= single for single in singles)
+
+
+def test_carlini_wagner_lowers_accuracy_more_as_the_l2_budget_grows(trained):
+    model, x, y = trained
+    x, y = x[:40], y[:40]
+    acc = robustness(model, x, y, AttackSpec("cw-l2", (0.0, 0.5, 2.0)), budget=QUICK).accuracy
+    assert acc[2] < acc[1] < acc[0]
+
+
+def test_attack_settings_that_do_not_apply_are_rejected():
+    with pytest.raises(ValueError, match="restarts apply to pgd-linf, pgd-l2"):
+        AttackSpec("fgsm", (0.1,), restarts=3)
+    with pytest.raises(ValueError, match="in \\[0, 1\\] for fgsm"):
+        AttackSpec("fgsm", (2.0,))
+    assert AttackSpec("cw-l2", (0.0, 2.0)).eps == (0.0, 2.0)  # an L2 budget may exceed 1
+
+
+class ZeroGradientRounding(nn.Module):
+    """round(x): piecewise constant, so every input gradient through it is exactly zero."""
+
+    def forward(self, x):
+        return torch.round(x)
+
+
+@pytest.fixture(scope="module")
+def masked():
+    """A digits CNN trained behind a rounding layer: as accurate as usual, but gradient attacks
+    see a zero gradient everywhere."""
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    model = nn.Sequential(ZeroGradientRounding(), digits_cnn())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = to_float(data.train.images), data.train.labels
+    for epoch in range(15):
+        for i in range(0, len(y), 32):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
+            opt.step()
+    return model.eval(), to_float(data.test.images)[:60], data.test.labels[:60]
+
+
+def _flags(model, x, y):
+    """Codes flagged by PGD (with its probes) beside Square, and by AutoAttack, at ε = 0.3."""
+    pgd = robustness_with_checks(model, x, y, AttackSpec("pgd-linf", (0.0, 0.1)), "digits", budget=QUICK)
+    square = robustness(model, x, y, AttackSpec("square", (0.0, 0.1, 0.3)), budget=QUICK)
+    from rlr_engine.sanity import sanity_report
+
+    records = [pgd.result.record(), *(p.record() for p in pgd.probes), square.record()]
+    separate = {f.code for f in sanity_report(records, "digits").flags}
+    auto = robustness_with_checks(model, x, y, AttackSpec("autoattack", (0.0, 0.3)), "digits", budget=QUICK)
+    return separate, {f.code for f in auto.sanity.flags}
+
+
+def test_masked_gradients_raise_the_masking_flags(masked):
+    model, x, y = masked
+    separate, auto = _flags(model, x, y)
+    assert {BLACK_BOX_WINS, HIGH_AT_LARGE_EPS} <= separate
+    assert BLACK_BOX_WINS in auto
+
+
+def test_healthy_model_raises_no_masking_flag(trained):
+    model, x, y = trained
+    separate, auto = _flags(model, x[:60], y[:60])
+    assert not {BLACK_BOX_WINS, HIGH_AT_LARGE_EPS} & (separate | auto)
+
+
+def test_registry_drives_cli_choices_and_preset_validation():
+    from rlr_engine.cli import build_parser
+    from rlr_engine.presets import PresetError, RunConfig
+
+    parser = build_parser()
+    eval_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("eval"))
+    attack = next(a for a in eval_parser._actions if a.dest == "attack")
+    assert tuple(attack.choices) == tuple(ATTACKS)
+    assert RunConfig().replace(attack="autoattack").attack == "autoattack"
+    with pytest.raises(PresetError, match="cw-l2, autoattack, square"):
+        RunConfig().replace(attack="nope")
+
+
+# -- rlr eval ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    from helpers import run_to_end, start_engine
+
+    engine = start_engine(tmp_path_factory.mktemp("eval"), dataset="digits", method="dense", epochs=1)
+    assert run_to_end(engine).state == "finished"
+    return engine.run_dir
+
+
+def test_eval_json_prints_one_object_with_accuracy_per_eps_and_the_flags(digits_run, capsys):
+    import json
+
+    from rlr_engine.cli import main
+
+    assert main(["eval", str(digits_run), "--attack", "pgd-linf", "--eps", "0,0.1", "--steps", "3",
+                 "--restarts", "2", "--samples", "30", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["attack"] == "pgd-linf" and out["eps"] == [0.0, 0.1] and out["samples"] == 30
+    assert len(out["accuracy"]) == 2 and all(0 <= a <= 1 for a in out["accuracy"])
+    assert out["restarts"] == 2 and out["steps"] == 3 and out["dataset"] == "digits"
+    assert isinstance(out["flags"], list) and isinstance(out["not_checked"], list)
+    assert {(p["attack"], tuple(p["eps"])) for p in out["probes"]} == {("fgsm", (0.1,)), ("pgd-linf", (0.3,))}
+
+
+def test_eval_table_says_how_many_images_and_shows_the_checks(digits_run, capsys):
+    from rlr_engine.cli import main
+
+    assert main(["eval", str(digits_run), "--eps", "0,0.1", "--samples", "25"]) == 0
+    captured = capsys.readouterr()
+    assert "fgsm on 25 test images" in captured.out + captured.err
+    assert "not checked: black-box vs white-box" in captured.out
+    assert "sanity checks: no flags" in captured.out or "⚠" in captured.out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--attack", "fgsm", "--restarts", "2"], "restarts apply to pgd-linf, pgd-l2"),
+    (["--attack", "autoattack", "--steps", "5"], "--steps 5: applies to pgd-linf, pgd-l2"),
+    (["--attack", "fgsm", "--eps", "0,2"], "eps must be a non-empty list of values in [0, 1] for fgsm"),
+    (["--samples", "-1"], "--samples -1: must be >= 0"),
+])
+def test_eval_rejects_settings_with_a_message_naming_them(digits_run, capsys, args, expected):
+    from rlr_engine.cli import main
+
+    assert main(["eval", str(digits_run), *args]) == 2
+    assert expected in capsys.readouterr().err

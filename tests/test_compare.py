@@ -26,9 +26,15 @@ def test_compare_tabulates_seeds_reuses_finished_runs_and_resumes_interrupted_on
     assert rows[0]["pgd-linf"]["samples"] == 40
     table = (out / "results.md").read_text()
     assert "| dense |" in table and "ε=0.05" in table and "pgd-linf" in table
+    # Sanity checks ride along: a flags column, a section, and what could not be checked.
+    assert "| flags |" in table and "## Sanity checks" in table
+    assert "not checked: large-ε accuracy: no large ε is stated for data set 'synthetic'" in table
+    assert set(rows[0]["sanity"]) == {"flags", "not_checked"}
+    assert [p["attack"] for p in rows[0]["pgd-linf"]["probes"]] == ["fgsm"]
     with open(out / "results.csv") as handle:
         records = list(csv.DictReader(handle))
     assert len(records) == 2 * 3  # two attacks × three ε
+    assert "flags" in records[0]
     for name in ("accuracy_vs_eps_fgsm.png", "accuracy_vs_eps_pgd-linf.png", "kappa_per_layer.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -49,6 +55,11 @@ def test_compare_tabulates_seeds_reuses_finished_runs_and_resumes_interrupted_on
             await pilot.press("a")
             assert app.screen.attacks[app.screen.attack_index] == "pgd-linf"
     asyncio.run(show())
+
+
+def test_unknown_attack_is_refused_with_the_choices(tmp_path, capsys):
+    assert main(["compare", "quickstart", *SETTINGS, "--attacks", "fgsm,nope", "--out", str(tmp_path)]) == 2
+    assert "choose from fgsm, pgd-linf, pgd-l2, cw-l2, autoattack, square" in " ".join(capsys.readouterr().err.split())
 
 
 def test_changed_settings_refuse_to_mix_with_stored_runs(tmp_path, capsys):

@@ -1,14 +1,41 @@
-"""Adversarial accuracy: accuracy against ε for the latest attack, and each ε over the run."""
+"""Adversarial accuracy: accuracy against ε for the latest attack, each ε over the run, and the
+sanity flags of the latest attacks (rlr_engine.sanity, computed from the snapshot's records)."""
 
 from __future__ import annotations
 
+from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from .markers import series_marker
+from rlr_engine.catalog import ATTACKS
+from rlr_engine.sanity import AttackRecord, SanityReport, sanity_report
+
+
+def snapshot_sanity(snap) -> SanityReport | None:
+    """The checks over the attacks run at the latest attacked step (the latest result per
+    attack); None before the first attack. Accuracy is measured on the live subset."""
+    if snap.adversarial is None:
+        return None
+    step = snap.adversarial.step
+    latest = {r.attack: r for r in snap.adversarial_history if r.step == step and r.attack in ATTACKS}
+    latest.setdefault(snap.adversarial.attack, snap.adversarial)
+    records = [AttackRecord(r.attack, ATTACKS[r.attack].kind, ATTACKS[r.attack].norm, tuple(r.eps),
+                            tuple(r.accuracy)) for r in latest.values() if r.attack in ATTACKS]
+    return sanity_report(records, snap.dataset)
+
+
+def flag_summary(report: SanityReport | None) -> str:
+    """One line for a plot title: the flag codes, or that none fired."""
+    if report is None:
+        return ""
+    if report.flags:
+        return "⚠ " + ", ".join(sorted({f.code for f in report.flags}))
+    return "checks: no flags"
 
 
 class AccuracyVsEps(PlotextPlot):
-    """Accuracy (%) against ε of the latest evaluation; ε = 0 is the clean point."""
+    """Accuracy (%) against ε of the latest evaluation; ε = 0 is the clean point. The title
+    carries the sanity flags."""
 
     def show(self, snap) -> None:
         plt = self.plt
@@ -20,9 +47,17 @@ class AccuracyVsEps(PlotextPlot):
         else:
             plt.plot(list(result.eps), [100 * a for a in result.accuracy], marker="braille")
             plt.scatter(list(result.eps), [100 * a for a in result.accuracy])
-            plt.title(f"{result.attack} at step {result.step}: accuracy (%) vs ε")
+            plt.title(f"{result.attack} at step {result.step}: accuracy (%) vs ε  {flag_summary(snapshot_sanity(snap))}")
             plt.xlabel("ε")
         self.refresh()
+
+
+class SanityFlags(Static):
+    """Every sanity flag of the latest attacks, and the checks that could not run."""
+
+    def show(self, snap) -> None:
+        report = snapshot_sanity(snap)
+        self.update("no attack yet" if report is None else "\n".join(report.lines()))
 
 
 class AccuracyHistory(PlotextPlot):
