@@ -64,6 +64,8 @@ def check_beta(value: Any) -> float:
 def check_adapt_every(value: Any) -> int:
     """Window length k ≥ 2 batches (augment on the first, truncate on the last)."""
     allowed = "an integer >= 2 (batches per rank-adaptation window)"
+    if isinstance(value, str) and value.strip().lstrip("+").isdigit():  # typed into the dashboard
+        value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
         raise ValueError(f"adapt_every must be {allowed}, got {value!r}")
     return value

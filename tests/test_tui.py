@@ -201,3 +201,53 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         await pilot.press("q", "s")
         await until(pilot, lambda: not app.is_running, timeout=60)
     assert run_info(run_dir).state == "stopped"
+
+
+async def test_at_80_columns_the_footer_shows_quit_help_tau_truncate_pause_and_attack(tmp_path):
+    from textual.widgets import Footer
+    from textual.widgets._footer import FooterKey
+
+    app, client, _ = fake_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await pilot.pause(0.3)
+        footer = app.screen.query_one(Footer)
+        visible = {key.description for key in footer.query(FooterKey)
+                   if key.region.width and key.region.right <= footer.region.right}
+        assert {"Quit", "Help", "τ", "Truncate", "Pause", "Attack"} <= visible, visible
+
+
+async def test_a_picks_the_attack_from_the_registry_and_the_engine_gets_it(tmp_path):
+    from rlr_engine.records import AttackNow
+    from rlr_tui.screens.attack_dialog import AttackDialog
+
+    app, client, _ = fake_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(app.screen, AttackDialog))
+        await pilot.press("down", "enter")  # from the run's own (fgsm) to the next one
+        await until(pilot, lambda: client.commands)
+        assert client.commands == [AttackNow(attack="pgd-linf")]
+
+
+async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_otherwise(tmp_path):
+    from rlr_engine.records import SetAdaptation
+
+    adaptive = FakeClient(replace(scripted_snapshot(), method="robust-dlrt β=0.01", beta=0.01, adapt_every=10))
+    app, client, _ = fake_app(tmp_path, adaptive)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await pilot.press("b")
+        await type_value(pilot, "0.05")
+        await pilot.press("k")
+        await type_value(pilot, "oops")  # rejected in the dialog: nothing is sent
+        assert isinstance(app.screen, ValueDialog)
+        await type_value(pilot, "8")
+        assert client.commands == [SetAdaptation(beta=0.05), SetAdaptation(adapt_every=8)]
+    app, client, _ = fake_app(tmp_path / "fixed-rank")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await pilot.press("b", "k")
+        await pilot.pause(0.2)
+        assert client.commands == [] and isinstance(app.screen, DashboardScreen)

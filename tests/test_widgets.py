@@ -1,13 +1,12 @@
 """Dashboard widgets on their own, in a bare app: scroll-back of the event log, plots that stay
 readable without colour, dialogs that show their whole prompt at 80×24."""
 
-import asyncio
 from pathlib import Path
 
 from textual.app import App
 from textual.geometry import Region
 
-from fake_engine import scripted_snapshot
+from fake_client import scripted_snapshot
 import rlr_tui
 from rlr_engine.records import Event
 from rlr_engine.validation import check_theta
@@ -25,28 +24,26 @@ class LogApp(App):
         yield EventLog(id="log")
 
 
-def test_event_log_stays_where_the_user_scrolled_and_follows_again_at_the_end():
-    async def scenario():
-        app = LogApp()
-        async with app.run_test(size=(80, 12)) as pilot:
-            log = app.query_one(EventLog)
-            log.focus()
-            log.show(events(1, 60))
-            await pilot.pause(0.1)
-            assert log.is_vertical_scroll_end and log.scroll_y > 0
-            await pilot.press("home")
-            await pilot.pause(0.1)
-            assert log.scroll_y == 0
-            log.show(events(61, 80))  # a running engine keeps sending
-            await pilot.pause(0.1)
-            assert log.scroll_y == 0, "new events must not pull the view away from what the user reads"
-            await pilot.press("pageup")  # still scrollable by keyboard
-            await pilot.press("end")
-            await pilot.pause(0.1)
-            log.show(events(81, 90))
-            await pilot.pause(0.1)
-            assert log.is_vertical_scroll_end and log.last_seq == 90
-    asyncio.run(scenario())
+async def test_event_log_stays_where_the_user_scrolled_and_follows_again_at_the_end():
+    app = LogApp()
+    async with app.run_test(size=(80, 12)) as pilot:
+        log = app.query_one(EventLog)
+        log.focus()
+        log.show(events(1, 60))
+        await pilot.pause(0.1)
+        assert log.is_vertical_scroll_end and log.scroll_y > 0
+        await pilot.press("home")
+        await pilot.pause(0.1)
+        assert log.scroll_y == 0
+        log.show(events(61, 80))  # a running engine keeps sending
+        await pilot.pause(0.1)
+        assert log.scroll_y == 0, "new events must not pull the view away from what the user reads"
+        await pilot.press("pageup")  # still scrollable by keyboard
+        await pilot.press("end")
+        await pilot.pause(0.1)
+        log.show(events(81, 90))
+        await pilot.pause(0.1)
+        assert log.is_vertical_scroll_end and log.last_seq == 90
 
 
 class PlotApp(App):
@@ -54,47 +51,40 @@ class PlotApp(App):
         yield CurvesPlot("accuracy", id="acc")
 
 
-def plot_text(monkeypatch, no_color: bool) -> str:
+async def plot_text(monkeypatch, no_color: bool) -> str:
     if no_color:
         monkeypatch.setenv("NO_COLOR", "1")
     else:
         monkeypatch.delenv("NO_COLOR", raising=False)
-    text = {}
-
-    async def scenario():
-        app = PlotApp()
-        async with app.run_test(size=(100, 30)) as pilot:
-            plot = app.query_one(CurvesPlot)
-            plot.show(scripted_snapshot())
-            await pilot.pause(0.1)
-            text["plot"] = plot.plt.build()
-    asyncio.run(scenario())
-    return text["plot"]
+    app = PlotApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        plot = app.query_one(CurvesPlot)
+        plot.show(scripted_snapshot())
+        await pilot.pause(0.1)
+        return plot.plt.build()
 
 
-def test_without_colour_train_val_and_test_curves_get_their_own_markers(monkeypatch):
-    plain = plot_text(monkeypatch, no_color=True)
+async def test_without_colour_train_val_and_test_curves_get_their_own_markers(monkeypatch):
+    plain = await plot_text(monkeypatch, no_color=True)
     assert all(marker in plain for marker in ("•", "+", "x"))
-    coloured = plot_text(monkeypatch, no_color=False)
+    coloured = await plot_text(monkeypatch, no_color=False)
     assert not any(marker in coloured for marker in ("•", "+", "x")), "colour tells the series apart there"
 
 
-def test_the_truncation_dialog_shows_its_whole_prompt_at_80_columns():
+async def test_the_truncation_dialog_shows_its_whole_prompt_at_80_columns():
     prompt = ("Relative tolerance θ in [0, 1): keep the smallest rank whose discarded σ have norm ≤ θ‖σ‖, "
               "then apply the τ projection.")
 
     class DialogApp(App):
         CSS_PATH = str(Path(rlr_tui.__file__).parent / "app.tcss")
 
-    async def scenario():
-        app = DialogApp()
-        async with app.run_test(size=(80, 24)) as pilot:
-            await app.push_screen(ValueDialog("Truncate now", prompt, "0.1", check_theta))
-            await pilot.pause(0.1)
-            label = app.screen.query_one("#dialog-prompt")
-            dialog = app.screen.query_one("#dialog")
-            assert label.region.right <= dialog.content_region.right, "the prompt runs past the dialog's edge"
-            lines = label.render_lines(Region(0, 0, label.size.width, label.size.height))
-            shown = " ".join(strip.text.strip() for strip in lines)
-            assert " ".join(shown.split()) == prompt
-    asyncio.run(scenario())
+    app = DialogApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.push_screen(ValueDialog("Truncate now", prompt, "0.1", check_theta))
+        await pilot.pause(0.1)
+        label = app.screen.query_one("#dialog-prompt")
+        dialog = app.screen.query_one("#dialog")
+        assert label.region.right <= dialog.content_region.right, "the prompt runs past the dialog's edge"
+        lines = label.render_lines(Region(0, 0, label.size.width, label.size.height))
+        shown = " ".join(strip.text.strip() for strip in lines)
+        assert " ".join(shown.split()) == prompt

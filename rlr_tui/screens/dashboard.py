@@ -16,9 +16,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from rlr_engine.client import EngineUnavailable
-from rlr_engine.records import (AttackNow, Pause, Resume, SaveCheckpoint, SetLearningRate, SetTau, Snapshot, Stop,
-                                Truncate)
-from rlr_engine.validation import check_lr, check_tau, check_theta
+from rlr_engine.records import (AttackNow, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
+                                Snapshot, Stop, Truncate)
+from rlr_engine.validation import check_adapt_every, check_beta, check_lr, check_tau, check_theta
 
 from ..format import num
 from ..widgets.curves import CurvesPlot
@@ -28,6 +28,7 @@ from ..widgets.rank_bars import RankBars
 from ..widgets.robustness import AccuracyHistory, AccuracyVsEps
 from ..widgets.spectrum import SpectrumInfo, SpectrumPlot
 from ..widgets.status_bar import StatusBar
+from .attack_dialog import AttackDialog
 from .quit import QuitScreen
 from .value_dialog import ValueDialog
 
@@ -38,6 +39,8 @@ PLOT_INTERVAL_S = 0.5  # plotext redraws cost 40–110 ms: at most 2 Hz, visible
 class DashboardScreen(Screen):
     """Status bar, tabs (training curves, ranks, spectrum + κ table, robustness, events), footer."""
 
+    # At 80 columns the footer holds the keys a user needs first (quit and help come from the
+    # app and are shown first); the rest are in the help screen (?) and the command palette.
     BINDINGS = [
         Binding("t", "set_tau", "τ", id="set-tau", tooltip="Set τ, the conditioning tolerance (κ ≤ 1+τ)"),
         Binding("r", "truncate", "Truncate", id="truncate", tooltip="Set θ and truncate every layer now"),
@@ -45,13 +48,18 @@ class DashboardScreen(Screen):
         Binding("space", "resume", "Resume", id="resume", tooltip="Resume training"),
         Binding("R", "resume_run", "Resume run", id="resume-run",
                 tooltip="Start the engine again from the last checkpoint (after it died or stopped)"),
-        Binding("a", "attack", "Attack", id="attack", tooltip="Run the run's attack now on the live subset"),
-        Binding("c", "checkpoint", "Ckpt", id="checkpoint", tooltip="Save a checkpoint now"),
-        Binding("l", "set_lr", "LR", id="set-lr", tooltip="Change the learning rate"),
-        Binding("s", "screenshot", "Shot", id="screenshot", tooltip="Save an SVG screenshot into the run directory"),
-        Binding("left_square_bracket", "layer(-1)", "◂Layer", id="prev-layer", tooltip="Previous layer"),
-        Binding("right_square_bracket", "layer(1)", "Layer▸", id="next-layer", tooltip="Next layer"),
-        Binding("g", "toggle_log", "log σ", id="log-scale", tooltip="Histogram of σ or of log10 σ"),
+        Binding("a", "attack", "Attack", id="attack", tooltip="Pick an attack and run it now on the live subset"),
+        Binding("b", "set_beta", "β", id="set-beta", show=False,
+                tooltip="Set β, the soft conditioning weight of a rank-adaptive run"),
+        Binding("k", "set_window", "Window", id="set-window", show=False,
+                tooltip="Set the window of a rank-adaptive run (batches between rank changes)"),
+        Binding("c", "checkpoint", "Ckpt", id="checkpoint", show=False, tooltip="Save a checkpoint now"),
+        Binding("l", "set_lr", "LR", id="set-lr", show=False, tooltip="Change the learning rate"),
+        Binding("s", "screenshot", "Shot", id="screenshot", show=False,
+                tooltip="Save an SVG screenshot into the run directory"),
+        Binding("left_square_bracket", "layer(-1)", "◂Layer", id="prev-layer", show=False, tooltip="Previous layer"),
+        Binding("right_square_bracket", "layer(1)", "Layer▸", id="next-layer", show=False, tooltip="Next layer"),
+        Binding("g", "toggle_log", "log σ", id="log-scale", show=False, tooltip="Histogram of σ or of log10 σ"),
         Binding("1", "tab('training')", "Curves", id="tab-training", show=False, tooltip="Loss and accuracy tab"),
         Binding("2", "tab('ranks')", "Ranks", id="tab-ranks", show=False, tooltip="Rank per layer tab"),
         Binding("3", "tab('spectrum')", "Spectrum", id="tab-spectrum", show=False, tooltip="Singular values and κ tab"),
@@ -92,7 +100,7 @@ class DashboardScreen(Screen):
                     yield AccuracyHistory(id="history-plot")
             with TabPane("5 Events", id="events"):
                 yield EventLog(id="event-log", max_lines=2000, wrap=True)
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.set_interval(POLL_INTERVAL_S, self.poll)
@@ -200,6 +208,8 @@ class DashboardScreen(Screen):
             return state == "paused"
         if action == "resume_run":
             return state in ("dead", "stopped")
+        if action in ("set_beta", "set_window"):
+            return self.snapshot.adapt_every is not None  # rank-adaptive runs only
         return True
 
     def action_set_tau(self) -> None:
@@ -216,6 +226,22 @@ class DashboardScreen(Screen):
         self.app.push_screen(ValueDialog("Truncate now", "Relative tolerance θ in [0, 1): keep the smallest rank "
                                          "whose discarded σ have norm ≤ θ‖σ‖.", num(self.snapshot.theta, 6),
                                          check_theta), apply)
+
+    def action_set_beta(self) -> None:
+        def apply(beta) -> None:
+            if beta is not None:
+                self.send(SetAdaptation(beta=beta))
+        self.app.push_screen(ValueDialog("Set β", "Weight of the soft conditioning term β‖SSᵀ − (‖S‖²/r)I‖ "
+                                         "added to the loss; a number ≥ 0 (0 switches it off).", num(self.snapshot.beta, 6),
+                                         check_beta), apply)
+
+    def action_set_window(self) -> None:
+        def apply(window) -> None:
+            if window is not None:
+                self.send(SetAdaptation(adapt_every=window))
+        self.app.push_screen(ValueDialog("Set the window", "Batches per window (augment on the first, truncate "
+                                         "with θ on the last); an integer ≥ 2.",
+                                         str(self.snapshot.adapt_every), check_adapt_every), apply)
 
     def action_set_lr(self) -> None:
         def apply(lr) -> None:
@@ -234,7 +260,11 @@ class DashboardScreen(Screen):
         self.app.resume_run(self.run_dir)
 
     def action_attack(self) -> None:
-        self.send(AttackNow())
+        def apply(name) -> None:
+            if name is not None:
+                self.send(AttackNow(attack=name))
+        current = self.snapshot.adversarial.attack if self.snapshot.adversarial else None
+        self.app.push_screen(AttackDialog(current), apply)
 
     def action_checkpoint(self) -> None:
         self.send(SaveCheckpoint())
