@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .launch import ENGINE_CHILD_FLAG, READY
 from .presets import PresetError, apply_overrides, available_presets, load_preset
+from .validation import eps_problem
 from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, watch
 
 
@@ -84,8 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         f"or with nohup, then attach with rlr-tui --attach RUN_DIR")
     if args.detach and not args.engine_child:
         return start_detached_run(args)
-    from .data import DatasetUnavailable
     from .engine import Engine
+    from .errors import CannotStart
     from .process import become_detached_log, serve_run
     from .runfiles import CONFIG
     from .presets import dump_toml
@@ -117,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 engine.setup()
         else:
             engine.setup()
-    except DatasetUnavailable as error:
+    except CannotStart as error:
         err_console.print(f"[red]error:[/red] {error}", highlight=False)
         return 1
     if new:
@@ -324,8 +325,9 @@ def _eps_list(text: str) -> list[float]:
         values = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--eps {text!r}: expected numbers like 0,0.01,0.02") from None
-    if not values or any(v < 0 or math.isnan(v) for v in values):
-        raise argparse.ArgumentTypeError(f"--eps {text!r}: values must be >= 0 (L∞ budgets in [0, 1])")
+    problem = eps_problem(values, max_eps=math.inf)  # each attack then checks its own range (L∞: [0, 1])
+    if problem:
+        raise argparse.ArgumentTypeError(f"--eps {text!r}: must be {problem}")
     return values
 
 
@@ -398,13 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
-    from .data import DatasetUnavailable
+    from .compare import RunFailed
+    from .errors import CannotStart
     from .runs import RunBusy
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, PresetError, CheckpointError, DatasetUnavailable, RunBusy) as error:
+    except (UserError, PresetError, CheckpointError, CannotStart, RunBusy, RunFailed) as error:
         from rich.markup import escape  # messages hold brackets: pip install 'rlr[tensorboard]'
 
         err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)

@@ -58,8 +58,17 @@ def plan(presets: Sequence[str], seeds: int, overrides: Sequence[str]) -> list[t
     return jobs
 
 
+class RunFailed(Exception):
+    """A run of the comparison ended in the failed state; the message says which and why."""
+
+
+class RunStopped(Exception):
+    """A run of the comparison was stopped (Ctrl+C) before it finished; it can be resumed."""
+
+
 def ensure_run(config: RunConfig, run_dir: Path, device: str | None, watch) -> dict[str, Any]:
-    """Finish one run: reuse it when finished, resume it when it has a checkpoint, else start it."""
+    """Finish one run: reuse it when finished, resume it when it has a checkpoint, else start it.
+    Raises RunFailed or RunStopped when it does not finish."""
     from .engine import Engine
 
     if device:
@@ -89,9 +98,9 @@ def ensure_run(config: RunConfig, run_dir: Path, device: str | None, watch) -> d
     finally:
         signal.signal(signal.SIGINT, previous)
     if snap.state == "failed":
-        raise PresetError(f"run {run_dir} failed: {snap.message}")
+        raise RunFailed(f"run {run_dir} failed: {snap.message}")
     if snap.state != "finished":
-        raise KeyboardInterrupt
+        raise RunStopped(f"run {run_dir} stopped at step {snap.step}")
     return json.loads(summary_path.read_text(encoding="utf-8"))
 
 
@@ -349,7 +358,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         console.print(f"[bold]({i}/{len(jobs)})[/bold] {name} seed {seed} → {run_dir}", highlight=False)
         try:
             summary = ensure_run(config, run_dir, args.device, watch)
-        except KeyboardInterrupt:
+        except RunStopped:
             console.print(f"interrupted; run the same command again to resume ({run_dir})")
             return 130
         rob = {}

@@ -18,12 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .catalog import DATASETS, DEBIAN_FASHION_MNIST, OFFLINE_HINT, DatasetInfo
+from .errors import DatasetUnavailable  # re-exported: callers catch it from here
 
 DEFAULT_DATA_DIR = "data"
-
-
-class DatasetUnavailable(Exception):
-    """A data set could not be found or fetched; the message says where we looked and what to do."""
 
 
 @dataclass(frozen=True)

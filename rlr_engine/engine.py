@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from .boundary import FollowerRecorder, StepBoundary
 from .checkpoint import CheckpointError
 from .commands import CHANGES_LAYERS, HANDLERS
-from .data import DatasetUnavailable
+from .errors import CannotStart
 from .distributed import SINGLE, Ranks
 from .presets import RunConfig, method_label
 from .recorder import Recorder
@@ -95,7 +95,7 @@ class Engine:
 
     # -- public, thread-safe -------------------------------------------------------------------
     def setup(self) -> "Engine":
-        """Load everything the run needs; raises CheckpointError or DatasetUnavailable. The
+        """Load everything the run needs; raises CheckpointError or CannotStart (no data set, no such device). The
         checkpoint of a resumed run is read first, so a corrupt one is reported before the data set
         loads."""
         device = self.ranks.place(resolve_device(self.config.device))
@@ -149,7 +149,7 @@ class Engine:
             self._begin()
             self._loop()
             self._finish()
-        except (DatasetUnavailable, CheckpointError) as error:
+        except (CannotStart, CheckpointError) as error:
             self._fail(str(error))
         except Exception as error:  # report, never die silently
             log = self.run_dir / ERROR_LOG

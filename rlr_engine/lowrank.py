@@ -226,6 +226,14 @@ def low_rank_layers(model: nn.Module) -> Iterator[tuple[str, LowRankLayer]]:
             yield name, module
 
 
+def full_rank_of(module: nn.Module) -> int:
+    """min(m, n) of a Linear's weight or a Conv2d's weight reshaped to (c_out, c_in·kh·kw)."""
+    if isinstance(module, LowRankLayer):
+        return module.full_rank
+    weight = module.weight
+    return min(weight.shape[0], weight[0].numel())
+
+
 def _convertible(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
@@ -265,10 +273,7 @@ def to_low_rank(model: nn.Module, rank_fraction: float = 1.0, ranks: Mapping[str
     for name, module in candidates:
         if skip_last and name == last_name and name not in ranks:
             continue
-        if isinstance(module, nn.Linear):
-            full = min(module.out_features, module.in_features)
-        else:
-            full = min(module.out_channels, module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+        full = full_rank_of(module)
         rank = ranks.get(name, rank_for_fraction(rank_fraction, full))
         if not 1 <= rank <= full:
             raise ValueError(f"rank for layer {name!r} must be in [1, {full}], got {rank}")

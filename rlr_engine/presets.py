@@ -21,6 +21,7 @@ else:  # pragma: no cover
 from .catalog import model_data_problem
 from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, MODELS, STEP_SCALINGS
 from .records import AttackSpec
+from .validation import BETA, LR, TAU, THETA, NumberRange, eps_problem, parse_infinity
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -37,14 +38,14 @@ def _choice(options: Iterable[str]):
     return check
 
 
-def _number(low: float, high: float, low_open: bool = False, high_open: bool = False):
+def _within(allowed_range: NumberRange):
     def check(value: Any) -> str | None:
-        ok = not math.isnan(value) and (value > low if low_open else value >= low) and (
-            value < high if high_open else value <= high)
-        if ok:
-            return None
-        return f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return None if value in allowed_range else allowed_range.allowed()
     return check
+
+
+def _number(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    return _within(NumberRange(low, high, low_open, high_open))
 
 
 def _device(value: str) -> str | None:
@@ -54,9 +55,7 @@ def _device(value: str) -> str | None:
 
 
 def _eps(values: list) -> str | None:
-    if values and all(0.0 <= v <= 1.0 for v in values):
-        return None
-    return "a non-empty list of numbers in [0, 1] (pixel units)"
+    return eps_problem(values)
 
 
 def _milestones(values: list) -> str | None:
@@ -79,7 +78,7 @@ class RunConfig:
                         "dense: no factorisation; lowrank: CondLR (tau = inf is vanilla low-rank); "
                         "robust-dlrt: rank-adaptive with the soft regularizer beta; condlr-adaptive: "
                         "rank-adaptive with kappa(S) <= 1 + tau at every window boundary"))
-    tau: float = field(default=0.1, metadata=_spec(float, _number(0, math.inf),
+    tau: float = field(default=0.1, metadata=_spec(float, _within(TAU),
                        "conditioning tolerance: kappa(S) <= 1 + tau; inf switches it off"))
     rank_fraction: float = field(default=0.2, metadata=_spec(float, _number(0, 1, low_open=True),
                                  "fraction of each layer's full rank kept (rank-adaptive: the starting rank)"))
@@ -89,7 +88,7 @@ class RunConfig:
     adapt_every: int = field(default=10, metadata=_spec(int, _number(2, 100_000),
                              "rank-adaptive: batches per window (augment on the first, truncate with "
                              "truncate_theta on the last)"))
-    beta: float = field(default=0.0, metadata=_spec(float, _number(0, math.inf, high_open=True),
+    beta: float = field(default=0.0, metadata=_spec(float, _within(BETA),
                         "rank-adaptive: weight of the soft conditioning regularizer "
                         "||S S^T - (||S||_F^2 / r) I||_F added to the loss (0: off)"))
     core_optimizer: str = field(default="sgd", metadata=_spec(str, _choice(CORE_OPTIMIZERS),
@@ -106,7 +105,7 @@ class RunConfig:
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))
     max_steps: int = field(default=0, metadata=_spec(int, _number(0, 10**9), "stop after this many steps (0: no limit)"))
     batch_size: int = field(default=128, metadata=_spec(int, _number(1, 65_536)))
-    lr: float = field(default=0.1, metadata=_spec(float, _number(0, 100, low_open=True)))
+    lr: float = field(default=0.1, metadata=_spec(float, _within(LR)))
     momentum: float = field(default=0.3, metadata=_spec(float, _number(0, 1, high_open=True)))
     weight_decay: float = field(default=0.0, metadata=_spec(float, _number(0, 1)))
     milestones: tuple[int, ...] = field(default=(), metadata=_spec(list, _milestones, item=int))
@@ -122,7 +121,7 @@ class RunConfig:
     pgd_steps: int = field(default=10, metadata=_spec(int, _number(1, 10_000)))
     pgd_step_size: float = field(default=0.0, metadata=_spec(float, _number(0, 1), "0: 2.5 eps / steps"))
     truncate_every: int = field(default=0, metadata=_spec(int, _number(0, 100_000), "epochs between scheduled truncations (0: never)"))
-    truncate_theta: float = field(default=0.1, metadata=_spec(float, _number(0, 1, high_open=True)))
+    truncate_theta: float = field(default=0.1, metadata=_spec(float, _within(THETA)))
     min_rank: int = field(default=1, metadata=_spec(int, _number(1, 100_000)))
     checkpoint_every: int = field(default=1, metadata=_spec(int, _number(0, 100_000), "epochs between checkpoints (0: only at the end)"))
     data_dir: str = field(default="data", metadata=_spec(str))
@@ -191,8 +190,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad(spec["check"](math.nan).replace("a number", "an integer"))
     elif want is float:
-        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity"):
-            value = math.inf
+        value = parse_infinity(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad(spec["check"](math.nan) if spec["check"] else "a number")
         value = float(value)

@@ -3,7 +3,7 @@ display that follows an engine (``rlr train``, ``rlr compare``)."""
 
 from __future__ import annotations
 
-import math
+from .formatting import pct
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -17,7 +17,7 @@ class UserError(Exception):
 
 
 def fmt_pct(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
+    return pct(value, digits=2)
 
 
 def watch(engine, title: str, show: bool = True):

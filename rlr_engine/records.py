@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .catalog import ATTACKS, AttackFacts
+from .validation import eps_problem
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,9 @@ class AttackSpec:
     def __post_init__(self) -> None:
         if self.name not in ATTACKS:
             raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {self.name!r}")
-        if not self.eps or any(not (0.0 <= e <= self.info.max_eps) for e in self.eps):
-            allowed = "in [0, 1]" if self.info.max_eps == 1.0 else ">= 0 (an L2 budget)"
-            raise ValueError(f"eps must be a non-empty list of values {allowed} for {self.name}, "
-                             f"got {list(self.eps)}")
+        problem = eps_problem(self.eps, self.info.max_eps)
+        if problem:
+            raise ValueError(f"eps must be {problem} for {self.name}, got {list(self.eps)}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.step_size < 0:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .catalog import BLACK_BOX, DATASETS, ENSEMBLE, ITERATIVE, L2, LINF, SINGLE_STEP
+from .catalog import BLACK_BOX, DATASETS, ENSEMBLE, ITERATIVE, L2, LINF, SINGLE_STEP  # noqa: F401 (L2 for callers)
 
 KINDS = (SINGLE_STEP, ITERATIVE, ENSEMBLE, BLACK_BOX)
 WHITE_BOX_ITERATIVE = (ITERATIVE, ENSEMBLE)

@@ -18,9 +18,10 @@ from .attacks import adversarial_correct
 from .checkpoint import load_model_state
 from .adaptive import RankAdaptation, core_optimizer
 from .condlr import CondLR, RankChange
-from .data import DatasetUnavailable, ImageData, augment, load_dataset, to_float
+from .data import ImageData, augment, load_dataset, to_float
+from .errors import DeviceUnavailable
 from .distributed import SINGLE, Ranks
-from .lowrank import ParameterReport, parameter_report, to_low_rank
+from .lowrank import ParameterReport, full_rank_of, parameter_report, to_low_rank
 from .models import build_model, compile_model, use_channels_last
 from .presets import RunConfig
 from .records import AttackSpec, LayerStats
@@ -33,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DatasetUnavailable("device = 'cuda' was asked for but no CUDA GPU is available; "
+        raise DeviceUnavailable("device = 'cuda' was asked for but no CUDA GPU is available; "
                                  "use device = 'cpu' or 'auto'")
     return device
 
@@ -50,9 +51,8 @@ def build_network(config: RunConfig, data: ImageData) -> nn.Module:
     if config.is_low_rank:
         ranks = None
         if config.last_layer == "full-rank":
-            last_name, last = [(n, m) for n, m in compressible_layers(model)][-1]
-            weight = last.weight
-            ranks = {last_name: min(weight.shape[0], weight[0].numel())}
+            last_name, last = compressible_layers(model)[-1]
+            ranks = {last_name: full_rank_of(last)}
         to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True,
                     max_rank_fraction=config.max_rank_fraction if config.is_rank_adaptive else None)
     if config.channels_last:

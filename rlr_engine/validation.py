@@ -7,58 +7,90 @@ allowed. Plain Python only, so any front end can validate before it sends a comm
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 
-def _as_float(field: str, value: Any, allowed: str) -> float:
+INFINITY_WORDS = ("inf", "infinity", "∞")
+
+
+def parse_infinity(value: Any) -> Any:
+    """``inf`` (or infinity, ∞) typed as text means ∞; anything else is returned unchanged."""
+    if isinstance(value, str) and value.strip().lower() in INFINITY_WORDS:
+        return math.inf
+    return value
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """An interval of allowed numbers, with a note on what its special values mean. The one
+    statement of each range: presets, commands and dashboard dialogs all check against it."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def allowed(self, noun: str = "a number") -> str:
+        interval = (f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        return f"{noun} in {interval}" + (f" ({self.note})" if self.note else "")
+
+    def __contains__(self, value: float) -> bool:
+        return not math.isnan(value) and (value > self.low if self.low_open else value >= self.low) and (
+            value < self.high if self.high_open else value <= self.high)
+
+
+TAU = NumberRange(0, math.inf, note="inf switches conditioning off")
+LR = NumberRange(0, 100, low_open=True)
+THETA = NumberRange(0, 1, high_open=True)
+BETA = NumberRange(0, math.inf, high_open=True, note="0 switches the regularizer off")
+
+
+def check_number(field: str, value: Any, allowed_range: NumberRange) -> float:
+    """``value`` (a number, or text such as "0.5" or "inf") as a float inside ``allowed_range``;
+    ValueError naming the field, the value and the range otherwise."""
+    allowed = allowed_range.allowed()
     if isinstance(value, bool):
         raise ValueError(f"{field} must be {allowed}, got {value!r}")
-    if isinstance(value, str):
-        text = value.strip().lower()
-        value = math.inf if text in ("inf", "infinity", "∞") else text
     try:
-        number = float(value)
+        number = float(parse_infinity(value.strip() if isinstance(value, str) else value))
     except (TypeError, ValueError):
         raise ValueError(f"{field} must be {allowed}, got {value!r}") from None
-    if math.isnan(number):
+    if number not in allowed_range:
         raise ValueError(f"{field} must be {allowed}, got {value!r}")
     return number
 
 
 def check_tau(value: Any) -> float:
     """τ ∈ [0, ∞]; ∞ switches the conditioning off."""
-    allowed = "a number in [0, inf] (inf switches conditioning off)"
-    tau = _as_float("tau", value, allowed)
-    if tau < 0:
-        raise ValueError(f"tau must be {allowed}, got {value!r}")
-    return tau
+    return check_number("tau", value, TAU)
 
 
 def check_lr(value: Any) -> float:
     """Learning rate in (0, 100]."""
-    allowed = "a number in (0, 100]"
-    lr = _as_float("lr", value, allowed)
-    if not 0 < lr <= 100:
-        raise ValueError(f"lr must be {allowed}, got {value!r}")
-    return lr
+    return check_number("lr", value, LR)
 
 
 def check_theta(value: Any) -> float:
     """Relative truncation tolerance θ ∈ [0, 1)."""
-    allowed = "a number in [0, 1)"
-    theta = _as_float("theta", value, allowed)
-    if not 0 <= theta < 1:
-        raise ValueError(f"theta must be {allowed}, got {value!r}")
-    return theta
+    return check_number("theta", value, THETA)
 
 
 def check_beta(value: Any) -> float:
     """Weight β ∈ [0, ∞) of the soft conditioning regularizer; 0 switches it off."""
-    allowed = "a number in [0, inf) (0 switches the regularizer off)"
-    beta = _as_float("beta", value, allowed)
-    if not 0 <= beta < math.inf:
-        raise ValueError(f"beta must be {allowed}, got {value!r}")
-    return beta
+    return check_number("beta", value, BETA)
+
+
+def eps_problem(values, max_eps: float = 1.0) -> str | None:
+    """Why ``values`` is not a list of attack budgets (None when it is): non-empty, each in
+    [0, max_eps] — [0, 1] for L∞ budgets in pixel units, [0, ∞) for L2 budgets."""
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= max_eps
+                      for v in values):
+        return None
+    bound = "1] (pixel units)" if max_eps == 1.0 else "inf) (an L2 budget)"
+    return f"a non-empty list of numbers in [0, {bound}"
 
 
 def check_adapt_every(value: Any) -> int:

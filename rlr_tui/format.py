@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 
-
-def pct(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+from rlr_engine.formatting import pct  # noqa: F401  (one percentage format everywhere)
 
 
 def num(value: float | None, digits: int = 3) -> str:

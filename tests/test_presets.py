@@ -143,7 +143,8 @@ def test_rank_adaptive_presets_carry_their_method_settings():
     ('method = "condlr-adaptive"\ntruncate_every = 2\n', "truncate_every = 2 is not allowed with method = 'condlr-adaptive'"),
 ])
 def test_bad_rank_adaptive_settings_name_the_key_the_value_and_what_is_allowed(tmp_path, text, expected):
-    path = write(tmp_path, text)
+    header = 'dataset = "digits"\nmodel = "digits-cnn"\n' + ("" if "method" in text else 'method = "robust-dlrt"\n')
+    path = write(tmp_path, header + text)
     with pytest.raises(PresetError) as info:
         load_preset(path)
     assert expected in str(info.value)

@@ -1,0 +1,13 @@
+"""Numbers as people read them, shared by the headless display, reports and the dashboard
+(plain Python: the dashboard uses it without loading torch)."""
+
+from __future__ import annotations
+
+import math
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage ("87.5%"); "–" when there is no value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.{digits}f}%"
