@@ -76,13 +76,12 @@ def train_arguments(args: argparse.Namespace) -> list[str]:
         argv += ["--resume", args.resume]
     if args.tensorboard:
         argv += ["--tensorboard"]
+    if args.nproc > 1:
+        argv += ["--nproc", str(args.nproc)]
     return argv + ["--runs", args.runs]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.detach and args.nproc > 1:
-        raise UserError(f"--detach with --nproc {args.nproc}: not supported yet; start the run inside tmux "
-                        f"or with nohup, then attach with rlr-tui --attach RUN_DIR")
     if args.detach and not args.engine_child:
         return start_detached_run(args)
     from .engine import Engine
@@ -173,7 +172,6 @@ STATE_STYLES = {"running": "green", "paused": "yellow", "starting": "", "stopped
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from rich import box
 
     from .runs import list_runs
 
@@ -182,16 +180,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
         console.print(f"no {'' if args.all else 'live or resumable '}runs under {args.root}"
                       f"{'' if args.all else ' (--all lists finished and failed ones too)'}")
         return 0
-    table = Table(title=f"runs under {args.root}", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("run", "state", "preset", "step", "τ", "checkpoint", "pid"):
-        table.add_column(column, justify="right" if column in ("step", "τ", "checkpoint", "pid") else "left",
-                         no_wrap=column != "run", overflow="fold")
+    console.print(f"[bold]runs under {args.root}[/bold]", highlight=False)
+    # Run names are what users copy (rlr-tui --attach NAME): their column never wraps; the
+    # details beside them do.
+    table = Table.grid(padding=(0, 2))
+    table.add_column("run", no_wrap=True, min_width=max(len(r.path.name) for r in runs))
+    table.add_column("state", no_wrap=True)
+    table.add_column("details", overflow="fold")
     for r in runs:
         step = "–" if r.step is None else f"{r.step}/{r.total_steps if r.total_steps else '?'}"
-        table.add_row(r.path.name, f"[{STATE_STYLES.get(r.state, '')}]{r.state}[/]", r.config.name, step,
-                      "–" if r.tau is None else f"{r.tau:g}",
-                      "–" if r.last_checkpoint_step is None else str(r.last_checkpoint_step),
-                      str(r.pid) if r.pid and r.live else "–")
+        details = [r.config.name, f"step {step}", f"τ {'–' if r.tau is None else f'{r.tau:g}'}",
+                   f"checkpoint {'–' if r.last_checkpoint_step is None else r.last_checkpoint_step}"]
+        if r.pid and r.live:
+            details.append(f"pid {r.pid}")
+        table.add_row(r.path.name, f"[{STATE_STYLES.get(r.state, '')}]{r.state}[/]", " · ".join(details))
     console.print(table)
     return 0
 

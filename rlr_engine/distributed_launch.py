@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from .progress import UserError, console, err_console, watch
 from .distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
 from .presets import RunConfig, apply_overrides, load_preset
 from .recorder import Recorder
-from .runfiles import CONFIG, EVENTS, SUMMARY
+from .runfiles import CONFIG, CONTROL_SOCKET, EVENTS, SUMMARY
 from .runs import read_jsonl, read_run_config
 
 
@@ -50,6 +52,7 @@ def launch(args: argparse.Namespace) -> int:
     worker = ["train", "--resume", str(run_dir)] if args.resume else ["train", "--run-dir", str(run_dir)]
     torchrun_args = torchrun.parse_args(["--standalone", "--nnodes", "1", "--nproc-per-node", str(args.nproc),
                                          "--max-restarts", "0", "-m", "rlr_engine.cli", *worker])
+    announce = _Announcer(run_dir) if args.engine_child else None  # before anything is printed
     console.print(f"[bold]{config.name}[/bold] on {args.nproc} processes (torch.distributed) → {run_dir}",
                   highlight=False)
     try:
@@ -59,12 +62,50 @@ def launch(args: argparse.Namespace) -> int:
         reason = f"rank {rank} failed: {failure_reason(failure)}"
         record_failure(config, run_dir, reason)
         err_console.print(f"[red]error:[/red] {reason}", highlight=False)
+        if announce is not None:
+            announce.fail(reason)
         return 1
     except SignalException as error:  # Ctrl+C: the agent passed it on; rank 0 stopped cleanly
         err_console.print(f"interrupted ({error.sigval.name}); resume with: rlr train --nproc {args.nproc} "
                           f"--resume {run_dir}", highlight=False)
         return 130
     return 0
+
+
+class _Announcer:
+    """``rlr train --detach --nproc N``: the launcher's output goes to the run's engine.log (so the
+    workers, which inherit it, never write into a closed pipe), and once rank 0's control socket
+    listens the launcher says ``ready <run dir>`` on the stdout its starter reads — or the
+    reason on its stderr when the workers fail first."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from .process import become_detached_log
+
+        self.run_dir = run_dir
+        self.stdout, self.stderr = os.dup(1), os.dup(2)
+        self.done = threading.Event()
+        become_detached_log(run_dir)
+        threading.Thread(target=self._wait, name="rlr-announce", daemon=True).start()
+
+    def _wait(self) -> None:
+        from .launch import READY
+        from .runs import engine_alive
+
+        while not self.done.is_set():
+            if (self.run_dir / CONTROL_SOCKET).exists() and engine_alive(self.run_dir):
+                self._say(self.stdout, f"{READY}{self.run_dir}\n")
+                return
+            self.done.wait(0.2)
+
+    def _say(self, fd: int, text: str) -> None:
+        if not self.done.is_set():
+            self.done.set()
+            os.write(fd, text.encode("utf-8"))
+            os.close(self.stdout)
+            os.close(self.stderr)
+
+    def fail(self, reason: str) -> None:
+        self._say(self.stderr, f"error: {reason}\n")
 
 
 def failure_reason(failure) -> str:

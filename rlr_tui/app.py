@@ -171,6 +171,8 @@ def parse_args(argv):
     parser.add_argument("--serve", action="store_true",
                         help="serve the dashboard to a browser (textual-serve) on 127.0.0.1; reach it with ssh -L")
     parser.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train data-parallel on N processes (torch.distributed; one GPU each on CUDA)")
     return parser.parse_args(argv)
 
 
@@ -209,6 +211,9 @@ def main(argv=None) -> int:
     except (PresetError, ComparisonError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.nproc < 1:
+        print(f"error: --nproc {args.nproc}: must be >= 1 (processes to train on)", file=sys.stderr)
+        return 2
     if args.serve:
         rest = [a for a in argv if a != "--serve"]
         if "--port" in rest:
@@ -216,7 +221,8 @@ def main(argv=None) -> int:
             del rest[i:i + 2]
         rest = [a for a in rest if not a.startswith("--port=")]
         return serve(rest, args.port)
-    app = RlrApp(args.preset, args.set, args.runs, args.resume, args.attach, comparison=args.comparison)
+    app = RlrApp(args.preset, args.set, args.runs, args.resume, args.attach, comparison=args.comparison,
+                 launcher=EngineLauncher(nproc=args.nproc))
 
     def on_hangup(signum, frame) -> None:
         """The terminal went away (SSH dropped): detach; the run trains on."""

@@ -115,6 +115,23 @@ def test_runs_lists_states(tmp_path):
     assert result.returncode == 0 and "finished" in result.stdout and "34/34" in result.stdout
 
 
+def test_run_names_never_wrap_in_rlr_runs_at_80_columns(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from rlr_engine import cli
+    from rlr_engine.presets import load_preset
+    from rlr_engine.runs import new_run_dir
+
+    run_dir = new_run_dir(load_preset("fmnist-lenet5-tau0.1-cr80"), tmp_path)
+    (run_dir / "checkpoint.pt").write_bytes(b"")  # a stopped run: listed without --all
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=80, no_color=True))
+    assert cli.main(["runs", "--root", str(tmp_path)]) == 0
+    assert any(line.startswith(run_dir.name) for line in out.getvalue().splitlines()), out.getvalue()
+
+
 def test_checkpoint_of_another_model_is_reported_not_raised(tmp_path):
     import torch
 

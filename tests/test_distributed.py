@@ -179,3 +179,48 @@ def test_a_crashed_rank_ends_the_run_as_failed_and_keeps_the_checkpoint(tmp_path
     assert load_checkpoint(run)["step"] >= 1
     assert [r.summary["state"] for r in list_runs(runs)] == ["failed"]
     assert processes_mentioning(str(run)) == []
+
+
+def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path):
+    """rlr train --detach --nproc 2 (what rlr-tui --nproc 2 starts): it returns once rank 0
+    listens; a client sees the step move, its command is applied on every rank, and a stop
+    leaves a resumable run and no process behind."""
+    import sys
+
+    from ddp_scenarios import ROOT
+
+    from rlr_engine.client import EngineClient
+    from rlr_engine.launch import start_detached
+    from rlr_engine.records import SetTau, Stop
+
+    runs = tmp_path / "runs"
+    env_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(ROOT)
+    try:
+        run_dir, pid = start_detached([_preset(tmp_path, epochs=1000, checkpoint_every=1, eval_every=0),
+                                       "--runs", str(runs), "--nproc", "2"])
+    finally:
+        if env_path is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = env_path
+    client = EngineClient.connect(run_dir)
+    try:
+        deadline = time.monotonic() + 120
+        while (client.latest() is None or client.latest().step < 5) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = client.latest().step
+        client.send(SetTau(0.4))
+        while client.latest().tau != 0.4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.latest().tau == 0.4 and client.latest().step > first
+        client.send(Stop())
+        while processes_mentioning(str(run_dir)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        client.close()
+        for leftover in processes_mentioning(str(run_dir)):
+            os.kill(leftover, signal.SIGKILL)
+    assert processes_mentioning(str(run_dir)) == []
+    assert json.loads((run_dir / "summary.json").read_text())["state"] == "stopped"
+    assert load_checkpoint(run_dir)["optimizer"]["param_groups"][0]["tau"] == 0.4
