@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .records import (AttackNow, Command, Pause, RefreshLayers, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
+from .records import (AttackNow, Command, Note, Pause, RefreshLayers, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
                       Stop, Truncate)
 
 if TYPE_CHECKING:
@@ -75,6 +75,16 @@ def set_adaptation(engine: "Engine", command: SetAdaptation) -> str:
     return f"β: {old[0]:g} → {trainer.beta:g}, window: {old[1]} → {trainer.adapt_every} batches"
 
 
+NOTE_LEVELS = ("rejected", "info")
+
+
+def note(engine: "Engine", command: Note) -> str:
+    if command.level not in NOTE_LEVELS:
+        raise ValueError(f"note.level = {command.level!r} is not allowed: expected one of {', '.join(NOTE_LEVELS)}")
+    engine.record_note(command.level, command.message[:500])
+    return "noted"
+
+
 def stop(engine: "Engine", command: Stop) -> str:
     engine.request_stop()
     return f"stopping at step {engine.trainer.step}: writing a final checkpoint"
@@ -90,6 +100,7 @@ HANDLERS: dict[type[Command], Callable[["Engine", Command], str]] = {
     SaveCheckpoint: save_checkpoint,
     RefreshLayers: refresh_layers,
     SetAdaptation: set_adaptation,
+    Note: note,
     Stop: stop,
 }
 

@@ -326,6 +326,10 @@ class Engine:
         self._reset_window()
         return rolled_back
 
+    def record_note(self, level: str, message: str) -> None:
+        """A dashboard's note (a value it rejected, a screenshot it saved) in the run's events."""
+        self._event(level, f"dashboard: {message}")
+
     def request_stop(self) -> None:
         self._stop = True
 

@@ -16,7 +16,7 @@ from typing import Any
 from .checkpoint import load_checkpoint, save_atomic
 from .history import DecimatingSeries
 from .presets import RunConfig, method_label
-from .protocol import attack_result_from_dict, attack_result_to_dict, event_to_dict
+from .protocol import attack_result_from_dict, attack_result_to_dict, event_from_dict, event_to_dict
 from .records import AttackResult, Event, LayerStats
 from .runfiles import CHECKPOINT, EVENTS, METRICS, SUMMARY, TENSORBOARD
 from .runs import append_jsonl, read_jsonl, trim_jsonl
@@ -24,11 +24,6 @@ from .tensorboard_log import TensorBoardLog
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
 MAX_EVENTS = 200
-
-
-def last_event_seq(path: Path) -> int:
-    """The highest ``seq`` in an events file (0 when there is none), so a resumed run continues it."""
-    return max((int(r.get("seq", 0)) for r in read_jsonl(path)), default=0)
 
 
 class Recorder:
@@ -41,8 +36,10 @@ class Recorder:
         self.curves = {name: DecimatingSeries() for name in CURVES}
         self.last_values: dict[str, float | None] = {name: None for name in CURVES}
         self.attack_history: list[AttackResult] = []
-        self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
-        self.event_seq = last_event_seq(self.run_dir / EVENTS)
+        # A resumed run shows the events of its earlier life too, and numbers on from them.
+        self.events: deque[Event] = deque((event_from_dict(r) for r in read_jsonl(self.run_dir / EVENTS)),
+                                          maxlen=MAX_EVENTS)
+        self.event_seq = self.events[-1].seq if self.events else 0
         self.last_checkpoint_step: int | None = None
         self._events_lock = threading.Lock()  # the control server logs client trouble from its thread
         # TensorBoard mirror (tensorboard = true): fed at the same points as metrics.jsonl.

@@ -79,6 +79,16 @@ class RefreshLayers(Command):
 
 
 @dataclass(frozen=True)
+class Note(Command):
+    """Something a dashboard wants in the run's record, e.g. a value it rejected before sending
+    or a screenshot it saved; ``level`` is rejected or info."""
+
+    kind: ClassVar[str] = "note"
+    level: str
+    message: str
+
+
+@dataclass(frozen=True)
 class SetAdaptation(Command):
     """Change the soft-conditioning weight β and/or the window length k (batches) of a
     rank-adaptive run; empty fields stay as they are."""
@@ -96,7 +106,7 @@ class Stop(Command):
 
 
 COMMANDS = {cls.kind: cls for cls in (SetTau, Truncate, SetLearningRate, Pause, Resume, AttackNow,
-                                      SaveCheckpoint, RefreshLayers, SetAdaptation, Stop)}
+                                      SaveCheckpoint, RefreshLayers, SetAdaptation, Note, Stop)}
 
 
 def _field_error(kind: str, name: str, value: Any, allowed: str) -> ValueError:

@@ -213,3 +213,33 @@ def test_a_failing_setup_reports_a_message_instead_of_dying(tmp_path):
     snap = run_to_end(engine, timeout=30)
     assert snap.state == "failed"
     assert "mnist" in snap.message and "quickstart" in snap.message and str(tmp_path / "nothing") in snap.message
+
+
+def test_a_resumed_run_shows_its_earlier_events_and_numbers_on(tmp_path):
+    engine = start_engine(tmp_path, epochs=100)
+    wait_for(engine, lambda s: s.state == "running" and s.step > 3)
+    engine.send(Stop())
+    stopped = run_to_end(engine)
+    earlier = [e.seq for e in stopped.events]
+    resumed = start_engine(tmp_path, resume_dir=engine.run_dir, epochs=100)
+    snap = wait_for(resumed, lambda s: s.state == "running" and s.step > stopped.step)
+    seqs = [e.seq for e in snap.events]
+    assert seqs[:len(earlier)] == earlier, "the events before the stop are shown after the resume"
+    assert seqs == sorted(set(seqs)) and seqs[-1] > earlier[-1]
+    assert any(e.message.startswith("stopped at step") for e in snap.events)
+    resumed.stop(30)
+
+
+def test_a_dashboard_note_is_recorded_as_an_event_and_a_bad_level_is_rejected(tmp_path):
+    from rlr_engine.records import Note
+
+    engine = start_engine(tmp_path, epochs=100)
+    wait_for(engine, lambda s: s.state == "running")
+    engine.send(Note("rejected", "typed '-1': tau must be a number in [0, inf]"), request_id="n1")
+    engine.send(Note("shout", "hello"), request_id="n2")
+    snap = wait_for(engine, lambda s: any(e.message.startswith("dashboard: typed") for e in s.events))
+    assert next(e for e in snap.events if e.message.startswith("dashboard: typed")).kind == "rejected"
+    wait_for(engine, lambda s: any(a.request_id == "n2" for a in engine.acks))
+    bad = next(a for a in engine.acks if a.request_id == "n2")
+    assert bad.status == "rejected" and "note.level = 'shout'" in bad.message
+    engine.stop(30)

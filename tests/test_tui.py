@@ -251,3 +251,22 @@ async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_oth
         await pilot.press("b", "k")
         await pilot.pause(0.2)
         assert client.commands == [] and isinstance(app.screen, DashboardScreen)
+
+
+async def test_a_value_the_dialog_refuses_and_a_screenshot_go_into_the_runs_events(tmp_path):
+    from rlr_engine.records import Note
+
+    app, client, _ = fake_app(tmp_path)
+    (tmp_path / "fake-run").mkdir()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await pilot.press("t")
+        await type_value(pilot, "-1")
+        assert isinstance(app.screen, ValueDialog)  # still open: nothing was applied
+        await pilot.press("escape")
+        await pilot.press("s")
+        await until(pilot, lambda: len(client.commands) == 2)
+        rejected, shot = client.commands
+        assert rejected == Note("rejected", rejected.message) and "'-1'" in rejected.message and "tau" in rejected.message
+        assert shot.level == "info" and "screenshot saved" in shot.message
+        assert not any(isinstance(c, SetTau) for c in client.commands)

@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from rlr_engine.client import EngineUnavailable
-from rlr_engine.records import (AttackNow, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
+from rlr_engine.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
                                 Snapshot, Stop, Truncate)
 from rlr_engine.validation import check_adapt_every, check_beta, check_lr, check_tau, check_theta
 
@@ -148,6 +148,8 @@ class DashboardScreen(Screen):
 
     def show_ack(self, ack) -> None:
         """The engine's answer to a command: from this dashboard, or from another one attached."""
+        if ack.kind == Note.kind and ack.applied:
+            return  # a note is for the record, not for a toast
         mine = ack.session == self.client.session
         who = "" if mine else " (from another client)"
         if ack.applied:
@@ -217,7 +219,7 @@ class DashboardScreen(Screen):
             if tau is not None:
                 self.send(SetTau(tau))
         self.app.push_screen(ValueDialog("Set τ", "κ(S) ≤ 1 + τ for every layer; a number ≥ 0, or inf for none.",
-                                         num(self.snapshot.tau, 6), check_tau), apply)
+                                         num(self.snapshot.tau, 6), check_tau, self.note_rejected), apply)
 
     def action_truncate(self) -> None:
         def apply(theta) -> None:
@@ -225,7 +227,7 @@ class DashboardScreen(Screen):
                 self.send(Truncate(theta=theta))
         self.app.push_screen(ValueDialog("Truncate now", "Relative tolerance θ in [0, 1): keep the smallest rank "
                                          "whose discarded σ have norm ≤ θ‖σ‖.", num(self.snapshot.theta, 6),
-                                         check_theta), apply)
+                                         check_theta, self.note_rejected), apply)
 
     def action_set_beta(self) -> None:
         def apply(beta) -> None:
@@ -233,7 +235,7 @@ class DashboardScreen(Screen):
                 self.send(SetAdaptation(beta=beta))
         self.app.push_screen(ValueDialog("Set β", "Weight of the soft conditioning term β‖SSᵀ − (‖S‖²/r)I‖ "
                                          "added to the loss; a number ≥ 0 (0 switches it off).", num(self.snapshot.beta, 6),
-                                         check_beta), apply)
+                                         check_beta, self.note_rejected), apply)
 
     def action_set_window(self) -> None:
         def apply(window) -> None:
@@ -241,14 +243,14 @@ class DashboardScreen(Screen):
                 self.send(SetAdaptation(adapt_every=window))
         self.app.push_screen(ValueDialog("Set the window", "Batches per window (augment on the first, truncate "
                                          "with θ on the last); an integer ≥ 2.",
-                                         str(self.snapshot.adapt_every), check_adapt_every), apply)
+                                         str(self.snapshot.adapt_every), check_adapt_every, self.note_rejected), apply)
 
     def action_set_lr(self) -> None:
         def apply(lr) -> None:
             if lr is not None:
                 self.send(SetLearningRate(lr))
         self.app.push_screen(ValueDialog("Learning rate", "A number in (0, 100].", num(self.snapshot.lr, 6),
-                                         check_lr), apply)
+                                         check_lr, self.note_rejected), apply)
 
     def action_pause(self) -> None:
         self.send(Pause())
@@ -269,11 +271,16 @@ class DashboardScreen(Screen):
     def action_checkpoint(self) -> None:
         self.send(SaveCheckpoint())
 
+    def note_rejected(self, value: str, reason: str) -> None:
+        """A value a dialog refused goes into the run's events too (nothing else changes)."""
+        self.send(Note("rejected", f"typed {value!r}: {reason}"))
+
     def action_screenshot(self) -> None:
         directory = self.run_dir
         name = time.strftime("dashboard-%Y%m%d-%H%M%S.svg")
         path = self.app.save_screenshot(filename=name, path=str(directory))
         self.notify(f"screenshot saved: {path}")
+        self.send(Note("info", f"screenshot saved: {path}"))
 
     def action_layer(self, delta: int) -> None:
         count = len(self.snapshot.layers)

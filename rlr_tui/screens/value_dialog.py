@@ -17,9 +17,13 @@ class ValueDialog(ModalScreen[Any]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel")]
 
-    def __init__(self, title: str, prompt: str, initial: str, check: Callable[[str], Any]) -> None:
+    def __init__(self, title: str, prompt: str, initial: str, check: Callable[[str], Any],
+                 on_rejected: Callable[[str, str], None] | None = None) -> None:
+        """``on_rejected(value, reason)`` is told of every value ``check`` refused (the dashboard
+        records them in the run's events)."""
         super().__init__()
         self.title_text, self.prompt, self.initial, self.check = title, prompt, initial, check
+        self.on_rejected = on_rejected
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -38,6 +42,8 @@ class ValueDialog(ModalScreen[Any]):
         except ValueError as error:
             self.query_one("#error", Label).update(str(error))
             event.input.add_class("-invalid")
+            if self.on_rejected is not None:
+                self.on_rejected(event.value, str(error))
             return
         self.dismiss(value)
 
