@@ -161,7 +161,7 @@ def test_carlini_wagner_lowers_accuracy_more_as_the_l2_budget_grows(trained):
 def test_attack_settings_that_do_not_apply_are_rejected():
     with pytest.raises(ValueError, match="restarts apply to pgd-linf, pgd-l2"):
         AttackSpec("fgsm", (0.1,), restarts=3)
-    with pytest.raises(ValueError, match="in \\[0, 1\\] for fgsm"):
+    with pytest.raises(ValueError, match="in \\[0, 1\\] \\(pixel units\\) for fgsm"):
         AttackSpec("fgsm", (2.0,))
     assert AttackSpec("cw-l2", (0.0, 2.0)).eps == (0.0, 2.0)  # an L2 budget may exceed 1
 
@@ -266,7 +266,7 @@ def test_eval_table_says_how_many_images_and_shows_the_checks(digits_run, capsys
 @pytest.mark.parametrize("args, expected", [
     (["--attack", "fgsm", "--restarts", "2"], "restarts apply to pgd-linf, pgd-l2"),
     (["--attack", "autoattack", "--steps", "5"], "--steps 5: applies to pgd-linf, pgd-l2"),
-    (["--attack", "fgsm", "--eps", "0,2"], "eps must be a non-empty list of values in [0, 1] for fgsm"),
+    (["--attack", "fgsm", "--eps", "0,2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
     (["--samples", "-1"], "--samples -1: must be >= 0"),
 ])
 def test_eval_rejects_settings_with_a_message_naming_them(digits_run, capsys, args, expected):

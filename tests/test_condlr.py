@@ -226,6 +226,8 @@ def test_cholesky_qr2_of_a_nearly_singular_matrix_stays_finite_and_recovers_on_t
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+@pytest.mark.xfail(strict=True, reason="the core projection still calls torch.linalg.svd, which synchronises "
+                                       "with the host on CUDA; this turns into a pass once it no longer does")
 def test_step_on_cuda_never_synchronises_with_the_host():
     x, y = synthetic_task()
     model = mlp().cuda()

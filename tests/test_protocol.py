@@ -8,7 +8,7 @@ import pytest
 from fake_client import scripted_snapshot
 from rlr_engine.protocol import (PROTOCOL_VERSION, ProtocolError, check_hello, command_from_dict, command_message,
                                  decode, encode, hello, snapshot_from_dict, snapshot_to_dict)
-from rlr_engine.records import COMMANDS, AttackNow, SetLearningRate, SetTau, Truncate
+from rlr_engine.records import COMMANDS, AttackNow, Note, SetAdaptation, SetLearningRate, SetTau, Truncate
 
 
 def test_a_snapshot_survives_the_wire_with_its_nested_records():
@@ -21,7 +21,8 @@ def test_a_snapshot_survives_the_wire_with_its_nested_records():
 
 def test_every_command_survives_the_wire():
     commands = [SetTau(0.5), SetLearningRate(0.01), Truncate(theta=0.2), Truncate(rank=3, layer="fc1"),
-                AttackNow("fgsm", (0.0, 0.1))]
+                AttackNow("fgsm", (0.0, 0.1)), SetAdaptation(beta=0.1, adapt_every=5),
+                Note("rejected", "typed '-1': tau must be a number in [0, inf]")]
     commands += [cls() for cls in COMMANDS.values() if cls not in {type(c) for c in commands}]
     assert {type(c) for c in commands} == set(COMMANDS.values())
     for command in commands:

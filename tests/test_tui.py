@@ -232,7 +232,7 @@ async def test_a_picks_the_attack_from_the_registry_and_the_engine_gets_it(tmp_p
 
 
 async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_otherwise(tmp_path):
-    from rlr_engine.records import SetAdaptation
+    from rlr_engine.records import Note, SetAdaptation
 
     adaptive = FakeClient(replace(scripted_snapshot(), method="robust-dlrt β=0.01", beta=0.01, adapt_every=10))
     app, client, _ = fake_app(tmp_path, adaptive)
@@ -244,7 +244,10 @@ async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_oth
         await type_value(pilot, "oops")  # rejected in the dialog: nothing is sent
         assert isinstance(app.screen, ValueDialog)
         await type_value(pilot, "8")
-        assert client.commands == [SetAdaptation(beta=0.05), SetAdaptation(adapt_every=8)]
+        sent = [c for c in client.commands if not isinstance(c, Note)]
+        assert sent == [SetAdaptation(beta=0.05), SetAdaptation(adapt_every=8)]
+        assert [c.level for c in client.commands if isinstance(c, Note)] == ["rejected"]  # the 'oops'
+
     app, client, _ = fake_app(tmp_path / "fixed-rank")
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
