@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from rlr_engine.engine import Engine
 from rlr_engine.presets import RunConfig
 from rlr_engine.runs import new_run_dir
@@ -16,6 +18,33 @@ def small_config(**changes) -> RunConfig:
                 eps=(0.0, 0.05, 0.1), seed=0)
     base.update(changes)
     return RunConfig(**base)
+
+
+def synthetic_task(n=256, d=20, classes=4, seed=0):
+    """Gaussian clusters around random centres: a small classification task for optimizer tests."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, d, generator=g) * 2
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = centers[y] + 0.7 * torch.randn(n, d, generator=g)
+    return x, y
+
+
+def train_digits_cnn(model, epochs=15):
+    """Plain SGD on scikit-learn's digits; returns the model and the test images and labels."""
+    import torch.nn.functional as F
+
+    from rlr_engine.data import load_dataset, to_float
+
+    torch.manual_seed(0)
+    data = load_dataset("digits")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = to_float(data.train.images), data.train.labels
+    for epoch in range(epochs):
+        for i in range(0, len(y), 32):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
+            opt.step()
+    return model, to_float(data.test.images), data.test.labels
 
 
 STARTED: list[Engine] = []

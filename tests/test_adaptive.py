@@ -9,16 +9,9 @@ from torch import nn
 
 from rlr_engine import low_rank_layers, to_low_rank
 from rlr_engine.adaptive import RankAdaptation, core_optimizer, soft_conditioning_penalty
+from helpers import synthetic_task
 
 MIN_RANK = 2
-
-
-def synthetic_task(n=256, d=20, classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, d, generator=g) * 2
-    y = torch.randint(0, classes, (n,), generator=g)
-    x = centers[y] + 0.7 * torch.randn(n, d, generator=g)
-    return x, y
 
 
 def mlp(rank_fraction=0.25, max_rank_fraction=0.75):

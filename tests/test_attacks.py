@@ -1,26 +1,16 @@
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rlr_engine.attacks import AttackSpec, adversarial_accuracy, fgsm_batch, import_advertorch
-from rlr_engine.data import load_dataset, to_float
+from helpers import train_digits_cnn
 from rlr_engine.models import digits_cnn
 
 
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)
-    data = load_dataset("digits")
-    model = digits_cnn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = to_float(data.train.images), data.train.labels
-    for epoch in range(15):
-        for i in range(0, len(y), 32):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
-            opt.step()
-    return model, to_float(data.test.images), data.test.labels
+    return train_digits_cnn(digits_cnn())
 
 
 def test_shim_makes_advertorch_importable_on_current_torch():
@@ -178,16 +168,8 @@ def masked():
     """A digits CNN trained behind a rounding layer: as accurate as usual, but gradient attacks
     see a zero gradient everywhere."""
     torch.manual_seed(0)
-    data = load_dataset("digits")
-    model = nn.Sequential(ZeroGradientRounding(), digits_cnn())
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = to_float(data.train.images), data.train.labels
-    for epoch in range(15):
-        for i in range(0, len(y), 32):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
-            opt.step()
-    return model.eval(), to_float(data.test.images)[:60], data.test.labels[:60]
+    model, images, labels = train_digits_cnn(nn.Sequential(ZeroGradientRounding(), digits_cnn()))
+    return model.eval(), images[:60], labels[:60]
 
 
 def _flags(model, x, y):

@@ -8,14 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
-
-
-def synthetic_task(n=256, d=20, classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, d, generator=g) * 2
-    y = torch.randint(0, classes, (n,), generator=g)
-    x = centers[y] + 0.7 * torch.randn(n, d, generator=g)
-    return x, y
+from helpers import synthetic_task
 
 
 def mlp(d=20, classes=4, rank_fraction=0.5, low_rank=True):
