@@ -214,43 +214,36 @@ class DashboardScreen(Screen):
             return self.snapshot.adapt_every is not None  # rank-adaptive runs only
         return True
 
+    def ask_then_send(self, title: str, prompt: str, initial: str, check, command) -> None:
+        """Ask for one value in a dialog that validates it with ``check`` (a refused value is
+        recorded as a note and changes nothing); send ``command(value)`` once it is accepted."""
+        def apply(value) -> None:
+            if value is not None:
+                self.send(command(value))
+        self.app.push_screen(ValueDialog(title, prompt, initial, check, self.note_rejected), apply)
+
     def action_set_tau(self) -> None:
-        def apply(tau) -> None:
-            if tau is not None:
-                self.send(SetTau(tau))
-        self.app.push_screen(ValueDialog("Set τ", "κ(S) ≤ 1 + τ for every layer; a number ≥ 0, or inf for none.",
-                                         num(self.snapshot.tau, 6), check_tau, self.note_rejected), apply)
+        self.ask_then_send("Set τ", "κ(S) ≤ 1 + τ for every layer; a number ≥ 0, or inf for none.",
+                           num(self.snapshot.tau, 6), check_tau, SetTau)
 
     def action_truncate(self) -> None:
-        def apply(theta) -> None:
-            if theta is not None:
-                self.send(Truncate(theta=theta))
-        self.app.push_screen(ValueDialog("Truncate now", "Relative tolerance θ in [0, 1): keep the smallest rank "
-                                         "whose discarded σ have norm ≤ θ‖σ‖.", num(self.snapshot.theta, 6),
-                                         check_theta, self.note_rejected), apply)
+        self.ask_then_send("Truncate now", "Relative tolerance θ in [0, 1): keep the smallest rank whose "
+                           "discarded σ have norm ≤ θ‖σ‖.", num(self.snapshot.theta, 6), check_theta,
+                           lambda theta: Truncate(theta=theta))
 
     def action_set_beta(self) -> None:
-        def apply(beta) -> None:
-            if beta is not None:
-                self.send(SetAdaptation(beta=beta))
-        self.app.push_screen(ValueDialog("Set β", "Weight of the soft conditioning term β‖SSᵀ − (‖S‖²/r)I‖ "
-                                         "added to the loss; a number ≥ 0 (0 switches it off).", num(self.snapshot.beta, 6),
-                                         check_beta, self.note_rejected), apply)
+        self.ask_then_send("Set β", "Weight of the soft conditioning term β‖SSᵀ − (‖S‖²/r)I‖ added to the "
+                           "loss; a number ≥ 0 (0 switches it off).", num(self.snapshot.beta, 6), check_beta,
+                           lambda beta: SetAdaptation(beta=beta))
 
     def action_set_window(self) -> None:
-        def apply(window) -> None:
-            if window is not None:
-                self.send(SetAdaptation(adapt_every=window))
-        self.app.push_screen(ValueDialog("Set the window", "Batches per window (augment on the first, truncate "
-                                         "with θ on the last); an integer ≥ 2.",
-                                         str(self.snapshot.adapt_every), check_adapt_every, self.note_rejected), apply)
+        self.ask_then_send("Set the window", "Batches per window (augment on the first, truncate with θ on the "
+                           "last); an integer ≥ 2.", str(self.snapshot.adapt_every), check_adapt_every,
+                           lambda window: SetAdaptation(adapt_every=window))
 
     def action_set_lr(self) -> None:
-        def apply(lr) -> None:
-            if lr is not None:
-                self.send(SetLearningRate(lr))
-        self.app.push_screen(ValueDialog("Learning rate", "A number in (0, 100].", num(self.snapshot.lr, 6),
-                                         check_lr, self.note_rejected), apply)
+        self.ask_then_send("Learning rate", "A number in (0, 100].", num(self.snapshot.lr, 6), check_lr,
+                           SetLearningRate)
 
     def action_pause(self) -> None:
         self.send(Pause())
