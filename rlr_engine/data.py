@@ -37,17 +37,34 @@ class Split:
 
 @dataclass(frozen=True)
 class ImageData:
-    """Train / validation / test splits plus what the model needs to know about them."""
+    """Train / validation / test splits plus the data set's facts (``catalog.DatasetInfo``:
+    classes, normalisation, augmentation), read from there rather than copied."""
 
     name: str
     train: Split
     val: Split
     test: Split
-    num_classes: int
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-    crop_padding: int
-    flip: bool
+    info: DatasetInfo
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.classes
+
+    @property
+    def mean(self) -> tuple[float, ...] | None:
+        return self.info.mean
+
+    @property
+    def std(self) -> tuple[float, ...] | None:
+        return self.info.std
+
+    @property
+    def crop_padding(self) -> int:
+        return self.info.crop_padding
+
+    @property
+    def flip(self) -> bool:
+        return self.info.flip
 
     @property
     def channels(self) -> int:
@@ -216,5 +233,4 @@ def load_dataset(name: str, data_dir: str | Path = DEFAULT_DATA_DIR, download: b
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
             raise _unavailable(name, root, download, error) from None
     train, val = _hold_out(train.images, train.labels, val_fraction, seed)
-    return ImageData(name, train.to(device), val.to(device), test.to(device), info.classes, info.mean, info.std,
-                     info.crop_padding, info.flip)
+    return ImageData(name, train.to(device), val.to(device), test.to(device), info)
