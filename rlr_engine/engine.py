@@ -12,6 +12,7 @@ States: starting → running ⇄ paused → finished | stopped | failed.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -246,6 +247,8 @@ class Engine:
 
     def _facts(self) -> dict[str, Any]:
         trainer, report = self.trainer, self.trainer.report
+        if trainer.at_window_boundary:
+            self._layer_stats = trainer.layer_stats()  # the run's final ranks and κ
         return {"steps": trainer.step, "total_steps": trainer.total_steps, "epochs": trainer.epoch, "rank_fraction": report.rank_fraction,
                 "params": report.params, "dense_params": report.dense_params, "compression": report.compression,
                 "layers": [{"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa}
@@ -267,7 +270,9 @@ class Engine:
         moves = ", ".join(f"{c.layer} {c.old_rank}→{c.new_rank}" for c in changed)
         self._event("truncation", f"window ended: {moves}; {trainer.report.compression:.1%} of the parameters "
                                   f"removed")
-        self._layer_stats = trainer.layer_stats()
+        # Spectra are stale: the next snapshot at a window boundary reads them (not here, every
+        # window of the training loop; the compression figure is already current).
+        self._layers_at = -math.inf
 
     def _evaluate(self) -> None:
         trainer = self.trainer
