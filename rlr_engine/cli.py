@@ -14,7 +14,7 @@ from rich.table import Table
 from .launch import ENGINE_CHILD_FLAG, READY
 from .presets import PresetError, apply_overrides, available_presets, load_preset
 from .validation import eps_problem
-from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, watch
+from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, print_error, watch
 
 
 # -- rlr presets ----------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             engine.setup()
     except CannotStart as error:
-        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        print_error(error)
         return 1
     if new:
         create_run_dir(run_dir, config)
@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   follow=lambda e: watch(e, config.name, show=show), on_ready=on_ready)
     try:
         if snap.state == "failed":
-            err_console.print(f"[red]error:[/red] {snap.message}", highlight=False)
+            print_error(snap.message)
             return 1
         if show:
             print_summary(snap)
@@ -410,9 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UserError, PresetError, CheckpointError, CannotStart, RunBusy, RunFailed) as error:
-        from rich.markup import escape  # messages hold brackets: pip install 'rlr[tensorboard]'
-
-        err_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        print_error(error)
         return 2
 
 

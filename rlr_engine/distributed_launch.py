@@ -31,7 +31,7 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
-from .progress import UserError, console, err_console, watch
+from .progress import UserError, console, err_console, print_error, watch
 from .distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
 from .presets import RunConfig, apply_overrides, load_preset
 from .recorder import Recorder
@@ -58,10 +58,10 @@ def launch(args: argparse.Namespace) -> int:
     try:
         torchrun.run(torchrun_args)
     except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
+        rank, failure = root_failure(error.failures)
         reason = f"rank {rank} failed: {failure_reason(failure)}"
         record_failure(config, run_dir, reason)
-        err_console.print(f"[red]error:[/red] {reason}", highlight=False)
+        print_error(reason)
         if announce is not None:
             announce.fail(reason)
         return 1
@@ -106,6 +106,30 @@ class _Announcer:
 
     def fail(self, reason: str) -> None:
         self._say(self.stderr, f"error: {reason}\n")
+
+
+#: What a rank says when another rank went away first: the collective it was in lost its peer.
+PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl communicator was aborted",
+             "socket timeout", "connection refused")
+
+
+def root_failure(failures: dict) -> tuple[int, Any]:
+    """The failure that started it all, among torch elastic's ``{rank: ProcessFailure}``.
+
+    ``ChildFailedError.get_first_failure`` orders by timestamp, which has one-second resolution
+    and is taken when the agent notices, so when rank 1 is killed its peer — whose all-reduce
+    failed in the same second, or which the agent then stopped with SIGTERM — can come first.
+    A failure is a consequence when the rank was stopped by SIGTERM (the agent's own clean-up)
+    or its message says it lost a peer; the root is the earliest failure that is not one, and
+    among equals the lowest rank."""
+    def consequence(failure) -> bool:
+        if failure.signal_name() == "SIGTERM":
+            return True
+        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+        return any(pattern in str(message or "").lower() for pattern in PEER_LOST)
+
+    rank = min(failures, key=lambda r: (consequence(failures[r]), failures[r].timestamp, r))
+    return rank, failures[rank]
 
 
 def failure_reason(failure) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .formatting import pct
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 console = Console()
@@ -14,6 +15,12 @@ err_console = Console(stderr=True)
 
 class UserError(Exception):
     """A mistake in what the user asked for; printed as one line, exit code 2."""
+
+
+def print_error(message: object) -> None:
+    """``error: <message>`` on stderr. The message is escaped: errors quote paths, library
+    messages and extras such as ``rlr[tensorboard]``, whose brackets rich would read as markup."""
+    err_console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False)
 
 
 def fmt_pct(value: float | None) -> str:
@@ -49,7 +56,7 @@ def watch(engine, title: str, show: bool = True):
                 snap = engine.latest()
                 for event in new_events(snap):
                     if event.kind != "checkpoint":
-                        progress.console.print(f"[dim]step {event.step}[/dim] {event.message}", highlight=False)
+                        progress.console.print(f"[dim]step {event.step}[/dim] {escape(event.message)}", highlight=False)
                 loss = "–" if snap.train_loss is None else f"{snap.train_loss:.3f}"
                 progress.update(task, total=snap.total_steps or None, completed=snap.step,
                                 description=f"{title} epoch {snap.epoch}/{snap.epochs}",

@@ -72,6 +72,7 @@ def test_resume_continues_a_run_stopped_midway(tmp_path):
     (["train", "quickstart", "--set", "tau"], "expected key=value"),
     (["train", "--resume", "/no/such/run"], "is not a run directory"),
     (["eval", "/no/such/checkpoint.pt"], "does not exist"),
+    (["eval", "/no/[/such]/checkpoint.pt"], "/no/[/such]/checkpoint.pt does not exist"),  # brackets verbatim
 ])
 def test_user_errors_give_one_clear_line_and_no_traceback(args, expected):
     result = rlr(*args)

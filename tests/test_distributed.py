@@ -140,6 +140,37 @@ def test_sharded_evaluation_and_attack_count_every_image_once(steered):
     assert zero["sharded_eval"][0] == pytest.approx(zero["unsharded_eval"][0], rel=1e-5)
 
 
+def _failure(tmp_path: Path, rank: int, exitcode: int, message: str | None = None, timestamp: int = 100):
+    """A ProcessFailure as torch elastic builds it: from the rank's @record error file, if any."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    error_file = tmp_path / f"error-{rank}.json"
+    if message is not None:
+        error_file.write_text(json.dumps({"message": {"message": message, "extraInfo": {
+            "py_callstack": "", "timestamp": str(timestamp)}}}), encoding="utf-8")
+    failure = ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(error_file))
+    failure.timestamp = timestamp
+    return failure
+
+
+def test_the_killed_rank_is_named_not_the_peer_that_lost_it_in_the_same_second(tmp_path):
+    """Timestamps have one-second resolution: rank 0 failing in its all-reduce, or stopped by the
+    agent's SIGTERM, in the same second as rank 1's SIGKILL is a consequence, not the cause."""
+    from rlr_engine.distributed_launch import failure_reason, root_failure
+
+    lost_peer = _failure(tmp_path, 0, 1, "RuntimeError: [pair.cc:534] Connection closed by peer [127.0.0.1]:4242")
+    killed = _failure(tmp_path, 1, -signal.SIGKILL)
+    assert root_failure({0: lost_peer, 1: killed})[0] == 1
+    stopped = _failure(tmp_path, 0, -signal.SIGTERM)
+    rank, failure = root_failure({0: stopped, 1: killed})
+    assert rank == 1 and failure_reason(failure) == "killed by SIGKILL (pid 1001)"
+    # A rank that raised its own error first stays the cause, whatever its peers say.
+    broken = _failure(tmp_path, 1, 1, "ValueError: data set shard is empty", timestamp=99)
+    assert root_failure({0: _failure(tmp_path, 0, -signal.SIGTERM), 1: broken})[0] == 1
+    assert root_failure({0: _failure(tmp_path, 0, 1, "ValueError: bad", timestamp=100),
+                         1: _failure(tmp_path, 1, 1, "OSError: disk full", timestamp=100)})[0] == 0
+
+
 def test_a_crashed_rank_ends_the_run_as_failed_and_keeps_the_checkpoint(tmp_path):
     """SIGKILL rank 1 mid-run: the launcher exits non-zero, the other rank is gone, the last
     checkpoint loads and summary.json says failed and why."""
