@@ -89,6 +89,7 @@ class Engine:
         self._throughput = 0.0
         self._layer_stats: tuple[LayerStats, ...] = ()
         self._layers_at = 0.0
+        self._reported_ranks: dict[str, int] = {}
         self._spectra_interval = SPECTRA_INTERVAL_S
         self._latest = Snapshot(preset=config.name, method=config.method_label, dataset=config.dataset,
                                 model=config.model, run_dir=str(self.run_dir), epochs=config.epochs,
@@ -108,6 +109,7 @@ class Engine:
             trainer.load_state_dict(self._resume_payload, str(self.recorder.checkpoint_path))
         self.device_name = describe_device(device)
         self.trainer = trainer
+        self._reported_ranks = trainer.adaptation.ranks() if trainer.adaptation is not None else {}
         return self
 
     def start(self) -> "Engine":
@@ -262,12 +264,19 @@ class Engine:
             self._report_rank_changes()
 
     def _report_rank_changes(self) -> None:
-        """One event per window that changed ranks (a summary, not a line per layer)."""
+        """One event per window that changed ranks (a summary, not a line per layer). A rank is
+        compared with the one last reported, not with the augmented rank the truncation started
+        from: a window that grows r to 2r and cuts back to r changed nothing."""
         trainer = self.trainer
-        changed = [c for c in trainer.take_rank_changes() if c.new_rank != c.old_rank]
-        if not changed:
+        moves = []
+        for change in trainer.take_rank_changes():
+            before = self._reported_ranks.get(change.layer, change.old_rank)
+            self._reported_ranks[change.layer] = change.new_rank
+            if change.new_rank != before:
+                moves.append(f"{change.layer} {before}→{change.new_rank}")
+        if not moves:
             return
-        moves = ", ".join(f"{c.layer} {c.old_rank}→{c.new_rank}" for c in changed)
+        moves = ", ".join(moves)
         self._event("truncation", f"window ended: {moves}; {trainer.report.compression:.1%} of the parameters "
                                   f"removed")
         # Spectra are stale: the next snapshot at a window boundary reads them (not here, every

@@ -1,5 +1,6 @@
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -352,6 +353,12 @@ def test_the_engine_trains_condlr_adaptive_with_one_event_per_window_and_kappa_b
     assert all("→" in e["message"] and "removed" in e["message"] for e in windows)
     steps = [e["step"] for e in windows]
     assert len(steps) == len(set(steps)), "one event per window, not one per layer"
+    reported: dict[str, int] = {}
+    for event in windows:  # only real moves, each starting where the layer's last one ended
+        for layer, before, after in re.findall(r"(\w+) (\d+)→(\d+)", event["message"]):
+            assert before != after, event["message"]
+            assert reported.get(layer, int(before)) == int(before), (reported, event["message"])
+            reported[layer] = int(after)
     assert all(k <= 1.1 + 1e-4 for k in live_kappas(load_checkpoint(engine.run_dir / "checkpoint.pt")["model"]))
     assert all(layer.kappa <= 1.1 + 1e-4 for layer in snap.layers if layer.low_rank and layer.rank > 1)
     assert snap.method.startswith("CondLR-adaptive") and snap.adapt_every == 5
