@@ -24,7 +24,7 @@ from statistics import mean, pstdev
 from typing import Any, Sequence
 
 from .attacks import ATTACKS
-from .records import Stop
+from .records import AttackSpec, Stop
 from .sanity import AttackRecord, Component, sanity_report
 from .presets import PresetError, RunConfig, dump_toml, load_preset
 from .runfiles import CHECKPOINT, CONFIG, SUMMARY
@@ -113,27 +113,31 @@ def _comparable(config: RunConfig) -> dict[str, Any]:
 
 
 def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack: str, samples: int,
-               device: str | None) -> dict[str, Any]:
-    """Accuracy per ε under ``attack`` for a finished run, with the parts of an ensemble attack
-    and the probes the sanity checks need, computed once from its checkpoint and cached in the run
-    directory. The run's own final attack (whole test set) is reused; only its probes are run."""
+               device: str | None, eps: Sequence[float] | None = None) -> dict[str, Any]:
+    """Accuracy per ε (``eps``, or the preset's) under ``attack`` for a finished run, with the
+    parts of an ensemble attack and the probes the sanity checks need, computed once from its
+    checkpoint and cached in the run directory. The run's own final attack (whole test set) is
+    reused when the ε match; only its probes are run."""
+    eps = list(eps) if eps else list(config.eps)
     cache = run_dir / f"robustness-{attack}-{samples}.json"
     if cache.is_file():
-        return json.loads(cache.read_text(encoding="utf-8"))
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached["eps"] == eps:
+            return cached
     from .attacks import probe_specs, robustness as measure, robustness_with_checks
     from .data import to_float
     from .evaluation import load_evaluation_target
 
     _, _, model, images, labels = load_evaluation_target(run_dir / CHECKPOINT, samples,
                                                          device=device or config.device)
-    spec = config.attack_spec(attack)
-    if attack == summary.get("attack"):
+    spec = config.attack_spec(attack, eps=eps)
+    if attack == summary.get("attack") and list(summary["eps"]) == eps:
         probes = [measure(model, images, labels, p, to_input=to_float) for p in probe_specs(spec, config.dataset)]
         result = {"eps": summary["eps"], "accuracy": summary["adversarial_accuracy"], "samples": 0, "parts": []}
     else:
         checked = robustness_with_checks(model, images, labels, spec, config.dataset, to_input=to_float)
         probes, main = list(checked.probes), checked.result
-        result = {"eps": list(config.eps), "accuracy": list(main.accuracy), "samples": main.samples,
+        result = {"eps": eps, "accuracy": list(main.accuracy), "samples": main.samples,
                   "parts": [{"attack": p.attack, "kind": p.kind, "accuracy": list(p.accuracy)} for p in main.parts]}
     result["probes"] = [{"attack": p.spec.name, "eps": list(p.spec.eps), "accuracy": list(p.accuracy),
                          "samples": p.samples} for p in probes]
@@ -326,6 +330,48 @@ def write_plots(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str
 
 
 # -- the command ----------------------------------------------------------------------------
+def per_attack(values: Sequence[str], attacks: Sequence[str], flag: str, parse) -> tuple[Any, dict[str, Any]]:
+    """``--flag VALUE`` (every attack) and ``--flag ATTACK=VALUE`` (one attack), repeatable:
+    (the value for every attack or None, {attack: its own value}). ``parse`` turns the text into
+    the value or raises ValueError with what is allowed."""
+    from .progress import UserError
+
+    default, own = None, {}
+    for text in values:
+        name, sep, value = text.partition("=")
+        if sep and name.strip() not in attacks:
+            raise UserError(f"{flag} {text!r}: {name.strip()!r} is not one of the attacks asked for "
+                            f"({', '.join(attacks)})")
+        try:
+            parsed = parse(value if sep else text)
+        except ValueError as error:
+            raise UserError(f"{flag} {text!r}: {error}") from None
+        if sep:
+            own[name.strip()] = parsed
+        else:
+            default = parsed
+    return default, own
+
+
+def parse_samples(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError("must be an integer >= 0 (0: whole test set)")
+    return int(text)
+
+
+def parse_eps_list(text: str) -> tuple[float, ...]:
+    from .validation import eps_problem
+
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    problem = eps_problem(values, max_eps=math.inf)  # each attack then checks its own range
+    if problem:
+        raise ValueError(f"must be {problem}, comma-separated")
+    return values
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .progress import UserError, console, watch
 
@@ -342,14 +388,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             check_available(attack)
     except AttackUnavailable as error:
         raise UserError(f"--attacks {args.attacks!r}: {error}") from None
-    if args.attack_samples is not None and args.attack_samples < 0:
-        raise UserError(f"--attack-samples {args.attack_samples}: must be >= 0 (0: whole test set)")
+    default_samples, own_samples = per_attack(args.attack_samples, attacks, "--attack-samples", parse_samples)
+    every_attack_eps, own_eps = per_attack(args.attack_eps, attacks, "--attack-eps", parse_eps_list)
+    if every_attack_eps is not None:
+        raise UserError(f"--attack-eps {args.attack_eps[0]!r}: name the attack (ATTACK=E1,E2); the presets' "
+                        f"eps list is every other attack's")
+    for attack, eps in own_eps.items():
+        try:
+            AttackSpec(attack, eps)
+        except ValueError as error:
+            raise UserError(f"--attack-eps {attack}={','.join(map(str, eps))}: {error}") from None
     jobs = plan(args.presets, args.seeds, args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "rlr compare " + " ".join(args.presets) + f" --seeds {args.seeds}" + "".join(
-        f" --set {s}" for s in args.set) + f" --attacks {','.join(attacks)}" + (
-        "" if args.attack_samples is None else f" --attack-samples {args.attack_samples}")
+        f" --set {s}" for s in args.set) + f" --attacks {','.join(attacks)}" + "".join(
+        f" --attack-samples {s}" for s in args.attack_samples) + "".join(f" --attack-eps {e}" for e in args.attack_eps)
     (out / SPEC_FILE).write_text(json.dumps({"presets": args.presets, "seeds": args.seeds, "set": args.set,
                                              "attacks": attacks, "command": command}, indent=1), encoding="utf-8")
     results = []
@@ -363,9 +417,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return 130
         rob = {}
         for attack in attacks:
-            samples = ATTACKS[attack].default_samples if args.attack_samples is None else args.attack_samples
+            samples = own_samples.get(attack, default_samples)
+            samples = ATTACKS[attack].default_samples if samples is None else samples
             with console.status(f"{attack} on {name} seed {seed}"):
-                rob[attack] = robustness(config, run_dir, summary, attack, samples, args.device)
+                rob[attack] = robustness(config, run_dir, summary, attack, samples, args.device, own_eps.get(attack))
         results.append(RunResult(config, seed, summary, rob))
     rows = aggregate(results, attacks)
     write_report(out, rows, attacks, command)
@@ -382,9 +437,11 @@ def add_compare_parser(sub) -> None:
                    help="override a key in every preset (repeatable)")
     p.add_argument("--attacks", default="fgsm", help=f"comma-separated: {', '.join(ATTACKS)} (default fgsm)")
     slow = ", ".join(f"{name} {info.default_samples}" for name, info in ATTACKS.items() if info.default_samples)
-    p.add_argument("--attack-samples", type=int,
+    p.add_argument("--attack-samples", action="append", default=[], metavar="[ATTACK=]N",
                    help="test images for attacks other than each run's own, and for the sanity probes "
-                        f"(0: all; default all, except {slow})")
+                        f"(0: all; default all, except {slow}); ATTACK=N for one attack (repeatable)")
+    p.add_argument("--attack-eps", action="append", default=[], metavar="ATTACK=E1,E2",
+                   help="the ε list of one attack instead of the presets' eps (repeatable)")
     p.add_argument("--out", default="comparisons/latest", help="comparison directory (default comparisons/latest)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_compare)

@@ -3,6 +3,8 @@ import csv
 import json
 import os
 
+import pytest
+
 from rlr_engine.cli import main
 from rlr_tui.app import RlrApp
 from rlr_tui.screens.comparison import ComparisonScreen
@@ -68,3 +70,32 @@ def test_changed_settings_refuse_to_mix_with_stored_runs(tmp_path, capsys):
     assert main(["compare", "quickstart", *SETTINGS, "--set", "method=dense", "--set", "lr=0.2",
                  "--out", str(out)]) == 2
     assert "different settings" in capsys.readouterr().err
+
+
+def test_one_attack_gets_its_own_samples_and_eps_and_the_others_keep_the_presets(tmp_path):
+    """AutoAttack is too slow for the test set at every ε: ATTACK=N and ATTACK=E1,E2 narrow it
+    alone; the table shows each attack at its own ε, and a changed ε is measured, not reused."""
+    out = tmp_path / "cmp"
+    args = ["compare", "quickstart", *SETTINGS, "--set", "method=dense", "--set", "epochs=1",
+            "--attacks", "fgsm,pgd-linf", "--attack-samples", "50", "--out", str(out)]
+    assert main(args + ["--attack-samples", "pgd-linf=30", "--attack-eps", "pgd-linf=0.1"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert rows[0]["fgsm"]["eps"] == [0, 0.05, 0.1] and rows[0]["pgd-linf"]["eps"] == [0.1]
+    assert rows[0]["pgd-linf"]["samples"] == 30
+    table = (out / "results.md").read_text()
+    assert "--attack-samples pgd-linf=30 --attack-eps pgd-linf=0.1" in table
+    assert main(args + ["--attack-samples", "pgd-linf=30", "--attack-eps", "pgd-linf=0.05,0.1"]) == 0
+    assert json.loads((out / "results.json").read_text())[0]["pgd-linf"]["eps"] == [0.05, 0.1]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--attack-samples", "square=10"], "'square' is not one of the attacks asked for (fgsm)"),
+    (["--attack-samples", "fgsm=-3"], "--attack-samples 'fgsm=-3': must be an integer >= 0"),
+    (["--attack-eps", "0.1"], "name the attack (ATTACK=E1,E2)"),
+    (["--attack-eps", "fgsm=2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
+    (["--attack-eps", "fgsm=a,b"], "--attack-eps 'fgsm=a,b': must be a non-empty list of numbers"),
+])
+def test_bad_per_attack_settings_are_refused_before_anything_runs(tmp_path, capsys, extra, expected):
+    assert main(["compare", "quickstart", *SETTINGS, *extra, "--out", str(tmp_path / "cmp")]) == 2
+    assert expected in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "cmp").exists()
