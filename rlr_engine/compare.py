@@ -191,8 +191,10 @@ def aggregate(results: Sequence[RunResult], attacks: Sequence[str]) -> list[dict
         config = runs[0].config
         row: dict[str, Any] = {
             "preset": name, "method": config.method_label, "seeds": len(runs),
-            "rank_fraction": runs[0].summary["rank_fraction"], "compression": runs[0].summary["compression"],
-            "params": runs[0].summary["params"],
+            # A rank-adaptive run ends at ranks of its own: the mean over seeds (fixed ranks: the same).
+            "rank_fraction": mean(r.summary["rank_fraction"] for r in runs),
+            "compression": mean(r.summary["compression"] for r in runs),
+            "params": round(mean(r.summary["params"] for r in runs)),
             "clean": _mean_std([r.summary["test_acc"] for r in runs]),
             "kappa_mean": _mean_std([mean(_kappas(r.summary)) for r in runs]),
             "kappa_max": _mean_std([max(_kappas(r.summary)) for r in runs]),
@@ -263,8 +265,9 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[st
     seeds = rows[0]["seeds"] if rows else 0
     parts = [f"# Comparison\n\nMade with:\n\n```\n{command}\n```\n",
              f"Accuracy in % on the test set, mean ± std over {seeds} seed(s). "
-             "Parameter compression = 1 − params / params of the dense model; κ over the "
-             "compressible layers (κ of S for low-rank layers).\n"]
+             "Parameter compression = 1 − params / params of the dense model, and rank kept, at the end "
+             "of training (rank-adaptive methods: mean over the seeds); κ over the compressible layers "
+             "(κ of S for low-rank layers).\n"]
     for attack in attacks:
         samples = rows[0][attack]["samples"]
         where = "the whole test set" if not samples else f"a seeded subset of {samples} test images"

@@ -99,3 +99,21 @@ def test_bad_per_attack_settings_are_refused_before_anything_runs(tmp_path, caps
     assert main(["compare", "quickstart", *SETTINGS, *extra, "--out", str(tmp_path / "cmp")]) == 2
     assert expected in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "cmp").exists()
+
+
+def test_rank_adaptive_seeds_that_end_at_different_ranks_report_their_mean_compression():
+    from rlr_engine.compare import RunResult, aggregate
+    from rlr_engine.presets import load_preset
+
+    config = load_preset("fmnist-lenet5-condlr-adaptive")
+
+    def result(seed, compression, params):
+        summary = {"rank_fraction": 1 - compression, "compression": compression, "params": params,
+                   "test_acc": 0.85, "train_seconds": 1.0, "layers": [{"name": "fc1", "kappa": 1.1}]}
+        fgsm = {"eps": [0.0], "accuracy": [0.85], "samples": 0, "parts": [], "probes": []}
+        return RunResult(config.replace(seed=seed), seed, summary, {"fgsm": fgsm})
+
+    row, = aggregate([result(0, 0.93, 1000), result(1, 0.95, 800)], ["fgsm"])
+    assert row["seeds"] == 2
+    assert abs(row["compression"] - 0.94) < 1e-12 and abs(row["rank_fraction"] - 0.06) < 1e-12
+    assert row["params"] == 900
