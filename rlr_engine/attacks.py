@@ -11,7 +11,9 @@ optional ``attacks`` extra) for AutoAttack and Square. pyautoattack is fra31/aut
 AutoAttack authors' code (Croce & Hein; its attack files carry their headers and the published
 settings), packaged for PyPI. torchattacks 3.5.1 also has an AutoAttack, but it is a
 re-implementation that ships fewer steps than published on some paths and pins an old
-``requests``; ``benchmarks/autoattack_crosscheck.py`` compares the two on one model.
+``requests``; ``benchmarks/autoattack_crosscheck.py`` compares the two on one model (digits CNN,
+200 test images, ε = 0.1: pyautoattack 59.5 %, torchattacks 60.0 % robust — one image apart, the
+authors' code the stronger; numbers in benchmarks/README.md).
 """
 
 from __future__ import annotations
