@@ -60,6 +60,17 @@ def test_pgd_above_fgsm_at_equal_eps_is_flagged():
     assert "ε=0.1" in flags[0].message and "pgd-linf" in flags[0].message
 
 
+def test_attacks_on_different_images_are_not_held_against_each_other():
+    """FGSM on the whole test set against PGD on a 2000-image subset: the subset's clean
+    accuracy is already higher, so PGD above FGSM there says nothing about the attack."""
+    whole_set, subset = fgsm(0.90, 0.80, 0.05, samples=0), pgd(0.92, 0.82, 0.0, samples=2000)
+    report = sanity_report([whole_set, subset], "digits")
+    assert ITERATIVE_ABOVE_FGSM not in [f.code for f in report.flags]
+    assert any(s.startswith("iterative vs FGSM") and "same images" in s for s in report.skipped)
+    assert ITERATIVE_ABOVE_FGSM in codes([fgsm(0.90, 0.80, 0.05, samples=2000), subset])
+    assert BLACK_BOX_WINS not in codes([pgd(0.95, 0.4, 0.0, samples=0), square(0.95, 0.2, 0.0, samples=100)])
+
+
 def test_square_beating_white_box_is_flagged_as_a_separate_record_and_inside_autoattack():
     assert BLACK_BOX_WINS in codes([pgd(0.95, 0.6, 0.05), square(0.95, 0.2, 0.0)])
     inside = autoattack((0.95, 0.6, 0.5), (0.95, 0.2, 0.0))
