@@ -16,24 +16,18 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 
-def train_digits_model(epochs: int = 15):
-    from rlr_engine.data import load_dataset, to_float
+def train_digits_model():
+    """The suite's digits CNN, trained as the tests train it (tests/helpers.py)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import train_digits_cnn
     from rlr_engine.models import digits_cnn
 
-    torch.manual_seed(0)
-    data = load_dataset("digits")
-    model = digits_cnn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = to_float(data.train.images), data.train.labels
-    for _ in range(epochs):
-        for i in range(0, len(y), 32):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
-            opt.step()
-    return model.eval(), to_float(data.test.images), data.test.labels
+    model, images, labels = train_digits_cnn(digits_cnn())
+    return model.eval(), images, labels
 
 
 def main() -> None:

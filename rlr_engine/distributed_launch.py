@@ -125,22 +125,27 @@ def root_failure(failures: dict) -> tuple[int, Any]:
     def consequence(failure) -> bool:
         if failure.signal_name() == "SIGTERM":
             return True
-        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
-        return any(pattern in str(message or "").lower() for pattern in PEER_LOST)
+        return any(pattern in _failure_message(failure).lower() for pattern in PEER_LOST)
 
     rank = min(failures, key=lambda r: (consequence(failures[r]), failures[r].timestamp, r))
     return rank, failures[rank]
 
 
-def failure_reason(failure) -> str:
-    """One line from torch elastic's ProcessFailure: the exception message its ``@record`` error
-    file holds, or what the exit said (a signal, an exit code)."""
+def _failure_message(failure) -> str:
+    """The message of a ProcessFailure: from its ``@record`` error file (a dict) or made up by
+    torch elastic (a string); "" when there is none."""
     message = failure.message
     if isinstance(message, dict):
         message = message.get("message", "")
+    return str(message or "").strip()
+
+
+def failure_reason(failure) -> str:
+    """One line from torch elastic's ProcessFailure: the exception message its ``@record`` error
+    file holds, or what the exit said (a signal, an exit code)."""
     if failure.signal_name() != "<N/A>":
         return f"killed by {failure.signal_name()} (pid {failure.pid})"
-    message = str(message or "").strip()
+    message = _failure_message(failure)
     if not message or message.startswith("To enable traceback"):
         return f"exited with code {failure.exitcode} (pid {failure.pid})"
     return message.splitlines()[0]

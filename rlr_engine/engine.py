@@ -276,8 +276,7 @@ class Engine:
                 moves.append(f"{change.layer} {before}→{change.new_rank}")
         if not moves:
             return
-        moves = ", ".join(moves)
-        self._event("truncation", f"window ended: {moves}; {trainer.report.compression:.1%} of the parameters "
+        self._event("truncation", f"window ended: {', '.join(moves)}; {trainer.report.compression:.1%} of the parameters "
                                   f"removed")
         # Spectra are stale: the next snapshot at a window boundary reads them (not here, every
         # window of the training loop; the compression figure is already current).
