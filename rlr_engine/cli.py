@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{READY}{path}", flush=True)
             become_detached_log(path)
         else:
-            console.print(f"[bold]{config.name}[/bold] — {config.method_label}, {config.model} on {config.dataset} "
+            console.print(f"[bold]{config.name}[/bold] — {engine.method_label}, {config.model} on {config.dataset} "
                           f"→ {path}  (attach: rlr-tui --attach {path})", highlight=False)
 
     snap, signal_code = serve_run(engine, detached=args.engine_child,

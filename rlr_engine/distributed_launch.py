@@ -234,7 +234,7 @@ def _run_main(engine, config: RunConfig, ranks: Ranks) -> int:
     from .process import serve_run
 
     def on_ready(path: Path) -> None:
-        console.print(f"[bold]{config.name}[/bold] — {config.method_label}, {config.model} on {config.dataset}, "
+        console.print(f"[bold]{config.name}[/bold] — {engine.method_label}, {config.model} on {config.dataset}, "
                       f"{ranks.world_size} processes → {path}  (attach: rlr-tui --attach {path})", highlight=False)
 
     snap, _ = serve_run(engine, detached=False, follow=lambda e: watch(e, config.name), on_ready=on_ready,

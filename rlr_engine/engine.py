@@ -124,6 +124,15 @@ class Engine:
     def latest(self) -> Snapshot:
         return self._latest
 
+    @property
+    def method_label(self) -> str:
+        """The method with the τ (and β) it trains with now: after ``setup()`` of a resumed run,
+        the checkpoint's (set live since the start), not the preset's."""
+        trainer = self.trainer
+        if trainer is None:
+            return self.config.method_label
+        return method_label(self.config.method, trainer.tau, trainer.beta or 0.0)
+
     def log_event(self, kind: str, message: str) -> None:
         """Record an event from another thread (the control server reporting a bad client)."""
         self._event(kind, message)
@@ -185,8 +194,7 @@ class Engine:
         self._layers_at = time.monotonic()
         self.state = "running"
         self._event("info", f"{'resumed' if self.resume_requested else 'started'} {self.config.name} "
-                            f"({method_label(self.config.method, trainer.tau, trainer.beta or 0.0)}) on {self.device_name} "
-                            f"at step {trainer.step}")
+                            f"({self.method_label}) on {self.device_name} at step {trainer.step}")
 
     def _loop(self) -> None:
         trainer = self.trainer
@@ -490,7 +498,7 @@ class Engine:
         if trainer is not None:
             report = trainer.report
             changes.update(
-                method=method_label(self.config.method, trainer.tau, trainer.beta or 0.0), step=trainer.step,
+                method=self.method_label, step=trainer.step,
                 epoch=trainer.epoch, total_steps=trainer.total_steps, tau=trainer.tau, theta=trainer.theta,
                 lr=trainer.lr, beta=trainer.beta, adapt_every=trainer.adapt_every, layers=stats,
                 params=report.params, dense_params=report.dense_params, compression=report.compression,

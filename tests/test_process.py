@@ -225,3 +225,30 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
     with pytest.raises(LaunchError, match="no CUDA GPU"):
         start_detached(["quickstart", "--device", "cuda", "--runs", str(tmp_path / "runs")])
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_resumed_run_reports_the_tau_set_while_it_ran_not_the_presets(tmp_path, engine_processes):
+    run_dir, pid = start(tmp_path, engine_processes)  # the preset's τ is 0.1
+    client = EngineClient.connect(run_dir)
+    client.wait(lambda s: s.state == "running", 60)
+    client.send(SetTau(0.5))
+    assert client.wait(lambda s: s.tau == 0.5, 30).tau == 0.5
+    client.close()
+    os.kill(pid, signal.SIGTERM)  # the final checkpoint holds τ = 0.5
+    wait_until(lambda: not engine_alive(run_dir) and (run_dir / "summary.json").is_file(), 60, "the stop")
+    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "train", "--resume", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        wait_until(lambda: engine_alive(run_dir) and (run_dir / "control.sock").exists(), 300, "the resume")
+        resumed = EngineClient.connect(run_dir)
+        assert resumed.wait(lambda s: s.state == "running", 60).tau == 0.5
+        resumed.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    console_line = next(line for line in out.splitlines() if line.startswith("quickstart — "))
+    assert "CondLR τ=0.5" in console_line, out
+    resumed_events = [e["message"] for e in read_jsonl(run_dir / "events.jsonl") if e["message"].startswith("resumed")]
+    assert resumed_events and "(CondLR τ=0.5)" in resumed_events[-1], resumed_events
