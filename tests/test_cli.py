@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,9 +14,9 @@ from rlr_engine.cli import main
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}  # the test's settings win
 
 
-def rlr(*args, cwd=None):
+def rlr(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "rlr_engine.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, env=ENV)
+                          cwd=cwd, timeout=300, env=env or ENV)
 
 
 def test_presets_lists_name_dataset_model_method_and_purpose(capsys):
@@ -33,9 +34,13 @@ def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
     assert summary["state"] == "finished" and summary["eps"] == [0.0, 0.1]
     for name in ("config.toml", "metrics.jsonl", "events.jsonl", "checkpoint.pt"):
         assert (run_dir / name).is_file()
-    result = rlr("eval", str(run_dir), "--attack", "pgd-linf", "--eps", "0,0.05", "--samples", "50")
+    # As in a terminal (rich draws its live display only there): the attack shows its progress.
+    terminal = {**ENV, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    result = rlr("eval", str(run_dir), "--attack", "pgd-linf", "--eps", "0,0.05", "--samples", "50", env=terminal)
     assert result.returncode == 0, result.stderr
-    assert "pgd-linf" in result.stdout and "0.05" in result.stdout
+    assert "pgd-linf on 50 test images" in result.stdout and "0.05" in result.stdout
+    progress = re.findall(r"pgd-linf, images × ε.*?(\d+)/(\d+)", result.stdout)
+    assert progress and progress[-1][0] == progress[-1][1], result.stdout  # counted up to its total
 
 
 def test_resume_continues_a_run_stopped_midway(tmp_path):
@@ -146,3 +151,24 @@ def test_checkpoint_of_another_model_is_reported_not_raised(tmp_path):
     result = rlr("eval", str(run_dir), "--samples", "10")
     assert result.returncode == 2 and "does not fit the model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_summary_names_the_step_its_attack_measured_and_never_wraps_the_preset(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from rlr_engine import cli
+    from rlr_engine.records import AttackResult, Snapshot
+
+    name = "fmnist-lenet5-condlr-adaptive"
+    snap = Snapshot(state="stopped", preset=name, step=1500, params=1000, dense_params=4000, compression=0.75,
+                    rank_fraction=0.2, adversarial=AttackResult(1200, 6, "pgd-linf", (0.0, 0.02), (0.9, 0.7)))
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=80, no_color=True))
+    cli.print_summary(snap)
+    text = out.getvalue()
+    heading = next(line for line in text.splitlines() if "accuracy under pgd-linf" in line)
+    assert heading.startswith(f"{name}: "), text  # the name whole, on the heading's line
+    assert "at step 1200" in " ".join(text.split()) and "the model is at step 1500" in " ".join(text.split())
+
