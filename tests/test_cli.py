@@ -172,3 +172,23 @@ def test_run_summary_names_the_step_its_attack_measured_and_never_wraps_the_pres
     assert heading.startswith(f"{name}: "), text  # the name whole, on the heading's line
     assert "at step 1200" in " ".join(text.split()) and "the model is at step 1500" in " ".join(text.split())
 
+
+def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_test_command():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```\n(.*?)```", quick_start, re.S)
+    commands = [line for block in blocks for line in block.splitlines() if line.strip()]
+    # A system Python marked externally managed (Debian, Ubuntu) refuses pip outside a venv.
+    for line in commands:
+        for part in line.split("&&"):
+            words = part.split()
+            assert words[0] in ("python3", ".venv/bin/pip", ".venv/bin/python", ".venv/bin/rlr-tui"), line
+            assert words[0] != "python3" or words[1:3] == ["-m", "venv"], line
+    assert any(line.startswith("python3 -m venv .venv && ") and line.endswith("rlr-tui quickstart")
+               for line in commands)
+    assert "download.pytorch.org/whl/cpu" in quick_start and "cu126" in quick_start and "GB" in quick_start
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert ci in commands  # CI runs the README's test command verbatim
