@@ -44,8 +44,9 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
                 device: str | None):
     """The config and run directory of a new or resumed run, checked; nothing is created yet.
     Returns (config, run_dir, whether the run directory is new)."""
-    from .runfiles import CHECKPOINT
+    from .runfiles import CHECKPOINT, CONTROL_SOCKET
     from .runs import choose_run_dir, engine_alive, read_run_config
+    from .server import socket_path_problem
     from .tensorboard_log import require_tensorboard
 
     extra = list(overrides) + ([f"device={device}"] if device else [])
@@ -57,12 +58,19 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"--resume {run_dir}: no {CHECKPOINT} in that directory, nothing to resume")
         require_tensorboard(config)  # a missing optional extra is reported before anything changes
+        problem = socket_path_problem(run_dir / CONTROL_SOCKET)
+        if problem:
+            raise UserError(f"--resume {run_dir}: {problem}; move the run directory to a shorter path")
         return config, run_dir, False
     if preset is None:
         raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
     config = load_preset(preset, extra)
     require_tensorboard(config)
-    return config, choose_run_dir(config, runs_root), True
+    run_dir = choose_run_dir(config, runs_root)
+    problem = socket_path_problem(run_dir / CONTROL_SOCKET)
+    if problem:
+        raise UserError(f"--runs {runs_root}: {problem}; choose a shorter directory for runs")
+    return config, run_dir, True
 
 
 def train_arguments(args: argparse.Namespace) -> list[str]:
@@ -89,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .process import become_detached_log, serve_run
     from .runfiles import CONFIG
     from .presets import dump_toml
-    from .runs import create_run_dir
+    from .runs import create_run_dir, discard_run_dir
 
     # -- torch.distributed: a torchrun worker, or the launcher of --nproc N workers --
     from .distributed import launched_by_torchrun
@@ -134,8 +142,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             console.print(f"[bold]{config.name}[/bold] — {engine.method_label}, {config.model} on {config.dataset} "
                           f"→ {path}  (attach: rlr-tui --attach {path})", highlight=False)
 
-    snap, signal_code = serve_run(engine, detached=args.engine_child,
-                                  follow=lambda e: watch(e, config.name, show=show), on_ready=on_ready)
+    try:
+        snap, signal_code = serve_run(engine, detached=args.engine_child,
+                                      follow=lambda e: watch(e, config.name, show=show), on_ready=on_ready)
+    except CannotStart as error:
+        if new:
+            discard_run_dir(run_dir)  # it never trained: nothing in it to resume or inspect
+        print_error(error)
+        return 1
     try:
         if snap.state == "failed":
             print_error(snap.message)
@@ -175,10 +189,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     from .runs import list_runs
 
-    runs = [r for r in list_runs(args.root) if args.all or r.state not in ("finished", "failed")]
+    # By default what can be attached to or resumed (as the dashboard's picker lists them).
+    runs = [r for r in list_runs(args.root) if args.all or r.live or r.resumable]
     if not runs:
         console.print(f"no {'' if args.all else 'live or resumable '}runs under {args.root}"
-                      f"{'' if args.all else ' (--all lists finished and failed ones too)'}")
+                      f"{'' if args.all else ' (--all lists finished, failed and unresumable ones too)'}")
         return 0
     console.print(f"[bold]runs under {args.root}[/bold]", highlight=False)
     # Run names are what users copy (rlr-tui --attach NAME): their column never wraps; the
@@ -383,8 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help=argparse.SUPPRESS)  # the fresh run directory the --nproc launcher made
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("runs", help="list runs: running, paused, stopped, dead (--all: finished, failed too)")
-    p.add_argument("--all", action="store_true", help="also list finished and failed runs")
+    p = sub.add_parser("runs", help="list runs: running, paused, and stopped or dead ones with a checkpoint "
+                                    "(--all: every run)")
+    p.add_argument("--all", action="store_true", help="also list finished and failed runs, and runs without a "
+                                                      "checkpoint")
     p.add_argument("--root", default="runs", metavar="DIR", help="where run directories are (default: runs)")
     p.set_defaults(func=cmd_runs)
 

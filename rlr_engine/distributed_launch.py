@@ -36,7 +36,7 @@ from .distributed import Ranks, join_process_group, leave_process_group, ranks_f
 from .presets import RunConfig, apply_overrides, load_preset
 from .recorder import Recorder
 from .runfiles import CONFIG, CONTROL_SOCKET, EVENTS, SUMMARY
-from .runs import read_jsonl, read_run_config
+from .runs import discard_run_dir, read_jsonl, read_run_config
 
 
 class RankFailed(Exception):
@@ -48,7 +48,7 @@ def launch(args: argparse.Namespace) -> int:
     """Start ``args.nproc`` workers on this machine and wait for them."""
     import torch.distributed.run as torchrun
 
-    config, run_dir = _prepared_run_dir(args)
+    config, run_dir, new = _prepared_run_dir(args)
     worker = ["train", "--resume", str(run_dir)] if args.resume else ["train", "--run-dir", str(run_dir)]
     torchrun_args = torchrun.parse_args(["--standalone", "--nnodes", "1", "--nproc-per-node", str(args.nproc),
                                          "--max-restarts", "0", "-m", "rlr_engine.cli", *worker])
@@ -60,7 +60,10 @@ def launch(args: argparse.Namespace) -> int:
     except ChildFailedError as error:
         rank, failure = root_failure(error.failures)
         reason = f"rank {rank} failed: {failure_reason(failure)}"
-        record_failure(config, run_dir, reason)
+        if new and not (run_dir / EVENTS).exists():
+            discard_run_dir(run_dir)  # a failed start (no data set, no such device): nothing ran
+        else:
+            record_failure(config, run_dir, reason)
         print_error(reason)
         if announce is not None:
             announce.fail(reason)
@@ -197,17 +200,24 @@ def train_worker(args: argparse.Namespace) -> int:
     config = worker_config(args)
     join_process_group(ranks, ranks.place(resolve_device(config.device)))
     try:
-        run_dir = ranks.broadcast(str(_rank0_run_dir(args, config)) if ranks.is_main else None)
+        created = _rank0_run_dir(args) if ranks.is_main else None
+        run_dir = ranks.broadcast(str(created[0]) if created else None)
         engine = Engine(config, run_dir, resume=bool(args.resume), ranks=ranks)
-        engine.setup()
+        try:
+            engine.setup()
+        except BaseException:
+            if created and created[1]:
+                discard_run_dir(created[0])  # torchrun by hand: this rank made it for a run that never started
+            raise
         return _run_main(engine, config, ranks) if ranks.is_main else _run_follower(engine)
     finally:
         leave_process_group()
 
 
-def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     """Resolve and check the run as ``rlr train`` does, then create its directory (a new run) or
-    write its overridden config (a resumed one): done once, before any worker starts."""
+    write its overridden config (a resumed one): done once, before any worker starts. Returns
+    (config, run directory, whether it is new)."""
     from .cli import prepare_run  # cli imports this module lazily, for --nproc only
     from .presets import dump_toml
     from .runs import create_run_dir
@@ -217,13 +227,16 @@ def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path]:
         create_run_dir(run_dir, config)
     else:
         (run_dir / CONFIG).write_text(dump_toml(config), encoding="utf-8")
-    return config, run_dir
+    return config, run_dir, new
 
 
-def _rank0_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
+def _rank0_run_dir(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The run directory and whether rank 0 has just created it (torchrun by hand, a new run);
+    the --nproc launcher's directory was made, and is cleaned up, by the launcher."""
     if args.run_dir:
-        return Path(args.run_dir)
-    return _prepared_run_dir(args)[1]
+        return Path(args.run_dir), False
+    _, run_dir, new = _prepared_run_dir(args)
+    return run_dir, new
 
 
 def _run_main(engine, config: RunConfig, ranks: Ranks) -> int:

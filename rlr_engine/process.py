@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .engine import Engine
+from .errors import CannotStart
 from .protocol import PROTOCOL_VERSION
 from .records import Snapshot, Stop
 from .runfiles import CONTROL_SOCKET, ENGINE_LOG
@@ -31,7 +32,8 @@ def serve_run(engine: Engine, detached: bool, follow: Callable[[Engine], Snapsho
               abort_on_second_interrupt: bool = True) -> tuple[Snapshot, int | None]:
     """Run ``engine`` (already set up, its run directory created) with its control server until it
     ends; ``follow(engine)`` shows it meanwhile and returns the last snapshot. Returns that
-    snapshot and the stop signal's exit code (None when no signal stopped it). A second Ctrl+C
+    snapshot and the stop signal's exit code (None when no signal stopped it); CannotStart, with
+    the engine not started, when the control socket cannot listen. A second Ctrl+C
     aborts unless ``abort_on_second_interrupt`` is false (under torchrun, whose agent repeats
     the terminal's Ctrl+C)."""
     run_dir = engine.run_dir
@@ -58,7 +60,10 @@ def serve_run(engine: Engine, detached: bool, follow: Callable[[Engine], Snapsho
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN if detached and signum == signal.SIGHUP else on_signal)
     try:
-        server.start()
+        try:
+            server.start()
+        except OSError as error:
+            raise CannotStart(f"cannot listen on {run_dir / CONTROL_SOCKET}: {error}") from None
         engine.start()
         on_ready(run_dir)
         snap = follow(engine)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -50,6 +51,15 @@ def create_run_dir(path: str | Path, config: RunConfig) -> Path:
     os.chmod(path, 0o700)  # whatever the umask
     (path / CONFIG).write_text(dump_toml(config), encoding="utf-8")
     return path
+
+
+def discard_run_dir(path: str | Path) -> None:
+    """Remove a run directory whose run never started (what a failed start wrote into it). A
+    directory holding a checkpoint is a run, and is kept."""
+    path = Path(path)
+    if (path / CHECKPOINT).exists():
+        return
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def new_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -35,11 +36,23 @@ from .records import Ack, Event
 if TYPE_CHECKING:
     from .engine import Engine
 
+#: The longest path a Unix socket binds to: sockaddr_un's sun_path holds 108 bytes on Linux
+#: (104 on macOS), its terminating NUL included.
+MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
 MAX_BACKLOG_BYTES = 4 << 20
 MAX_CLIENTS = 32
 MAX_BAD_LINES = 100
 HELLO_TIMEOUT_S = 30.0
 CLOSE_GRACE_S = 1.0
+
+
+def socket_path_problem(path: str | Path) -> str | None:
+    """Why a control socket cannot bind at ``path`` (too long for a Unix socket), or None."""
+    size = len(os.fsencode(str(path)))
+    if size > MAX_SOCKET_PATH:
+        return (f"its control socket {path} would be {size} bytes long; a Unix socket's path may have at most "
+                f"{MAX_SOCKET_PATH}")
+    return None
 
 
 @dataclass
@@ -95,6 +108,9 @@ class ControlServer:
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
             listener.bind(str(self.path))
+        except OSError:
+            listener.close()
+            raise
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)

@@ -94,7 +94,7 @@ def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
 
 def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path):
     result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false",
-                 "--runs", str(tmp_path / "runs"))
+                 "--runs", "runs", cwd=tmp_path)  # relative: a control socket path short enough
     assert result.returncode == 1
     assert "not available" in result.stderr and "quickstart" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -192,3 +192,46 @@ def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_
     assert "download.pytorch.org/whl/cpu" in quick_start and "cu126" in quick_start and "GB" in quick_start
     ci = (root / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     assert ci in commands  # CI runs the README's test command verbatim
+
+
+def test_a_runs_directory_too_long_for_the_control_socket_is_refused_before_anything_is_created(tmp_path):
+    root = tmp_path / ("r" * 100)
+    result = rlr("train", "quickstart", "--runs", str(root))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"--runs {root}" in message and "at most 107" in message, message
+    assert not root.exists()
+
+
+def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
+    from rlr_engine import server
+
+    def cannot_listen(self):
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(server.ControlServer, "start", cannot_listen)
+    assert main(["train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path)]) == 1
+    assert "cannot listen on" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
+    result = rlr("train", "mnist-lenet5-dense", "--nproc", "2", "--set", f"data_dir={tmp_path}",
+                 "--set", "download=false", "--runs", "r", cwd=tmp_path)  # relative: a short socket path
+    assert result.returncode == 1 and "not available" in result.stderr
+    assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
+
+
+def test_runs_lists_only_what_can_be_attached_or_resumed_unless_all(tmp_path):
+    from rlr_engine.presets import load_preset
+    from rlr_engine.runs import new_run_dir
+
+    config = load_preset("quickstart")
+    never_saved = new_run_dir(config, tmp_path)  # killed before its first checkpoint
+    resumable = new_run_dir(config, tmp_path)
+    (resumable / "checkpoint.pt").write_bytes(b"")
+    def listed(*flags):
+        return {line.split()[0] for line in rlr("runs", *flags, "--root", str(tmp_path)).stdout.splitlines()[1:]}
+
+    assert listed() == {resumable.name}
+    assert listed("--all") == {resumable.name, never_saved.name}
