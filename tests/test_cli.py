@@ -101,16 +101,20 @@ def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads(tmp_path):
+def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_nothing(tmp_path, monkeypatch):
     from rlr_engine.presets import load_preset
     from rlr_engine.runs import new_run_dir
 
+    monkeypatch.chdir(tmp_path)  # a relative run directory: a control socket path short enough
     # The run's data set is missing too: the checkpoint must be the error reported.
-    config = load_preset("mnist-lenet5-dense", [f"data_dir={tmp_path / 'nothing'}", "download=false"])
-    run_dir = new_run_dir(config, tmp_path / "runs")
+    config = load_preset("mnist-lenet5-dense", [f"data_dir={tmp_path}", "download=false"])
+    run_dir = new_run_dir(config, "runs")
     (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    result = rlr("train", "--resume", str(run_dir))
-    assert result.returncode == 2 and "unreadable" in result.stderr and "not available" not in result.stderr
+    (run_dir / "config.toml").write_text((run_dir / "config.toml").read_text() + "# the user's note\n")
+    before = {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.iterdir()}
+    result = rlr("train", "--resume", str(run_dir), "--set", "epochs=3", cwd=tmp_path)
+    assert result.returncode == 2 and "unreadable" in result.stderr and "data set" not in result.stderr
+    assert {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.iterdir()} == before
 
 
 def test_runs_lists_states(tmp_path):
