@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -178,8 +179,6 @@ def test_run_summary_names_the_step_its_attack_measured_and_never_wraps_the_pres
 
 
 def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_test_command():
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text(encoding="utf-8")
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
@@ -239,3 +238,27 @@ def test_runs_lists_only_what_can_be_attached_or_resumed_unless_all(tmp_path):
 
     assert listed() == {resumable.name}
     assert listed("--all") == {resumable.name, never_saved.name}
+
+
+def test_every_ended_run_leaves_a_summary_finished_stopped_or_failed(tmp_path, monkeypatch):
+    from helpers import run_to_end, start_engine, wait_for
+
+    from rlr_engine.trainer import Trainer
+
+    finished = run_to_end(start_engine(tmp_path / "f", epochs=1))
+    stopped_engine = start_engine(tmp_path / "s", epochs=100)
+    wait_for(stopped_engine, lambda s: s.state == "running" and s.step > 3)
+    assert stopped_engine.stop(60)
+    train_step = Trainer.train_step
+
+    def breaks_at_step_5(self):
+        if self.step >= 5:
+            raise RuntimeError("the device went away")
+        return train_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", breaks_at_step_5)
+    failed = run_to_end(start_engine(tmp_path / "x", epochs=100))
+    for snap, state in ((finished, "finished"), (stopped_engine.latest(), "stopped"), (failed, "failed")):
+        summary = json.loads((Path(snap.run_dir) / "summary.json").read_text())
+        assert snap.state == summary["state"] == state and summary["steps"] == snap.step
+    assert "the device went away" in json.loads((Path(failed.run_dir) / "summary.json").read_text())["error"]
