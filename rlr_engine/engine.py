@@ -99,7 +99,7 @@ class Engine:
     def setup(self) -> "Engine":
         """Load everything the run needs; raises CheckpointError or CannotStart (no data set, no such device). The
         checkpoint of a resumed run is read first, so a corrupt one is reported before the data set
-        loads."""
+        loads. A resumed run trains with the checkpoint's τ (set live) unless its config changed τ."""
         device = self.ranks.place(resolve_device(self.config.device))
         if self.resume_requested:
             self._resume_payload = self.recorder.load_checkpoint(device)
@@ -107,6 +107,11 @@ class Engine:
         trainer = Trainer(self.config, data, device, self.ranks)
         if self._resume_payload is not None:
             trainer.load_state_dict(self._resume_payload, str(self.recorder.checkpoint_path))
+            # The checkpoint's τ is the one set live; a τ the resume itself sets (--set tau=…)
+            # differs from the config saved with the checkpoint, and wins.
+            saved_tau = self._resume_payload.get("config", {}).get("tau", self.config.tau)
+            if self.config.tau != saved_tau:
+                trainer.set_tau(self.config.tau)
         self.device_name = describe_device(device)
         self.trainer = trainer
         self._reported_ranks = trainer.adaptation.ranks() if trainer.adaptation is not None else {}

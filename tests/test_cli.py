@@ -262,3 +262,22 @@ def test_every_ended_run_leaves_a_summary_finished_stopped_or_failed(tmp_path, m
         summary = json.loads((Path(snap.run_dir) / "summary.json").read_text())
         assert snap.state == summary["state"] == state and summary["steps"] == snap.step
     assert "the device went away" in json.loads((Path(failed.run_dir) / "summary.json").read_text())["error"]
+
+
+def test_a_resume_keeps_the_tau_set_live_unless_it_sets_tau_itself(tmp_path):
+    from dataclasses import replace
+
+    from helpers import run_to_end, start_engine
+
+    from rlr_engine.engine import Engine
+    from rlr_engine.records import SetTau
+    from rlr_engine.runs import read_run_config
+
+    engine = start_engine(tmp_path, epochs=1)  # τ = 0.1 in its config
+    engine.send(SetTau(0.3))
+    run_to_end(engine)
+    config = read_run_config(engine.run_dir)
+    kept = Engine(replace(config, epochs=2), engine.run_dir, resume=True).setup()
+    assert kept.trainer.tau == 0.3 and "τ=0.3" in kept.method_label
+    given = Engine(replace(config, epochs=2, tau=0.5), engine.run_dir, resume=True).setup()  # --set tau=0.5
+    assert given.trainer.tau == 0.5 and "τ=0.5" in given.method_label
