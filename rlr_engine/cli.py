@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from .launch import ENGINE_CHILD_FLAG, READY
 from .presets import PresetError, apply_overrides, available_presets, load_preset
-from .validation import eps_problem
+from .validation import parse_eps_text
 from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, print_error, watch
 
 
@@ -324,13 +323,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- argument parsing -----------------------------------------------------------------------
 def _eps_list(text: str) -> list[float]:
     try:
-        values = [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--eps {text!r}: expected numbers like 0,0.01,0.02") from None
-    problem = eps_problem(values, max_eps=math.inf)  # each attack then checks its own range (L∞: [0, 1])
-    if problem:
-        raise argparse.ArgumentTypeError(f"--eps {text!r}: must be {problem}")
-    return values
+        return list(parse_eps_text(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--eps {text!r}: {error}") from None
 
 
 def add_eval_parser(sub) -> None:

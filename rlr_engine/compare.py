@@ -29,6 +29,7 @@ from .sanity import AttackRecord, Component, sanity_report
 from .presets import PresetError, RunConfig, dump_toml, load_preset
 from .runfiles import CHECKPOINT, CONFIG, SUMMARY
 from .runs import read_run_config
+from .validation import parse_eps_text
 
 SPEC_FILE = "comparison.json"
 
@@ -362,19 +363,6 @@ def parse_samples(text: str) -> int:
     return int(text)
 
 
-def parse_eps_list(text: str) -> tuple[float, ...]:
-    from .validation import eps_problem
-
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    problem = eps_problem(values, max_eps=math.inf)  # each attack then checks its own range
-    if problem:
-        raise ValueError(f"must be {problem}, comma-separated")
-    return values
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from .progress import UserError, console, watch
 
@@ -392,7 +380,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except AttackUnavailable as error:
         raise UserError(f"--attacks {args.attacks!r}: {error}") from None
     default_samples, own_samples = per_attack(args.attack_samples, attacks, "--attack-samples", parse_samples)
-    every_attack_eps, own_eps = per_attack(args.attack_eps, attacks, "--attack-eps", parse_eps_list)
+    every_attack_eps, own_eps = per_attack(args.attack_eps, attacks, "--attack-eps", parse_eps_text)
     if every_attack_eps is not None:
         raise UserError(f"--attack-eps {args.attack_eps[0]!r}: name the attack (ATTACK=E1,E2); the presets' "
                         f"eps list is every other attack's")

@@ -93,6 +93,20 @@ def eps_problem(values, max_eps: float = 1.0) -> str | None:
     return f"a non-empty list of numbers in [0, {bound}"
 
 
+def parse_eps_text(text: str) -> tuple[float, ...]:
+    """Attack budgets typed as text ("0,0.01,0.02", commas and/or spaces) as numbers, each
+    >= 0; ValueError saying what is allowed otherwise. Each attack then checks its own range
+    (L∞: [0, 1])."""
+    try:
+        values = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        values = ()
+    problem = eps_problem(values, max_eps=math.inf)
+    if problem:
+        raise ValueError(f"must be {problem}, e.g. 0,0.01,0.02")
+    return values
+
+
 def check_adapt_every(value: Any) -> int:
     """Window length k ≥ 2 batches (augment on the first, truncate on the last)."""
     allowed = "an integer >= 2 (batches per rank-adaptation window)"
