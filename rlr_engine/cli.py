@@ -11,6 +11,7 @@ from typing import Sequence
 from rich.table import Table
 
 from .launch import ENGINE_CHILD_FLAG, READY
+from .names import DEVICES
 from .presets import PresetError, apply_overrides, available_presets, load_preset
 from .validation import parse_eps_text
 from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, print_error, watch
@@ -349,7 +350,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--no-probes", action="store_true",
                    help="skip the extra measurements the sanity checks use (FGSM/PGD references, large ε)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--data-dir", help="where the data set is (default: the run's)")
     p.set_defaults(func=cmd_eval)
 
@@ -365,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("preset", nargs="?", help="preset name (see `rlr presets`) or path of a .toml file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset key, e.g. --set tau=0.5 --set epochs=3 (repeatable)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: the preset's)")
+    p.add_argument("--device", choices=DEVICES, help="where to train (default: the preset's)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
     p.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
     p.add_argument("--detach", action="store_true",

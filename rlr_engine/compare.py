@@ -24,6 +24,7 @@ from statistics import mean, pstdev
 from typing import Any, Sequence
 
 from .attacks import ATTACKS
+from .names import DEVICES
 from .records import AttackSpec, Stop
 from .sanity import AttackRecord, Component, sanity_report
 from .presets import PresetError, RunConfig, dump_toml, load_preset
@@ -434,5 +435,5 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--attack-eps", action="append", default=[], metavar="ATTACK=E1,E2",
                    help="the ε list of one attack instead of the presets' eps (repeatable)")
     p.add_argument("--out", default="comparisons/latest", help="comparison directory (default comparisons/latest)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", choices=DEVICES)
     p.set_defaults(func=cmd_compare)

@@ -19,7 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .catalog import model_data_problem
-from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, MODELS, STEP_SCALINGS
+from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, MODELS, STEP_SCALINGS
 from .records import AttackSpec
 from .validation import BETA, LR, TAU, THETA, NumberRange, eps_problem, parse_infinity
 
@@ -49,9 +49,9 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = F
 
 
 def _device(value: str) -> str | None:
-    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+    if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
         return None
-    return "auto, cpu, cuda or cuda:N"
+    return f"{', '.join(DEVICES)} or cuda:N"
 
 
 def _eps(values: list) -> str | None:
