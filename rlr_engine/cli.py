@@ -264,11 +264,9 @@ def eval_json(config, step: int, checked) -> dict:
         "attack": spec.name, "norm": spec.info.norm, "eps": list(spec.eps), "accuracy": list(result.accuracy),
         "samples": result.samples, "steps": spec.steps if spec.info.uses_steps else None,
         "restarts": spec.restarts,
-        "parts": [{"attack": p.attack, "kind": p.kind, "accuracy": list(p.accuracy)} for p in result.parts],
-        "probes": [{"attack": p.spec.name, "eps": list(p.spec.eps), "accuracy": list(p.accuracy)}
-                   for p in checked.probes],
-        "flags": [{"code": f.code, "message": f.message} for f in checked.sanity.flags],
-        "not_checked": list(checked.sanity.skipped),
+        "parts": [p.to_dict() for p in result.parts],
+        "probes": [p.to_dict() for p in checked.probes],
+        **checked.sanity.to_dict(),
     }
 
 

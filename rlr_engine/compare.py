@@ -138,11 +138,8 @@ def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack
         result = {"eps": summary["eps"], "accuracy": summary["adversarial_accuracy"], "samples": 0, "parts": []}
     else:
         checked = robustness_with_checks(model, images, labels, spec, config.dataset, to_input=to_float)
-        probes, main = list(checked.probes), checked.result
-        result = {"eps": eps, "accuracy": list(main.accuracy), "samples": main.samples,
-                  "parts": [{"attack": p.attack, "kind": p.kind, "accuracy": list(p.accuracy)} for p in main.parts]}
-    result["probes"] = [{"attack": p.spec.name, "eps": list(p.spec.eps), "accuracy": list(p.accuracy),
-                         "samples": p.samples} for p in probes]
+        probes, result = list(checked.probes), checked.result.to_dict()
+    result["probes"] = [p.to_dict() for p in probes]
     cache.write_text(json.dumps(result), encoding="utf-8")
     return result
 
@@ -156,15 +153,13 @@ def row_sanity(row: dict[str, Any], attacks: Sequence[str], dataset: str | None)
         info = ATTACKS[attack]
         records.append(AttackRecord(attack, info.kind, info.norm, tuple(entry["eps"]),
                                     tuple(m for m, _ in entry["accuracy"]), entry["samples"],
-                                    tuple(Component(p["attack"], p["kind"], tuple(p["accuracy"]))
-                                          for p in entry.get("parts", []))))
+                                    tuple(Component.from_dict(p) for p in entry.get("parts", []))))
         for probe in entry.get("probes", []):
             pinfo = ATTACKS[probe["attack"]]
             records.append(AttackRecord(probe["attack"], pinfo.kind, pinfo.norm, tuple(probe["eps"]),
                                         tuple(probe["accuracy"]), probe["samples"]))
     report = sanity_report(records, dataset)
-    return {"flags": [{"code": f.code, "message": f.message} for f in report.flags],
-            "not_checked": list(report.skipped)}
+    return report.to_dict()
 
 
 # -- tables ---------------------------------------------------------------------------------
