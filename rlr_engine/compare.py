@@ -24,6 +24,7 @@ from statistics import mean, pstdev
 from typing import Any, Sequence
 
 from .attacks import ATTACKS
+from .formatting import pct_pm
 from .names import DEVICES
 from .records import AttackSpec, Stop
 from .sanity import AttackRecord, Component, sanity_report
@@ -217,13 +218,10 @@ def aggregate(results: Sequence[RunResult], attacks: Sequence[str]) -> list[dict
     return rows
 
 
-def _pm(value: tuple[float, float], percent: bool = True, digits: int = 1) -> str:
+def _pm(value: tuple[float, float]) -> str:
+    """Mean ± standard deviation of a plain number (κ)."""
     m, s = value
-    if math.isnan(m):
-        return "–"
-    if percent:
-        return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}"
-    return f"{m:.3g} ± {s:.2g}"
+    return "–" if math.isnan(m) else f"{m:.3g} ± {s:.2g}"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], attack: str) -> str:
@@ -233,8 +231,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], attack: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["method"], row["preset"], f"{row['rank_fraction']:.0%}", f"{row['compression']:.1%}"]
-        cells += [_pm(a) for a in row[attack]["accuracy"]]
-        cells += [_pm(row["kappa_mean"], False), _pm(row["kappa_max"], False),
+        cells += [pct_pm(*a) for a in row[attack]["accuracy"]]
+        cells += [_pm(row["kappa_mean"]), _pm(row["kappa_max"]),
                   f"{row['train_seconds'][0]:.1f}", _flag_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
