@@ -21,7 +21,7 @@ else:  # pragma: no cover
 from .catalog import model_data_problem
 from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, MODELS, STEP_SCALINGS
 from .records import AttackSpec
-from .validation import BETA, LR, TAU, THETA, NumberRange, eps_problem, parse_infinity
+from .validation import ADAPT_EVERY, BETA, LR, TAU, THETA, NumberRange, eps_problem, parse_infinity
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -85,7 +85,7 @@ class RunConfig:
     max_rank_fraction: float = field(default=0.5, metadata=_spec(float, _number(0, 1, low_open=True),
                                      "rank-adaptive: storage (largest rank) of each layer as a fraction of "
                                      "its full rank; at least rank_fraction"))
-    adapt_every: int = field(default=10, metadata=_spec(int, _number(2, 100_000),
+    adapt_every: int = field(default=10, metadata=_spec(int, _within(ADAPT_EVERY),
                              "rank-adaptive: batches per window (augment on the first, truncate with "
                              "truncate_theta on the last)"))
     beta: float = field(default=0.0, metadata=_spec(float, _within(BETA),
