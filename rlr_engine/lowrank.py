@@ -37,7 +37,8 @@ class LowRankLayer(nn.Module):
 
     def _init_factors(self, m: int, n: int, rank: int, bias: bool, device, dtype,
                       max_rank: int | None = None) -> None:
-        full = min(m, n)
+        self.out_dim, self.in_dim = m, n
+        full = self.full_rank
         if not 1 <= rank <= full:
             raise ValueError(f"rank must be in [1, {full}] for a {m}×{n} weight, got {rank}")
         max_rank = rank if max_rank is None else max_rank
@@ -45,7 +46,6 @@ class LowRankLayer(nn.Module):
             raise ValueError(f"max_rank must be in [{rank}, {full}] (rank to full rank) for a {m}×{n} "
                              f"weight, got {max_rank}")
         kw = {"device": device, "dtype": dtype}
-        self.out_dim, self.in_dim = m, n
         self.U = nn.Parameter(torch.empty(m, max_rank, **kw))
         self.S = nn.Parameter(torch.empty(max_rank, max_rank, **kw))
         self.V = nn.Parameter(torch.empty(n, max_rank, **kw))
@@ -66,6 +66,7 @@ class LowRankLayer(nn.Module):
 
     @property
     def full_rank(self) -> int:
+        """min(m, n): the rank of a dense m×n weight."""
         return min(self.out_dim, self.in_dim)
 
     def set_live_rank(self, rank: int) -> None:
