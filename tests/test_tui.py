@@ -313,3 +313,19 @@ async def test_a_value_the_dialog_refuses_and_a_screenshot_go_into_the_runs_even
         assert rejected == Note("rejected", rejected.message) and "'-1'" in rejected.message and "tau" in rejected.message
         assert shot.level == "info" and "screenshot saved" in shot.message
         assert not any(isinstance(c, SetTau) for c in d.client.commands)
+
+
+@pytest.mark.parametrize("key", ["t", "r", "l"])
+async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt(tmp_path, key):
+    from textual.geometry import Region
+
+    async with dashboard(tmp_path) as d:
+        await d.pilot.press(key)
+        await until(d.pilot, lambda: isinstance(d.app.screen, ValueDialog))
+        await d.pilot.pause(0.1)
+        dialog = d.app.screen
+        label, box = dialog.query_one("#dialog-prompt"), dialog.query_one("#dialog")
+        assert label.region.right <= box.content_region.right, "the prompt runs past the dialog's edge"
+        lines = label.render_lines(Region(0, 0, label.size.width, label.size.height))
+        shown = " ".join(strip.text.strip() for strip in lines)
+        assert " ".join(shown.split()) == dialog.prompt
