@@ -325,3 +325,20 @@ async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt(tmp_path, key
         lines = label.render_lines(Region(0, 0, label.size.width, label.size.height))
         shown = " ".join(strip.text.strip() for strip in lines)
         assert " ".join(shown.split()) == dialog.prompt
+
+
+async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):
+    import json
+
+    from rlr_engine.presets import dump_toml, load_preset
+
+    run_dir = tmp_path / "runs" / "20260101-000000-quickstart"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(dump_toml(load_preset("quickstart")))  # τ = 0.1
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 40, "tau": 5.0}) + "\n")
+    app = RlrApp(None, [], tmp_path / "runs")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.1)
+        runs = app.screen.query_one("#runs")
+        assert runs.row_count == 1 and runs.get_row_at(0)[-1] == "CondLR τ=5"
