@@ -17,6 +17,7 @@ from rlr_tui.screens.help import HelpScreen
 from rlr_tui.screens.picker import PickerScreen
 from rlr_tui.screens.quit import QuitScreen
 from rlr_tui.screens.value_dialog import ValueDialog
+from rlr_tui.widgets.event_log import EventLog
 from rlr_tui.widgets.status_bar import StatusBar
 
 
@@ -180,7 +181,6 @@ async def test_screenshot_help_and_layer_keys(tmp_path):
 
 async def test_the_events_tab_scrolls_back_by_keyboard_while_events_arrive(tmp_path):
     from rlr_engine.records import Event
-    from rlr_tui.widgets.event_log import EventLog
 
     def with_events(last, version):
         events = tuple(Event(seq, seq, 0.0, "info", f"event number {seq}") for seq in range(1, last + 1))
@@ -217,6 +217,7 @@ def test_dashboard_layout(snap_compare, tmp_path, size, tab):
 # -- end to end: a real engine process on synthetic data ----------------------------------------
 FAST = ["dataset=synthetic", "epochs=400", "snapshot_interval=0.05", "attack_every=0", "checkpoint_every=1",
         "rank_fraction=0.5"]
+EARLY_EVENT = "[info] started quickstart"  # after the time stamp "HH:MM:SS "
 
 
 async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path, engine_processes):
@@ -248,6 +249,9 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
         await until(pilot, lambda: app.client.latest() is not None and app.client.latest().tau == 0.5)
         assert "CondLR τ=0.5" in status_text(app)  # the current τ, not the preset's
+        await pilot.press("5")  # the events from before this dashboard attached
+        log = app.screen.query_one(EventLog)
+        await until(pilot, lambda: any(line.text.startswith(EARLY_EVENT, 9) for line in log.lines))
         await pilot.press("q", "s")
         await until(pilot, lambda: not app.is_running, timeout=60)
     assert run_info(run_dir).state == "stopped"
