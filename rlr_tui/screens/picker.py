@@ -53,8 +53,8 @@ class PickerScreen(Screen):
                 continue
             step = "–" if info.step is None else f"{info.step}/{info.total_steps or '?'}"
             state = info.state if info.live else f"{info.state} (resume)"
-            c = info.config  # τ may have been changed while the run trained: name the current one
-            method = method_label(c.method, c.tau if info.tau is None else info.tau, c.beta)
+            config = info.config  # τ may have been changed while the run trained: name the current one
+            method = method_label(config.method, config.tau if info.tau is None else info.tau, config.beta)
             runs.add_row(info.path.name, state, step, method, key=str(info.path))
         presets.focus()
 
