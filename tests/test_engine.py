@@ -253,4 +253,6 @@ def test_a_dashboard_note_is_recorded_as_an_event_and_a_bad_level_is_rejected(tm
     wait_for(engine, lambda s: any(a.request_id == "n2" for a in engine.acks))
     bad = next(a for a in engine.acks if a.request_id == "n2")
     assert bad.status == "rejected" and "note.level = 'shout'" in bad.message
+    snap = wait_for(engine, lambda s: any("note.level" in e.message for e in s.events))
+    assert not any(e.kind == "applied" and e.message == "noted" for e in snap.events), "a note is one event, not two"
     engine.stop(30)
