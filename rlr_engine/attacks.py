@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -262,6 +262,11 @@ class Robustness:
 
     def by_eps(self) -> dict[float, float]:
         return dict(zip(self.spec.eps, self.accuracy))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form: attack, ε, accuracy, samples and the parts' accuracies."""
+        return {"attack": self.spec.name, "eps": list(self.spec.eps), "accuracy": list(self.accuracy),
+                "samples": self.samples, "parts": [part.to_dict() for part in self.parts]}
 
     def record(self) -> AttackRecord:
         info = self.spec.info

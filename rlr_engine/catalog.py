@@ -22,34 +22,44 @@ class DatasetInfo:
     """One data set: image shape, classes, the normalisation the model applies to [0, 1]
     pixels (None: none), training augmentation (random crop after zero padding, horizontal
     flip), where it comes from, and ``large_eps``, an L∞ budget at which any model should be
-    near chance (None where no such budget is established)."""
+    near chance (None where no such budget is established).
+
+    ``source`` is "sklearn" (in memory), "synthetic" (generated) or the name of the
+    torchvision.datasets class that reads it from data_dir (and downloads it there);
+    ``system_copy`` is the directory where the system package ``system_package`` installs the
+    gzipped raw files, used offline when data_dir lacks them."""
 
     name: str
     channels: int
     image_size: int
     classes: int
-    source: str  # "sklearn", "torchvision" or "synthetic"
+    source: str
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     crop_padding: int = 0
     flip: bool = False
     large_eps: float | None = None
+    system_copy: Path | None = None
+    system_package: str = ""
 
     @property
     def needs_files(self) -> bool:
         """True when the data live in files under data_dir (downloaded or copied there)."""
-        return self.source == "torchvision"
+        return self.source not in IN_MEMORY_SOURCES
 
+
+IN_MEMORY_SOURCES = ("sklearn", "synthetic")
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
     DatasetInfo("digits", 1, 8, 10, "sklearn", large_eps=0.3),
-    DatasetInfo("mnist", 1, 28, 10, "torchvision", large_eps=0.3),
-    DatasetInfo("fashion-mnist", 1, 28, 10, "torchvision", large_eps=0.3),
-    DatasetInfo("cifar10", 3, 32, 10, "torchvision", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+    DatasetInfo("mnist", 1, 28, 10, "MNIST", large_eps=0.3),
+    DatasetInfo("fashion-mnist", 1, 28, 10, "FashionMNIST", large_eps=0.3, system_copy=DEBIAN_FASHION_MNIST,
+                system_package="dataset-fashion-mnist"),
+    DatasetInfo("cifar10", 3, 32, 10, "CIFAR10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
                 crop_padding=4, flip=True),
-    DatasetInfo("cifar100", 3, 32, 100, "torchvision", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+    DatasetInfo("cifar100", 3, 32, 100, "CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                 crop_padding=4, flip=True),
-    DatasetInfo("svhn", 3, 32, 10, "torchvision", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+    DatasetInfo("svhn", 3, 32, 10, "SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
                 crop_padding=4),
     DatasetInfo("synthetic", 1, 8, 10, "synthetic"),
     DatasetInfo("synthetic-28", 1, 28, 10, "synthetic"),

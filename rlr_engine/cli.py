@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -12,8 +11,9 @@ from typing import Sequence
 from rich.table import Table
 
 from .launch import ENGINE_CHILD_FLAG, READY
+from .names import DEVICES
 from .presets import PresetError, apply_overrides, available_presets, load_preset
-from .validation import eps_problem
+from .validation import parse_eps_text
 from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, print_error, watch
 
 
@@ -279,11 +279,9 @@ def eval_json(config, step: int, checked) -> dict:
         "attack": spec.name, "norm": spec.info.norm, "eps": list(spec.eps), "accuracy": list(result.accuracy),
         "samples": result.samples, "steps": spec.steps if spec.info.uses_steps else None,
         "restarts": spec.restarts,
-        "parts": [{"attack": p.attack, "kind": p.kind, "accuracy": list(p.accuracy)} for p in result.parts],
-        "probes": [{"attack": p.spec.name, "eps": list(p.spec.eps), "accuracy": list(p.accuracy)}
-                   for p in checked.probes],
-        "flags": [{"code": f.code, "message": f.message} for f in checked.sanity.flags],
-        "not_checked": list(checked.sanity.skipped),
+        "parts": [p.to_dict() for p in result.parts],
+        "probes": [p.to_dict() for p in checked.probes],
+        **checked.sanity.to_dict(),
     }
 
 
@@ -339,13 +337,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- argument parsing -----------------------------------------------------------------------
 def _eps_list(text: str) -> list[float]:
     try:
-        values = [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--eps {text!r}: expected numbers like 0,0.01,0.02") from None
-    problem = eps_problem(values, max_eps=math.inf)  # each attack then checks its own range (L∞: [0, 1])
-    if problem:
-        raise argparse.ArgumentTypeError(f"--eps {text!r}: must be {problem}")
-    return values
+        return list(parse_eps_text(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--eps {text!r}: {error}") from None
 
 
 def add_eval_parser(sub) -> None:
@@ -369,7 +363,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--no-probes", action="store_true",
                    help="skip the extra measurements the sanity checks use (FGSM/PGD references, large ε)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--data-dir", help="where the data set is (default: the run's)")
     p.set_defaults(func=cmd_eval)
 
@@ -385,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("preset", nargs="?", help="preset name (see `rlr presets`) or path of a .toml file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset key, e.g. --set tau=0.5 --set epochs=3 (repeatable)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: the preset's)")
+    p.add_argument("--device", choices=DEVICES, help="where to train (default: the preset's)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
     p.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
     p.add_argument("--detach", action="store_true",

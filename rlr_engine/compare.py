@@ -24,11 +24,14 @@ from statistics import mean, pstdev
 from typing import Any, Sequence
 
 from .attacks import ATTACKS
+from .formatting import pct_pm
+from .names import DEVICES
 from .records import AttackSpec, Stop
 from .sanity import AttackRecord, Component, sanity_report
 from .presets import PresetError, RunConfig, dump_toml, load_preset
 from .runfiles import CHECKPOINT, CONFIG, SUMMARY
 from .runs import read_run_config
+from .validation import parse_eps_text
 
 SPEC_FILE = "comparison.json"
 
@@ -136,11 +139,8 @@ def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack
         result = {"eps": summary["eps"], "accuracy": summary["adversarial_accuracy"], "samples": 0, "parts": []}
     else:
         checked = robustness_with_checks(model, images, labels, spec, config.dataset, to_input=to_float)
-        probes, main = list(checked.probes), checked.result
-        result = {"eps": eps, "accuracy": list(main.accuracy), "samples": main.samples,
-                  "parts": [{"attack": p.attack, "kind": p.kind, "accuracy": list(p.accuracy)} for p in main.parts]}
-    result["probes"] = [{"attack": p.spec.name, "eps": list(p.spec.eps), "accuracy": list(p.accuracy),
-                         "samples": p.samples} for p in probes]
+        probes, result = list(checked.probes), checked.result.to_dict()
+    result["probes"] = [p.to_dict() for p in probes]
     cache.write_text(json.dumps(result), encoding="utf-8")
     return result
 
@@ -154,15 +154,13 @@ def row_sanity(row: dict[str, Any], attacks: Sequence[str], dataset: str | None)
         info = ATTACKS[attack]
         records.append(AttackRecord(attack, info.kind, info.norm, tuple(entry["eps"]),
                                     tuple(m for m, _ in entry["accuracy"]), entry["samples"],
-                                    tuple(Component(p["attack"], p["kind"], tuple(p["accuracy"]))
-                                          for p in entry.get("parts", []))))
+                                    tuple(Component.from_dict(p) for p in entry.get("parts", []))))
         for probe in entry.get("probes", []):
             pinfo = ATTACKS[probe["attack"]]
             records.append(AttackRecord(probe["attack"], pinfo.kind, pinfo.norm, tuple(probe["eps"]),
                                         tuple(probe["accuracy"]), probe["samples"]))
     report = sanity_report(records, dataset)
-    return {"flags": [{"code": f.code, "message": f.message} for f in report.flags],
-            "not_checked": list(report.skipped)}
+    return report.to_dict()
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -220,13 +218,10 @@ def aggregate(results: Sequence[RunResult], attacks: Sequence[str]) -> list[dict
     return rows
 
 
-def _pm(value: tuple[float, float], percent: bool = True, digits: int = 1) -> str:
+def _pm(value: tuple[float, float]) -> str:
+    """Mean ± standard deviation of a plain number (κ)."""
     m, s = value
-    if math.isnan(m):
-        return "–"
-    if percent:
-        return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}"
-    return f"{m:.3g} ± {s:.2g}"
+    return "–" if math.isnan(m) else f"{m:.3g} ± {s:.2g}"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], attack: str) -> str:
@@ -236,8 +231,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], attack: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["method"], row["preset"], f"{row['rank_fraction']:.0%}", f"{row['compression']:.1%}"]
-        cells += [_pm(a) for a in row[attack]["accuracy"]]
-        cells += [_pm(row["kappa_mean"], False), _pm(row["kappa_max"], False),
+        cells += [pct_pm(*a) for a in row[attack]["accuracy"]]
+        cells += [_pm(row["kappa_mean"]), _pm(row["kappa_max"]),
                   f"{row['train_seconds'][0]:.1f}", _flag_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -362,19 +357,6 @@ def parse_samples(text: str) -> int:
     return int(text)
 
 
-def parse_eps_list(text: str) -> tuple[float, ...]:
-    from .validation import eps_problem
-
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    problem = eps_problem(values, max_eps=math.inf)  # each attack then checks its own range
-    if problem:
-        raise ValueError(f"must be {problem}, comma-separated")
-    return values
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from .progress import UserError, console, watch
 
@@ -392,7 +374,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except AttackUnavailable as error:
         raise UserError(f"--attacks {args.attacks!r}: {error}") from None
     default_samples, own_samples = per_attack(args.attack_samples, attacks, "--attack-samples", parse_samples)
-    every_attack_eps, own_eps = per_attack(args.attack_eps, attacks, "--attack-eps", parse_eps_list)
+    every_attack_eps, own_eps = per_attack(args.attack_eps, attacks, "--attack-eps", parse_eps_text)
     if every_attack_eps is not None:
         raise UserError(f"--attack-eps {args.attack_eps[0]!r}: name the attack (ATTACK=E1,E2); the presets' "
                         f"eps list is every other attack's")
@@ -446,5 +428,5 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--attack-eps", action="append", default=[], metavar="ATTACK=E1,E2",
                    help="the ε list of one attack instead of the presets' eps (repeatable)")
     p.add_argument("--out", default="comparisons/latest", help="comparison directory (default comparisons/latest)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", choices=DEVICES)
     p.set_defaults(func=cmd_compare)

@@ -8,6 +8,7 @@ generated for tests and demos.
 from __future__ import annotations
 
 import gzip
+import inspect
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .catalog import DATASETS, DEBIAN_FASHION_MNIST, OFFLINE_HINT, DatasetInfo
+from .catalog import DATASETS, OFFLINE_HINT, DatasetInfo
 from .errors import DatasetUnavailable  # re-exported: callers catch it from here
 
 DEFAULT_DATA_DIR = "data"
@@ -130,62 +131,65 @@ def _synthetic(info: DatasetInfo, seed: int, samples: int = 2000) -> tuple[Split
     return Split(images[n_test:], labels[n_test:]), Split(images[:n_test], labels[:n_test])
 
 
-def _stage_debian_fashion_mnist(root: Path) -> None:
-    """torchvision reads FashionMNIST/raw/*-ubyte under root; Debian ships them gzipped in
-    /usr/share/datasets/fashion-mnist. Decompress them there once if they are missing."""
-    raw = root / "FashionMNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-             "t10k-labels-idx1-ubyte")
-    if all((raw / n).exists() for n in names) or not DEBIAN_FASHION_MNIST.is_dir():
+MNIST_RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                   "t10k-labels-idx1-ubyte")
+
+
+def _stage_system_copy(info: DatasetInfo, root: Path) -> None:
+    """torchvision reads <Class>/raw/*-ubyte under root; a system package (Debian's
+    dataset-fashion-mnist) ships them gzipped in ``info.system_copy``. Decompress them there
+    once if they are missing."""
+    raw = root / info.source / "raw"
+    source_dir = info.system_copy
+    if source_dir is None or all((raw / n).exists() for n in MNIST_RAW_FILES) or not source_dir.is_dir():
         return
-    sources = [DEBIAN_FASHION_MNIST / f"{n}.gz" for n in names]
+    sources = [source_dir / f"{n}.gz" for n in MNIST_RAW_FILES]
     if not all(s.exists() for s in sources):
         return
     raw.mkdir(parents=True, exist_ok=True)
-    for name, source in zip(names, sources):
+    for name, source in zip(MNIST_RAW_FILES, sources):
         tmp = raw / f".{name}.tmp"
         with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
         tmp.replace(raw / name)
 
 
-def _torchvision(name: str, root: Path, download: bool) -> tuple[Split, Split]:
+def _as_split(dataset, channels: int) -> Split:
+    """A torchvision data set's arrays as a uint8 N×C×H×W Split. torchvision keeps the MNIST
+    family as N×H×W tensors with ``targets``, CIFAR as N×H×W×C arrays with a list of
+    ``targets``, SVHN as N×C×H×W arrays with ``labels``."""
+    images = torch.as_tensor(dataset.data)
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    elif images.shape[1] != channels:
+        images = images.permute(0, 3, 1, 2).contiguous()
+    labels = dataset.targets if hasattr(dataset, "targets") else dataset.labels
+    return Split(images.to(torch.uint8), torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+
+
+def _torchvision(info: DatasetInfo, root: Path, download: bool) -> tuple[Split, Split]:
+    """Train and test splits through the torchvision class named by ``info.source``."""
     import torchvision.datasets as tvd
 
-    def fetch(train: bool):
-        if name == "mnist":
-            return tvd.MNIST(str(root), train=train, download=download)
-        if name == "fashion-mnist":
-            return tvd.FashionMNIST(str(root), train=train, download=download)
-        if name == "cifar10":
-            return tvd.CIFAR10(str(root), train=train, download=download)
-        if name == "cifar100":
-            return tvd.CIFAR100(str(root), train=train, download=download)
-        return tvd.SVHN(str(root), split="train" if train else "test", download=download)
+    cls = getattr(tvd, info.source)
+    by_split = "split" in inspect.signature(cls).parameters  # SVHN: split="train"/"test"
 
-    splits = []
-    for train in (True, False):
-        ds = fetch(train)
-        if name in ("mnist", "fashion-mnist"):
-            images, labels = ds.data.unsqueeze(1), ds.targets
-        elif name == "svhn":
-            images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
-        else:
-            images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-            labels = torch.tensor(ds.targets, dtype=torch.int64)
-        splits.append(Split(images.to(torch.uint8), labels.to(torch.int64)))
-    return splits[0], splits[1]
+    def fetch(train: bool) -> Split:
+        which = {"split": "train" if train else "test"} if by_split else {"train": train}
+        return _as_split(cls(str(root), download=download, **which), info.channels)
+
+    return fetch(True), fetch(False)
 
 
-def _unavailable(name: str, root: Path, download: bool, reason: BaseException) -> DatasetUnavailable:
+def _unavailable(info: DatasetInfo, root: Path, download: bool, reason: BaseException) -> DatasetUnavailable:
     how = ("The download failed (no internet?). " if download else
            "Downloading is switched off (download = false). ")
     extra = ""
-    if name == "fashion-mnist":
-        extra = (f" On Debian/Ubuntu `apt-get install dataset-fashion-mnist` provides it offline "
-                 f"(looked in {DEBIAN_FASHION_MNIST}).")
+    if info.system_copy is not None:
+        extra = (f" On Debian/Ubuntu `apt-get install {info.system_package}` provides it offline "
+                 f"(looked in {info.system_copy}).")
     return DatasetUnavailable(
-        f"data set {name!r} is not available in {root.resolve()}: {reason}. {how}"
+        f"data set {info.name!r} is not available in {root.resolve()}: {reason}. {how}"
         f"Run once with internet and download = true, or copy the torchvision files into that "
         f"directory (set data_dir to use another).{extra} {OFFLINE_HINT}")
 
@@ -218,19 +222,18 @@ def load_dataset(name: str, data_dir: str | Path = DEFAULT_DATA_DIR, download: b
     info = DATASETS[name]
     check_data_dir(name, data_dir)
     root = Path(data_dir).expanduser()
-    if name == "digits":
+    if info.source == "sklearn":
         train, test = _digits(seed)
     elif info.source == "synthetic":
         train, test = _synthetic(info, seed)
     else:
-        if name == "fashion-mnist":
-            try:
-                _stage_debian_fashion_mnist(root)
-            except OSError:
-                pass  # fall through to torchvision, which reports what is missing
         try:
-            train, test = _torchvision(name, root, download)
+            _stage_system_copy(info, root)
+        except OSError:
+            pass  # fall through to torchvision, which reports what is missing
+        try:
+            train, test = _torchvision(info, root, download)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
-            raise _unavailable(name, root, download, error) from None
+            raise _unavailable(info, root, download, error) from None
     train, val = _hold_out(train.images, train.labels, val_fraction, seed)
     return ImageData(name, train.to(device), val.to(device), test.to(device), info)

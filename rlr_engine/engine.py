@@ -29,7 +29,7 @@ from .errors import CannotStart
 from .distributed import SINGLE, Ranks
 from .presets import RunConfig, method_label
 from .recorder import Recorder
-from .records import Ack, AttackResult, AttackSpec, Command, Event, LayerStats, Snapshot, Stop
+from .records import Ack, AttackResult, AttackSpec, Command, Event, LayerStats, Note, Snapshot, Stop
 from .runfiles import ERROR_LOG
 from .trainer import Trainer, describe_device, load_run_data, resolve_device
 
@@ -406,7 +406,8 @@ class Engine:
                 self._event("rejected", f"{command.kind}: {error}")
                 self._acknowledge(request, "rejected", str(error))
             else:
-                self._event("applied", applied)
+                if not isinstance(command, Note):  # a note is an event already
+                    self._event("applied", applied)
                 self._acknowledge(request, "applied", applied)
             self._publish(with_layers=isinstance(command, CHANGES_LAYERS))
 

@@ -11,3 +11,10 @@ def pct(value: float | None, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{100 * value:.{digits}f}%"
+
+
+def pct_pm(mean: float, std: float, digits: int = 1) -> str:
+    """Mean ± standard deviation of fractions, in percent ("87.5 ± 1.2"); "–" without a mean."""
+    if mean is None or math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"

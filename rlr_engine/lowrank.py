@@ -37,7 +37,8 @@ class LowRankLayer(nn.Module):
 
     def _init_factors(self, m: int, n: int, rank: int, bias: bool, device, dtype,
                       max_rank: int | None = None) -> None:
-        full = min(m, n)
+        self.out_dim, self.in_dim = m, n
+        full = self.full_rank
         if not 1 <= rank <= full:
             raise ValueError(f"rank must be in [1, {full}] for a {m}×{n} weight, got {rank}")
         max_rank = rank if max_rank is None else max_rank
@@ -45,7 +46,6 @@ class LowRankLayer(nn.Module):
             raise ValueError(f"max_rank must be in [{rank}, {full}] (rank to full rank) for a {m}×{n} "
                              f"weight, got {max_rank}")
         kw = {"device": device, "dtype": dtype}
-        self.out_dim, self.in_dim = m, n
         self.U = nn.Parameter(torch.empty(m, max_rank, **kw))
         self.S = nn.Parameter(torch.empty(max_rank, max_rank, **kw))
         self.V = nn.Parameter(torch.empty(n, max_rank, **kw))
@@ -66,6 +66,7 @@ class LowRankLayer(nn.Module):
 
     @property
     def full_rank(self) -> int:
+        """min(m, n): the rank of a dense m×n weight."""
         return min(self.out_dim, self.in_dim)
 
     def set_live_rank(self, rank: int) -> None:
@@ -177,7 +178,14 @@ class LowRankLinear(LowRankLayer):
 
 class LowRankConv2d(LowRankLayer):
     """A Conv2d whose weight (c_out, c_in·kh·kw) is U S Vᵀ, computed as two convolutions:
-    conv(x, Vᵀ as r×c_in×kh×kw, stride, padding, dilation) then a 1×1 conv with U S (+ bias)."""
+    conv(x, Vᵀ as r×c_in×kh×kw, stride, padding, dilation) then a 1×1 conv with U S (+ bias).
+
+    ``memory_format`` is the layout of the two kernels built in the forward (channels-last after
+    ``models.use_channels_last``). A convolution's output follows its input's or its kernel's
+    layout; the kernels are built from 2-D factors, which ``model.to(memory_format=...)`` does
+    not touch, and an input with one channel is both layouts at once, so the layer has to be
+    told. Without it the first layer of a channels-last LeNet5 returned NCHW, and the max-pool
+    after it ran ~10× slower on the CPU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=1,
                  padding=0, dilation=1, bias: bool = True, device=None, dtype=None,
@@ -188,6 +196,7 @@ class LowRankConv2d(LowRankLayer):
         self.kernel_size, self.stride, self.dilation = pair(kernel_size), pair(stride), pair(dilation)
         self.padding = padding if isinstance(padding, str) else pair(padding)
         kh, kw = self.kernel_size
+        self.memory_format = torch.contiguous_format
         self._init_factors(out_channels, in_channels * kh * kw, rank, bias, device, dtype, max_rank)
         self.reset_parameters()
 
@@ -208,9 +217,9 @@ class LowRankConv2d(LowRankLayer):
     def forward(self, x: Tensor) -> Tensor:
         U, S, V = self.live_factors()
         r = self.rank
-        basis = V.T.reshape(r, self.in_channels, *self.kernel_size)
+        basis = V.T.reshape(r, self.in_channels, *self.kernel_size).contiguous(memory_format=self.memory_format)
         z = F.conv2d(x, basis, None, self.stride, self.padding, self.dilation)
-        mix = (U @ S).reshape(self.out_channels, r, 1, 1)
+        mix = (U @ S).reshape(self.out_channels, r, 1, 1).contiguous(memory_format=self.memory_format)
         return F.conv2d(z, mix, self.bias)
 
     def extra_repr(self) -> str:

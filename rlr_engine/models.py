@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .lowrank import LowRankConv2d
 from .names import MODELS
 
 
@@ -160,12 +161,16 @@ def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
 
 
 def use_channels_last(model: nn.Module) -> nn.Module:
-    """Run the model channels-last: its 4-D weights and, through a forward pre-hook, its input.
+    """Run the model channels-last: its 4-D weights, the kernels its low-rank convolutions build
+    (call it after ``to_low_rank``) and, through a forward pre-hook, its input.
 
     Callers (attacks above all) keep passing contiguous float32 images; the layout changes
     inside the forward, so advertorch's attacks, which break on channels-last inputs, never see
     one. State-dict keys are unchanged."""
     model.to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if isinstance(module, LowRankConv2d):
+            module.memory_format = torch.channels_last
     model.register_forward_pre_hook(_to_channels_last)
     return model
 

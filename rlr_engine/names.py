@@ -1,4 +1,4 @@
-"""The names the engine accepts — attacks, data sets, models, step scalings — in one torch-free
+"""The names the engine accepts — attacks, data sets, models, step scalings, devices — in one torch-free
 place, so presets can be validated (and a dashboard can offer them) without loading torch.
 
 Data sets and models are described in ``catalog`` (their shapes and input needs); their names
@@ -17,3 +17,4 @@ MODELS = tuple(_MODEL_INPUTS)
 STEP_SCALINGS = ("reference", "alpha", "none")
 ADAPTIVE_METHODS = ("robust-dlrt", "condlr-adaptive")
 CORE_OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("auto", "cpu", "cuda")  # presets also take cuda:N

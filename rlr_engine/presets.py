@@ -19,9 +19,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .catalog import model_data_problem
-from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, MODELS, STEP_SCALINGS
+from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, MODELS, STEP_SCALINGS
 from .records import AttackSpec
-from .validation import BETA, LR, TAU, THETA, NumberRange, eps_problem, parse_infinity
+from .validation import ADAPT_EVERY, BETA, LR, TAU, THETA, NumberRange, eps_problem, parse_infinity
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -49,9 +49,9 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = F
 
 
 def _device(value: str) -> str | None:
-    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+    if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
         return None
-    return "auto, cpu, cuda or cuda:N"
+    return f"{', '.join(DEVICES)} or cuda:N"
 
 
 def _eps(values: list) -> str | None:
@@ -85,7 +85,7 @@ class RunConfig:
     max_rank_fraction: float = field(default=0.5, metadata=_spec(float, _number(0, 1, low_open=True),
                                      "rank-adaptive: storage (largest rank) of each layer as a fraction of "
                                      "its full rank; at least rank_fraction"))
-    adapt_every: int = field(default=10, metadata=_spec(int, _number(2, 100_000),
+    adapt_every: int = field(default=10, metadata=_spec(int, _within(ADAPT_EVERY),
                              "rank-adaptive: batches per window (augment on the first, truncate with "
                              "truncate_theta on the last)"))
     beta: float = field(default=0.0, metadata=_spec(float, _within(BETA),

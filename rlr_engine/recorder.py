@@ -64,8 +64,9 @@ class Recorder:
                 append_jsonl(self.run_dir / EVENTS, event_to_dict(event))
             except OSError:
                 pass  # the event is still shown; a full disk must not stop training
-            if self.tensorboard is not None:
-                self.tensorboard.event(event)
+        if self.tensorboard is not None:
+            # Outside the lock: a failed TensorBoard writer reports itself through event() again.
+            self.tensorboard.event(event)
         return event
 
     def recent_events(self) -> list[Event]:

@@ -21,7 +21,7 @@ never flagged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .catalog import BLACK_BOX, DATASETS, ENSEMBLE, ITERATIVE, L2, LINF, SINGLE_STEP  # noqa: F401 (L2 for callers)
 
@@ -47,6 +47,14 @@ class Component:
     attack: str
     kind: str
     accuracy: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (``rlr eval --json``, comparison caches); :meth:`from_dict` reads it."""
+        return {"attack": self.attack, "kind": self.kind, "accuracy": list(self.accuracy)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Component":
+        return cls(str(raw["attack"]), str(raw["kind"]), tuple(float(a) for a in raw["accuracy"]))
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,11 @@ class SanityReport:
     @property
     def ok(self) -> bool:
         return not self.flags
+
+    def to_dict(self) -> dict[str, list]:
+        """Plain JSON-able form: the flags' codes and messages, and the checks not run."""
+        return {"flags": [{"code": f.code, "message": f.message} for f in self.flags],
+                "not_checked": list(self.skipped)}
 
     def lines(self) -> list[str]:
         """Human-readable: every flag, then every skipped check; 'no flags' when clean."""

@@ -7,7 +7,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .lowrank import LowRankLayer
+from .lowrank import LowRankLayer, full_rank_of
 from .records import LayerStats
 
 
@@ -38,11 +38,9 @@ def layer_stats(model: nn.Module) -> tuple[LayerStats, ...]:
             sigmas[n] = tuple(s.tolist())
     stats = []
     for name, module in layers:
-        if isinstance(module, LowRankLayer):
-            shape, rank, full, low = (module.out_dim, module.in_dim), module.rank, module.full_rank, True
-        else:
-            m, n = matrices[name].shape
-            shape, rank, full, low = (m, n), min(m, n), min(m, n), False
-        stats.append(LayerStats(name, shape, rank, full, sigmas[name], low))
+        low = isinstance(module, LowRankLayer)
+        shape = (module.out_dim, module.in_dim) if low else tuple(matrices[name].shape)
+        full = full_rank_of(module)
+        stats.append(LayerStats(name, shape, module.rank if low else full, full, sigmas[name], low))
     return tuple(stats)
 

@@ -46,6 +46,7 @@ TAU = NumberRange(0, math.inf, note="inf switches conditioning off")
 LR = NumberRange(0, 100, low_open=True)
 THETA = NumberRange(0, 1, high_open=True)
 BETA = NumberRange(0, math.inf, high_open=True, note="0 switches the regularizer off")
+ADAPT_EVERY = NumberRange(2, 100_000, note="batches per rank-adaptation window")
 
 
 def check_number(field: str, value: Any, allowed_range: NumberRange) -> float:
@@ -93,11 +94,25 @@ def eps_problem(values, max_eps: float = 1.0) -> str | None:
     return f"a non-empty list of numbers in [0, {bound}"
 
 
+def parse_eps_text(text: str) -> tuple[float, ...]:
+    """Attack budgets typed as text ("0,0.01,0.02", commas and/or spaces) as numbers, each
+    >= 0; ValueError saying what is allowed otherwise. Each attack then checks its own range
+    (L∞: [0, 1])."""
+    try:
+        values = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        values = ()
+    problem = eps_problem(values, max_eps=math.inf)
+    if problem:
+        raise ValueError(f"must be {problem}, e.g. 0,0.01,0.02")
+    return values
+
+
 def check_adapt_every(value: Any) -> int:
-    """Window length k ≥ 2 batches (augment on the first, truncate on the last)."""
-    allowed = "an integer >= 2 (batches per rank-adaptation window)"
+    """Window length k in [2, 100000] batches (augment on the first, truncate on the last)."""
+    allowed = ADAPT_EVERY.allowed("an integer")
     if isinstance(value, str) and value.strip().lstrip("+").isdigit():  # typed into the dashboard
         value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in ADAPT_EVERY:
         raise ValueError(f"adapt_every must be {allowed}, got {value!r}")
     return value

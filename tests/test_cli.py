@@ -102,6 +102,15 @@ def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_data_dir_that_does_not_exist_is_an_error_naming_it_and_nothing_is_created(tmp_path):
+    missing = tmp_path / "no" / "such" / "dir"
+    result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={missing}", "--runs", "runs",
+                 cwd=tmp_path)  # relative: a control socket path short enough
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert f"data_dir = {str(missing)!r} does not exist" in " ".join(result.stderr.split())
+    assert not (tmp_path / "no").exists() and not (tmp_path / "runs").exists()
+
+
 def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_nothing(tmp_path, monkeypatch):
     from rlr_engine.presets import load_preset
     from rlr_engine.runs import new_run_dir

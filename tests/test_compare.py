@@ -94,6 +94,8 @@ def test_one_attack_gets_its_own_samples_and_eps_and_the_others_keep_the_presets
     (["--attack-eps", "0.1"], "name the attack (ATTACK=E1,E2)"),
     (["--attack-eps", "fgsm=2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
     (["--attack-eps", "fgsm=a,b"], "--attack-eps 'fgsm=a,b': must be a non-empty list of numbers"),
+    # read as rlr eval --eps reads budgets (commas or spaces), then checked against the attack's range
+    (["--attack-eps", "fgsm=0 2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
 ])
 def test_bad_per_attack_settings_are_refused_before_anything_runs(tmp_path, capsys, extra, expected):
     assert main(["compare", "quickstart", *SETTINGS, *extra, "--out", str(tmp_path / "cmp")]) == 2
@@ -117,3 +119,25 @@ def test_rank_adaptive_seeds_that_end_at_different_ranks_report_their_mean_compr
     assert row["seeds"] == 2
     assert abs(row["compression"] - 0.94) < 1e-12 and abs(row["rank_fraction"] - 0.06) < 1e-12
     assert row["params"] == 900
+
+
+def test_a_compared_run_that_fails_or_is_stopped_raises_its_own_exception(tmp_path):
+    from helpers import small_config, wait_for
+    from rlr_engine.compare import RunFailed, RunStopped, ensure_run
+
+    def to_the_end(engine, title):
+        engine.join()
+        return engine.latest()
+
+    failing = small_config(dataset="mnist", model="lenet5", data_dir=str(tmp_path), download=False)
+    with pytest.raises(RunFailed, match="not available"):
+        ensure_run(failing, tmp_path / "failing", None, to_the_end)
+
+    def stop_midway(engine, title):
+        wait_for(engine, lambda s: s.step > 2)
+        engine.stop(30)
+        return engine.latest()
+
+    with pytest.raises(RunStopped, match="stopped at step"):
+        ensure_run(small_config(epochs=100), tmp_path / "stopped", None, stop_midway)
+    assert (tmp_path / "stopped" / "checkpoint.pt").is_file()  # the same command resumes it

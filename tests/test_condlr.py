@@ -345,13 +345,16 @@ def test_truncation_changes_the_loss_no_more_than_the_discarded_part_explains(th
 
 def test_rank_truncation_to_explicit_rank_respects_min_rank_and_rotates_momentum_of_u_v_and_s():
     x, y = synthetic_task()
-    model = mlp(rank_fraction=1.0)
+    # Half rank, so U (32×10) and V (20×10) are both tall: a square basis has a zero tangent
+    # direction, hence a zero momentum buffer, and any rotation of it would pass unchecked.
+    model = mlp(rank_fraction=0.5)
     opt = CondLR(model, lr=0.1, momentum=0.5, tau=0.1)
     train(model, opt, x, y, 20)
     layers = dict(low_rank_layers(model))
     name = next(iter(layers))
     old = {k: getattr(layers[name], k).detach().clone() for k in "UV"}
     old_buf = {k: opt.state[getattr(layers[name], k)]["momentum_buffer"].clone() for k in "USV"}
+    assert all(old_buf[k].norm() > 1e-3 for k in "USV")
     changes = opt.truncate(rank=3, layers=[name])
     assert [c.new_rank for c in changes] == [3]
     layer = layers[name]

@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlr_engine import data as data_module
+from rlr_engine.catalog import DATASETS
 from rlr_engine.data import DatasetUnavailable, augment, load_dataset
 
 
@@ -21,6 +22,12 @@ def fake_mnist_arrays(n_train=80, n_test=20, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train),
             rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test))
+
+
+def system_copy_in(monkeypatch, directory) -> None:
+    """Fashion-MNIST's system package is looked for in ``directory`` instead of /usr/share."""
+    monkeypatch.setitem(DATASETS, "fashion-mnist", dataclasses.replace(DATASETS["fashion-mnist"],
+                                                                       system_copy=directory))
 
 
 def test_mnist_loads_from_idx_files_where_torchvision_keeps_them(tmp_path):
@@ -52,7 +59,7 @@ def test_fashion_mnist_is_found_where_debian_installs_it(tmp_path, monkeypatch):
         write_idx(tmp_path / name, array)
         with open(tmp_path / name, "rb") as src, gzip.open(debian / f"{name}.gz", "wb") as dst:
             dst.write(src.read())
-    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", debian)
+    system_copy_in(monkeypatch, debian)
     (tmp_path / "data").mkdir()
     data = load_dataset("fashion-mnist", tmp_path / "data", download=False, val_fraction=0.0)
     assert len(data.train) == 40 and len(data.test) == 10
@@ -85,9 +92,29 @@ def test_cifar10_loads_from_pickled_batches(tmp_path, monkeypatch):
     assert data.mean == (0.4914, 0.4822, 0.4465) and data.crop_padding == 4 and data.flip
 
 
+def test_svhn_loads_from_its_mat_files_with_digit_zero_as_class_zero(tmp_path, monkeypatch):
+    import scipy.io
+    import torchvision.datasets as tvd
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 12), ("test", 5)):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)  # SVHN's own H×W×C×N layout
+        y = rng.integers(1, 11, (n, 1))  # labels 1…10, 10 standing for the digit 0
+        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": y})
+        arrays[split] = (x, y)
+    monkeypatch.setattr(tvd.SVHN, "_check_integrity", lambda self: True)  # not the official files
+    data = load_dataset("svhn", tmp_path, download=False, val_fraction=0.25)
+    assert data.train.images.shape == (9, 3, 32, 32) and data.test.images.shape == (5, 3, 32, 32)
+    x, y = arrays["test"]
+    torch.testing.assert_close(data.test.images, torch.from_numpy(np.transpose(x, (3, 2, 0, 1)).copy()))
+    torch.testing.assert_close(data.test.labels, torch.from_numpy(y[:, 0] % 10))
+    assert data.crop_padding == 4 and not data.flip
+
+
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn", "fashion-mnist"])
 def test_missing_data_set_says_where_it_looked_and_what_works_offline(tmp_path, monkeypatch, name):
-    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    system_copy_in(monkeypatch, tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetUnavailable) as info:
         load_dataset(name, tmp_path / "empty", download=False)
@@ -128,7 +155,7 @@ def test_augmentation_crops_and_flips_each_image_independently():
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_a_mistyped_data_dir_is_an_error_naming_it_and_creates_nothing(tmp_path, monkeypatch, name):
-    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    system_copy_in(monkeypatch, tmp_path / "nowhere")
     missing = tmp_path / "no" / "such" / "dir"
     with pytest.raises(DatasetUnavailable) as info:
         load_dataset(name, missing, download=True)

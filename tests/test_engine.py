@@ -215,6 +215,17 @@ def test_a_failing_setup_reports_a_message_instead_of_dying(tmp_path):
     assert "mnist" in snap.message and "quickstart" in snap.message and str(tmp_path / "nothing") in snap.message
 
 
+def test_asking_for_cuda_without_a_gpu_is_a_missing_device_not_a_missing_data_set(monkeypatch):
+    from rlr_engine.errors import DatasetUnavailable, DeviceUnavailable
+    from rlr_engine.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailable, match="no CUDA GPU") as info:
+        resolve_device("cuda")
+    assert not isinstance(info.value, DatasetUnavailable)
+    assert resolve_device("auto").type == "cpu"
+
+
 def test_a_resumed_run_shows_its_earlier_events_and_numbers_on(tmp_path):
     engine = start_engine(tmp_path, epochs=100)
     wait_for(engine, lambda s: s.state == "running" and s.step > 3)
@@ -242,4 +253,6 @@ def test_a_dashboard_note_is_recorded_as_an_event_and_a_bad_level_is_rejected(tm
     wait_for(engine, lambda s: any(a.request_id == "n2" for a in engine.acks))
     bad = next(a for a in engine.acks if a.request_id == "n2")
     assert bad.status == "rejected" and "note.level = 'shout'" in bad.message
+    snap = wait_for(engine, lambda s: any("note.level" in e.message for e in s.events))
+    assert not any(e.kind == "applied" and e.message == "noted" for e in snap.events), "a note is one event, not two"
     engine.stop(30)

@@ -145,3 +145,23 @@ def test_storage_fraction_allocates_the_maximum_rank_and_the_report_counts_live_
     assert explicit[7].max_rank == 5 and explicit[0].max_rank == 6
     with pytest.raises(ValueError, match="max_rank_fraction"):
         to_low_rank(small_cnn(), rank_fraction=0.2, max_rank_fraction=0.0)
+
+
+def test_a_channels_last_low_rank_model_keeps_every_convolution_output_channels_last():
+    """Even the first layer, whose one-channel input is both layouts at once: its output decides
+    the layout (and the speed) of the pooling after it."""
+    from rlr_engine.models import build_model, use_channels_last
+
+    torch.manual_seed(0)
+    reference = to_low_rank(build_model("lenet5", 1, 10, 28), rank_fraction=0.2)
+    model = use_channels_last(to_low_rank(build_model("lenet5", 1, 10, 28), rank_fraction=0.2))
+    model.load_state_dict(reference.state_dict())
+    outputs = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LowRankConv2d):
+            module.register_forward_hook(lambda m, args, out, name=name: outputs.__setitem__(name, out))
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert set(outputs) == {"conv1", "conv2"}
+    for name, out in outputs.items():
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous(), name

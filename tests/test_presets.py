@@ -76,6 +76,32 @@ def test_bad_overrides_are_rejected_and_change_nothing(override, expected):
     assert load_preset("quickstart") == config
 
 
+@pytest.mark.parametrize("key, check, values", [
+    ("tau", "check_tau", [-1, 0, 0.5, math.inf]),
+    ("lr", "check_lr", [0, 1e-3, 100, 101]),
+    ("truncate_theta", "check_theta", [-0.1, 0, 0.5, 1]),
+    ("beta", "check_beta", [-1, 0, 1, math.inf]),
+    ("adapt_every", "check_adapt_every", [1, 2, 100_000, 100_001]),
+])
+def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
+    from rlr_engine import validation
+
+    config = load_preset("fmnist-lenet5-condlr-adaptive")
+    for value in values:
+        try:
+            getattr(validation, check)(value)
+            live = True
+        except ValueError:
+            live = False
+        try:
+            config.replace(**{key: value})
+            preset = True
+        except PresetError:
+            preset = False
+        assert preset == live, f"{key} = {value!r}: preset {'accepts' if preset else 'refuses'} it, " \
+                               f"{check} {'accepts' if live else 'refuses'} it"
+
+
 def test_missing_preset_lists_the_available_ones():
     with pytest.raises(PresetError, match="unknown preset 'nope'.*quickstart"):
         load_preset("nope")

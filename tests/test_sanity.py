@@ -157,3 +157,14 @@ def test_attack_dialog_returns_a_registry_name_the_engine_accepts():
     asyncio.run(pick())
     assert chosen == [list(ATTACKS)[4]] == ["autoattack"]
     assert RunConfig().attack_spec(chosen[0]).name == "autoattack"  # what AttackNow resolves
+
+
+def test_components_and_reports_survive_a_json_round_trip():
+    import json
+
+    part = Component("apgd-ce", ITERATIVE, (0.5, 0.25))
+    assert Component.from_dict(json.loads(json.dumps(part.to_dict()))) == part
+    report = sanity_report([AttackRecord("fgsm", SINGLE_STEP, LINF, (0.0, 0.1), (0.5, 0.7))], None)
+    raw = json.loads(json.dumps(report.to_dict()))
+    assert [f["code"] for f in raw["flags"]] == [f.code for f in report.flags] == [ACCURACY_RISES]
+    assert raw["not_checked"] == list(report.skipped)

@@ -2,6 +2,7 @@
 
 import math
 import sys
+import threading
 import time
 
 import pytest
@@ -11,10 +12,11 @@ from torch.utils.tensorboard import SummaryWriter
 from helpers import STARTED, run_to_end, small_config, start_engine, wait_for
 from rlr_engine.cli import main
 from rlr_engine.engine import Engine
+from rlr_engine.recorder import Recorder
 from rlr_engine.presets import PresetError, dump_toml, load_preset
 from rlr_engine.records import Pause, RefreshLayers, Stop
 from rlr_engine.runs import new_run_dir, read_jsonl
-from rlr_engine.tensorboard_log import open_summary_writer, record_scalars
+from rlr_engine.tensorboard_log import open_event_file, record_scalars
 
 # The name every metrics field has in TensorBoard (the nested ones keep their column names).
 EXPECTED_TAGS = {"train_loss": "loss/train", "train_acc": "accuracy/train", "lr": "optimizer/lr",
@@ -130,10 +132,10 @@ def test_a_resumed_run_continues_the_same_curves_without_repeated_steps(tmp_path
 
 
 class FullDiskWriter:
-    """A SummaryWriter whose add_* calls raise OSError (no space left) after ``ok`` of them."""
+    """An event file whose add_* calls raise OSError (no space left) after ``ok`` of them."""
 
     def __init__(self, directory, purge_step, ok: int):
-        self.writer = open_summary_writer(directory, purge_step)
+        self.writer = open_event_file(directory, purge_step)
         self.ok, self.calls = ok, 0
 
     def _add(self, method, *args):
@@ -142,11 +144,11 @@ class FullDiskWriter:
             raise OSError(28, "No space left on device")
         return method(*args)
 
-    def add_scalar(self, *args):
-        return self._add(self.writer.add_scalar, *args)
+    def add_scalars(self, *args):
+        return self._add(self.writer.add_scalars, *args)
 
-    def add_histogram(self, *args):
-        return self._add(self.writer.add_histogram, *args)
+    def add_histograms(self, *args):
+        return self._add(self.writer.add_histograms, *args)
 
     def add_text(self, *args):
         return self._add(self.writer.add_text, *args)
@@ -170,6 +172,42 @@ def test_a_failing_writer_warns_once_stops_writing_and_training_goes_on(tmp_path
     records = list(read_jsonl(engine.run_dir / "metrics.jsonl"))
     assert [r["type"] for r in records if r["step"] == snap.step][-1] == "attack"  # the log is complete
     assert len(scalar_points(read_events(engine.run_dir), "loss/train")) >= 1
+
+
+class BrokenEventFile:
+    """An event file that cannot write anything."""
+
+    def __init__(self, directory, purge_step):
+        pass
+
+    def add_scalars(self, *args):
+        raise OSError(28, "No space left on device")
+
+    add_histograms = add_text = add_scalars
+
+    def close(self):
+        pass
+
+
+def test_a_writer_failure_reported_while_logging_an_event_becomes_one_warning(tmp_path):
+    """The failure is reported at the next call, here an event: the warning is logged through the
+    same event path, which must not wait on itself."""
+    config = small_config(tensorboard=True)
+    recorder = Recorder(config, new_run_dir(config, tmp_path / "runs"))
+    recorder.tensorboard.open_writer = BrokenEventFile
+    recorder.event(1, "info", "first")
+    deadline = time.monotonic() + 30
+    while recorder.tensorboard.failure is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the writer thread meets the failure
+    logging = threading.Thread(target=recorder.event, args=(2, "info", "second"), daemon=True)
+    logging.start()
+    logging.join(10)
+    assert not logging.is_alive(), "logging an event hung on the TensorBoard failure report"
+    recorder.tensorboard.close()
+    kinds = [(e["kind"], e["message"]) for e in read_jsonl(recorder.run_dir / "events.jsonl")]
+    warnings = [m for k, m in kinds if k == "warning"]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    assert ("info", "second") in kinds
 
 
 def test_tensorboard_without_the_extra_names_the_install_command_and_creates_nothing(tmp_path, monkeypatch, capsys):

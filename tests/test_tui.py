@@ -2,9 +2,12 @@
 keys, acknowledgements, a dead engine), and one end to end against a real engine process."""
 
 import time
+from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import NamedTuple
 
 import pytest
+from textual.pilot import Pilot
 
 from fake_client import FakeClient, FakeLauncher, scripted_snapshot
 from rlr_engine.records import Pause, Resume, SetTau, Stop, Truncate
@@ -14,6 +17,7 @@ from rlr_tui.screens.help import HelpScreen
 from rlr_tui.screens.picker import PickerScreen
 from rlr_tui.screens.quit import QuitScreen
 from rlr_tui.screens.value_dialog import ValueDialog
+from rlr_tui.widgets.event_log import EventLog
 from rlr_tui.widgets.status_bar import StatusBar
 
 
@@ -44,6 +48,8 @@ def notifications(app) -> list[str]:
 
 
 def fake_app(tmp_path, client=None, attach=False):
+    """The app with a scripted engine behind its public launcher seam: it starts (or attaches to)
+    ``tmp_path / "fake-run"`` and creates nothing anywhere."""
     client = client or FakeClient()
     launcher = FakeLauncher(client, tmp_path / "fake-run")
     if attach:
@@ -51,106 +57,150 @@ def fake_app(tmp_path, client=None, attach=False):
     return RlrApp("quickstart", [], tmp_path / "runs", launcher=launcher), client, launcher
 
 
-async def test_keys_send_commands_to_the_engine(tmp_path):
-    app, client, launcher = fake_app(tmp_path)
-    async with app.run_test(size=(80, 24)) as pilot:
+class Dashboard(NamedTuple):
+    app: RlrApp
+    pilot: Pilot
+    client: FakeClient
+    launcher: FakeLauncher
+
+
+@asynccontextmanager
+async def dashboard(tmp_path, client=None, size=(80, 24)):
+    """``rlr-tui quickstart`` on a scripted client, once its dashboard shows. The launcher starts
+    nothing, so the runs root must never be created."""
+    app, client, launcher = fake_app(tmp_path, client)
+    async with app.run_test(size=size) as pilot:
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("space")
-        await pilot.press("t")
-        await type_value(pilot, "0.25")
-        await pilot.press("r")
-        await type_value(pilot, "0.3")
-        assert client.commands == [Pause(), SetTau(0.25), Truncate(theta=0.3)]
-        assert launcher.calls[0] == ("start", "quickstart")
+        yield Dashboard(app, pilot, client, launcher)
+    assert not (tmp_path / "runs").exists(), "the dashboard created a run directory of its own"
+
+
+
+async def test_keys_send_commands_to_the_engine(tmp_path):
+    async with dashboard(tmp_path) as d:
+        await d.pilot.press("space")
+        await d.pilot.press("t")
+        await type_value(d.pilot, "0.25")
+        await d.pilot.press("r")
+        await type_value(d.pilot, "0.3")
+        assert d.client.commands == [Pause(), SetTau(0.25), Truncate(theta=0.3)]
+        assert d.launcher.calls[0] == ("start", "quickstart")
 
 
 async def test_a_rejected_command_shows_the_engines_reason_not_a_success(tmp_path):
     client = FakeClient(reply=lambda c: ("rejected", "tau must be a number in [0, inf], got 7 (engine says no)"))
-    app, client, _ = fake_app(tmp_path, client)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("t")
-        await type_value(pilot, "7")
-        await until(pilot, lambda: any("engine says no" in n for n in notifications(app)))
-        shown = [n for n in notifications(app) if "set_tau" in n]
+    async with dashboard(tmp_path, client) as d:
+        await d.pilot.press("t")
+        await type_value(d.pilot, "7")
+        await until(d.pilot, lambda: any("engine says no" in n for n in notifications(d.app)))
+        shown = [n for n in notifications(d.app) if "set_tau" in n]
         assert shown and all("rejected" in n for n in shown)
 
 
 async def test_an_acknowledgement_from_another_dashboard_is_shown(tmp_path):
-    app, client, _ = fake_app(tmp_path)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        client.ack_from_other("set_tau", "τ: 0.1 → 0.7")
-        await until(pilot, lambda: any("τ: 0.1 → 0.7 (from another client)" in n for n in notifications(app)))
+    async with dashboard(tmp_path) as d:
+        d.client.ack_from_other("set_tau", "τ: 0.1 → 0.7")
+        await until(d.pilot, lambda: any("τ: 0.1 → 0.7 (from another client)" in n for n in notifications(d.app)))
 
 
-async def test_while_paused_the_footer_offers_resume_and_the_header_shows_no_rate(tmp_path):
-    client = FakeClient(replace(scripted_snapshot(), state="paused", samples_per_s=0.0, eta_s=None))
-    app, client, _ = fake_app(tmp_path, client)
-    async with app.run_test(size=(100, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.pause(0.3)
-        footer = {b.binding.description for b in app.active_bindings.values() if b.enabled}
+async def test_while_paused_the_footer_offers_resume_and_the_header_shows_no_rate_or_eta(tmp_path):
+    # The last rate and ETA of the running engine are still in the snapshot: the header must not
+    # show them while nothing trains.
+    client = FakeClient(replace(scripted_snapshot(), state="paused", samples_per_s=4321.0, eta_s=754.0))
+    async with dashboard(tmp_path, client, size=(100, 24)) as d:
+        await d.pilot.pause(0.3)
+        footer = {b.binding.description for b in d.app.active_bindings.values() if b.enabled}
         assert "Resume" in footer and "Pause" not in footer
-        assert "PAUSED" in status_text(app) and "0/s" in status_text(app) and "ETA –" in status_text(app)
-        await pilot.press("space")
-        assert client.commands == [Resume()]
+        status = status_text(d.app)
+        assert "PAUSED" in status and "/s" not in status and "ETA" not in status, status
+        await d.pilot.press("space")
+        assert d.client.commands == [Resume()]
+        d.client.snapshot = replace(d.client.snapshot, state="running", version=2)
+        await until(d.pilot, lambda: "4,321/s" in status_text(d.app) and "ETA 12:34" in status_text(d.app))
+        footer = {b.binding.description for b in d.app.active_bindings.values() if b.enabled}
+        assert "Pause" in footer and "Resume" not in footer
+
+
+async def test_the_title_follows_tau_when_it_changes(tmp_path):
+    async with dashboard(tmp_path) as d:
+        await until(d.pilot, lambda: "CondLR τ=0.1" in d.app.sub_title)
+        d.client.snapshot = replace(d.client.snapshot, method="CondLR τ=0.5", tau=0.5, version=2)
+        await until(d.pilot, lambda: "τ 0.5" in status_text(d.app))
+        assert "CondLR τ=0.5" in d.app.sub_title and "τ=0.1" not in d.app.sub_title
+        assert "CondLR τ=0.5" in status_text(d.app) and "τ=0.1" not in status_text(d.app)
 
 
 async def test_quit_offers_stop_detach_and_cancel(tmp_path):
-    app, client, _ = fake_app(tmp_path)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("q")
-        assert isinstance(app.screen, QuitScreen)
-        await pilot.press("escape")
-        assert isinstance(app.screen, DashboardScreen) and client.commands == []
-        await pilot.press("q", "s")
-        assert client.commands == [Stop()]
-        assert app.is_running  # it waits for the engine to say the run stopped
-        client.snapshot = replace(client.snapshot, state="stopped", version=99)
-        await until(pilot, lambda: not app.is_running)
-    app, client, _ = fake_app(tmp_path)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("q", "d")
-        await until(pilot, lambda: not app.is_running)
-    assert app.detached and client.commands == []
+    async with dashboard(tmp_path) as d:
+        await d.pilot.press("q")
+        assert isinstance(d.app.screen, QuitScreen)
+        await d.pilot.press("escape")
+        assert isinstance(d.app.screen, DashboardScreen) and d.client.commands == []
+        await d.pilot.press("q", "s")
+        assert d.client.commands == [Stop()]
+        assert d.app.is_running  # it waits for the engine to say the run stopped
+        d.client.snapshot = replace(d.client.snapshot, state="stopped", version=99)
+        await until(d.pilot, lambda: not d.app.is_running)
+    async with dashboard(tmp_path) as d:
+        await d.pilot.press("q", "d")
+        await until(d.pilot, lambda: not d.app.is_running)
+    assert d.app.detached and d.client.commands == []
 
 
 async def test_a_dead_engine_is_reported_with_the_last_checkpoint_and_r_resumes(tmp_path):
+    from rlr_engine.presets import dump_toml, load_preset
+
     client = FakeClient(replace(scripted_snapshot(), last_checkpoint_step=1600))
-    app, client, launcher = fake_app(tmp_path, client)
     (tmp_path / "fake-run").mkdir()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        client.die()
-        await until(pilot, lambda: "DEAD" in status_text(app), timeout=2.0)
-        assert any("step 1600" in n and "R resumes" in n for n in notifications(app))
-        from rlr_engine.presets import dump_toml, load_preset
+    async with dashboard(tmp_path, client, size=(100, 30)) as d:
+        d.client.die()
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        assert any("step 1600" in n and "R resumes" in n for n in notifications(d.app))
         (tmp_path / "fake-run" / "config.toml").write_text(dump_toml(load_preset("quickstart")))
         (tmp_path / "fake-run" / "checkpoint.pt").write_bytes(b"x")
-        await pilot.press("R")
-        await until(pilot, lambda: ("resume", tmp_path / "fake-run") in launcher.calls)
+        await d.pilot.press("R")
+        await until(d.pilot, lambda: ("resume", tmp_path / "fake-run") in d.launcher.calls)
 
 
 async def test_screenshot_help_and_layer_keys(tmp_path):
-    app, client, _ = fake_app(tmp_path)
     (tmp_path / "fake-run").mkdir()
-    async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("s")
-        await until(pilot, lambda: list((tmp_path / "fake-run").glob("dashboard-*.svg")))
-        await pilot.press("3")
-        await pilot.pause(0.3)
-        await pilot.press("right_square_bracket")
-        assert app.screen.selected_layer == 1
-        await pilot.press("left_square_bracket", "left_square_bracket")
-        assert app.screen.selected_layer == len(client.snapshot.layers) - 1
-        await pilot.press("question_mark")
-        assert isinstance(app.screen, HelpScreen)
-        await pilot.press("escape")
-        assert isinstance(app.screen, DashboardScreen)
+    async with dashboard(tmp_path) as d:
+        await d.pilot.press("s")
+        await until(d.pilot, lambda: list((tmp_path / "fake-run").glob("dashboard-*.svg")))
+        await d.pilot.press("3")
+        await d.pilot.pause(0.3)
+        await d.pilot.press("right_square_bracket")
+        assert d.app.screen.selected_layer == 1
+        await d.pilot.press("left_square_bracket", "left_square_bracket")
+        assert d.app.screen.selected_layer == len(d.client.snapshot.layers) - 1
+        await d.pilot.press("question_mark")
+        assert isinstance(d.app.screen, HelpScreen)
+        await d.pilot.press("escape")
+        assert isinstance(d.app.screen, DashboardScreen)
+
+
+async def test_the_events_tab_scrolls_back_by_keyboard_while_events_arrive(tmp_path):
+    from rlr_engine.records import Event
+
+    def with_events(last, version):
+        events = tuple(Event(seq, seq, 0.0, "info", f"event number {seq}") for seq in range(1, last + 1))
+        return replace(d.client.snapshot, events=events, version=version)
+
+    async with dashboard(tmp_path) as d:
+        d.client.snapshot = with_events(60, 2)
+        await d.pilot.press("5")
+        log = d.app.screen.query_one(EventLog)
+        await until(d.pilot, lambda: log.last_seq == 60 and log.is_vertical_scroll_end and log.scroll_y > 0)
+        await d.pilot.press("home")  # straight after the tab key, no Tab to reach the log first
+        await until(d.pilot, lambda: log.scroll_y == 0)
+        d.client.snapshot = with_events(80, 3)  # the engine keeps sending
+        await until(d.pilot, lambda: log.last_seq == 80)
+        await d.pilot.pause(0.3)
+        assert log.scroll_y == 0, "new events pulled the view away from what the user reads"
+        await d.pilot.press("end")
+        d.client.snapshot = with_events(90, 4)
+        await until(d.pilot, lambda: log.last_seq == 90)
+        await until(d.pilot, lambda: log.is_vertical_scroll_end)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 50)])
@@ -167,6 +217,7 @@ def test_dashboard_layout(snap_compare, tmp_path, size, tab):
 # -- end to end: a real engine process on synthetic data ----------------------------------------
 FAST = ["dataset=synthetic", "epochs=400", "snapshot_interval=0.05", "attack_every=0", "checkpoint_every=1",
         "rank_fraction=0.5"]
+EARLY_EVENT = "[info] started quickstart"  # after the time stamp "HH:MM:SS "
 
 
 async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path, engine_processes):
@@ -198,78 +249,100 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
         await until(pilot, lambda: app.client.latest() is not None and app.client.latest().tau == 0.5)
         assert "CondLR τ=0.5" in status_text(app)  # the current τ, not the preset's
+        await pilot.press("5")  # the events from before this dashboard attached
+        log = app.screen.query_one(EventLog)
+        await until(pilot, lambda: any(line.text.startswith(EARLY_EVENT, 9) for line in log.lines))
         await pilot.press("q", "s")
         await until(pilot, lambda: not app.is_running, timeout=60)
     assert run_info(run_dir).state == "stopped"
 
 
 async def test_at_80_columns_the_footer_shows_quit_help_tau_truncate_pause_and_attack(tmp_path):
-    from textual.widgets import Footer
-    from textual.widgets._footer import FooterKey
-
-    app, client, _ = fake_app(tmp_path)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.pause(0.3)
-        footer = app.screen.query_one(Footer)
-        visible = {key.description for key in footer.query(FooterKey)
-                   if key.region.width and key.region.right <= footer.region.right}
-        assert {"Quit", "Help", "τ", "Truncate", "Pause", "Attack"} <= visible, visible
+    async with dashboard(tmp_path) as d:
+        await d.pilot.pause(0.3)
+        bottom_line = d.app.screen._compositor.render_strips()[-1].text  # what the terminal shows
+        for key in ("t τ", "r Truncate", "space Pause", "a Attack", "q Quit", "? Help"):
+            assert key in bottom_line, bottom_line
 
 
 async def test_a_picks_the_attack_from_the_registry_and_the_engine_gets_it(tmp_path):
     from rlr_engine.records import AttackNow
     from rlr_tui.screens.attack_dialog import AttackDialog
 
-    app, client, _ = fake_app(tmp_path)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("a")
-        await until(pilot, lambda: isinstance(app.screen, AttackDialog))
-        await pilot.press("down", "enter")  # from the run's own (fgsm) to the next one
-        await until(pilot, lambda: client.commands)
-        assert client.commands == [AttackNow(attack="pgd-linf")]
+    async with dashboard(tmp_path, size=(100, 30)) as d:
+        await d.pilot.press("a")
+        await until(d.pilot, lambda: isinstance(d.app.screen, AttackDialog))
+        await d.pilot.press("down", "enter")  # from the run's own (fgsm) to the next one
+        await until(d.pilot, lambda: d.client.commands)
+        assert d.client.commands == [AttackNow(attack="pgd-linf")]
 
 
 async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_otherwise(tmp_path):
     from rlr_engine.records import Note, SetAdaptation
 
     adaptive = FakeClient(replace(scripted_snapshot(), method="robust-dlrt β=0.01", beta=0.01, adapt_every=10))
-    app, client, _ = fake_app(tmp_path, adaptive)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("b")
-        await type_value(pilot, "0.05")
-        await pilot.press("k")
-        await type_value(pilot, "oops")  # rejected in the dialog: nothing is sent
-        assert isinstance(app.screen, ValueDialog)
-        await type_value(pilot, "8")
-        sent = [c for c in client.commands if not isinstance(c, Note)]
+    async with dashboard(tmp_path, adaptive, size=(100, 30)) as d:
+        await d.pilot.press("b")
+        await type_value(d.pilot, "0.05")
+        await d.pilot.press("k")
+        await type_value(d.pilot, "oops")  # rejected in the dialog: nothing is sent
+        assert isinstance(d.app.screen, ValueDialog)
+        await type_value(d.pilot, "8")
+        sent = [c for c in d.client.commands if not isinstance(c, Note)]
         assert sent == [SetAdaptation(beta=0.05), SetAdaptation(adapt_every=8)]
-        assert [c.level for c in client.commands if isinstance(c, Note)] == ["rejected"]  # the 'oops'
+        assert [c.level for c in d.client.commands if isinstance(c, Note)] == ["rejected"]  # the 'oops'
 
-    app, client, _ = fake_app(tmp_path / "fixed-rank")
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("b", "k")
-        await pilot.pause(0.2)
-        assert client.commands == [] and isinstance(app.screen, DashboardScreen)
+    async with dashboard(tmp_path / "fixed-rank", size=(100, 30)) as d:
+        await d.pilot.press("b", "k")
+        await d.pilot.pause(0.2)
+        assert d.client.commands == [] and isinstance(d.app.screen, DashboardScreen)
 
 
 async def test_a_value_the_dialog_refuses_and_a_screenshot_go_into_the_runs_events(tmp_path):
     from rlr_engine.records import Note
 
-    app, client, _ = fake_app(tmp_path)
     (tmp_path / "fake-run").mkdir()
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        await pilot.press("t")
-        await type_value(pilot, "-1")
-        assert isinstance(app.screen, ValueDialog)  # still open: nothing was applied
-        await pilot.press("escape")
-        await pilot.press("s")
-        await until(pilot, lambda: len(client.commands) == 2)
-        rejected, shot = client.commands
+    async with dashboard(tmp_path, size=(100, 30)) as d:
+        await d.pilot.press("t")
+        await type_value(d.pilot, "-1")
+        assert isinstance(d.app.screen, ValueDialog)  # still open: nothing was applied
+        await d.pilot.press("escape")
+        await d.pilot.press("s")
+        await until(d.pilot, lambda: len(d.client.commands) == 2)
+        rejected, shot = d.client.commands
         assert rejected == Note("rejected", rejected.message) and "'-1'" in rejected.message and "tau" in rejected.message
         assert shot.level == "info" and "screenshot saved" in shot.message
-        assert not any(isinstance(c, SetTau) for c in client.commands)
+        assert not any(isinstance(c, SetTau) for c in d.client.commands)
+
+
+@pytest.mark.parametrize("key", ["t", "r", "l"])
+async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt(tmp_path, key):
+    from textual.geometry import Region
+
+    async with dashboard(tmp_path) as d:
+        await d.pilot.press(key)
+        await until(d.pilot, lambda: isinstance(d.app.screen, ValueDialog))
+        await d.pilot.pause(0.1)
+        dialog = d.app.screen
+        label, box = dialog.query_one("#dialog-prompt"), dialog.query_one("#dialog")
+        assert label.region.right <= box.content_region.right, "the prompt runs past the dialog's edge"
+        lines = label.render_lines(Region(0, 0, label.size.width, label.size.height))
+        shown = " ".join(strip.text.strip() for strip in lines)
+        assert " ".join(shown.split()) == dialog.prompt
+
+
+async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):
+    import json
+
+    from rlr_engine.presets import dump_toml, load_preset
+
+    run_dir = tmp_path / "runs" / "20260101-000000-quickstart"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(dump_toml(load_preset("quickstart")))  # τ = 0.1
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 40, "tau": 5.0}) + "\n")
+    app = RlrApp(None, [], tmp_path / "runs")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.1)
+        runs = app.screen.query_one("#runs")
+        assert runs.row_count == 1 and runs.get_row_at(0)[-1] == "CondLR τ=5"

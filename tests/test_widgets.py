@@ -1,6 +1,7 @@
 """Dashboard widgets on their own, in a bare app: scroll-back of the event log, plots that stay
 readable without colour, dialogs that show their whole prompt at 80×24."""
 
+import re
 from pathlib import Path
 
 from textual.app import App
@@ -13,6 +14,8 @@ from rlr_engine.validation import check_theta
 from rlr_tui.screens.value_dialog import ValueDialog
 from rlr_tui.widgets.curves import CurvesPlot
 from rlr_tui.widgets.event_log import EventLog
+from rlr_tui.widgets.markers import MONOCHROME_MARKERS
+from rlr_tui.widgets.robustness import AccuracyHistory
 
 
 def events(first, last):
@@ -88,3 +91,20 @@ async def test_the_truncation_dialog_shows_its_whole_prompt_at_80_columns():
         lines = label.render_lines(Region(0, 0, label.size.width, label.size.height))
         shown = " ".join(strip.text.strip() for strip in lines)
         assert " ".join(shown.split()) == prompt
+
+
+class HistoryApp(App):
+    def compose(self):
+        yield AccuracyHistory(id="history")
+
+
+async def test_without_colour_every_eps_line_over_the_run_gets_its_own_marker(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = HistoryApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        plot = app.query_one(AccuracyHistory)
+        plot.show(scripted_snapshot())  # four attacks at ε = 0, 0.02, 0.04, 0.06
+        await pilot.pause(0.1)
+        drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
+    legend = [f"{marker} ε={eps:g}" for marker, eps in zip(MONOCHROME_MARKERS, (0, 0.02, 0.04, 0.06))]
+    assert all(entry in drawn for entry in legend), drawn

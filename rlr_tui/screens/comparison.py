@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 from textual_plotext import PlotextPlot
 
-from ..format import num, pct
+from ..format import num, pct, pct_pm
 from ..widgets.markers import series_marker
 
 
@@ -69,7 +69,7 @@ class ComparisonScreen(Screen):
         table.add_columns("method", "rank", "compr.", *[("clean" if e == 0 else f"ε={e:g}") for e in eps],
                           "mean κ", "max κ")
         for row in self.rows:
-            cells = [f"{pct(m)}±{100 * s:.1f}" for m, s in row[attack]["accuracy"]]
+            cells = [pct_pm(m, s) for m, s in row[attack]["accuracy"]]
             table.add_row(row["method"], f"{row['rank_fraction']:.0%}", pct(row["compression"]), *cells,
                           num(row["kappa_mean"][0]), num(row["kappa_max"][0]))
         plot = self.query_one(PlotextPlot)

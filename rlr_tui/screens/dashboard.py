@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, TabbedContent, TabPane, Tabs
 
 from rlr_engine.client import EngineUnavailable
 from rlr_engine.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
@@ -34,6 +34,7 @@ from .value_dialog import ValueDialog
 
 POLL_INTERVAL_S = 0.25
 PLOT_INTERVAL_S = 0.5  # plotext redraws cost 40–110 ms: at most 2 Hz, visible tab only
+TAB_FOCUS = {"spectrum": "#kappa-table", "events": "#event-log"}  # tab → the widget that gets the keys
 
 
 class DashboardScreen(Screen):
@@ -133,9 +134,10 @@ class DashboardScreen(Screen):
             self.query_one(StatusBar).show(snap)
             self.query_one(EventLog).show(snap.events)
             self.redraw_active_tab()
+        # The method names τ, which a command may change without the state changing.
+        self.app.sub_title = f"{snap.preset} ({snap.method}) → {self.run_dir}"
         if changed_state:
             self.refresh_bindings()
-            self.app.sub_title = f"{snap.preset} ({snap.method}) → {self.run_dir}"
         if gone and not self._reported_gone:
             self._reported_gone = True
             self.notify(snap.message, title="the engine died", severity="error", timeout=60)
@@ -184,8 +186,12 @@ class DashboardScreen(Screen):
         self.query_one(SpectrumPlot).show(layer, self.log_scale)
 
     @on(TabbedContent.TabActivated)
-    def on_tab_activated(self) -> None:
+    def on_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        """Redraw the new tab and give the keyboard to what it holds that scrolls or selects (the
+        κ table, the event log), so Up, PageUp, Home work at once; other tabs focus the tab strip."""
         self.redraw_active_tab(force=True)
+        focus = TAB_FOCUS.get(event.pane.id or "")
+        (self.query_one(focus) if focus else event.tabbed_content.query_one(Tabs)).focus()
 
     @on(DataTable.RowHighlighted, "#kappa-table")
     def on_layer_highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
-from rlr_engine.presets import PresetError, available_presets, load_preset
+from rlr_engine.presets import PresetError, available_presets, load_preset, method_label
 from rlr_engine.runs import list_runs
 
 
@@ -53,7 +53,9 @@ class PickerScreen(Screen):
                 continue
             step = "–" if info.step is None else f"{info.step}/{info.total_steps or '?'}"
             state = info.state if info.live else f"{info.state} (resume)"
-            runs.add_row(info.path.name, state, step, info.config.method_label, key=str(info.path))
+            config = info.config  # τ may have been changed while the run trained: name the current one
+            method = method_label(config.method, config.tau if info.tau is None else info.tau, config.beta)
+            runs.add_row(info.path.name, state, step, method, key=str(info.path))
         presets.focus()
 
     @on(DataTable.RowHighlighted, "#presets")

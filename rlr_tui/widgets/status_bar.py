@@ -12,7 +12,8 @@ STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "finished": "b
 
 
 class StatusBar(Static):
-    """Two lines: run identity and state; progress and hyperparameters."""
+    """Two lines: run identity and state; progress (with the rate and ETA only while the run
+    trains) and hyperparameters."""
 
     def show(self, snap) -> None:
         first = Text()
@@ -21,7 +22,8 @@ class StatusBar(Static):
         first.append(f"  {snap.method} · {snap.model} on {snap.dataset} · {snap.device or '…'}")
         second = Text()
         second.append(f" epoch {snap.epoch}/{snap.epochs}  step {snap.step}/{snap.total_steps or '?'}")
-        second.append(f"  {snap.samples_per_s:,.0f}/s  ETA {duration(snap.eta_s)}")
+        if snap.state == "running":  # a paused or ended run has no rate and no ETA
+            second.append(f"  {snap.samples_per_s:,.0f}/s  ETA {duration(snap.eta_s)}")
         second.append(f"  τ {num(snap.tau)}  θ {num(snap.theta)}  lr {num(snap.lr)}", style="bold")
         if snap.message:
             second.append(f"  {snap.message}", style="red")
