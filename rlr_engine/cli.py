@@ -46,7 +46,7 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
     Returns (config, run_dir, whether the run directory is new)."""
     from .runfiles import CHECKPOINT, CONTROL_SOCKET
     from .runs import choose_run_dir, engine_alive, read_run_config
-    from .server import socket_path_problem
+    from .unix_socket import socket_path_problem
     from .tensorboard_log import require_tensorboard
 
     extra = list(overrides) + ([f"device={device}"] if device else [])

@@ -19,6 +19,7 @@ from .protocol import (MAX_LINE, ProtocolError, ack_from_message, command_messag
                        event_from_dict, hello, snapshot_from_dict)
 from .records import Ack, Command, Event, Snapshot
 from .runfiles import CONTROL_SOCKET
+from .unix_socket import socket_address
 
 MAX_EVENTS = 200
 MAX_ACKS = 200
@@ -64,7 +65,8 @@ class EngineClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(str(path))
+            with socket_address(path) as address:
+                sock.connect(address)
         except FileNotFoundError:
             sock.close()
             raise EngineUnavailable(f"{run_dir}: no engine is running (no {CONTROL_SOCKET})") from None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import selectors
 import socket
-import sys
 import threading
 import time
 from collections import deque
@@ -32,27 +31,16 @@ from typing import TYPE_CHECKING, Any
 from .protocol import (MAX_LINE, MAX_SNAPSHOT_HZ, ProtocolError, ack_message, check_hello, command_from_dict,
                        decode, encode, error_message, event_to_dict, snapshot_to_dict, welcome)
 from .records import Ack, Event
+from .unix_socket import socket_address
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-#: The longest path a Unix socket binds to: sockaddr_un's sun_path holds 108 bytes on Linux
-#: (104 on macOS), its terminating NUL included.
-MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
 MAX_BACKLOG_BYTES = 4 << 20
 MAX_CLIENTS = 32
 MAX_BAD_LINES = 100
 HELLO_TIMEOUT_S = 30.0
 CLOSE_GRACE_S = 1.0
-
-
-def socket_path_problem(path: str | Path) -> str | None:
-    """Why a control socket cannot bind at ``path`` (too long for a Unix socket), or None."""
-    size = len(os.fsencode(str(path)))
-    if size > MAX_SOCKET_PATH:
-        return (f"its control socket {path} would be {size} bytes long; a Unix socket's path may have at most "
-                f"{MAX_SOCKET_PATH}")
-    return None
 
 
 @dataclass
@@ -107,7 +95,8 @@ class ControlServer:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
-            listener.bind(str(self.path))
+            with socket_address(self.path) as address:
+                listener.bind(address)
         except OSError:
             listener.close()
             raise

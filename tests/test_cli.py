@@ -95,7 +95,7 @@ def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
 
 def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path):
     result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false",
-                 "--runs", "runs", cwd=tmp_path)  # relative: a control socket path short enough
+                 "--runs", "runs", cwd=tmp_path)
     assert result.returncode == 1
     assert "not available" in result.stderr and "quickstart" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -105,7 +105,7 @@ def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path)
 def test_a_data_dir_that_does_not_exist_is_an_error_naming_it_and_nothing_is_created(tmp_path):
     missing = tmp_path / "no" / "such" / "dir"
     result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={missing}", "--runs", "runs",
-                 cwd=tmp_path)  # relative: a control socket path short enough
+                 cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
     assert f"data_dir = {str(missing)!r} does not exist" in " ".join(result.stderr.split())
     assert not (tmp_path / "no").exists() and not (tmp_path / "runs").exists()
@@ -115,7 +115,7 @@ def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_
     from rlr_engine.presets import load_preset
     from rlr_engine.runs import new_run_dir
 
-    monkeypatch.chdir(tmp_path)  # a relative run directory: a control socket path short enough
+    monkeypatch.chdir(tmp_path)
     # The run's data set is missing too: the checkpoint must be the error reported.
     config = load_preset("mnist-lenet5-dense", [f"data_dir={tmp_path}", "download=false"])
     run_dir = new_run_dir(config, "runs")
@@ -206,12 +206,37 @@ def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_
     assert ci in commands  # CI runs the README's test command verbatim
 
 
-def test_a_runs_directory_too_long_for_the_control_socket_is_refused_before_anything_is_created(tmp_path):
+def test_a_run_deeper_than_a_unix_socket_address_serves_and_is_attached_to(tmp_path, engine_processes):
+    from rlr_engine.client import EngineClient
+    from rlr_engine.records import Stop
+
     root = tmp_path / ("r" * 100)
-    result = rlr("train", "quickstart", "--runs", str(root))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    message = " ".join(result.stderr.split())
-    assert f"--runs {root}" in message and "at most 107" in message, message
+    result = rlr("train", "quickstart", "--set", "dataset=synthetic", "--set", "epochs=500", "--runs", str(root),
+                 "--detach")
+    assert result.returncode == 0, result.stderr
+    run_dir = next(root.iterdir())
+    engine_processes.append(run_dir)
+    assert len(str(run_dir / "control.sock")) > 107
+    client = EngineClient.connect(run_dir)
+    try:
+        snap = client.wait(lambda s: s.state == "running" and s.step > 0, 60)
+        assert snap.state == "running", snap.message
+        client.send(Stop())
+        assert client.wait(lambda s: s.state == "stopped", 60).state == "stopped"
+    finally:
+        client.close()
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "control.sock").exists()
+
+
+def test_without_proc_a_runs_directory_too_deep_for_the_control_socket_is_refused_first(tmp_path, monkeypatch,
+                                                                                        capsys):
+    from rlr_engine import unix_socket
+
+    monkeypatch.setattr(unix_socket, "PROC_FD", tmp_path / "no-proc")  # as on macOS
+    root = tmp_path / ("r" * 100)
+    assert main(["train", "quickstart", "--runs", str(root)]) == 2
+    message = "".join(capsys.readouterr().err.split())  # the terminal's width folds the long path
+    assert f"--runs{root}" in message and "atmost107" in message, message
     assert not root.exists()
 
 
@@ -229,7 +254,7 @@ def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_
 
 def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
     result = rlr("train", "mnist-lenet5-dense", "--nproc", "2", "--set", f"data_dir={tmp_path}",
-                 "--set", "download=false", "--runs", "r", cwd=tmp_path)  # relative: a short socket path
+                 "--set", "download=false", "--runs", "r", cwd=tmp_path)
     assert result.returncode == 1 and "not available" in result.stderr
     assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
 

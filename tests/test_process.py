@@ -219,7 +219,7 @@ def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
 
 
 def test_a_failed_start_leaves_no_run_directory(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a relative --runs: a control socket path short enough
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(LaunchError, match="not available"):
         start_detached(["mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false",
                         "--runs", "runs"])
