@@ -103,5 +103,5 @@ class FollowerRecorder(Recorder):
     def restore(self, payload: dict[str, Any], trim: bool) -> None:
         super().restore(payload, trim=False)
 
-    def write_summary(self, state: str, tau: float, facts: dict[str, Any]) -> None:
+    def write_summary(self, state: str, method: str, tau: float, facts: dict[str, Any]) -> None:
         pass

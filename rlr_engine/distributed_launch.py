@@ -173,7 +173,7 @@ def record_failure(config: RunConfig, run_dir: Path, reason: str) -> None:
     recorder = Recorder(config, run_dir)
     checkpoints = [r.get("step") for r in read_jsonl(run_dir / EVENTS) if r.get("kind") == "checkpoint"]
     recorder.last_checkpoint_step = checkpoints[-1] if checkpoints else None
-    recorder.write_summary("failed", config.tau, {"error": reason})
+    recorder.write_summary("failed", config.method_label, config.tau, {"error": reason})
 
 
 # -- every worker ---------------------------------------------------------------------------

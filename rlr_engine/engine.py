@@ -183,7 +183,7 @@ class Engine:
         self._event("error", message)
         if self.run_dir.is_dir():
             try:
-                self.recorder.write_summary("failed", self._tau(), {"steps": self._step(), "error": message})
+                self.recorder.write_summary("failed", self.method_label, self._tau(), {"steps": self._step(), "error": message})
             except OSError:
                 pass
         self._publish()
@@ -245,7 +245,7 @@ class Engine:
         if self._stop:
             self.checkpoint()
             self.state = "stopped"
-            self.recorder.write_summary("stopped", trainer.tau, self._facts())
+            self.recorder.write_summary("stopped", self.method_label, trainer.tau, self._facts())
             self._event("info", f"stopped at step {trainer.step}; resume with: rlr train --resume {self.run_dir}")
         else:
             if trainer.position:  # max_steps ended the run mid-epoch
@@ -254,7 +254,7 @@ class Engine:
             if self.recorder.last_checkpoint_step != trainer.step:
                 self.checkpoint()
             self.state = "finished"
-            self.recorder.write_summary("finished", trainer.tau, {
+            self.recorder.write_summary("finished", self.method_label, trainer.tau, {
                 **self._facts(), "attack": result.attack, "eps": list(result.eps),
                 "adversarial_accuracy": list(result.accuracy)})
             self._event("info", f"finished after {trainer.step} steps")

@@ -15,7 +15,7 @@ from typing import Any
 
 from .checkpoint import load_checkpoint, save_atomic
 from .history import DecimatingSeries
-from .presets import RunConfig, method_label
+from .presets import RunConfig
 from .protocol import attack_result_from_dict, attack_result_to_dict, event_from_dict, event_to_dict
 from .records import AttackResult, Event, LayerStats
 from .runfiles import CHECKPOINT, EVENTS, METRICS, SUMMARY, TENSORBOARD
@@ -154,11 +154,10 @@ class Recorder:
             self.tensorboard.restart_after(payload["step"])
 
     # -- the end --------------------------------------------------------------------------------
-    def write_summary(self, state: str, tau: float, facts: dict[str, Any]) -> None:
-        """summary.json: ``state`` (finished, stopped or failed), the τ it ended with and the run's
-        final numbers."""
-        summary = {"state": state, "preset": self.config.name, "method": method_label(self.config.method, tau),
-                   "tau": tau,
+    def write_summary(self, state: str, method: str, tau: float, facts: dict[str, Any]) -> None:
+        """summary.json: ``state`` (finished, stopped or failed), the method as it ended (its label
+        names the τ and β set live), the τ it ended with and the run's final numbers."""
+        summary = {"state": state, "preset": self.config.name, "method": method, "tau": tau,
                    "dataset": self.config.dataset, "model": self.config.model, **facts,
                    "val_acc": self.last_values["val_acc"], "test_acc": self.last_values["test_acc"],
                    "last_checkpoint_step": self.last_checkpoint_step, "train_seconds": self.train_seconds()}

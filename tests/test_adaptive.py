@@ -1,4 +1,5 @@
 import io
+import json
 import math
 import re
 
@@ -383,6 +384,8 @@ def test_beta_and_the_window_are_steered_live_and_bad_values_are_rejected(tmp_pa
     assert acks["tau"].status == "rejected" and "condlr-adaptive only" in acks["tau"].message
     assert engine.latest().beta == 0.05 and engine.latest().adapt_every == 4
     engine.stop(30)
+    summary = json.loads((engine.run_dir / "summary.json").read_text())
+    assert summary["state"] == "stopped" and summary["method"] == "robust-dlrt β=0.05"  # as it ended
 
 
 def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_path):
