@@ -315,9 +315,11 @@ async def test_a_value_the_dialog_refuses_and_a_screenshot_go_into_the_runs_even
         assert not any(isinstance(c, SetTau) for c in d.client.commands)
 
 
-@pytest.mark.parametrize("key", ["t", "r", "l"])
-async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt(tmp_path, key):
+@pytest.mark.parametrize("key, field", [("t", "TAU"), ("r", "THETA"), ("l", "LR")])
+async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt_with_the_validators_range(tmp_path, key, field):
     from textual.geometry import Region
+
+    from rlr_engine import validation
 
     async with dashboard(tmp_path) as d:
         await d.pilot.press(key)
@@ -329,6 +331,7 @@ async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt(tmp_path, key
         lines = label.render_lines(Region(0, 0, label.size.width, label.size.height))
         shown = " ".join(strip.text.strip() for strip in lines)
         assert " ".join(shown.split()) == dialog.prompt
+        assert getattr(validation, field).allowed().lower() in dialog.prompt.lower()  # the range it checks
 
 
 async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):

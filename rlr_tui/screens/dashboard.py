@@ -18,7 +18,8 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane, Tabs
 from rlr_engine.client import EngineUnavailable
 from rlr_engine.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
                                 Snapshot, Stop, Truncate)
-from rlr_engine.validation import check_adapt_every, check_beta, check_lr, check_tau, check_theta
+from rlr_engine.validation import (ADAPT_EVERY, BETA, LR, TAU, THETA, check_adapt_every, check_beta, check_lr,
+                                   check_tau, check_theta)
 
 from ..format import num
 from ..widgets.curves import CurvesPlot
@@ -229,26 +230,27 @@ class DashboardScreen(Screen):
         self.app.push_screen(ValueDialog(title, prompt, initial, check, self.note_rejected), apply)
 
     def action_set_tau(self) -> None:
-        self.ask_then_send("Set τ", "κ(S) ≤ 1 + τ for every layer; a number ≥ 0, or inf for none.",
+        self.ask_then_send("Set τ", f"κ(S) ≤ 1 + τ for every layer; {TAU.allowed()}.",
                            num(self.snapshot.tau, 6), check_tau, SetTau)
 
     def action_truncate(self) -> None:
-        self.ask_then_send("Truncate now", "Relative tolerance θ in [0, 1): keep the smallest rank whose "
-                           "discarded σ have norm ≤ θ‖σ‖.", num(self.snapshot.theta, 6), check_theta,
+        self.ask_then_send("Truncate now", "Relative tolerance θ: keep the smallest rank whose discarded σ "
+                           f"have norm ≤ θ‖σ‖; {THETA.allowed()}.", num(self.snapshot.theta, 6), check_theta,
                            lambda theta: Truncate(theta=theta))
 
     def action_set_beta(self) -> None:
         self.ask_then_send("Set β", "Weight of the soft conditioning term β‖SSᵀ − (‖S‖²/r)I‖ added to the "
-                           "loss; a number ≥ 0 (0 switches it off).", num(self.snapshot.beta, 6), check_beta,
+                           f"loss; {BETA.allowed()}.", num(self.snapshot.beta, 6), check_beta,
                            lambda beta: SetAdaptation(beta=beta))
 
     def action_set_window(self) -> None:
-        self.ask_then_send("Set the window", "Batches per window (augment on the first, truncate with θ on the "
-                           "last); an integer ≥ 2.", str(self.snapshot.adapt_every), check_adapt_every,
+        self.ask_then_send("Set the window", "Augment on the first batch of each window, truncate with θ on its "
+                           f"last; {ADAPT_EVERY.allowed('an integer')}.", str(self.snapshot.adapt_every),
+                           check_adapt_every,
                            lambda window: SetAdaptation(adapt_every=window))
 
     def action_set_lr(self) -> None:
-        self.ask_then_send("Learning rate", "A number in (0, 100].", num(self.snapshot.lr, 6), check_lr,
+        self.ask_then_send("Learning rate", f"{LR.allowed().capitalize()}.", num(self.snapshot.lr, 6), check_lr,
                            SetLearningRate)
 
     def action_pause(self) -> None:
