@@ -22,7 +22,10 @@ batch 128, 300 steps, full-set loss, mean of seeds 0–2): τ = 0: 0.157 scaled 
 τ = 0.1: 1.03 vs 0.82; τ = 0.5: 1.22 vs 0.83.
 
 Every other parameter takes a plain SGD-with-momentum step. Nothing in ``step`` reads a tensor
-on the host, so it never synchronises with an accelerator.
+on the host. On an accelerator the defaults are also free of solvers that check their status on
+the host: the retraction is CholeskyQR2 and the core projection is made of Newton iterations for
+polar decompositions (``manifold.project_cores``), so the step never synchronises. On the CPU they
+are Householder QR and the SVD of the cores, the faster there; both pairs compute the same step.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from torch import Tensor, nn
 
 from .lowrank import LowRankLayer, low_rank_layers
 from .names import STEP_SCALINGS
-from .manifold import (project_condition, project_orthogonal_complement, retract_cholesky_qr, retract_qr,
-                       truncation_rank)
+from .manifold import (CORE_PROJECTIONS, project_cores, project_orthogonal_complement, retract_cholesky_qr,
+                       retract_qr, truncation_rank)
 from .validation import check_tau, check_theta
 
 RETRACTIONS = ("householder", "cholesky-qr2")
@@ -67,7 +70,7 @@ class CondLR(torch.optim.Optimizer):
     def __init__(self, model: nn.Module, lr: float, momentum: float = 0.0, tau: float = 0.1,
                  weight_decay: float = 0.0, step_scaling: str = "reference",
                  reference_compat: bool = False, store_scaled_direction: bool = True,
-                 retraction: str | None = None) -> None:
+                 retraction: str | None = None, core_projection: str = "auto") -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if not 0.0 <= momentum < 1.0:
@@ -89,6 +92,11 @@ class CondLR(torch.optim.Optimizer):
         if retraction not in RETRACTIONS + ("auto",):
             raise ValueError(f"retraction must be one of {RETRACTIONS}, got {retraction!r}")
         self.retraction = retraction
+        # "svd" on the CPU, where LAPACK's SVD of the small cores is the fastest; "newton" (polar
+        # decompositions, see manifold.project_cores) on accelerators, where an SVD synchronises.
+        if core_projection not in CORE_PROJECTIONS + ("auto",):
+            raise ValueError(f"core_projection must be one of {CORE_PROJECTIONS}, got {core_projection!r}")
+        self.core_projection = core_projection
         factor_ids = set()
         stiefel, core = [], []
         for _, layer in self.layers:
@@ -197,19 +205,16 @@ class CondLR(torch.optim.Optimizer):
         self._project_cores(cores, tau)
 
     def _project_cores(self, cores: Sequence[Tensor], tau: float) -> None:
-        """Apply project_condition to every core, batched over cores of equal rank, and record
+        """Apply project_condition to every core (batched, see manifold.project_cores) and record
         (σ_min/σ_max)² for the reference step scaling."""
-        if math.isinf(tau):
+        if math.isinf(tau) or not cores:
             return
-        by_rank: dict[int, list[Tensor]] = defaultdict(list)
-        for S in cores:
-            by_rank[S.shape[0]].append(S)
-        for same in by_rank.values():
-            projected, sigma = project_condition(torch.stack(same), tau, self.reference_compat)
-            ratio = (sigma[:, -1] / sigma[:, 0]).square()
-            for j, S in enumerate(same):
-                S.copy_(projected[j])
-                self.state[S]["inv_kappa_sq"] = ratio[j]
+        method = self.core_projection
+        if method == "auto":
+            method = "svd" if cores[0].device.type == "cpu" else "newton"
+        for S, (projected, ratio) in zip(cores, project_cores(cores, tau, self.reference_compat, method)):
+            S.copy_(projected)
+            self.state[S]["inv_kappa_sq"] = ratio
 
     # -- rank truncation ---------------------------------------------------------------------
     @torch.no_grad()

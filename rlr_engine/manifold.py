@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from .matrix_functions import largest_eigenvalue_psd, polar, trace
+
+CORE_PROJECTIONS = ("svd", "newton")
 
 
 def project_orthogonal_complement(U: Tensor, G: Tensor) -> Tensor:
@@ -64,25 +70,111 @@ def conditioning_bounds(tau: float) -> float:
     return tau / (2.0 + tau)
 
 
-def project_condition(S: Tensor, tau: float, reference_compat: bool = False) -> tuple[Tensor, Tensor]:
-    """Project the core S onto {κ(S) ≤ 1 + τ}; return (projected S, its singular values).
+def project_condition(S: Tensor, tau: float, reference_compat: bool = False,
+                      method: str = "svd") -> tuple[Tensor, Tensor | None]:
+    """Project the cores S (..., r, r) onto {κ(S) ≤ 1 + τ}; return (projected S, (σ_min/σ_max)²
+    of each projected core) — at τ = ∞, (S unchanged, None).
 
     S = P diag(σ) Qᵀ, m = mean(σ), δ = τ/(2+τ), σ_i ← clamp(σ_i, m(1−δ), m(1+δ)).
     τ = 0 gives α·P Qᵀ with α = sqrt(mean σ²), the nearest scaled orthogonal matrix (polar
     factor); with reference_compat it is α·qf(S) as in the paper's public code.
-    τ = ∞ returns S unchanged (the singular values are still returned).
+
+    ``method`` "svd" computes it from ``torch.linalg.svd``; "newton" computes the same matrix
+    without any host synchronisation (see ``project_cores``), for accelerators.
     """
+    if method not in CORE_PROJECTIONS:
+        raise ValueError(f"method must be one of {CORE_PROJECTIONS}, got {method!r}")
     if math.isinf(tau):
-        return S, torch.linalg.svdvals(S)
+        return S, None
+    if method == "newton":
+        projected, ratio = _project_condition_newton(S.to(torch.float64), torch.zeros_like(S, dtype=torch.float64),
+                                                     tau, reference_compat)
+        return projected.to(S.dtype), ratio
     P, sigma, Qh = torch.linalg.svd(S)
     if tau == 0.0:
         alpha = sigma.square().mean(dim=-1, keepdim=True).sqrt()
         orthogonal = retract_qr(S) if reference_compat else P @ Qh
-        return alpha.unsqueeze(-1) * orthogonal, alpha.expand_as(sigma)
+        return alpha.unsqueeze(-1) * orthogonal, torch.ones_like(sigma[..., 0])
     delta = conditioning_bounds(tau)
     center = sigma.mean(dim=-1, keepdim=True)
     clamped = torch.minimum(torch.maximum(sigma, center * (1.0 - delta)), center * (1.0 + delta))
-    return (P * clamped.unsqueeze(-2)) @ Qh, clamped
+    return (P * clamped.unsqueeze(-2)) @ Qh, (clamped[..., -1] / clamped[..., 0]).square()
+
+
+def project_cores(cores: Sequence[Tensor], tau: float, reference_compat: bool = False,
+                  method: str = "svd") -> list[tuple[Tensor, Tensor | None]]:
+    """``project_condition`` of every core in a list of square cores of any ranks, in as few
+    batched calls as the method allows: "svd" makes one call per distinct rank; "newton" makes a
+    single call for all of them, each core S of rank r padded to block-diag(S, c·I) at the largest
+    rank, where c is chosen so that the padding leaves S's block of every intermediate — polar
+    factor, clamp, extreme singular values — as it would be alone (see _project_condition_newton).
+    """
+    if math.isinf(tau) or not cores:
+        return [(S, None) for S in cores]
+    if method != "newton":
+        results: list[tuple[Tensor, Tensor | None]] = [(core, None) for core in cores]
+        by_rank: dict[int, list[int]] = defaultdict(list)
+        for i, S in enumerate(cores):
+            by_rank[S.shape[-1]].append(i)
+        for idx in by_rank.values():
+            projected, ratio = project_condition(torch.stack([cores[i] for i in idx]), tau, reference_compat, method)
+            for j, i in enumerate(idx):
+                results[i] = (projected[j], ratio[j])
+        return results
+    size = max(S.shape[-1] for S in cores)
+    padded = cores[0].new_zeros((len(cores), size, size), dtype=torch.float64)
+    padding = torch.zeros_like(padded)
+    for i, S in enumerate(cores):
+        rank = S.shape[-1]
+        padded[i, :rank, :rank] = S
+        padding[i].diagonal()[rank:] = 1.0
+    projected, ratio = _project_condition_newton(padded, padding, tau, reference_compat)
+    return [(projected[i, :S.shape[-1], :S.shape[-1]].to(S.dtype), ratio[i]) for i, S in enumerate(cores)]
+
+
+def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_compat: bool) -> tuple[Tensor, Tensor]:
+    """project_condition from polar decompositions (``matrix_functions``), in S's dtype (float64).
+
+    S (..., R, R) holds each core in its leading r×r block and zeros elsewhere; ``padding`` is the
+    diagonal matrix with ones at the padded indices (all zero where r = R). With c = sqrt(mean σ²)
+    (the polar factor's scale, ‖S‖_F/√r):
+
+    * X = S + c·padding = block-diag(S, c I) = O H: O = block-diag(O_S, I), H = block-diag(H_S, c I).
+    * τ = 0: c·O (or c·qf(X) = block-diag(c·qf(S), c I) with reference_compat).
+    * τ > 0: m = mean(σ) = (tr H − c(R − r)) / r; the padding block of H is moved to m I, which
+      the clamp keeps at m, which lies between the clamped extremes (σ_max ≥ m ≥ σ_min), and
+      whose shifts below are ±mδ I, never singular (c I could sit exactly at hi).
+      clamp(H) = m I + (|H − lo I| − |H − hi I|)/2 with lo, hi = m(1 ∓ δ) — the scalar identity
+      clamp(h) = (lo + hi)/2 + (|h − lo| − |h − hi|)/2 — with |Z| from the polar decomposition
+      of the symmetric Z; the projection is O clamp(H). Its extreme singular values are lo plus
+      λ_max(clamp(H) − lo I) and hi minus λ_max(hi I − clamp(H)), both positive semidefinite.
+
+    Where a matrix is exactly singular (S = 0, or an eigenvalue exactly at lo or hi) the inverse
+    fails and the core is returned as it came, with ratio 1, until the next step moves it.
+    """
+    size = S.shape[-1]
+    eye = torch.eye(size, dtype=S.dtype, device=S.device)
+    padded_count = trace(padding).unsqueeze(-1).unsqueeze(-1)
+    rank = size - padded_count
+    rms = torch.linalg.matrix_norm(S).unsqueeze(-1).unsqueeze(-1) / rank.sqrt()
+    X = S + rms * padding
+    if tau == 0.0:
+        orthogonal = retract_cholesky_qr(X) if reference_compat else polar(X)[0]
+        projected, ratio = rms * orthogonal, torch.ones_like(rms[..., 0, 0])
+    else:
+        orthogonal, H = polar(X)
+        mean = (trace(H).unsqueeze(-1).unsqueeze(-1) - rms * padded_count) / rank
+        H = H + (mean - rms) * padding
+        delta = conditioning_bounds(tau)
+        low, high = mean * (1.0 - delta), mean * (1.0 + delta)
+        _, absolute = polar(torch.stack([H - low * eye, H - high * eye]), symmetric=True)
+        clamped = mean * eye + 0.5 * (absolute[0] - absolute[1])
+        gaps = largest_eigenvalue_psd(torch.stack([clamped - low * eye, high * eye - clamped]))
+        sigma_max, sigma_min = low[..., 0, 0] + gaps[0], high[..., 0, 0] - gaps[1]
+        projected, ratio = orthogonal @ clamped, (sigma_min / sigma_max).square()
+    finite = torch.isfinite(projected).all(-1).all(-1) & torch.isfinite(ratio)
+    projected = torch.where(finite.unsqueeze(-1).unsqueeze(-1), projected, S)
+    return projected, torch.where(finite, ratio, torch.ones_like(ratio))
 
 
 def truncation_rank(sigma: Tensor, theta: float, min_rank: int = 1) -> int:
