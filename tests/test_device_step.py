@@ -20,6 +20,11 @@ SYNCHRONISING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_linalg
                      "unique_consecutive", "unique_dim"}
 
 
+# the CPU's defaults and an accelerator's, each forced on any device
+HOST_PATH = {"retraction": "householder", "core_projection": "svd"}
+DEVICE_PATH = {"retraction": "cholesky-qr2", "core_projection": "newton"}
+
+
 class OperatorLog(TorchDispatchMode):
     """Names every ATen operation that runs while active, and those asked to check errors."""
 
@@ -68,7 +73,7 @@ def test_default_step_on_a_non_cpu_device_runs_no_synchronising_operation(compat
 
 
 def test_operator_log_sees_the_svd_and_qr_of_the_cpu_path():
-    log = logged_step_on_meta([0.1], retraction="householder", core_projection="svd")
+    log = logged_step_on_meta([0.1], **HOST_PATH)
     assert {"_linalg_svd", "linalg_qr"} <= log.synchronising()
 
 
@@ -109,15 +114,18 @@ def test_newton_projection_leaves_an_exactly_singular_core_finite_and_unchanged(
         torch.testing.assert_close(projected[0], zero)
 
 
+@pytest.mark.parametrize("path", [DEVICE_PATH, {"retraction": "cholesky-qr2", "core_projection": "svd"},
+                                  {"retraction": "householder", "core_projection": "newton"}],
+                         ids=["device-path", "cholesky-qr2-only", "newton-only"])
 @pytest.mark.parametrize("tau", [0.0, 0.1, 0.5])
-def test_device_path_step_matches_the_cpu_path_over_50_steps_and_stays_orthonormal_and_conditioned(tau):
-    # float64, so the comparison sees the method and not rounding (two float32 runs part by ~4e-5
-    # after 50 steps through rounding alone).
+def test_device_path_and_its_parts_match_the_host_path_over_50_steps_and_keep_factors_orthonormal(tau, path):
+    # float64, so the comparison sees the method and not rounding: two float32 runs part by
+    # rounding alone (1.8e-7 after one step, ~4e-5 after 50 at τ = 0.1).
     x, y = synthetic_task()
     x = x.double()
     models = [mlp(torch.float64), mlp(torch.float64)]
-    opts = [CondLR(models[0], lr=0.1, momentum=0.3, tau=tau, retraction="householder", core_projection="svd"),
-            CondLR(models[1], lr=0.1, momentum=0.3, tau=tau, retraction="cholesky-qr2", core_projection="newton")]
+    opts = [CondLR(models[0], lr=0.1, momentum=0.3, tau=tau, **HOST_PATH),
+            CondLR(models[1], lr=0.1, momentum=0.3, tau=tau, **path)]
     for step in range(50):
         i = (step * 64) % len(x)
         for model, opt in zip(models, opts):
@@ -127,6 +135,9 @@ def test_device_path_step_matches_the_cpu_path_over_50_steps_and_stays_orthonorm
     for (name, a), (_, b) in zip(low_rank_layers(models[0]), low_rank_layers(models[1])):
         for k in "USV":
             torch.testing.assert_close(getattr(b, k), getattr(a, k), atol=1e-10, rtol=0, msg=f"{name}.{k}")
+        for k in "UV":
+            factor = getattr(b, k).detach()
+            assert (factor.T @ factor - torch.eye(b.rank, dtype=factor.dtype)).abs().max() <= 1e-12
         torch.testing.assert_close(opts[1].state[b.S]["inv_kappa_sq"], opts[0].state[a.S]["inv_kappa_sq"],
                                    atol=1e-10, rtol=0, check_dtype=False)
 
@@ -135,7 +146,7 @@ def test_device_path_step_matches_the_cpu_path_over_50_steps_and_stays_orthonorm
 def test_device_path_in_float32_keeps_factors_orthonormal_and_kappa_bounded(tau):
     x, y = synthetic_task()
     model = mlp()
-    opt = CondLR(model, lr=0.1, momentum=0.5, tau=tau, retraction="cholesky-qr2", core_projection="newton")
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=tau, **DEVICE_PATH)
     losses = []
     for step in range(100):
         i = (step * 64) % len(x)
