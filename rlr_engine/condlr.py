@@ -65,6 +65,11 @@ class CondLR(torch.optim.Optimizer):
     ``"stiefel"`` (every U and V), ``"core"`` (every S) and ``"other"`` (the rest).
     ``tau`` is read from the core group (from the first group when the model has no low-rank
     layer); ``set_tau`` changes it everywhere.
+
+    ``retraction`` ("householder", "cholesky-qr2") and ``core_projection`` ("svd", "newton")
+    choose how steps 3 and 4 are computed, not what: by default the first of each on the CPU and
+    the second on any other device, where they never synchronise with the host (with
+    ``reference_compat`` the retraction stays Householder QR everywhere).
     """
 
     def __init__(self, model: nn.Module, lr: float, momentum: float = 0.0, tau: float = 0.1,

@@ -1,4 +1,5 @@
-"""The geometric operations CondLR composes. Every function accepts a batch (..., m, r)."""
+"""The geometric operations CondLR composes. Every function accepts a batch (..., m, r), or a list
+of them (``project_cores``)."""
 
 from __future__ import annotations
 
@@ -149,8 +150,9 @@ def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_
       of the symmetric Z; the projection is O clamp(H). Its extreme singular values are lo plus
       λ_max(clamp(H) − lo I) and hi minus λ_max(hi I − clamp(H)), both positive semidefinite.
 
-    Where a matrix is exactly singular (S = 0, or an eigenvalue exactly at lo or hi) the inverse
-    fails and the core is returned as it came, with ratio 1, until the next step moves it.
+    Where a matrix is singular in floating point (S = 0, or an eigenvalue of H landing exactly on
+    lo or hi) the inverse fails and the core is returned as it came, with ratio 1, until the next
+    step moves it.
     """
     size = S.shape[-1]
     eye = torch.eye(size, dtype=S.dtype, device=S.device)
