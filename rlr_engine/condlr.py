@@ -24,8 +24,9 @@ batch 128, 300 steps, full-set loss, mean of seeds 0–2): τ = 0: 0.157 scaled 
 Every other parameter takes a plain SGD-with-momentum step. Nothing in ``step`` reads a tensor
 on the host. On an accelerator the defaults are also free of solvers that check their status on
 the host: the retraction is CholeskyQR2 and the core projection is made of Newton iterations for
-polar decompositions (``manifold.project_cores``), so the step never synchronises. On the CPU they
-are Householder QR and the SVD of the cores, the faster there; both pairs compute the same step.
+polar decompositions (``manifold.project_cores``), so the step never synchronises (except with
+``reference_compat``, which keeps the paper's Householder QR). On the CPU they are Householder QR
+and the SVD of the cores, the faster there; both pairs compute the same step up to rounding.
 """
 
 from __future__ import annotations
@@ -40,11 +41,9 @@ from torch import Tensor, nn
 
 from .lowrank import LowRankLayer, low_rank_layers
 from .names import STEP_SCALINGS
-from .manifold import (CORE_PROJECTIONS, project_cores, project_orthogonal_complement, retract_cholesky_qr,
-                       retract_qr, truncation_rank)
+from .manifold import (CORE_PROJECTIONS, RETRACTIONS, project_cores, project_orthogonal_complement,
+                       retract_cholesky_qr, retract_qr, runs_on_host, truncation_rank)
 from .validation import check_tau, check_theta
-
-RETRACTIONS = ("householder", "cholesky-qr2")
 
 
 @dataclass(frozen=True)
@@ -67,15 +66,15 @@ class CondLR(torch.optim.Optimizer):
     layer); ``set_tau`` changes it everywhere.
 
     ``retraction`` ("householder", "cholesky-qr2") and ``core_projection`` ("svd", "newton")
-    choose how steps 3 and 4 are computed, not what: by default the first of each on the CPU and
-    the second on any other device, where they never synchronise with the host (with
-    ``reference_compat`` the retraction stays Householder QR everywhere).
+    choose how steps 3 and 4 are computed, not what: "auto" (the default) takes the first of each
+    on the CPU and the second on any other device, where they never synchronise with the host
+    (with ``reference_compat`` the retraction stays Householder QR everywhere).
     """
 
     def __init__(self, model: nn.Module, lr: float, momentum: float = 0.0, tau: float = 0.1,
                  weight_decay: float = 0.0, step_scaling: str = "reference",
                  reference_compat: bool = False, store_scaled_direction: bool = True,
-                 retraction: str | None = None, core_projection: str = "auto") -> None:
+                 retraction: str = "auto", core_projection: str = "auto") -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if not 0.0 <= momentum < 1.0:
@@ -89,18 +88,16 @@ class CondLR(torch.optim.Optimizer):
         self.step_scaling = step_scaling
         self.reference_compat = reference_compat
         self.store_scaled_direction = store_scaled_direction
-        if retraction is None:
-            # Householder QR on the CPU (as fast as CholeskyQR2 there, and more accurate in
-            # float32: data-parallel runs match one-process runs to 1e-4 only with it);
-            # CholeskyQR2 on accelerators, where QR runs one solver call per matrix and syncs.
-            retraction = "householder" if reference_compat else "auto"
         if retraction not in RETRACTIONS + ("auto",):
-            raise ValueError(f"retraction must be one of {RETRACTIONS}, got {retraction!r}")
-        self.retraction = retraction
-        # "svd" on the CPU, where LAPACK's SVD of the small cores is the fastest; "newton" (polar
-        # decompositions, see manifold.project_cores) on accelerators, where an SVD synchronises.
+            raise ValueError(f"retraction must be one of {RETRACTIONS} or 'auto', got {retraction!r}")
         if core_projection not in CORE_PROJECTIONS + ("auto",):
-            raise ValueError(f"core_projection must be one of {CORE_PROJECTIONS}, got {core_projection!r}")
+            raise ValueError(f"core_projection must be one of {CORE_PROJECTIONS} or 'auto', got {core_projection!r}")
+        # "auto" is decided per device at each step (manifold.runs_on_host): Householder QR and
+        # LAPACK's SVD on the CPU — the fastest there, and Householder the more accurate in float32
+        # (data-parallel runs match one-process runs to 1e-4 only with it) — CholeskyQR2 and Newton
+        # iterations elsewhere, where QR and SVD synchronise with the host. The paper's code uses
+        # Householder QR, so reference_compat keeps it everywhere.
+        self.retraction = "householder" if reference_compat and retraction == "auto" else retraction
         self.core_projection = core_projection
         factor_ids = set()
         stiefel, core = [], []
@@ -165,6 +162,13 @@ class CondLR(torch.optim.Optimizer):
         if params:
             torch._foreach_add_(params, self._momentum(group, params), alpha=-group["lr"])
 
+    @staticmethod
+    def _resolved(choice: str, options: tuple[str, str], device: torch.device) -> str:
+        """``choice``, or for "auto" the host's option (the first) or the device's (the second)."""
+        if choice != "auto":
+            return choice
+        return options[0] if runs_on_host(device) else options[1]
+
     def _scale(self, layer: LowRankLayer, tau: float) -> Tensor | float:
         if self.step_scaling == "none" or math.isinf(tau):
             return 1.0
@@ -193,8 +197,8 @@ class CondLR(torch.optim.Optimizer):
             # A lone matrix of its shape is used in place (a view), not copied into a stack.
             P = params[0].unsqueeze(0) if len(idx) == 1 else torch.stack(params)
             M = moments[0].unsqueeze(0) if len(idx) == 1 else torch.stack(moments)
-            cholesky = self.retraction == "cholesky-qr2" or (self.retraction == "auto" and P.device.type != "cpu")
-            retract = retract_cholesky_qr if cholesky else retract_qr
+            retraction = self._resolved(self.retraction, RETRACTIONS, P.device)
+            retract = retract_cholesky_qr if retraction == "cholesky-qr2" else retract_qr
             # new_full fills on the device; as_tensor of a float would be a synchronising copy.
             c = torch.stack([s.to(P.dtype) if isinstance(s, Tensor) else P.new_full((), s)
                              for s in (factors[i][1] for i in idx)])
@@ -214,9 +218,7 @@ class CondLR(torch.optim.Optimizer):
         (σ_min/σ_max)² for the reference step scaling."""
         if math.isinf(tau) or not cores:
             return
-        method = self.core_projection
-        if method == "auto":
-            method = "svd" if cores[0].device.type == "cpu" else "newton"
+        method = self._resolved(self.core_projection, CORE_PROJECTIONS, cores[0].device)
         for S, (projected, ratio) in zip(cores, project_cores(cores, tau, self.reference_compat, method)):
             S.copy_(projected)
             self.state[S]["inv_kappa_sq"] = ratio

@@ -1,5 +1,5 @@
-"""The geometric operations CondLR composes. Every function accepts a batch (..., m, r), or a list
-of them (``project_cores``)."""
+"""The geometric operations CondLR composes. Every function accepts a batch (..., m, r), except
+``project_cores``, which takes a list of square cores of any ranks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from torch import Tensor
 
 from .matrix_functions import largest_eigenvalue_psd, polar, trace
 
+RETRACTIONS = ("householder", "cholesky-qr2")
 CORE_PROJECTIONS = ("svd", "newton")
+
+
+def runs_on_host(device: torch.device) -> bool:
+    """Whether tensors on ``device`` are computed by the CPU, which picks the first of RETRACTIONS
+    and CORE_PROJECTIONS (LAPACK's, the fastest there); every other device picks the second,
+    which never synchronises with the host."""
+    return device.type == "cpu"
 
 
 def project_orthogonal_complement(U: Tensor, G: Tensor) -> Tensor:
@@ -88,9 +96,9 @@ def project_condition(S: Tensor, tau: float, reference_compat: bool = False,
     if math.isinf(tau):
         return S, None
     if method == "newton":
-        projected, ratio = _project_condition_newton(S.to(torch.float64), torch.zeros_like(S, dtype=torch.float64),
-                                                     tau, reference_compat)
-        return projected.to(S.dtype), ratio
+        work = S.to(_newton_dtype(S.device))
+        projected, ratio = _project_condition_newton(work, torch.zeros_like(work), tau, reference_compat)
+        return projected.to(S.dtype), ratio.to(S.dtype)
     P, sigma, Qh = torch.linalg.svd(S)
     if tau == 0.0:
         alpha = sigma.square().mean(dim=-1, keepdim=True).sqrt()
@@ -105,32 +113,48 @@ def project_condition(S: Tensor, tau: float, reference_compat: bool = False,
 def project_cores(cores: Sequence[Tensor], tau: float, reference_compat: bool = False,
                   method: str = "svd") -> list[tuple[Tensor, Tensor | None]]:
     """``project_condition`` of every core in a list of square cores of any ranks, in as few
-    batched calls as the method allows: "svd" makes one call per distinct rank; "newton" makes a
-    single call for all of them, each core S of rank r padded to block-diag(S, c·I) at the largest
-    rank, where c is chosen so that the padding leaves S's block of every intermediate — polar
-    factor, clamp, extreme singular values — as it would be alone (see _project_condition_newton).
-    """
+    batched calls as the method allows: "svd" makes one call per distinct rank, "newton" a single
+    call for all of them (see _project_padded)."""
     if math.isinf(tau) or not cores:
         return [(S, None) for S in cores]
-    if method != "newton":
-        results: list[tuple[Tensor, Tensor | None]] = [(core, None) for core in cores]
-        by_rank: dict[int, list[int]] = defaultdict(list)
-        for i, S in enumerate(cores):
-            by_rank[S.shape[-1]].append(i)
-        for idx in by_rank.values():
-            projected, ratio = project_condition(torch.stack([cores[i] for i in idx]), tau, reference_compat, method)
-            for j, i in enumerate(idx):
-                results[i] = (projected[j], ratio[j])
-        return results
+    if method == "newton":
+        return _project_padded(cores, tau, reference_compat)
+    return _project_by_rank(cores, tau, reference_compat, method)
+
+
+def _project_by_rank(cores: Sequence[Tensor], tau: float, reference_compat: bool,
+                     method: str) -> list[tuple[Tensor, Tensor | None]]:
+    results: list[tuple[Tensor, Tensor | None]] = [(core, None) for core in cores]
+    by_rank: dict[int, list[int]] = defaultdict(list)
+    for i, S in enumerate(cores):
+        by_rank[S.shape[-1]].append(i)
+    for idx in by_rank.values():
+        projected, ratio = project_condition(torch.stack([cores[i] for i in idx]), tau, reference_compat, method)
+        for j, i in enumerate(idx):
+            results[i] = (projected[j], ratio[j])
+    return results
+
+
+def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool) -> list[tuple[Tensor, Tensor]]:
+    """Every core S of rank r in one batch at the largest rank R, padded to block-diag(S, c I),
+    where c is chosen so that the padding leaves S's block of every intermediate — polar factor,
+    clamp, extreme singular values — as it would be alone (see _project_condition_newton)."""
     size = max(S.shape[-1] for S in cores)
-    padded = cores[0].new_zeros((len(cores), size, size), dtype=torch.float64)
+    padded = cores[0].new_zeros((len(cores), size, size), dtype=_newton_dtype(cores[0].device))
     padding = torch.zeros_like(padded)
     for i, S in enumerate(cores):
         rank = S.shape[-1]
         padded[i, :rank, :rank] = S
         padding[i].diagonal()[rank:] = 1.0
     projected, ratio = _project_condition_newton(padded, padding, tau, reference_compat)
-    return [(projected[i, :S.shape[-1], :S.shape[-1]].to(S.dtype), ratio[i]) for i, S in enumerate(cores)]
+    return [(projected[i, :S.shape[-1], :S.shape[-1]].to(S.dtype), ratio[i].to(S.dtype))
+            for i, S in enumerate(cores)]
+
+
+def _newton_dtype(device: torch.device) -> torch.dtype:
+    """float64 wherever the device has it (Apple's MPS does not): the first Newton step may invert
+    a matrix that is singular to working precision."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_compat: bool) -> tuple[Tensor, Tensor]:
@@ -150,22 +174,26 @@ def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_
       of the symmetric Z; the projection is O clamp(H). Its extreme singular values are lo plus
       λ_max(clamp(H) − lo I) and hi minus λ_max(hi I − clamp(H)), both positive semidefinite.
 
-    Where a matrix is singular in floating point (S = 0, or an eigenvalue of H landing exactly on
-    lo or hi) the inverse fails and the core is returned as it came, with ratio 1, until the next
-    step moves it.
+    Singular matrices (a rank-deficient S, an eigenvalue of H exactly on lo or hi) are handled in
+    ``polar``; only S = 0 is returned as it came (as the SVD path does), with ratio 1.
+
+    Accuracy: that of the SVD path (≈ u·κ(S)) for the projection; (σ_min/σ_max)² to n/(e·2³⁶)
+    from the powering plus ≈ u·(1 + τ) from forming clamp(H) at the scale of hi.
     """
     size = S.shape[-1]
     eye = torch.eye(size, dtype=S.dtype, device=S.device)
-    padded_count = trace(padding).unsqueeze(-1).unsqueeze(-1)
+    padded_count = trace(padding)[..., None, None]
     rank = size - padded_count
-    rms = torch.linalg.matrix_norm(S).unsqueeze(-1).unsqueeze(-1) / rank.sqrt()
+    rms = torch.linalg.matrix_norm(S, keepdim=True) / rank.sqrt()
     X = S + rms * padding
     if tau == 0.0:
-        orthogonal = retract_cholesky_qr(X) if reference_compat else polar(X)[0]
+        # qf twice: qf(qf(X)) = qf(X), and the second pass restores the orthonormality that
+        # CholeskyQR2 loses on an ill-conditioned X (see retract_cholesky_qr)
+        orthogonal = retract_cholesky_qr(retract_cholesky_qr(X)) if reference_compat else polar(X)[0]
         projected, ratio = rms * orthogonal, torch.ones_like(rms[..., 0, 0])
     else:
         orthogonal, H = polar(X)
-        mean = (trace(H).unsqueeze(-1).unsqueeze(-1) - rms * padded_count) / rank
+        mean = (trace(H)[..., None, None] - rms * padded_count) / rank
         H = H + (mean - rms) * padding
         delta = conditioning_bounds(tau)
         low, high = mean * (1.0 - delta), mean * (1.0 + delta)
@@ -175,7 +203,7 @@ def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_
         sigma_max, sigma_min = low[..., 0, 0] + gaps[0], high[..., 0, 0] - gaps[1]
         projected, ratio = orthogonal @ clamped, (sigma_min / sigma_max).square()
     finite = torch.isfinite(projected).all(-1).all(-1) & torch.isfinite(ratio)
-    projected = torch.where(finite.unsqueeze(-1).unsqueeze(-1), projected, S)
+    projected = torch.where(finite[..., None, None], projected, S)
     return projected, torch.where(finite, ratio, torch.ones_like(ratio))
 
 

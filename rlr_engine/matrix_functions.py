@@ -52,14 +52,25 @@ def polar(A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS) -> tupl
     near zero, where sign is ill-conditioned, costs |A| no accuracy: its error there is at most
     that eigenvalue's size.
 
-    A singular A makes ``inv_ex`` fail silently: O and H then hold non-finite entries, which
-    callers check for (a matrix singular only to rounding is fine: its inverse is large, not
-    infinite, and the scaled iteration recovers).
+    Only X₀ = A can be singular (every later iterate has singular values ≥ 1). Where ``inv_ex``
+    reports A singular in floating point — a symmetric A = H − lo I whose eigenvalue sits exactly
+    on lo, as when a core already clamped is projected again, or a rank-deficient core — the first
+    step inverts A + sI instead, s = n·u·‖A‖_F, chosen on the device. For a symmetric A that
+    changes |A| by at most 2s (only eigenvalues in (−s, 0) are affected); for a singular A the
+    polar factor is not unique anyway and O is one of them. Only A = 0 stays singular: O and H
+    then hold non-finite entries, which callers check for.
     """
+    size = A.shape[-1]
+    inverse, info = torch.linalg.inv_ex(A)
+    shift = size * torch.finfo(A.dtype).eps * _frobenius(A)
+    shifted, _ = torch.linalg.inv_ex(A + shift * torch.eye(size, dtype=A.dtype, device=A.device))
+    inverse = torch.where((info == 0)[..., None, None], inverse, shifted)
     X = A
-    for _ in range(steps):
-        inverse, _ = torch.linalg.inv_ex(X)
+    for step in range(steps):
+        if step:
+            inverse, _ = torch.linalg.inv_ex(X)
         scale = (_frobenius(inverse) / _frobenius(X)).sqrt()
+        # X ← (μX + X⁻ᵀ/μ) / 2 in one kernel
         X = torch.addcdiv(X * (0.5 * scale), inverse if symmetric else inverse.mT, 2.0 * scale)
     if symmetric:  # the iteration is stable: rounding's asymmetry does not grow, so once is enough
         X = _symmetrise(X)

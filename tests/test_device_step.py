@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
-from rlr_engine.manifold import project_condition, project_cores
+from rlr_engine.manifold import conditioning_bounds, project_condition, project_cores
+from rlr_engine.matrix_functions import polar
 from helpers import synthetic_task
 
 # ATen operations that read a device tensor on the host (item, bool, data-dependent shapes) or run
@@ -26,7 +27,9 @@ DEVICE_PATH = {"retraction": "cholesky-qr2", "core_projection": "newton"}
 
 
 class OperatorLog(TorchDispatchMode):
-    """Names every ATen operation that runs while active, and those asked to check errors."""
+    """Names every ATen operation that runs while active, marking those that would synchronise
+    on an accelerator through their arguments: solvers asked to check errors, a host tensor (not
+    a 0-dim scalar) meeting a device tensor or copied to the device, indexing by a boolean mask."""
 
     def __init__(self):
         super().__init__()
@@ -35,11 +38,19 @@ class OperatorLog(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func._schema.name.split("::")[-1]
-        self.names.add(name + (" (check_errors)" if kwargs.get("check_errors") else ""))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        devices = {t.device.type for t in tensors} | ({torch.device(kwargs["device"]).type} if kwargs.get("device") else set())
+        if kwargs.get("check_errors"):
+            name += " (check_errors)"
+        elif devices - {"cpu"} and any(t.device.type == "cpu" and t.dim() > 0 for t in tensors):
+            name += " (host tensor)"
+        elif name.startswith("index") and any(t.dtype == torch.bool for t in tensors[1:]):
+            name += " (boolean mask)"
+        self.names.add(name)
         return func(*args, **kwargs)
 
     def synchronising(self) -> set[str]:
-        return {n for n in self.names if n in SYNCHRONISING_OPS or n.endswith("(check_errors)")}
+        return {n for n in self.names if n in SYNCHRONISING_OPS or n.endswith(")")}
 
 
 def mlp(dtype=torch.float32):
@@ -66,8 +77,8 @@ def logged_step_on_meta(taus, **optimizer_kwargs) -> OperatorLog:
 
 @pytest.mark.parametrize("compat", [False, True])
 def test_default_step_on_a_non_cpu_device_runs_no_synchronising_operation(compat):
-    log = logged_step_on_meta([0.1, 0.0, math.inf, 0.5], reference_compat=compat, retraction="cholesky-qr2"
-                              if compat else None)
+    log = logged_step_on_meta([0.1, 0.0, math.inf, 0.5], reference_compat=compat,
+                              retraction="cholesky-qr2" if compat else "auto")
     assert "linalg_inv_ex" in log.names and "linalg_cholesky_ex" in log.names  # the device path ran
     assert log.synchronising() == set()
 
@@ -75,6 +86,24 @@ def test_default_step_on_a_non_cpu_device_runs_no_synchronising_operation(compat
 def test_operator_log_sees_the_svd_and_qr_of_the_cpu_path():
     log = logged_step_on_meta([0.1], **HOST_PATH)
     assert {"_linalg_svd", "linalg_qr"} <= log.synchronising()
+
+
+def test_operator_log_sees_a_host_tensor_sent_to_the_device_and_a_boolean_mask():
+    x = torch.ones(3, device="meta")
+    with OperatorLog() as log:
+        torch.ones(3).to("meta")
+        x[x > 0] = 0.0
+        x * torch.tensor(2.0)  # a 0-dim host scalar is read as a number, without waiting
+    assert log.synchronising() == {"_to_copy (host tensor)", "index_put_ (boolean mask)"}
+
+
+def test_default_step_on_the_cpu_takes_lapacks_qr_and_svd():
+    model = mlp()
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=0.1)
+    F.cross_entropy(model(torch.randn(8, 20)), torch.zeros(8, dtype=torch.long)).backward()
+    with OperatorLog() as log:
+        opt.step()
+    assert {"_linalg_svd", "linalg_qr"} <= log.names and "linalg_inv_ex" not in log.names
 
 
 def random_cores(ranks, generator, condition=10.0):
@@ -105,13 +134,64 @@ def test_newton_projection_of_cores_of_mixed_ranks_equals_the_svd_projection(tau
         assert sigma[0] <= (1 + tau) * sigma[-1] * (1 + 1e-12)
 
 
-def test_newton_projection_leaves_an_exactly_singular_core_finite_and_unchanged():
-    zero = torch.zeros(4, 4)
-    rank_one = torch.outer(torch.arange(1.0, 5.0), torch.ones(4))
+@pytest.mark.parametrize("tau", [0.0, 0.1])
+@pytest.mark.parametrize("condition", [1e10, 1e14])
+def test_newton_projection_of_ill_conditioned_cores_has_the_svd_projections_singular_values(tau, condition):
+    # the projection itself is as ill-conditioned as the polar factor (≈ u·κ for either method);
+    # its singular values are not, and need the Newton iteration run to convergence
+    cores = random_cores((6, 20), torch.Generator().manual_seed(1), condition)
+    for (svd, svd_ratio), (newton, newton_ratio) in zip(project_cores(cores, tau, method="svd"),
+                                                         project_cores(cores, tau, method="newton")):
+        torch.testing.assert_close(torch.linalg.svdvals(newton), torch.linalg.svdvals(svd), rtol=1e-12, atol=0)
+        torch.testing.assert_close(newton_ratio, svd_ratio, rtol=2e-10, atol=0)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.1, 0.5])
+def test_newton_projection_of_an_already_projected_core_in_diagonal_form_equals_the_svd_projection(tau):
+    # S = diag(σ) with σ exactly on the clamp bounds m(1 ± δ), m = 1, as truncate() can leave a
+    # core: H − lo I is exactly singular, which the first Newton step must survive
+    delta = conditioning_bounds(tau)
+    cores = [torch.diag(torch.tensor(sigma, dtype=torch.float64)) for sigma in
+             ([1 + delta, 1 - delta], [1 + delta, 1.0, 1 - delta], [1 + delta, 1 + delta, 1 - delta, 1 - delta])]
+    for (svd, svd_ratio), (newton, newton_ratio) in zip(project_cores(cores, tau, method="svd"),
+                                                         project_cores(cores, tau, method="newton")):
+        torch.testing.assert_close(newton, svd, atol=1e-12, rtol=0)
+        torch.testing.assert_close(newton_ratio, svd_ratio, atol=1e-12, rtol=0)
+
+
+def test_newton_projection_conditions_a_rank_deficient_core_and_leaves_zero_as_it_is():
+    zero = torch.zeros(4, 4, dtype=torch.float64)
+    rank_one = torch.outer(torch.arange(1.0, 5.0, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
     for tau in (0.0, 0.1):
         projected, ratio = project_condition(torch.stack([zero, rank_one]), tau, method="newton")
-        assert torch.isfinite(projected).all() and torch.isfinite(ratio).all()
         torch.testing.assert_close(projected[0], zero)
+        sigma = torch.linalg.svdvals(projected[1])
+        assert sigma[0] <= (1 + tau) * sigma[-1] * (1 + 1e-10)
+        # the polar factor of a singular matrix is not unique; its singular values are
+        torch.testing.assert_close(sigma, torch.linalg.svdvals(project_condition(rank_one, tau)[0]))
+        torch.testing.assert_close(ratio[1], (sigma[-1] / sigma[0]) ** 2)
+
+
+def test_reference_compat_at_tau_zero_stays_orthogonal_on_an_ill_conditioned_core():
+    S = random_cores((12,), torch.Generator().manual_seed(0), 1e12)[0]
+    projected, _ = project_condition(S, 0.0, reference_compat=True, method="newton")
+    alpha = torch.linalg.matrix_norm(S) / math.sqrt(12)
+    torch.testing.assert_close(projected.T @ projected, alpha ** 2 * torch.eye(12, dtype=S.dtype), atol=1e-12, rtol=0)
+    torch.testing.assert_close(projected, project_condition(S, 0.0, reference_compat=True)[0], atol=1e-3, rtol=0)
+
+
+def test_polar_gives_an_orthogonal_factor_and_a_symmetric_positive_semidefinite_one():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 9, 9, generator=g, dtype=torch.float64)
+    O, H = polar(A)
+    torch.testing.assert_close(O.mT @ O, torch.eye(9, dtype=A.dtype).expand(3, 9, 9), atol=1e-13, rtol=0)
+    torch.testing.assert_close(O @ H, A, atol=1e-12, rtol=0)
+    assert torch.equal(H, H.mT) and torch.linalg.eigvalsh(H).min() > 0
+    Z = A + A.mT
+    sign, absolute = polar(Z, symmetric=True)
+    assert torch.equal(sign, sign.mT)
+    eigenvalues, vectors = torch.linalg.eigh(Z)
+    torch.testing.assert_close(absolute, vectors @ torch.diag_embed(eigenvalues.abs()) @ vectors.mT, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("path", [DEVICE_PATH, {"retraction": "cholesky-qr2", "core_projection": "svd"},
@@ -139,7 +219,7 @@ def test_device_path_and_its_parts_match_the_host_path_over_50_steps_and_keep_fa
             factor = getattr(b, k).detach()
             assert (factor.T @ factor - torch.eye(b.rank, dtype=factor.dtype)).abs().max() <= 1e-12
         torch.testing.assert_close(opts[1].state[b.S]["inv_kappa_sq"], opts[0].state[a.S]["inv_kappa_sq"],
-                                   atol=1e-10, rtol=0, check_dtype=False)
+                                   atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.1])
@@ -183,5 +263,18 @@ def test_step_on_cuda_never_synchronises_with_the_host():
             opt.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+    # set_sync_debug_mode sees PyTorch's own synchronisations only: also hold the GPU busy and
+    # check that step() returns while it still is (a solver waiting on the host would not)
+    opt.zero_grad()
+    F.cross_entropy(model(x[:64]), y[:64]).backward()
+    torch.cuda.synchronize()
+    busy = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    busy[0].record()
+    torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU clock cycles
+    busy[1].record()
+    opt.step()
+    returned_before_the_gpu_was_free = not busy[1].query()
+    torch.cuda.synchronize()
+    assert returned_before_the_gpu_was_free
     sigma = torch.linalg.svdvals(low_rank_layers(model)[0][1].S.detach())
     assert sigma[0] <= 1.1 * sigma[-1] * (1 + 1e-5)
