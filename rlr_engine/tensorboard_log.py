@@ -128,45 +128,6 @@ class EventFile:
         if values:
             self.writer.file_writer.add_summary(self.summary(value=values), step)
 
-    def add_text(self, tag: str, text: str, step: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class EventFile:
-    """One TensorBoard event file, written through torch's ``SummaryWriter``.
-
-    Every record becomes one event: all the scalars of a metrics record share one ``Summary``
-    (one value per tag), and all the layers' σ histograms of a spectrum another. SummaryWriter's
-    own ``add_scalar``/``add_histogram`` write one event per tag, and its default histogram has
-    TensorFlow's ~1,500 bucket edges; per event it builds, serialises and checksums a record (the
-    tensorboard package without TensorFlow computes CRC32C in pure Python), which made the
-    writing ~4× dearer. TensorBoard reads an event with several values like one per value."""
-
-    def __init__(self, directory: Path, purge_step: int | None) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:
-            raise TensorBoardUnavailable(f"TensorBoard is not installed ({error}); install it with: "
-                                         f"{INSTALL_HINT}") from None
-        self.writer = SummaryWriter(log_dir=str(directory), purge_step=purge_step, flush_secs=FLUSH_SECONDS)
-
-    def add_scalars(self, step: int, points: list[tuple[str, float]]) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        if points:
-            values = [Summary.Value(tag=tag, simple_value=value) for tag, value in points]
-            self.writer.file_writer.add_summary(Summary(value=values), step)
-
-    def add_histograms(self, step: int, values_by_tag: dict[str, Any]) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard.summary import histogram
-
-        values = [value for tag, array in values_by_tag.items()
-                  for value in histogram(tag, array, bins=HISTOGRAM_BINS).value]
-        if values:
-            self.writer.file_writer.add_summary(Summary(value=values), step)
-
     def add_text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, step)
 
