@@ -4,7 +4,8 @@ on an accelerator nothing waits for the device.
 
 They exist because ``torch.linalg.svd`` and ``torch.linalg.eigh`` check their solver's status on
 the host after every call — a synchronisation on CUDA — and an optimizer that calls them per layer
-per step stalls the GPU. ``inv_ex`` (like ``cholesky_ex``) reports failure in a tensor instead.
+per step stalls the GPU. ``inv_ex`` (like ``cholesky_ex``) reports failure in a tensor instead:
+on CUDA it "synchronizes only when check_errors=True" (PyTorch's documentation of it).
 The iterations converge quadratically, so a fixed count costs a few spare products where the input
 is benign, and a step that has converged is a fixed point. Run them in float64: the first Newton
 step inverts matrices that may be singular to working precision (see ``polar``).
