@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from typing import Sequence
@@ -139,16 +140,26 @@ def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool)
     """Every core S of rank r in one batch at the largest rank R, padded to block-diag(S, c I),
     where c is chosen so that the padding leaves S's block of every intermediate — polar factor,
     clamp, extreme singular values — as it would be alone (see _project_condition_newton)."""
-    size = max(S.shape[-1] for S in cores)
-    padded = cores[0].new_zeros((len(cores), size, size), dtype=_newton_dtype(cores[0].device))
-    padding = torch.zeros_like(padded)
+    ranks = tuple(S.shape[-1] for S in cores)
+    size, device, dtype = max(ranks), cores[0].device, _newton_dtype(cores[0].device)
+    padded = cores[0].new_zeros((len(cores), size, size), dtype=dtype)
     for i, S in enumerate(cores):
-        rank = S.shape[-1]
-        padded[i, :rank, :rank] = S
-        padding[i].diagonal()[rank:] = 1.0
-    projected, ratio = _project_condition_newton(padded, padding, tau, reference_compat)
+        padded[i, :ranks[i], :ranks[i]] = S
+    projected, ratio = _project_condition_newton(padded, _padding(ranks, device, dtype), tau, reference_compat)
     return [(projected[i, :S.shape[-1], :S.shape[-1]].to(S.dtype), ratio[i].to(S.dtype))
             for i, S in enumerate(cores)]
+
+
+@functools.lru_cache(maxsize=16)
+def _padding(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """For cores of these ranks padded to the largest: the diagonal matrices with ones at each
+    core's padded indices. Derived from the ranks alone, so built once per set of ranks (they
+    change only on truncation) rather than in every step; callers only read it."""
+    size = max(ranks)
+    padding = torch.zeros((len(ranks), size, size), dtype=dtype, device=device)
+    for i, rank in enumerate(ranks):
+        padding[i].diagonal()[rank:] = 1.0
+    return padding
 
 
 def _newton_dtype(device: torch.device) -> torch.dtype:
