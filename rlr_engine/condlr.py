@@ -120,10 +120,17 @@ class CondLR(torch.optim.Optimizer):
         return (self._group("core") or self.param_groups[0])["tau"]
 
     def set_tau(self, tau: float) -> None:
-        """Change τ from the next step on. Raises ValueError unless τ ∈ [0, ∞]."""
+        """Change τ. Raises ValueError unless τ ∈ [0, ∞] (and changes nothing then).
+
+        A tighter τ projects the cores at once, so a model measured, attacked or saved before
+        the next step already has κ(S) ≤ 1 + τ; a looser one leaves them (the bound still holds)."""
         tau = check_tau(tau)
+        tighter = tau < self.tau
         for group in self.param_groups:
             group["tau"] = tau
+        if tighter:
+            with torch.no_grad():
+                self._project_cores([layer.S for _, layer in self.layers], tau)
 
     # -- the step ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -173,9 +180,11 @@ class CondLR(torch.optim.Optimizer):
         if self.step_scaling == "none" or math.isinf(tau):
             return 1.0
         if self.step_scaling == "alpha":
-            return layer.rank / layer.S.square().sum()
+            energy = layer.S.square().sum()
+            return torch.where(energy > 0, layer.rank / energy, 1.0)
         if tau == 0.0:
-            return 1.0 / layer.init_sigma_mean
+            # a = 0 (a layer made from an all-zero weight) has no scale to undo
+            return torch.where(layer.init_sigma_mean > 0, layer.init_sigma_mean.reciprocal(), 1.0)
         return self.state[layer.S].get("inv_kappa_sq", 1.0)
 
     def _low_rank_step(self) -> None:

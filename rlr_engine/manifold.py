@@ -108,7 +108,10 @@ def project_condition(S: Tensor, tau: float, reference_compat: bool = False,
     delta = conditioning_bounds(tau)
     center = sigma.mean(dim=-1, keepdim=True)
     clamped = torch.minimum(torch.maximum(sigma, center * (1.0 - delta)), center * (1.0 + delta))
-    return (P * clamped.unsqueeze(-2)) @ Qh, (clamped[..., -1] / clamped[..., 0]).square()
+    largest = clamped[..., 0]
+    # S = 0 clamps to 0: ratio 1, as on the Newton path, not 0/0
+    ratio = torch.where(largest > 0, clamped[..., -1] / largest.clamp_min(torch.finfo(S.dtype).tiny), 1.0)
+    return (P * clamped.unsqueeze(-2)) @ Qh, ratio.square()
 
 
 def project_cores(cores: Sequence[Tensor], tau: float, reference_compat: bool = False,

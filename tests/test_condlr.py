@@ -220,19 +220,44 @@ def test_tau_zero_gives_the_polar_factor_nearest_in_frobenius_norm_not_the_qr_fa
             assert nearest <= np.linalg.norm(S - alpha * qf(rng.standard_normal(S.shape)))
 
 
-def test_set_tau_takes_effect_at_the_next_step_and_rejects_bad_values():
+def test_a_tighter_tau_conditions_the_cores_at_once_and_bad_values_change_nothing():
     x, y = synthetic_task()
     model = mlp()
     opt = CondLR(model, lr=0.2, momentum=0.5, tau=math.inf)
     train(model, opt, x, y, 50)
     assert max(kappa(layer) for _, layer in low_rank_layers(model)) > 1.2
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     for bad in (-0.1, float("nan"), "abc", None):
         with pytest.raises(ValueError, match="tau must be"):
             opt.set_tau(bad)
     assert math.isinf(opt.tau)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # what is measured, attacked or saved before the next step already has the new bound
     opt.set_tau(0.2)
+    assert all(kappa(layer) <= 1.2 + 1e-4 for _, layer in low_rank_layers(model))
     train(model, opt, x, y, 1)
     assert all(kappa(layer) <= 1.2 + 1e-4 for _, layer in low_rank_layers(model))
+    # a looser τ leaves the cores as they are
+    conditioned = {k: v.clone() for k, v in model.state_dict().items()}
+    opt.set_tau(0.5)
+    assert all(torch.equal(conditioned[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("tau,step_scaling", [(0.0, "reference"), (0.1, "reference"), (0.1, "alpha"),
+                                              (math.inf, "reference")])
+def test_a_layer_made_from_an_all_zero_weight_trains_without_non_finite_values(tau, step_scaling):
+    x, y = synthetic_task()
+    model = nn.Sequential(nn.Linear(20, 32), nn.LeakyReLU(), nn.Linear(32, 4))
+    nn.init.zeros_(model[2].weight)  # a zero-initialised classifier: every singular value is 0
+    model = to_low_rank(model, ranks={"2": 3}, skip_last=False)
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=tau, step_scaling=step_scaling)
+    losses = train(model, opt, x, y, 30)
+    for name, layer in low_rank_layers(model):
+        assert all(torch.isfinite(t).all() for t in (layer.U, layer.S, layer.V)), name
+        eye = torch.eye(layer.rank)
+        assert (layer.U.T @ layer.U - eye).abs().max() <= 1e-5, name
+        assert torch.isfinite(torch.as_tensor(opt.state[layer.S].get("inv_kappa_sq", 1.0))).all(), name
+    assert losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize("kwargs", [{"lr": 0}, {"lr": 0.1, "momentum": 1.0}, {"lr": 0.1, "tau": -1},

@@ -159,10 +159,14 @@ def test_newton_projection_of_an_already_projected_core_in_diagonal_form_equals_
         torch.testing.assert_close(newton_ratio, svd_ratio, atol=1e-12, rtol=0)
 
 
-def test_newton_projection_conditions_a_rank_deficient_core_and_leaves_zero_as_it_is():
+def test_both_projections_condition_a_rank_deficient_core_and_leave_zero_as_it_is_with_ratio_one():
     zero = torch.zeros(4, 4, dtype=torch.float64)
     rank_one = torch.outer(torch.arange(1.0, 5.0, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
     for tau in (0.0, 0.1):
+        for method in ("svd", "newton"):  # the ratio scales the next step: never 0/0
+            projected, ratio = project_condition(zero, tau, method=method)
+            torch.testing.assert_close(projected, zero)
+            assert ratio.item() == 1.0, method
         projected, ratio = project_condition(torch.stack([zero, rank_one]), tau, method="newton")
         torch.testing.assert_close(projected[0], zero)
         sigma = torch.linalg.svdvals(projected[1])
