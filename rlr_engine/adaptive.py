@@ -149,7 +149,7 @@ class RankAdaptation:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: str,
                  adapt_every: int = 10, theta: float = 0.1, beta: float = 0.0, tau: float = 0.1,
-                 min_rank: int = 1, criterion: str | None = None) -> None:
+                 min_rank: int = 1, criterion: str | None = None, project_initial: bool = True) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         criterion = DEFAULT_CRITERION[method] if criterion is None else criterion
@@ -173,7 +173,9 @@ class RankAdaptation:
         for name, layer in self.layers:
             if layer.rank < self.lower_rank(layer):
                 raise ValueError(f"layer {name!r} starts at rank {layer.rank}, below min_rank = {min_rank}")
-        if self.hard_conditioning:
+        # condlr-adaptive starts from conditioned cores; cores restored from a checkpoint were
+        # saved conditioned with the τ live then, which load_state_dict brings back
+        if self.hard_conditioning and project_initial:
             self._project_violating()
 
     def _check_ownership(self) -> None:

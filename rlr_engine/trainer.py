@@ -120,14 +120,16 @@ class Trainer:
             self.train_module = self.ranks.wrap(self.model, self.device)
             self._wrapped = params
 
-    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+    def _build_optimizer(self, restoring: bool = False) -> tuple[torch.optim.Optimizer,
+                                                                 torch.optim.lr_scheduler.MultiStepLR]:
         """CondLR for fixed-rank methods; for rank-adaptive ones the core optimizer (SGD or AdamW
-        over the cores and every other parameter) driven by a RankAdaptation (adaptive.py)."""
+        over the cores and every other parameter) driven by a RankAdaptation (adaptive.py).
+        ``restoring``: the model holds a checkpoint's weights, which stay as they were saved."""
         c = self.config
         if c.is_rank_adaptive:
             optimizer = core_optimizer(self.model, c.core_optimizer, c.lr, c.momentum, c.weight_decay)
             self.adaptation = RankAdaptation(self.model, optimizer, c.method, c.adapt_every, self._theta, c.beta,
-                                             c.tau, c.min_rank)
+                                             c.tau, c.min_rank, project_initial=not restoring)
         else:
             optimizer = CondLR(self.model, lr=c.lr, momentum=c.momentum, tau=c.tau, weight_decay=c.weight_decay,
                                step_scaling=c.step_scaling, reference_compat=c.reference_compat)
@@ -205,7 +207,9 @@ class Trainer:
         loss = loss_sum * (self.ranks.world_size / n)
         if self.adaptation is not None:
             loss = loss + self.adaptation.regularizer()  # soft conditioning β (reported loss: cross-entropy)
-        self.optimizer.zero_grad(set_to_none=True)
+        # The model's, not only the optimizer's: a rank-adaptive optimizer does not hold U and V,
+        # whose gradients (left by an attack's backward passes too) the augmentation reads.
+        self.model.zero_grad(set_to_none=True)
         loss.backward()
         try:
             if self.adaptation is not None:
@@ -368,7 +372,7 @@ class Trainer:
     def load_state_dict(self, payload: dict[str, Any], source: str) -> None:
         load_model_state(self.model, payload, source)
         self.report = parameter_report(self.model)
-        self.optimizer, self.scheduler = self._build_optimizer()  # the ranks may have changed
+        self.optimizer, self.scheduler = self._build_optimizer(restoring=True)  # the ranks may have changed
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         if self.adaptation is not None and payload.get("adaptation") is not None:

@@ -11,7 +11,9 @@ from torch import nn
 
 from rlr_engine import low_rank_layers, to_low_rank
 from rlr_engine.adaptive import RankAdaptation, core_optimizer, soft_conditioning_penalty
-from helpers import synthetic_task
+from rlr_engine.records import AttackSpec
+from rlr_engine.trainer import Trainer, load_run_data
+from helpers import small_config, synthetic_task
 
 MIN_RANK = 2
 
@@ -411,3 +413,53 @@ def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_pa
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["adaptation"] == b["adaptation"]
+
+
+def adaptive_trainers(count, **changes):
+    """``count`` identical condlr-adaptive Trainers on the synthetic data set."""
+    config = small_config(method="condlr-adaptive", tau=0.1, rank_fraction=0.3, max_rank_fraction=0.6,
+                          adapt_every=4, truncate_theta=0.05, momentum=0.3, lr=0.1, min_rank=1, **changes)
+    data = load_run_data(config, torch.device("cpu"))
+    return [Trainer(config, data, torch.device("cpu")) for _ in range(count)]
+
+
+def train_steps(trainer, steps):
+    for _ in range(steps):
+        trainer.train_step()
+        if trainer.epoch_complete:
+            trainer.end_epoch()
+
+
+def test_a_checkpoint_loads_with_the_weights_it_saved_under_a_tau_set_live():
+    # τ loosened live to ∞: the saved cores may exceed the preset's 1 + τ and must not be
+    # projected with it when the checkpoint is loaded
+    saved, restored = adaptive_trainers(2)
+    train_steps(saved, 6)
+    saved.set_tau(math.inf)
+    train_steps(saved, 41)
+    saved.condition_for_measuring()
+    buffer = io.BytesIO()
+    torch.save(saved.state_dict(), buffer)
+    buffer.seek(0)
+    restored.load_state_dict(torch.load(buffer, weights_only=True), "checkpoint")
+    assert math.isinf(restored.tau)
+    kappas = [torch.linalg.cond(layer.live_factors()[1].detach()).item() for _, layer in saved.adaptation.layers]
+    assert max(kappas) > 1.1 * (1 + 1e-3)  # the test is about cores the preset's τ would change
+    for name, value in saved.model.state_dict().items():
+        assert torch.equal(restored.model.state_dict()[name], value), name
+
+
+def test_an_attack_between_windows_does_not_steer_the_next_augmentation():
+    # advertorch's backward passes fill U.grad and V.grad, which the optimizer of a
+    # rank-adaptive run does not hold; the augmentation must read this batch's gradients only
+    attacked, untouched = adaptive_trainers(2, attack="pgd-linf")
+    for trainer in (attacked, untouched):
+        train_steps(trainer, 6)
+        trainer.condition_for_measuring()  # ends the window: the next batch augments
+    attacked.attack(AttackSpec("pgd-linf", (0.0, 0.1), steps=5), full=False)
+    assert any(layer.U.grad is not None for _, layer in attacked.adaptation.layers)
+    for trainer in (attacked, untouched):
+        train_steps(trainer, 2)
+    assert attacked.adaptation.ranks() == untouched.adaptation.ranks()
+    for name, value in untouched.model.state_dict().items():
+        assert torch.equal(attacked.model.state_dict()[name], value), name
