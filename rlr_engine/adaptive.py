@@ -155,8 +155,6 @@ class RankAdaptation:
         criterion = DEFAULT_CRITERION[method] if criterion is None else criterion
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-        if isinstance(min_rank, bool) or not isinstance(min_rank, int) or min_rank < 1:
-            raise ValueError(f"min_rank must be an integer >= 1, got {min_rank!r}")
         self.model = model
         self.optimizer = optimizer
         self.method = method
@@ -170,9 +168,7 @@ class RankAdaptation:
         self.position = 0  # index of the next batch in the current window
         self.windows = 0  # completed windows
         self._check_ownership()
-        for name, layer in self.layers:
-            if layer.rank < self.lower_rank(layer):
-                raise ValueError(f"layer {name!r} starts at rank {layer.rank}, below min_rank = {min_rank}")
+        self.check_min_rank(min_rank)
         # condlr-adaptive starts from conditioned cores; cores restored from a checkpoint were
         # saved conditioned with the τ live then, which load_state_dict brings back
         if self.hard_conditioning and project_initial:
@@ -227,6 +223,17 @@ class RankAdaptation:
         if self.method != "condlr-adaptive":
             raise ValueError(f"tau applies to condlr-adaptive only; {self.method} conditions softly (beta)")
         self._tau = check_tau(value)
+
+    def check_min_rank(self, min_rank: Any) -> None:
+        """ValueError unless ``min_rank`` is an integer ≥ 1 that no layer's live rank is below
+        (where the layer's storage allows it)."""
+        if isinstance(min_rank, bool) or not isinstance(min_rank, int) or min_rank < 1:
+            raise ValueError(f"min_rank must be an integer >= 1, got {min_rank!r}")
+        below = [(name, layer.rank) for name, layer in self.layers if layer.rank < min(min_rank, layer.max_rank)]
+        if below:
+            allowed = min(rank for _, rank in below)
+            raise ValueError(f"min_rank = {min_rank} is not allowed: layer {below[0][0]!r} holds rank {below[0][1]}; "
+                             f"must be <= {allowed} (or raise rank_fraction)")
 
     def lower_rank(self, layer: LowRankLayer) -> int:
         """r_min for this layer (never above its allocated rank)."""

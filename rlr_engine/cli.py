@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .launch import ENGINE_CHILD_FLAG, READY
 from .names import DEVICES
-from .presets import PresetError, apply_overrides, available_presets, load_preset
+from .presets import PresetError, available_presets, load_preset, restored_keys_set, resume_config
 from .validation import parse_eps_text
 from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, print_error, watch
 
@@ -47,17 +47,16 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
     from .runfiles import CHECKPOINT, CONTROL_SOCKET
     from .runs import choose_run_dir, engine_alive, read_run_config
     from .unix_socket import socket_path_problem
-    from .tensorboard_log import require_tensorboard
 
     extra = list(overrides) + ([f"device={device}"] if device else [])
     if resume:
         run_dir = Path(resume)
-        config = apply_overrides(read_run_config(run_dir), extra)
+        config = resume_config(read_run_config(run_dir), extra)
         if engine_alive(run_dir):
             raise UserError(f"--resume {run_dir}: the run is still running; attach with: rlr-tui --attach {run_dir}")
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"--resume {run_dir}: no {CHECKPOINT} in that directory, nothing to resume")
-        require_tensorboard(config)  # a missing optional extra is reported before anything changes
+        require_extras(config)  # a missing optional extra is reported before anything changes
         problem = socket_path_problem(run_dir / CONTROL_SOCKET)
         if problem:
             raise UserError(f"--resume {run_dir}: {problem}; move the run directory to a shorter path")
@@ -65,12 +64,25 @@ def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | None
     if preset is None:
         raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
     config = load_preset(preset, extra)
-    require_tensorboard(config)
+    require_extras(config)
     run_dir = choose_run_dir(config, runs_root)
     problem = socket_path_problem(run_dir / CONTROL_SOCKET)
     if problem:
         raise UserError(f"--runs {runs_root}: {problem}; choose a shorter directory for runs")
     return config, run_dir, True
+
+
+def require_extras(config) -> None:
+    """UserError when the run needs an optional package that is not installed: checked before
+    the run starts, not when its first attack is due."""
+    from .attacks import AttackUnavailable, check_available
+    from .tensorboard_log import require_tensorboard
+
+    require_tensorboard(config)
+    try:
+        check_available(config.attack)
+    except AttackUnavailable as error:
+        raise UserError(f"attack = {config.attack!r}: {error}") from None
 
 
 def train_arguments(args: argparse.Namespace) -> list[str]:
@@ -117,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # -- end torch.distributed --
     overrides = args.set + (["tensorboard=true"] if args.tensorboard else [])
     config, run_dir, new = prepare_run(args.preset, overrides, args.resume, args.runs, args.device)
-    engine = Engine(config, run_dir, resume=not new)
+    engine = Engine(config, run_dir, resume=not new, resume_settings=restored_keys_set(overrides))
     show = not args.engine_child
     try:
         if show:

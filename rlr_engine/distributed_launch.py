@@ -33,7 +33,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 
 from .progress import UserError, console, err_console, print_error, watch
 from .distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
-from .presets import RunConfig, apply_overrides, load_preset
+from .presets import RunConfig, load_preset, restored_keys_set, resume_config
 from .recorder import Recorder
 from .runfiles import CONFIG, CONTROL_SOCKET, EVENTS, SUMMARY
 from .runs import discard_run_dir, read_jsonl, read_run_config
@@ -50,6 +50,8 @@ def launch(args: argparse.Namespace) -> int:
 
     config, run_dir, new = _prepared_run_dir(args)
     worker = ["train", "--resume", str(run_dir)] if args.resume else ["train", "--run-dir", str(run_dir)]
+    if args.resume:  # config.toml holds them; the workers also need to know which were set
+        worker += [item for text in args.set for item in ("--set", text)]
     torchrun_args = torchrun.parse_args(["--standalone", "--nnodes", "1", "--nproc-per-node", str(args.nproc),
                                          "--max-restarts", "0", "-m", "rlr_engine.cli", *worker])
     announce = _Announcer(run_dir) if args.engine_child else None  # before anything is printed
@@ -183,7 +185,7 @@ def worker_config(args: argparse.Namespace) -> RunConfig:
     if args.run_dir:
         return read_run_config(args.run_dir)
     if args.resume:
-        return apply_overrides(read_run_config(args.resume), extra)
+        return resume_config(read_run_config(args.resume), extra)
     if args.preset is None:
         raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
     return load_preset(args.preset, extra)
@@ -202,7 +204,8 @@ def train_worker(args: argparse.Namespace) -> int:
     try:
         created = _rank0_run_dir(args) if ranks.is_main else None
         run_dir = ranks.broadcast(str(created[0]) if created else None)
-        engine = Engine(config, run_dir, resume=bool(args.resume), ranks=ranks)
+        engine = Engine(config, run_dir, resume=bool(args.resume), ranks=ranks,
+                        resume_settings=restored_keys_set(args.set) if args.resume else ())
         try:
             engine.setup()
         except BaseException:

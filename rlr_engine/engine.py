@@ -20,14 +20,14 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 from .boundary import FollowerRecorder, StepBoundary
 from .checkpoint import CheckpointError
 from .commands import CHANGES_LAYERS, HANDLERS
 from .errors import CannotStart
 from .distributed import SINGLE, Ranks
-from .presets import RunConfig, method_label
+from .presets import RESTORED_ON_RESUME, RunConfig, method_label
 from .recorder import Recorder
 from .records import Ack, AttackResult, AttackSpec, Command, Event, LayerStats, Note, Snapshot, Stop
 from .runfiles import ERROR_LOG
@@ -65,10 +65,13 @@ class Engine:
     boundary (boundary.py).
     """
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False, ranks: Ranks = SINGLE) -> None:
+    def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False, ranks: Ranks = SINGLE,
+                 resume_settings: Iterable[str] = ()) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume_requested = resume
+        self.resume_settings = frozenset(resume_settings)
+        self._resume_notes: list[tuple[str, str]] = []  # (kind, message) events of the resume
         self.ranks = ranks
         self.recorder = (Recorder if ranks.is_main else FollowerRecorder)(config, self.run_dir)
         self.boundary = StepBoundary(ranks) if ranks.distributed else None
@@ -97,25 +100,37 @@ class Engine:
 
     # -- public, thread-safe -------------------------------------------------------------------
     def setup(self) -> "Engine":
-        """Load everything the run needs; raises CheckpointError or CannotStart (no data set, no such device). The
-        checkpoint of a resumed run is read first, so a corrupt one is reported before the data set
-        loads. A resumed run trains with the checkpoint's τ (set live) unless its config changed τ."""
+        """Load everything the run needs; raises CheckpointError or CannotStart (no data set, no such
+        device, settings this model cannot take). The checkpoint of a resumed run is read first, so
+        a corrupt one is reported before the data set loads.
+
+        A resumed run trains with the hyperparameters of its checkpoint (RESTORED_ON_RESUME: τ, the
+        learning rate, θ, … as last set live or by the schedule), except those the resume sets:
+        ``resume_settings`` (--set) and any whose value in the config differs from the config saved
+        with the checkpoint (config.toml edited, or a --set seen only through it)."""
         device = self.ranks.place(resolve_device(self.config.device))
         if self.resume_requested:
             self._resume_payload = self.recorder.load_checkpoint(device)
         data = load_run_data(self.config, device)
-        trainer = Trainer(self.config, data, device, self.ranks)
-        if self._resume_payload is not None:
-            trainer.load_state_dict(self._resume_payload, str(self.recorder.checkpoint_path))
-            # The checkpoint's τ is the one set live; a τ the resume itself sets (--set tau=…)
-            # differs from the config saved with the checkpoint, and wins.
-            saved_tau = self._resume_payload.get("config", {}).get("tau", self.config.tau)
-            if self.config.tau != saved_tau:
-                trainer.set_tau(self.config.tau)
+        try:
+            trainer = Trainer(self.config, data, device, self.ranks)
+            if self._resume_payload is not None:
+                self._restore(trainer, self._resume_payload)
+        except ValueError as error:  # a setting this model cannot take (the message names it)
+            raise CannotStart(f"{self.config.name}: {error}") from None
         self.device_name = describe_device(device)
         self.trainer = trainer
         self._reported_ranks = trainer.adaptation.ranks() if trainer.adaptation is not None else {}
         return self
+
+    def _restore(self, trainer: Trainer, payload: dict[str, Any]) -> None:
+        warnings = trainer.load_state_dict(payload, str(self.recorder.checkpoint_path))
+        saved, current = payload.get("config", {}), self.config.to_dict()
+        keys = self.resume_settings | {key for key in RESTORED_ON_RESUME if key in saved and saved[key] != current[key]}
+        changes = trainer.set_restored(self.config, keys)
+        self._resume_notes = [("warning", warning) for warning in warnings]
+        if changes:
+            self._resume_notes.append(("info", f"set on resume: {', '.join(changes)}"))
 
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._run, name=f"rlr-engine-{self.config.name}", daemon=True)
@@ -200,6 +215,8 @@ class Engine:
         self.state = "running"
         self._event("info", f"{'resumed' if self.resume_requested else 'started'} {self.config.name} "
                             f"({self.method_label}) on {self.device_name} at step {trainer.step}")
+        for kind, message in self._resume_notes:
+            self._event(kind, message)
 
     def _loop(self) -> None:
         trainer = self.trainer

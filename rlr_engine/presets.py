@@ -307,6 +307,33 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     return validate(raw, source="--set")
 
 
+# What a resume may change. The checkpoint's weights and data split were made with
+# FIXED_ON_RESUME, which a resume refuses to change. It restores RESTORED_ON_RESUME as they were
+# last set (from a dashboard, or by the schedule); a resume sets one anew when told to (--set,
+# or a config.toml changed since the checkpoint). Every other key is read afresh.
+FIXED_ON_RESUME = ("dataset", "model", "method", "rank_fraction", "max_rank_fraction", "last_layer",
+                   "core_optimizer", "seed", "val_fraction")
+RESTORED_ON_RESUME = ("tau", "lr", "momentum", "weight_decay", "milestones", "gamma", "truncate_theta", "beta",
+                      "adapt_every", "min_rank")
+
+
+def resume_config(saved: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """The config of a resumed run: its saved one with ``overrides``, none of them FIXED_ON_RESUME."""
+    overrides = list(overrides)
+    config = apply_overrides(saved, overrides)
+    for key in FIXED_ON_RESUME:
+        if getattr(config, key) != getattr(saved, key):
+            text = next(t for t in overrides if parse_override(t)[0] == key)
+            raise PresetError(f"--set {text}: {key} cannot change when a run resumes (its checkpoint was trained "
+                              f"with {key} = {_toml_value(saved.to_dict()[key])}); start a new run to change it")
+    return config
+
+
+def restored_keys_set(overrides: Iterable[str]) -> frozenset[str]:
+    """The RESTORED_ON_RESUME keys that ``overrides`` set."""
+    return frozenset(key for key in (parse_override(text)[0] for text in overrides) if key in RESTORED_ON_RESUME)
+
+
 def dump_toml(config: RunConfig) -> str:
     """The resolved config as TOML (inf written as the TOML literal)."""
     lines = []

@@ -8,7 +8,8 @@ the recorder writes down what happened.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections import Counter
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,10 @@ def build_network(config: RunConfig, data: ImageData) -> nn.Module:
     if config.compile:
         compile_model(model)
     return model
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(list(value) if isinstance(value, tuple) else value)
 
 
 def load_run_data(config: RunConfig, device: torch.device) -> ImageData:
@@ -369,7 +374,9 @@ class Trainer:
             "adaptation": None if self.adaptation is None else self.adaptation.state_dict(),
         }
 
-    def load_state_dict(self, payload: dict[str, Any], source: str) -> None:
+    def load_state_dict(self, payload: dict[str, Any], source: str) -> list[str]:
+        """Restore a checkpoint's state; returns warnings about what could not be restored as saved."""
+        warnings = []
         load_model_state(self.model, payload, source)
         self.report = parameter_report(self.model)
         self.optimizer, self.scheduler = self._build_optimizer(restoring=True)  # the ranks may have changed
@@ -382,7 +389,16 @@ class Trainer:
         perm = payload["permutation"]
         self.permutation = None if perm is None else perm.to(self.device)
         # RNG states must be CPU byte tensors, whatever map_location did to the rest.
-        self.generator.set_state(payload["generator"].cpu())
+        generator_state = payload["generator"].cpu()
+        if generator_state.numel() == self.generator.get_state().numel():
+            self.generator.set_state(generator_state)
+        else:
+            # A generator's state is the device's own (the CPU's Mersenne Twister, CUDA's seed and
+            # offset): a run moved between them draws on from a seed of its step instead.
+            self.generator.manual_seed(self.config.seed + self.step)
+            warnings.append(f"the checkpoint's data-order generator belongs to another kind of device than "
+                            f"{self.device.type}: batches and augmentation from step {self.step} on are drawn "
+                            f"afresh (the current epoch keeps its order)")
         torch.set_rng_state(payload["torch_rng"].cpu())
         if payload.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(payload["cuda_rng"].cpu(), self.device)
@@ -391,3 +407,49 @@ class Trainer:
         self._loss_sum.zero_()
         self._correct.zero_()
         self._finite.fill_(True)
+        return warnings
+
+    def set_restored(self, config: RunConfig, keys: Iterable[str]) -> list[str]:
+        """Set each of ``keys`` (presets.RESTORED_ON_RESUME) to its value in ``config``, over what a
+        checkpoint restored; returns "key: old → new" for each that changed. ValueError (nothing
+        changed) for a value this run cannot take."""
+        keys = set(keys)
+        adaptation = self.adaptation
+        if adaptation is not None and "min_rank" in keys:
+            adaptation.check_min_rank(config.min_rank)
+        changes = []
+
+        def note(key: str, old: Any, new: Any) -> None:
+            if old != new:
+                changes.append(f"{key}: {_shown(old)} → {_shown(new)}")
+
+        for key in sorted(keys):
+            value = getattr(config, key)
+            if key == "tau":
+                note(key, self.tau, value)
+                self.set_tau(value)
+            elif key == "lr":
+                note(key, self.lr, value)
+                self.set_lr(value)
+            elif key in ("momentum", "weight_decay"):
+                groups = [g for g in self.optimizer.param_groups if key in g]
+                if groups:
+                    note(key, groups[0][key], value)
+                for group in groups:
+                    group[key] = value
+            elif key == "milestones":
+                note(key, tuple(sorted(self.scheduler.milestones.elements())), value)
+                self.scheduler.milestones = Counter(value)
+            elif key == "gamma":
+                note(key, self.scheduler.gamma, value)
+                self.scheduler.gamma = value
+            elif key == "truncate_theta":
+                note(key, self.theta, value)
+                if adaptation is not None:
+                    adaptation.theta = value
+                else:
+                    self._theta = value
+            elif adaptation is not None:  # beta, adapt_every, min_rank: rank-adaptive runs only
+                note(key, getattr(adaptation, key), value)
+                setattr(adaptation, key, value)
+        return changes

@@ -305,7 +305,7 @@ def test_tau_is_refused_for_robust_dlrt_and_bad_constructions_name_the_problem()
         RankAdaptation(model, torch.optim.SGD(model.parameters(), lr=0.1), "robust-dlrt")
     with pytest.raises(ValueError, match="method must be one of"):
         RankAdaptation(model, core_optimizer(model, "sgd", 0.1), "dlrt")
-    with pytest.raises(ValueError, match="below min_rank"):
+    with pytest.raises(ValueError, match=r"min_rank = 7 is not allowed: layer '0' holds rank 5; must be <= 5"):
         RankAdaptation(model, core_optimizer(model, "sgd", 0.1), "robust-dlrt", min_rank=7)
     with pytest.raises(ValueError, match="core optimizer must be"):
         core_optimizer(model, "lamb", 0.1)

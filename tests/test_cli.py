@@ -298,20 +298,95 @@ def test_every_ended_run_leaves_a_summary_finished_stopped_or_failed(tmp_path, m
     assert "the device went away" in json.loads((Path(failed.run_dir) / "summary.json").read_text())["error"]
 
 
-def test_a_resume_keeps_the_tau_set_live_unless_it_sets_tau_itself(tmp_path):
+def test_a_resume_keeps_what_was_set_live_unless_it_sets_it_itself(tmp_path):
     from dataclasses import replace
 
-    from helpers import run_to_end, start_engine
+    from helpers import run_to_end, start_engine, wait_for
 
     from rlr_engine.engine import Engine
-    from rlr_engine.records import SetTau
+    from rlr_engine.records import SetLearningRate, SetTau
     from rlr_engine.runs import read_run_config
 
-    engine = start_engine(tmp_path, epochs=1)  # τ = 0.1 in its config
+    engine = start_engine(tmp_path, epochs=1)  # τ = 0.1, lr = 0.05, momentum = 0.9 in its config
     engine.send(SetTau(0.3))
+    engine.send(SetLearningRate(0.02))
     run_to_end(engine)
     config = read_run_config(engine.run_dir)
     kept = Engine(replace(config, epochs=2), engine.run_dir, resume=True).setup()
-    assert kept.trainer.tau == 0.3 and "τ=0.3" in kept.method_label
-    given = Engine(replace(config, epochs=2, tau=0.5), engine.run_dir, resume=True).setup()  # --set tau=0.5
+    assert kept.trainer.tau == 0.3 and "τ=0.3" in kept.method_label and kept.trainer.lr == 0.02
+    # a value that differs from the config saved with the checkpoint (config.toml edited) is set
+    given = Engine(replace(config, epochs=2, tau=0.5, momentum=0.5), engine.run_dir, resume=True).setup()
     assert given.trainer.tau == 0.5 and "τ=0.5" in given.method_label
+    assert given.trainer.optimizer.param_groups[0]["momentum"] == 0.5 and given.trainer.lr == 0.02
+    # --set tau=0.1 --set lr=0.05: the preset's own values, set on purpose over the live ones
+    told = Engine(replace(config, epochs=2), engine.run_dir, resume=True, resume_settings={"tau", "lr"}).setup()
+    assert told.trainer.tau == 0.1 and told.trainer.lr == 0.05
+    assert all(group["lr"] == 0.05 for group in told.trainer.optimizer.param_groups)
+    told.start()
+    try:
+        snap = wait_for(told, lambda s: any("set on resume" in e.message for e in s.events))
+        note = next(e.message for e in snap.events if "set on resume" in e.message)
+        assert "lr: 0.02 → 0.05" in note and "tau: 0.3 → 0.1" in note
+    finally:
+        told.stop(timeout=30)
+
+
+def test_a_resume_refuses_to_change_what_its_checkpoint_was_trained_with(tmp_path):
+    run_dir = _stopped_quickstart_run(tmp_path)
+    before = (run_dir / "config.toml").read_text()
+    for setting, shown in (("method=dense", "method = \"lowrank\""), ("rank_fraction=0.5", "rank_fraction = 0.2"),
+                           ("seed=3", "seed = 0")):
+        result = rlr("train", "--resume", str(run_dir), "--set", setting, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        message = " ".join(result.stderr.split())
+        assert f"--set {setting}: {setting.split('=')[0]} cannot change when a run resumes" in message
+        assert f"trained with {shown}" in message and "Traceback" not in message
+    assert (run_dir / "config.toml").read_text() == before
+
+
+def _stopped_quickstart_run(tmp_path):
+    result = rlr("train", "quickstart", "--set", "max_steps=3", "--set", "eval_every=0", "--set", "attack_every=0",
+                 "--runs", "runs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    return run_dir
+
+
+def test_a_setting_the_model_cannot_take_is_reported_without_a_traceback_and_leaves_no_run(tmp_path):
+    result = rlr("train", "quickstart", "--set", "method=condlr-adaptive", "--set", "min_rank=50",
+                 "--runs", "runs", cwd=tmp_path)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "min_rank = 50 is not allowed: layer" in message and "must be <=" in message
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning(tmp_path):
+    import torch
+
+    from rlr_engine.checkpoint import load_checkpoint, save_atomic
+
+    run_dir = _stopped_quickstart_run(tmp_path)
+    payload = load_checkpoint(run_dir)
+    payload.pop("format")
+    payload["generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state: seed and offset
+    save_atomic(payload, run_dir / "checkpoint.pt")
+    result = rlr("train", "--resume", str(run_dir), "--set", "max_steps=6", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert any(e["kind"] == "warning" and "data-order generator belongs to another kind of device" in e["message"]
+               for e in events)
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 6
+
+
+def test_an_attack_whose_package_is_missing_is_reported_before_the_run_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # as if the attacks extra were not installed
+    for argv in (["train", "quickstart", "--set", "attack=square"],
+                 ["train", "quickstart", "--set", "attack=autoattack", "--detach"]):
+        assert main([*argv, "--runs", "runs"]) == 2
+        message = " ".join(capsys.readouterr().err.split())
+        assert f"attack = '{argv[3].split('=')[1]}': autoattack and square need the optional package" in message
+        assert "pip install 'rlr[attacks]'" in message
+    assert not (tmp_path / "runs").exists()
