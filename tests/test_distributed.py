@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from ddp_scenarios import processes_mentioning, rank_of, run_cli, run_ranks, steered_run
 from helpers import small_config
@@ -216,8 +215,6 @@ def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path
     """rlr train --detach --nproc 2 (what rlr-tui --nproc 2 starts): it returns once rank 0
     listens; a client sees the step move, its command is applied on every rank, and a stop
     leaves a resumable run and no process behind."""
-    import sys
-
     from ddp_scenarios import ROOT
 
     from rlr_engine.client import EngineClient
