@@ -1,15 +1,13 @@
-"""Atomic checkpoints: written to a temporary file in the same directory, flushed, then
-renamed over the old one, so a kill mid-write leaves the previous checkpoint intact."""
+"""Atomic checkpoints (atomic_files.py): a kill mid-write leaves the previous checkpoint intact."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic_files import atomic_file
 from .runfiles import CHECKPOINT
 
 
@@ -23,24 +21,8 @@ FORMAT = "rlr-checkpoint-1"
 def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(payload, format=FORMAT), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the rename is still atomic
+    with atomic_file(path) as handle:
+        torch.save(dict(payload, format=FORMAT), handle)
     return path
 
 

@@ -107,9 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .errors import CannotStart
     from .process import become_detached_log, serve_run
-    from .runfiles import CONFIG
-    from .presets import dump_toml
-    from .runs import create_run_dir, discard_run_dir
+    from .runs import create_run_dir, discard_run_dir, write_config
 
     # -- torch.distributed: a torchrun worker, or the launcher of --nproc N workers --
     from .distributed import launched_by_torchrun
@@ -144,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         create_run_dir(run_dir, config)
     else:
         os.chmod(run_dir, 0o700)
-        (run_dir / CONFIG).write_text(dump_toml(config), encoding="utf-8")
+        write_config(run_dir, config)
 
     def on_ready(path: Path) -> None:
         if args.engine_child:

@@ -23,14 +23,15 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any, Sequence
 
+from .atomic_files import write_text_atomic
 from .attacks import ATTACKS
 from .formatting import pct_pm
 from .names import DEVICES
 from .records import AttackSpec, Stop
 from .sanity import AttackRecord, Component, sanity_report
-from .presets import PresetError, RunConfig, dump_toml, load_preset
-from .runfiles import CHECKPOINT, CONFIG, SUMMARY
-from .runs import read_run_config
+from .presets import PresetError, RunConfig, load_preset
+from .runfiles import CHECKPOINT, SUMMARY
+from .runs import read_run_config, write_config
 from .validation import parse_eps_text
 
 SPEC_FILE = "comparison.json"
@@ -92,7 +93,7 @@ def ensure_run(config: RunConfig, run_dir: Path, device: str | None, watch) -> d
             shutil.rmtree(run_dir)
     if not resume:
         run_dir.mkdir(parents=True)
-        (run_dir / CONFIG).write_text(dump_toml(config), encoding="utf-8")
+        write_config(run_dir, config)
     engine = Engine(config, run_dir, resume=resume).start()
     # Ctrl+C stops the run cleanly (final checkpoint); the same command resumes it.
     previous = signal.signal(signal.SIGINT, lambda signum, frame: engine.send(Stop()))
@@ -141,7 +142,7 @@ def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack
         checked = robustness_with_checks(model, images, labels, spec, config.dataset, to_input=to_float)
         probes, result = list(checked.probes), checked.result.to_dict()
     result["probes"] = [p.to_dict() for p in probes]
-    cache.write_text(json.dumps(result), encoding="utf-8")
+    write_text_atomic(cache, json.dumps(result))  # a kill mid-write must not leave half a cache to read
     return result
 
 

@@ -35,8 +35,9 @@ from .progress import UserError, console, err_console, print_error, watch
 from .distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
 from .presets import RunConfig, load_preset, restored_keys_set, resume_config
 from .recorder import Recorder
-from .runfiles import CONFIG, CONTROL_SOCKET, EVENTS, SUMMARY
-from .runs import discard_run_dir, read_jsonl, read_run_config
+from .atomic_files import write_text_atomic
+from .runfiles import CONTROL_SOCKET, EVENTS, SUMMARY
+from .runs import discard_run_dir, read_jsonl, read_run_config, write_config
 
 
 class RankFailed(Exception):
@@ -168,9 +169,7 @@ def record_failure(config: RunConfig, run_dir: Path, reason: str) -> None:
         if summary.get("error") and summary["error"] != reason:
             summary["rank0_error"] = summary["error"]
         summary["error"] = reason
-        tmp = path.with_name(SUMMARY + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(summary, indent=2))
         return
     recorder = Recorder(config, run_dir)
     checkpoints = [r.get("step") for r in read_jsonl(run_dir / EVENTS) if r.get("kind") == "checkpoint"]
@@ -222,14 +221,13 @@ def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     write its overridden config (a resumed one): done once, before any worker starts. Returns
     (config, run directory, whether it is new)."""
     from .cli import prepare_run  # cli imports this module lazily, for --nproc only
-    from .presets import dump_toml
     from .runs import create_run_dir
 
     config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
     if new:
         create_run_dir(run_dir, config)
     else:
-        (run_dir / CONFIG).write_text(dump_toml(config), encoding="utf-8")
+        write_config(run_dir, config)
     return config, run_dir, new
 
 

@@ -13,6 +13,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .atomic_files import write_text_atomic
 from .checkpoint import load_checkpoint, save_atomic
 from .history import DecimatingSeries
 from .presets import RunConfig
@@ -161,9 +162,7 @@ class Recorder:
                    "dataset": self.config.dataset, "model": self.config.model, **facts,
                    "val_acc": self.last_values["val_acc"], "test_acc": self.last_values["test_acc"],
                    "last_checkpoint_step": self.last_checkpoint_step, "train_seconds": self.train_seconds()}
-        tmp = self.run_dir / (SUMMARY + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        tmp.replace(self.run_dir / SUMMARY)
+        write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2))
 
     def close(self) -> None:
         """The run's thread ends: flush what is buffered (TensorBoard event files)."""

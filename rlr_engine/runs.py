@@ -23,6 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .atomic_files import write_text_atomic
 from .presets import PresetError, RunConfig, dump_toml, validate
 from .runfiles import CHECKPOINT, CONFIG, ENGINE_INFO, EVENTS, METRICS, SUMMARY
 
@@ -49,8 +50,13 @@ def create_run_dir(path: str | Path, config: RunConfig) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.mkdir(mode=0o700)
     os.chmod(path, 0o700)  # whatever the umask
-    (path / CONFIG).write_text(dump_toml(config), encoding="utf-8")
+    write_config(path, config)
     return path
+
+
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    """config.toml: the run's resolved settings (rewritten atomically when a resume changes them)."""
+    write_text_atomic(run_dir / CONFIG, dump_toml(config))
 
 
 def discard_run_dir(path: str | Path) -> None:
@@ -157,9 +163,7 @@ def trim_jsonl(path: Path, max_step: int) -> None:
     """Drop records logged after ``max_step`` (written after the checkpoint a run resumes from)."""
     if path.is_file():
         kept = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def tail_jsonl(path: Path, max_bytes: int = 1 << 16) -> list[dict[str, Any]]:
