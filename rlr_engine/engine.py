@@ -381,7 +381,10 @@ class Engine:
         self._window_start += seconds
 
     def checkpoint(self) -> bool:
+        """Save the run; the curves it saves (and metrics.jsonl) hold every step it has trained,
+        so a resume from it shows no gap."""
         trainer = self.trainer
+        self._flush_window()
         self._condition_for_measuring()
         if self._diverged or not trainer.parameters_finite():
             self._event("warning", "checkpoint skipped: the model holds non-finite values")

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import run_to_end, start_engine, wait_for
+from helpers import run_to_end, small_config, start_engine, wait_for
 from rlr_engine.checkpoint import load_checkpoint
 from rlr_engine.engine import Engine
 from rlr_engine.presets import load_preset
@@ -205,6 +205,43 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
         proc.wait()
         payload = load_checkpoint(path)
         assert payload["step"] >= 1 and payload["weights"].shape == (4_000_000,)
+
+
+def test_a_checkpoint_taken_mid_epoch_holds_the_training_curve_up_to_its_step(tmp_path):
+    # no window is read on its own (snapshots), and no epoch ends or checkpoints on its own
+    engine = start_engine(tmp_path, epochs=100, snapshot_interval=60.0, batch_size=4, checkpoint_every=0)
+
+    def wait_for_event(kind):
+        deadline = time.monotonic() + 60
+        while not any(r["kind"] == kind for r in read_jsonl(engine.run_dir / "events.jsonl")):
+            assert time.monotonic() < deadline, f"no {kind} event"
+            time.sleep(0.05)
+
+    wait_for_event("info")  # started
+    time.sleep(0.5)
+    engine.send(SaveCheckpoint())
+    wait_for_event("checkpoint")
+    payload = load_checkpoint(engine.run_dir)
+    assert payload["step"] > 0
+    train = [r for r in read_jsonl(engine.run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert train and train[-1]["step"] == payload["step"]
+    assert payload["curves"]["train_loss"]["points"][-1][0] == payload["step"]
+
+
+def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
+    from rlr_engine.atomic_files import atomic_file, write_text_atomic
+    from rlr_engine.runs import read_run_config, write_config
+
+    path = tmp_path / "summary.json"
+    write_text_atomic(path, '{"state": "stopped"}')
+    with pytest.raises(RuntimeError):
+        with atomic_file(path) as handle:
+            handle.write(b'{"state": "fin')
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == '{"state": "stopped"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
+    write_config(tmp_path, small_config(tau=0.7))
+    assert read_run_config(tmp_path).tau == 0.7
 
 
 def test_a_failing_setup_reports_a_message_instead_of_dying(tmp_path):
