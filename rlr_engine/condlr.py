@@ -13,7 +13,8 @@ Step scaling c ("reference", the default, reproduces the paper's public code): f
 c = 1/a with a the mean of all singular values of the layer's initial dense weight; for
 0 < τ < ∞, c = (σ_min/σ_max)² of S after the previous projection (1 before the first); for
 τ = ∞, c = 1. "alpha" uses c = 1/α², α² = ‖S‖²_F / r, which makes the step in W-space
-independent of the scale of S; "none" uses c = 1.
+independent of the scale of S; "none" uses c = 1. At τ = ∞ (vanilla low-rank training) every
+choice uses c = 1, and a scale of zero (a = 0, S = 0) gives c = 1.
 
 ``store_scaled_direction=False`` keeps the unscaled (I − U Uᵀ) m_U as the buffer instead (the
 momentum then does not carry the step scale c); it is not the reference method and is only used
