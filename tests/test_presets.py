@@ -76,6 +76,9 @@ def test_bad_overrides_are_rejected_and_change_nothing(override, expected):
     assert load_preset("quickstart") == config
 
 
+HUGE = 10 ** 400  # an integer no float holds
+
+
 @pytest.mark.parametrize("key, check, values", [
     ("tau", "check_tau", [-1, 0, 0.5, math.inf]),
     ("lr", "check_lr", [0, 1e-3, 100, 101]),
@@ -100,6 +103,34 @@ def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
             preset = False
         assert preset == live, f"{key} = {value!r}: preset {'accepts' if preset else 'refuses'} it, " \
                                f"{check} {'accepts' if live else 'refuses'} it"
+
+
+@pytest.mark.parametrize("field", ["tau", "lr", "theta", "beta", "adapt_every"])
+@pytest.mark.parametrize("value", [HUGE, -HUGE, str(HUGE), "1e400", "9" * 5000, "nan", "", "fast"],
+                         ids=["huge-int", "huge-negative-int", "400-digits", "1e400", "5000-digits", "nan", "empty",
+                              "text"])
+def test_a_live_value_no_float_holds_is_refused_naming_the_field_and_the_range(field, value):
+    from rlr_engine import validation
+
+    allowed = (validation.ADAPT_EVERY.allowed("an integer") if field == "adapt_every"
+               else getattr(validation, field.upper()).allowed())
+    with pytest.raises(ValueError) as refused:
+        getattr(validation, f"check_{field}")(value)
+    message = str(refused.value)
+    assert message.startswith(f"{field} must be {allowed}, got ")
+    assert len(message) < 200, "a long value is cut, not repeated whole"
+
+
+def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refused():
+    from rlr_engine.validation import check_tau, parse_eps_text
+
+    assert check_tau("inf") == check_tau(" Infinity ") == check_tau("∞") == math.inf
+    for typed in ("1e400", "1" + "0" * 400):
+        with pytest.raises(ValueError, match="tau must be"):
+            check_tau(typed)
+    for typed in ("0 inf", "0 1e400"):
+        with pytest.raises(ValueError, match=r"\[0, inf\)"):
+            parse_eps_text(typed)
 
 
 def test_missing_preset_lists_the_available_ones():
