@@ -21,7 +21,8 @@ else:  # pragma: no cover
 from .catalog import model_data_problem
 from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, MODELS, STEP_SCALINGS
 from .records import AttackSpec
-from .validation import ADAPT_EVERY, BETA, LR, TAU, THETA, NumberRange, eps_problem, parse_infinity
+from .validation import (ADAPT_EVERY, BETA, LR, SHOWN_CHARS, TAU, THETA, NumberRange, eps_problem, parse_infinity,
+                         shown)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -181,7 +182,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     given = list(value) if isinstance(value, tuple) else value
 
     def bad(allowed: str) -> PresetError:
-        return PresetError(f"{source}: {key} = {given!r} is not allowed: must be {allowed}")
+        return PresetError(f"{source}: {key} = {shown(given)} is not allowed: must be {allowed}")
 
     if want is bool:
         if not isinstance(value, bool):
@@ -191,9 +192,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise bad(spec["check"](math.nan).replace("a number", "an integer"))
     elif want is float:
         value = parse_infinity(value)
+        allowed = spec["check"](math.nan) if spec["check"] else "a number"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad(spec["check"](math.nan) if spec["check"] else "a number")
-        value = float(value)
+            raise bad(allowed)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise bad(allowed) from None
     elif want is str:
         if not isinstance(value, str):
             raise bad(spec["check"](None) if spec["check"] else "a string")
@@ -203,6 +208,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or (
                 item is int and not all(isinstance(v, int) for v in value)):
             raise bad(spec["check"]([-1.0]) or f"a list of {item.__name__}s")
+        problem = spec["check"](value) if spec["check"] else None  # before float() meets a huge int
+        if problem:
+            raise bad(problem)
         value = [item(v) for v in value]
     problem = spec["check"](value) if spec["check"] else None
     if problem:
@@ -240,9 +248,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise PresetError(f"--set {text!r}: unknown key {key!r}; allowed keys: {', '.join(FIELDS)}")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # not TOML (TOMLDecodeError), or an integer of more digits than Python reads
         parsed = value.strip()
     return key, parsed
+
+
+def _override_source(text: str) -> str:
+    """An override as its messages name it: ``--set key=value``, a long value cut."""
+    return f"--set {text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + '…'}"
 
 
 def preset_dirs() -> list[Path]:
@@ -282,7 +295,7 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> RunConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise PresetError(f"preset {path}: cannot be read: {error}") from None
-    except tomllib.TOMLDecodeError as error:
+    except ValueError as error:  # TOMLDecodeError, or an integer of more digits than Python reads
         raise PresetError(f"preset {path}: not valid TOML: {error}") from None
     raw.setdefault("name", path.stem)
     overrides = list(overrides)
@@ -295,7 +308,7 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> RunConfig:
                           f"{_toml_value(getattr(RunConfig(), missing[0]))})")
     for text in overrides:
         key, value = parse_override(text)
-        raw[key] = _coerce(key, value, f"--set {text}")
+        raw[key] = _coerce(key, value, _override_source(text))
     return validate(raw, source=f"preset {path}")
 
 
@@ -303,7 +316,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     raw = config.to_dict()
     for text in overrides:
         key, value = parse_override(text)
-        raw[key] = _coerce(key, value, f"--set {text}")
+        raw[key] = _coerce(key, value, _override_source(text))
     return validate(raw, source="--set")
 
 

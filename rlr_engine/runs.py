@@ -125,7 +125,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise PresetError(f"{run_dir} is not a run directory (no {CONFIG})")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not TOML, or an integer Python cannot read
         raise PresetError(f"{path}: cannot be read: {error}") from None
     return validate(raw, source=str(path))
 

@@ -80,11 +80,11 @@ HUGE = 10 ** 400  # an integer no float holds
 
 
 @pytest.mark.parametrize("key, check, values", [
-    ("tau", "check_tau", [-1, 0, 0.5, math.inf]),
-    ("lr", "check_lr", [0, 1e-3, 100, 101]),
-    ("truncate_theta", "check_theta", [-0.1, 0, 0.5, 1]),
-    ("beta", "check_beta", [-1, 0, 1, math.inf]),
-    ("adapt_every", "check_adapt_every", [1, 2, 100_000, 100_001]),
+    ("tau", "check_tau", [-1, 0, 0.5, math.inf, HUGE]),
+    ("lr", "check_lr", [0, 1e-3, 100, 101, HUGE]),
+    ("truncate_theta", "check_theta", [-0.1, 0, 0.5, 1, HUGE]),
+    ("beta", "check_beta", [-1, 0, 1, math.inf, HUGE]),
+    ("adapt_every", "check_adapt_every", [1, 2, 100_000, 100_001, HUGE]),
 ])
 def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
     from rlr_engine import validation
@@ -131,6 +131,23 @@ def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refu
     for typed in ("0 inf", "0 1e400"):
         with pytest.raises(ValueError, match=r"\[0, inf\)"):
             parse_eps_text(typed)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("tau=1" + "0" * 400, "tau"), ("epochs=1" + "0" * 400, "epochs"), ("eps=[0, 1" + "0" * 400 + "]", "eps"),
+    ("seed=" + "9" * 5000, "seed"),
+], ids=["tau-400-digits", "epochs-400-digits", "eps-400-digits", "seed-5000-digits"])
+def test_a_number_too_large_for_a_float_in_an_override_is_a_preset_error_naming_the_key(override, key):
+    with pytest.raises(PresetError) as refused:
+        load_preset("quickstart", [override])
+    message = str(refused.value)
+    assert f": {key} = " in message and "is not allowed: must be" in message and len(message) < 300
+
+
+def test_a_preset_file_with_an_integer_of_too_many_digits_is_a_preset_error(tmp_path):
+    path = write(tmp_path, 'dataset = "digits"\nmodel = "digits-cnn"\nmethod = "lowrank"\nseed = ' + "9" * 5000)
+    with pytest.raises(PresetError, match="not valid TOML"):
+        load_preset(str(path))
 
 
 def test_missing_preset_lists_the_available_ones():
