@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .catalog import model_data_problem
+from .catalog import ATTACKS as ATTACK_FACTS, model_data_problem
 from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, MODELS, STEP_SCALINGS
 from .records import AttackSpec
 from .validation import (ADAPT_EVERY, BETA, LR, SHOWN_CHARS, TAU, THETA, NumberRange, eps_problem, parse_infinity,
@@ -56,7 +56,9 @@ def _device(value: str) -> str | None:
 
 
 def _eps(values: list) -> str | None:
-    return eps_problem(values)
+    """What every attack's budgets share; validate() then checks them against the run's attack
+    (L∞: [0, 1], L2: any length), whose facts in catalog.ATTACKS say which."""
+    return eps_problem(values, max(facts.max_eps for facts in ATTACK_FACTS.values()))
 
 
 def _milestones(values: list) -> str | None:
@@ -228,6 +230,10 @@ def validate(raw: Mapping[str, Any], source: str = "preset") -> RunConfig:
     problem = model_data_problem(config.model, config.dataset)
     if problem:
         raise PresetError(f"{source}: {problem}")
+    problem = eps_problem(config.eps, ATTACK_FACTS[config.attack].max_eps)
+    if problem:
+        raise PresetError(f"{source}: eps = {shown(list(raw.get('eps', config.eps)))} is not allowed with attack = "
+                          f"{config.attack!r}: must be {problem}")
     if config.is_rank_adaptive and config.max_rank_fraction < config.rank_fraction:
         raise PresetError(f"{source}: max_rank_fraction = {config.max_rank_fraction!r} is not allowed: must be "
                           f">= rank_fraction = {config.rank_fraction!r} (the starting rank must fit the storage)")

@@ -150,6 +150,35 @@ def test_a_preset_file_with_an_integer_of_too_many_digits_is_a_preset_error(tmp_
         load_preset(str(path))
 
 
+@pytest.mark.parametrize("attack", ["fgsm", "pgd-linf", "pgd-l2", "cw-l2", "autoattack", "square"])
+def test_a_preset_and_the_attack_itself_accept_the_same_budgets(attack):
+    from rlr_engine.records import AttackSpec
+
+    for eps in ([0, 0.5], [0, 1], [0, 2.0], [0, 30], [0, -1], [0, math.inf]):
+        try:
+            AttackSpec(attack, tuple(eps))
+            live = True
+        except ValueError:
+            live = False
+        try:
+            config = load_preset("quickstart", [f"attack={attack}", f"eps={eps!r}"])
+            preset = True
+        except PresetError:
+            preset = False
+        assert preset == live, f"{attack} eps = {eps}: preset {'accepts' if preset else 'refuses'} it, " \
+                               f"the attack {'accepts' if live else 'refuses'} it"
+        if preset:
+            assert config.attack_spec().eps == tuple(eps)
+
+
+def test_an_l_inf_budget_over_1_names_eps_the_value_and_the_attacks_range():
+    with pytest.raises(PresetError) as refused:
+        load_preset("quickstart", ["eps=[0, 2.0]"])  # quickstart attacks with fgsm
+    assert "eps = [0.0, 2.0] is not allowed with attack = 'fgsm': must be a non-empty list of numbers in [0, 1]" \
+        in str(refused.value)
+    assert load_preset("quickstart", ["attack=cw-l2", "eps=[0, 2.0]"]).eps == (0.0, 2.0)
+
+
 def test_missing_preset_lists_the_available_ones():
     with pytest.raises(PresetError, match="unknown preset 'nope'.*quickstart"):
         load_preset("nope")
