@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,6 +50,19 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = F
     return _within(NumberRange(low, high, low_open, high_open))
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_RUN_NAME = 64
+
+
+def run_name_problem(value: Any) -> str | None:
+    """What a run's name must be (None when ``value`` is one): it is part of its directory's
+    name (runs/<stamp>-<name>/), so one plain path component."""
+    if isinstance(value, str) and len(value) <= MAX_RUN_NAME and RUN_NAME.fullmatch(value):
+        return None
+    return (f"1 to {MAX_RUN_NAME} letters, digits, '.', '_' or '-', not starting with '.' "
+            f"(it names the run's directory)")
+
+
 def _device(value: str) -> str | None:
     if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
         return None
@@ -73,7 +87,7 @@ def _spec(type_: type, check=None, help: str = "", item: type | None = None) -> 
 class RunConfig:
     """A fully resolved run recipe."""
 
-    name: str = field(default="custom", metadata=_spec(str, help="preset name"))
+    name: str = field(default="custom", metadata=_spec(str, run_name_problem, "preset name; names the run's directory"))
     description: str = field(default="", metadata=_spec(str, help="one line of what it is for"))
     dataset: str = field(default="digits", metadata=_spec(str, _choice(DATASETS)))
     model: str = field(default="digits-cnn", metadata=_spec(str, _choice(MODELS)))

@@ -23,11 +23,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .presets import PresetError, RunConfig, dump_toml, validate
+from .presets import PresetError, RunConfig, dump_toml, run_name_problem, validate
 from .runfiles import CHECKPOINT, CONFIG, ENGINE_INFO, EVENTS, METRICS, SUMMARY
+from .validation import shown
+
 
 def choose_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
-    """The path a new run of ``config`` gets under ``root`` (nothing is created)."""
+    """The path a new run of ``config`` gets under ``root`` (nothing is created). PresetError when
+    the config's name, not checked when it was built directly, is no plain directory name."""
+    problem = run_name_problem(config.name)
+    if problem:
+        raise PresetError(f"name = {shown(config.name)} is not allowed: must be {problem}")
     root = Path(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / f"{stamp}-{config.name}"

@@ -315,3 +315,17 @@ def test_a_resume_keeps_the_tau_set_live_unless_it_sets_tau_itself(tmp_path):
     assert kept.trainer.tau == 0.3 and "τ=0.3" in kept.method_label
     given = Engine(replace(config, epochs=2, tau=0.5), engine.run_dir, resume=True).setup()  # --set tau=0.5
     assert given.trainer.tau == 0.5 and "τ=0.5" in given.method_label
+
+
+def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_written(tmp_path):
+    from rlr_engine.presets import PresetError, RunConfig
+    from rlr_engine.runs import new_run_dir
+
+    for name in ("../../escaped", "a/b"):
+        result = rlr("train", "quickstart", "--set", f"name={name}", "--set", "epochs=1", "--runs",
+                     str(tmp_path / "runs"))
+        assert result.returncode == 2 and f"name = '{name}' is not allowed" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+    with pytest.raises(PresetError, match="name = 'a/b' is not allowed"):  # a config built without a preset
+        new_run_dir(RunConfig(name="a/b"), tmp_path / "runs")
+    assert list(tmp_path.iterdir()) == []

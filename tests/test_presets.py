@@ -179,6 +179,27 @@ def test_an_l_inf_budget_over_1_names_eps_the_value_and_the_attacks_range():
     assert load_preset("quickstart", ["attack=cw-l2", "eps=[0, 2.0]"]).eps == (0.0, 2.0)
 
 
+@pytest.mark.parametrize("name", ["a/b", "../../escaped", "..", ".hidden", "", "x" * 65, "a b", "tab\there", 5])
+def test_a_run_name_that_is_no_plain_directory_name_is_refused(name):
+    override = f"name={name}" if not isinstance(name, str) else f"name={name!r}".replace("'", '"')
+    with pytest.raises(PresetError) as refused:
+        load_preset("quickstart", [override])
+    message = str(refused.value)
+    assert ": name = " in message and "letters, digits, '.', '_' or '-', not starting with '.'" in message
+
+
+def test_a_run_name_of_letters_digits_dots_dashes_and_underscores_is_allowed():
+    for name in ("quickstart", "fmnist-lenet5-tau0.1-cr50", "my_run.2", "x" * 64):
+        assert load_preset("quickstart", [f"name={name}"]).name == name
+
+
+def test_a_preset_file_whose_name_is_no_plain_directory_name_says_so(tmp_path):
+    path = write(tmp_path, 'dataset = "digits"\nmodel = "digits-cnn"\nmethod = "lowrank"\n', name="my run.toml")
+    with pytest.raises(PresetError, match="name = 'my run' is not allowed"):
+        load_preset(path)
+    assert load_preset(path, ["name=my-run"]).name == "my-run"
+
+
 def test_missing_preset_lists_the_available_ones():
     with pytest.raises(PresetError, match="unknown preset 'nope'.*quickstart"):
         load_preset("nope")
