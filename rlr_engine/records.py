@@ -246,8 +246,8 @@ class AttackSpec:
             raise ValueError(f"eps must be {problem} for {self.name}, got {list(self.eps)}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.step_size < 0:
-            raise ValueError(f"step_size must be >= 0, got {self.step_size}")
+        if not 0 <= self.step_size < math.inf:  # NaN fails too
+            raise ValueError(f"step_size must be a finite number >= 0, got {self.step_size}")
         if self.restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {self.restarts}")
         if self.restarts > 1 and not self.info.uses_restarts:
