@@ -266,8 +266,8 @@ def _eval_spec(args: argparse.Namespace):
     if samples < 0:
         raise UserError(f"--samples {samples}: must be >= 0 (0: the whole test set)")
     try:
-        AttackSpec(args.attack, tuple(args.eps) if args.eps else (0.0,), args.steps or 1, args.step_size,
-                   args.restarts)
+        AttackSpec(args.attack, tuple(args.eps) if args.eps else (0.0,), 1 if args.steps is None else args.steps,
+                   args.step_size, args.restarts)
         check_available(args.attack)
     except ValueError as error:
         raise UserError(str(error)) from None
@@ -308,8 +308,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples = _eval_spec(args)
     config, step, model, images, labels = load_evaluation_target(args.checkpoint, samples, args.device or "auto",
                                                                  args.data_dir)
-    spec = dataclasses.replace(config.attack_spec(args.attack, args.eps, args.steps, args.step_size),
-                               restarts=args.restarts)
+    try:  # what the run fills in (its eps, its PGD steps) is checked against the chosen attack too
+        spec = dataclasses.replace(config.attack_spec(args.attack, args.eps, args.steps, args.step_size),
+                                   restarts=args.restarts)
+    except ValueError as error:
+        hint = "" if args.eps else f" (the run's budgets: give --eps for {args.attack})"
+        raise UserError(f"{error}{hint}") from None
     n = len(labels)
     shown = err_console if args.json else console
     shown.print(f"{config.name} (step {step}): {spec.name} on {n} test images"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,10 +19,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .catalog import model_data_problem
+from .catalog import ATTACKS as ATTACK_FACTS, model_data_problem
 from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, MODELS, STEP_SCALINGS
 from .records import AttackSpec
-from .validation import ADAPT_EVERY, BETA, LR, TAU, THETA, NumberRange, eps_problem, parse_infinity
+from .validation import (ADAPT_EVERY, BETA, LR, SHOWN_CHARS, TAU, THETA, NumberRange, eps_problem, parse_infinity,
+                         shown)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -48,6 +50,27 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = F
     return _within(NumberRange(low, high, low_open, high_open))
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_RUN_NAME = 64
+
+
+def run_name_problem(value: Any) -> str | None:
+    """What a run's name must be (None when ``value`` is one): it is part of its directory's
+    name (runs/<stamp>-<name>/), so one plain path component."""
+    if isinstance(value, str) and len(value) <= MAX_RUN_NAME and RUN_NAME.fullmatch(value):
+        return None
+    return (f"1 to {MAX_RUN_NAME} letters, digits, '.', '_' or '-', not starting with '.' "
+            f"(it names the run's directory)")
+
+
+def run_name_from(text: str) -> str:
+    """A run name made from ``text`` that the user did not choose as one (a preset file's name,
+    the name in a run directory written before names were checked): every other character
+    becomes '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", text).lstrip(".")[:MAX_RUN_NAME]
+    return name or "run"
+
+
 def _device(value: str) -> str | None:
     if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
         return None
@@ -55,7 +78,9 @@ def _device(value: str) -> str | None:
 
 
 def _eps(values: list) -> str | None:
-    return eps_problem(values)
+    """What every attack's budgets share; validate() then checks them against the run's attack
+    (L∞: [0, 1], L2: any length), whose facts in catalog.ATTACKS say which."""
+    return eps_problem(values, max(facts.max_eps for facts in ATTACK_FACTS.values()))
 
 
 def _milestones(values: list) -> str | None:
@@ -70,7 +95,7 @@ def _spec(type_: type, check=None, help: str = "", item: type | None = None) -> 
 class RunConfig:
     """A fully resolved run recipe."""
 
-    name: str = field(default="custom", metadata=_spec(str, help="preset name"))
+    name: str = field(default="custom", metadata=_spec(str, run_name_problem, "preset name; names the run's directory"))
     description: str = field(default="", metadata=_spec(str, help="one line of what it is for"))
     dataset: str = field(default="digits", metadata=_spec(str, _choice(DATASETS)))
     model: str = field(default="digits-cnn", metadata=_spec(str, _choice(MODELS)))
@@ -181,7 +206,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     given = list(value) if isinstance(value, tuple) else value
 
     def bad(allowed: str) -> PresetError:
-        return PresetError(f"{source}: {key} = {given!r} is not allowed: must be {allowed}")
+        return PresetError(f"{source}: {key} = {shown(given)} is not allowed: must be {allowed}")
 
     if want is bool:
         if not isinstance(value, bool):
@@ -191,9 +216,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise bad(spec["check"](math.nan).replace("a number", "an integer"))
     elif want is float:
         value = parse_infinity(value)
+        allowed = spec["check"](math.nan) if spec["check"] else "a number"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad(spec["check"](math.nan) if spec["check"] else "a number")
-        value = float(value)
+            raise bad(allowed)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise bad(allowed) from None
     elif want is str:
         if not isinstance(value, str):
             raise bad(spec["check"](None) if spec["check"] else "a string")
@@ -203,6 +232,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or (
                 item is int and not all(isinstance(v, int) for v in value)):
             raise bad(spec["check"]([-1.0]) or f"a list of {item.__name__}s")
+        problem = spec["check"](value) if spec["check"] else None  # before float() meets a huge int
+        if problem:
+            raise bad(problem)
         value = [item(v) for v in value]
     problem = spec["check"](value) if spec["check"] else None
     if problem:
@@ -220,6 +252,10 @@ def validate(raw: Mapping[str, Any], source: str = "preset") -> RunConfig:
     problem = model_data_problem(config.model, config.dataset)
     if problem:
         raise PresetError(f"{source}: {problem}")
+    problem = eps_problem(config.eps, ATTACK_FACTS[config.attack].max_eps)
+    if problem:
+        raise PresetError(f"{source}: eps = {shown(list(raw.get('eps', config.eps)))} is not allowed with attack = "
+                          f"{config.attack!r}: must be {problem}")
     if config.is_rank_adaptive and config.max_rank_fraction < config.rank_fraction:
         raise PresetError(f"{source}: max_rank_fraction = {config.max_rank_fraction!r} is not allowed: must be "
                           f">= rank_fraction = {config.rank_fraction!r} (the starting rank must fit the storage)")
@@ -240,9 +276,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise PresetError(f"--set {text!r}: unknown key {key!r}; allowed keys: {', '.join(FIELDS)}")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # not TOML (TOMLDecodeError), or an integer of more digits than Python reads
         parsed = value.strip()
     return key, parsed
+
+
+def _override_source(text: str) -> str:
+    """An override as its messages name it: ``--set key=value``, a long value cut."""
+    return f"--set {text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + '…'}"
 
 
 def preset_dirs() -> list[Path]:
@@ -282,9 +323,9 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> RunConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise PresetError(f"preset {path}: cannot be read: {error}") from None
-    except tomllib.TOMLDecodeError as error:
+    except ValueError as error:  # TOMLDecodeError, or an integer of more digits than Python reads
         raise PresetError(f"preset {path}: not valid TOML: {error}") from None
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", run_name_from(path.stem))
     overrides = list(overrides)
     overridden = {parse_override(text)[0] for text in overrides}
     missing = [key for key in REQUIRED_IN_FILE if key not in raw and key not in overridden]
@@ -295,7 +336,7 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> RunConfig:
                           f"{_toml_value(getattr(RunConfig(), missing[0]))})")
     for text in overrides:
         key, value = parse_override(text)
-        raw[key] = _coerce(key, value, f"--set {text}")
+        raw[key] = _coerce(key, value, _override_source(text))
     return validate(raw, source=f"preset {path}")
 
 
@@ -303,7 +344,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     raw = config.to_dict()
     for text in overrides:
         key, value = parse_override(text)
-        raw[key] = _coerce(key, value, f"--set {text}")
+        raw[key] = _coerce(key, value, _override_source(text))
     return validate(raw, source="--set")
 
 

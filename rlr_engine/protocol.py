@@ -60,8 +60,10 @@ def decode(line: bytes) -> dict[str, Any]:
         raise ProtocolError(f"line of {len(line)} bytes is over the limit of {MAX_LINE}")
     try:
         message = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProtocolError(f"not a JSON line: {error}") from None
+    except RecursionError:
+        raise ProtocolError("not a JSON line: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
+        raise ProtocolError(f"not a JSON line: {str(error).partition('; use sys.')[0]}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("a message must be a JSON object with a string 'type'")
     return message

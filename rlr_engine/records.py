@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .catalog import ATTACKS, AttackFacts
-from .validation import eps_problem
+from .validation import eps_problem, shown
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,19 @@ COMMANDS = {cls.kind: cls for cls in (SetTau, Truncate, SetLearningRate, Pause, 
 
 
 def _field_error(kind: str, name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{kind}.{name} = {value!r} is not allowed: expected {allowed}")
+    return ValueError(f"{kind}.{name} = {shown(value)} is not allowed: expected {allowed}")
+
+
+def _as_floats(kind: str, name: str, value: Any) -> tuple[float, ...]:
+    """A number, or a list of them, from the wire as floats; an integer no float holds is
+    refused, not rounded to ∞ (NaN and ∞, which JSON spells NaN and Infinity, are left to the
+    command's own range check)."""
+    many = isinstance(value, (list, tuple))
+    try:
+        return tuple(float(v) for v in (value if many else [value]))
+    except OverflowError:
+        noun = "a list of numbers" if many else "a number"
+        raise _field_error(kind, name, value, f"{noun} a float can hold") from None
 
 
 def _coerce_field(kind: str, name: str, annotation: str, value: Any) -> Any:
@@ -124,14 +136,14 @@ def _coerce_field(kind: str, name: str, annotation: str, value: Any) -> Any:
         raise _field_error(kind, name, value, base)
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if base == "float" and is_number:
-        return float(value)
+        return _as_floats(kind, name, value)[0]
     if base == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base == "str" and isinstance(value, str):
         return value
     if base.startswith("tuple[float") and isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return tuple(float(v) for v in value)
+        return _as_floats(kind, name, value)
     allowed = {"float": "a number", "int": "an integer", "str": "a string"}.get(base, "a list of numbers")
     raise _field_error(kind, name, value, allowed + (" or null" if optional else ""))
 
@@ -234,8 +246,8 @@ class AttackSpec:
             raise ValueError(f"eps must be {problem} for {self.name}, got {list(self.eps)}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.step_size < 0:
-            raise ValueError(f"step_size must be >= 0, got {self.step_size}")
+        if not 0 <= self.step_size < math.inf:  # NaN fails too
+            raise ValueError(f"step_size must be a finite number >= 0, got {self.step_size}")
         if self.restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {self.restarts}")
         if self.restarts > 1 and not self.info.uses_restarts:

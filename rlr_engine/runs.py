@@ -24,11 +24,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .atomic_files import write_text_atomic
-from .presets import PresetError, RunConfig, dump_toml, validate
+from .presets import PresetError, RunConfig, dump_toml, run_name_from, run_name_problem, validate
 from .runfiles import CHECKPOINT, CONFIG, ENGINE_INFO, EVENTS, METRICS, SUMMARY
+from .validation import shown
+
 
 def choose_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
-    """The path a new run of ``config`` gets under ``root`` (nothing is created)."""
+    """The path a new run of ``config`` gets under ``root`` (nothing is created). PresetError when
+    the config's name, not checked when it was built directly, is no plain directory name."""
+    problem = run_name_problem(config.name)
+    if problem:
+        raise PresetError(f"name = {shown(config.name)} is not allowed: must be {problem}")
     root = Path(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / f"{stamp}-{config.name}"
@@ -131,8 +137,10 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         raise PresetError(f"{run_dir} is not a run directory (no {CONFIG})")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not TOML, or an integer Python cannot read
         raise PresetError(f"{path}: cannot be read: {error}") from None
+    if isinstance(raw.get("name"), str) and run_name_problem(raw["name"]):
+        raw["name"] = run_name_from(raw["name"])  # the run has its directory: its name only labels it
     return validate(raw, source=str(path))
 
 

@@ -9,7 +9,8 @@ It never slows training and nothing in it grows without bound:
   ``MAX_BACKLOG_BYTES`` is not reading and is dropped;
 - a line over ``MAX_LINE`` bytes, a wrong protocol version, too many bad lines or too many
   clients get an error and the connection is closed; a malformed line or an unknown command gets
-  an error (or a rejected acknowledgement carrying its id) and the client stays;
+  an error (or a rejected acknowledgement carrying its id) and the client stays; so does a line
+  that meets an unexpected error, which is also logged: one line never ends this thread;
 - a client that half-closes keeps receiving until it goes away.
 
 The engine thread reaches this thread only through ``event()``/``ack()``, which append to a
@@ -21,8 +22,10 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +264,10 @@ class ControlServer:
                 self._refuse(client, f"line over the limit of {MAX_LINE} bytes")
                 return
             if line.strip():
-                self._handle_line(client, line)
+                try:
+                    self._handle_line(client, line)
+                except Exception as error:  # one line must never end the server for every client
+                    self._line_failed(client, error)
 
     def _handle_line(self, client: _Client, line: bytes) -> None:
         try:
@@ -299,6 +305,19 @@ class ControlServer:
             self._note_bad(client, f"rejected a command it could not read: {error}")
             return
         self.engine.send(command, request_id=request_id, session=client.session)
+
+    def _line_failed(self, client: _Client, error: Exception) -> None:
+        """A line that met an unexpected error: the client gets an error message, the run's events
+        record it (the traceback goes to stderr, the engine's log) and the server goes on."""
+        try:
+            traceback.print_exc(file=sys.stderr)
+        except (OSError, ValueError):  # no stderr to write to
+            pass
+        detail = f"{type(error).__name__}: {error}"
+        reason = f"the engine could not handle this line ({detail[:200]})"
+        self.engine.log_event("error", f"control: client {client.session}: {reason}")
+        if client.session in self._clients and client.closing_since is None:
+            self._bad_line(client, reason)
 
     def _bad_line(self, client: _Client, reason: str) -> None:
         client.queue(encode(error_message(reason)))

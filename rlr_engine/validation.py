@@ -12,6 +12,21 @@ from typing import Any
 
 
 INFINITY_WORDS = ("inf", "infinity", "∞")
+SHOWN_CHARS = 40  # of a value quoted in a message; a longer one is cut, with its length said
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut to ``SHOWN_CHARS`` (a pasted 400-digit number stays
+    readable; one over Python's digit limit, which has no repr, is described instead)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int over sys.get_int_max_str_digits() (or a list holding one)
+        if isinstance(value, int):
+            return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
+        return "a value too long to show"
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS - 1]}… ({len(text)} characters)"
 
 
 def parse_infinity(value: Any) -> Any:
@@ -38,7 +53,9 @@ class NumberRange:
         return f"{noun} in {interval}" + (f" ({self.note})" if self.note else "")
 
     def __contains__(self, value: float) -> bool:
-        return not math.isnan(value) and (value > self.low if self.low_open else value >= self.low) and (
+        if isinstance(value, float) and math.isnan(value):  # an int is compared exactly, however large
+            return False
+        return (value > self.low if self.low_open else value >= self.low) and (
             value < self.high if self.high_open else value <= self.high)
 
 
@@ -52,15 +69,18 @@ ADAPT_EVERY = NumberRange(2, 100_000, note="batches per rank-adaptation window")
 def check_number(field: str, value: Any, allowed_range: NumberRange) -> float:
     """``value`` (a number, or text such as "0.5" or "inf") as a float inside ``allowed_range``;
     ValueError naming the field, the value and the range otherwise."""
-    allowed = allowed_range.allowed()
+    problem = ValueError(f"{field} must be {allowed_range.allowed()}, got {shown(value)}")
     if isinstance(value, bool):
-        raise ValueError(f"{field} must be {allowed}, got {value!r}")
+        raise problem
+    text = value.strip() if isinstance(value, str) else value
     try:
-        number = float(parse_infinity(value.strip() if isinstance(value, str) else value))
-    except (TypeError, ValueError):
-        raise ValueError(f"{field} must be {allowed}, got {value!r}") from None
+        number = float(parse_infinity(text))
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
+        raise problem from None
+    if math.isinf(number) and isinstance(text, str) and text.lower().lstrip("+-") not in INFINITY_WORDS:
+        raise problem  # a finite number too large for a float ("1e400", 400 digits), not ∞
     if number not in allowed_range:
-        raise ValueError(f"{field} must be {allowed}, got {value!r}")
+        raise problem
     return number
 
 
@@ -87,11 +107,21 @@ def check_beta(value: Any) -> float:
 def eps_problem(values, max_eps: float = 1.0) -> str | None:
     """Why ``values`` is not a list of attack budgets (None when it is): non-empty, each in
     [0, max_eps] — [0, 1] for L∞ budgets in pixel units, [0, ∞) for L2 budgets."""
-    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= max_eps
-                      for v in values):
+    if values and all(_is_budget(v, max_eps) for v in values):
         return None
     bound = "1] (pixel units)" if max_eps == 1.0 else "inf) (an L2 budget)"
     return f"a non-empty list of numbers in [0, {bound}"
+
+
+def _is_budget(value: Any, max_eps: float) -> bool:
+    """A finite number in [0, max_eps] (an int too large for a float is none)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:
+        return False
+    return 0.0 <= value <= max_eps and not math.isinf(value)
 
 
 def parse_eps_text(text: str) -> tuple[float, ...]:
@@ -110,9 +140,13 @@ def parse_eps_text(text: str) -> tuple[float, ...]:
 
 def check_adapt_every(value: Any) -> int:
     """Window length k in [2, 100000] batches (augment on the first, truncate on the last)."""
-    allowed = ADAPT_EVERY.allowed("an integer")
+    problem = ValueError(f"adapt_every must be {ADAPT_EVERY.allowed('an integer')}, got {shown(value)}")
+    number = value
     if isinstance(value, str) and value.strip().lstrip("+").isdigit():  # typed into the dashboard
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value not in ADAPT_EVERY:
-        raise ValueError(f"adapt_every must be {allowed}, got {value!r}")
-    return value
+        try:
+            number = int(value.strip())
+        except ValueError:  # more digits than Python converts
+            raise problem from None
+    if isinstance(number, bool) or not isinstance(number, int) or number not in ADAPT_EVERY:
+        raise problem
+    return number

@@ -250,9 +250,29 @@ def test_eval_table_says_how_many_images_and_shows_the_checks(digits_run, capsys
     (["--attack", "autoattack", "--steps", "5"], "--steps 5: applies to pgd-linf, pgd-l2"),
     (["--attack", "fgsm", "--eps", "0,2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
     (["--samples", "-1"], "--samples -1: must be >= 0"),
+    (["--attack", "pgd-linf", "--steps", "0"], "steps must be >= 1, got 0"),
+    (["--attack", "pgd-linf", "--step-size", "-0.1"], "step_size must be a finite number >= 0, got -0.1"),
+    (["--attack", "pgd-linf", "--step-size", "nan"], "step_size must be a finite number >= 0, got nan"),
+    (["--attack", "pgd-l2", "--step-size", "inf"], "step_size must be a finite number >= 0, got inf"),
+    (["--attack", "pgd-linf", "--restarts", "0"], "restarts must be >= 1, got 0"),
 ])
 def test_eval_rejects_settings_with_a_message_naming_them(digits_run, capsys, args, expected):
     from rlr_engine.cli import main
 
     assert main(["eval", str(digits_run), *args]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_eval_with_an_attack_the_runs_own_budgets_do_not_fit_says_so(digits_run, tmp_path, capsys):
+    import torch
+
+    from rlr_engine.checkpoint import save_atomic
+    from rlr_engine.cli import main
+
+    payload = torch.load(digits_run / "checkpoint.pt", weights_only=True)
+    payload["config"] = {**payload["config"], "attack": "pgd-l2", "eps": [0.0, 2.0]}  # L2 budgets over 1
+    save_atomic(payload, tmp_path / "checkpoint.pt")
+    assert main(["eval", str(tmp_path / "checkpoint.pt"), "--attack", "fgsm", "--samples", "10"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm, got [0.0, 2.0]" in err
+    assert "give --eps for fgsm" in err

@@ -390,3 +390,17 @@ def test_an_attack_whose_package_is_missing_is_reported_before_the_run_starts(tm
         assert f"attack = '{argv[3].split('=')[1]}': autoattack and square need the optional package" in message
         assert "pip install 'rlr[attacks]'" in message
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_written(tmp_path):
+    from rlr_engine.presets import PresetError, RunConfig
+    from rlr_engine.runs import new_run_dir
+
+    for name in ("../../escaped", "a/b"):
+        result = rlr("train", "quickstart", "--set", f"name={name}", "--set", "epochs=1", "--runs",
+                     str(tmp_path / "runs"))
+        assert result.returncode == 2 and f"name = '{name}' is not allowed" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+    with pytest.raises(PresetError, match="name = 'a/b' is not allowed"):  # a config built without a preset
+        new_run_dir(RunConfig(name="a/b"), tmp_path / "runs")
+    assert list(tmp_path.iterdir()) == []

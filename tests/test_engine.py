@@ -76,6 +76,9 @@ def test_pause_stops_the_step_counter_and_resume_restarts_it(tmp_path):
 @pytest.mark.parametrize("command, reason", [
     (SetTau(-1.0), "tau must be"),
     (SetTau(float("nan")), "tau must be"),
+    (SetTau(10 ** 400), "tau must be"),  # an integer no float holds
+    (SetLearningRate(10 ** 400), "lr must be"),
+    (Truncate(theta=10 ** 400), "theta must be"),
     (SetLearningRate(-0.5), "lr must be"),
     (Truncate(theta=1.5), "theta must be"),
     (Truncate(rank=0), "rank must be"),
@@ -292,4 +295,21 @@ def test_a_dashboard_note_is_recorded_as_an_event_and_a_bad_level_is_rejected(tm
     assert bad.status == "rejected" and "note.level = 'shout'" in bad.message
     snap = wait_for(engine, lambda s: any("note.level" in e.message for e in s.events))
     assert not any(e.kind == "applied" and e.message == "noted" for e in snap.events), "a note is one event, not two"
+    engine.stop(30)
+
+
+def test_a_window_no_float_holds_is_rejected_and_the_rank_adaptive_run_goes_on(tmp_path):
+    from rlr_engine.records import SetAdaptation
+
+    engine = start_engine(tmp_path, method="robust-dlrt", beta=0.01, epochs=100, rank_fraction=0.25,
+                          max_rank_fraction=0.75, adapt_every=5, truncate_theta=0.2)
+    before = wait_for(engine, lambda s: s.state == "running" and s.step > 3)
+    engine.send(SetAdaptation(adapt_every=10 ** 400), request_id="huge")
+    engine.send(SetAdaptation(beta=10 ** 400), request_id="huge-beta")
+    wait_for(engine, lambda s: {a.request_id for a in engine.acks} >= {"huge", "huge-beta"})
+    acks = {a.request_id: a for a in engine.acks}
+    assert acks["huge"].status == "rejected" and "adapt_every must be an integer in [2, 100000]" in acks["huge"].message
+    assert acks["huge-beta"].status == "rejected" and "beta must be" in acks["huge-beta"].message
+    after = wait_for(engine, lambda s: s.step > before.step + 5)
+    assert after.state == "running" and after.adapt_every == 5 and after.beta == 0.01
     engine.stop(30)

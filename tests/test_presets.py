@@ -76,12 +76,15 @@ def test_bad_overrides_are_rejected_and_change_nothing(override, expected):
     assert load_preset("quickstart") == config
 
 
+HUGE = 10 ** 400  # an integer no float holds
+
+
 @pytest.mark.parametrize("key, check, values", [
-    ("tau", "check_tau", [-1, 0, 0.5, math.inf]),
-    ("lr", "check_lr", [0, 1e-3, 100, 101]),
-    ("truncate_theta", "check_theta", [-0.1, 0, 0.5, 1]),
-    ("beta", "check_beta", [-1, 0, 1, math.inf]),
-    ("adapt_every", "check_adapt_every", [1, 2, 100_000, 100_001]),
+    ("tau", "check_tau", [-1, 0, 0.5, math.inf, HUGE]),
+    ("lr", "check_lr", [0, 1e-3, 100, 101, HUGE]),
+    ("truncate_theta", "check_theta", [-0.1, 0, 0.5, 1, HUGE]),
+    ("beta", "check_beta", [-1, 0, 1, math.inf, HUGE]),
+    ("adapt_every", "check_adapt_every", [1, 2, 100_000, 100_001, HUGE]),
 ])
 def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
     from rlr_engine import validation
@@ -100,6 +103,111 @@ def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
             preset = False
         assert preset == live, f"{key} = {value!r}: preset {'accepts' if preset else 'refuses'} it, " \
                                f"{check} {'accepts' if live else 'refuses'} it"
+
+
+@pytest.mark.parametrize("field", ["tau", "lr", "theta", "beta", "adapt_every"])
+@pytest.mark.parametrize("value", [HUGE, -HUGE, str(HUGE), "1e400", "9" * 5000, "nan", "", "fast"],
+                         ids=["huge-int", "huge-negative-int", "400-digits", "1e400", "5000-digits", "nan", "empty",
+                              "text"])
+def test_a_live_value_no_float_holds_is_refused_naming_the_field_and_the_range(field, value):
+    from rlr_engine import validation
+
+    allowed = (validation.ADAPT_EVERY.allowed("an integer") if field == "adapt_every"
+               else getattr(validation, field.upper()).allowed())
+    with pytest.raises(ValueError) as refused:
+        getattr(validation, f"check_{field}")(value)
+    message = str(refused.value)
+    assert message.startswith(f"{field} must be {allowed}, got ")
+    assert len(message) < 200, "a long value is cut, not repeated whole"
+
+
+def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refused():
+    from rlr_engine.validation import check_tau, parse_eps_text
+
+    assert check_tau("inf") == check_tau(" Infinity ") == check_tau("∞") == math.inf
+    for typed in ("1e400", "1" + "0" * 400):
+        with pytest.raises(ValueError, match="tau must be"):
+            check_tau(typed)
+    for typed in ("0 inf", "0 1e400"):
+        with pytest.raises(ValueError, match=r"\[0, inf\)"):
+            parse_eps_text(typed)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("tau=1" + "0" * 400, "tau"), ("epochs=1" + "0" * 400, "epochs"), ("eps=[0, 1" + "0" * 400 + "]", "eps"),
+    ("seed=" + "9" * 5000, "seed"),
+], ids=["tau-400-digits", "epochs-400-digits", "eps-400-digits", "seed-5000-digits"])
+def test_a_number_too_large_for_a_float_in_an_override_is_a_preset_error_naming_the_key(override, key):
+    with pytest.raises(PresetError) as refused:
+        load_preset("quickstart", [override])
+    message = str(refused.value)
+    assert f": {key} = " in message and "is not allowed: must be" in message and len(message) < 300
+
+
+def test_a_preset_file_with_an_integer_of_too_many_digits_is_a_preset_error(tmp_path):
+    path = write(tmp_path, 'dataset = "digits"\nmodel = "digits-cnn"\nmethod = "lowrank"\nseed = ' + "9" * 5000)
+    with pytest.raises(PresetError, match="not valid TOML"):
+        load_preset(str(path))
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd-linf", "pgd-l2", "cw-l2", "autoattack", "square"])
+def test_a_preset_and_the_attack_itself_accept_the_same_budgets(attack):
+    from rlr_engine.records import AttackSpec
+
+    for eps in ([0, 0.5], [0, 1], [0, 2.0], [0, 30], [0, -1], [0, math.inf]):
+        try:
+            AttackSpec(attack, tuple(eps))
+            live = True
+        except ValueError:
+            live = False
+        try:
+            config = load_preset("quickstart", [f"attack={attack}", f"eps={eps!r}"])
+            preset = True
+        except PresetError:
+            preset = False
+        assert preset == live, f"{attack} eps = {eps}: preset {'accepts' if preset else 'refuses'} it, " \
+                               f"the attack {'accepts' if live else 'refuses'} it"
+        if preset:
+            assert config.attack_spec().eps == tuple(eps)
+
+
+def test_an_l_inf_budget_over_1_names_eps_the_value_and_the_attacks_range():
+    with pytest.raises(PresetError) as refused:
+        load_preset("quickstart", ["eps=[0, 2.0]"])  # quickstart attacks with fgsm
+    assert "eps = [0.0, 2.0] is not allowed with attack = 'fgsm': must be a non-empty list of numbers in [0, 1]" \
+        in str(refused.value)
+    assert load_preset("quickstart", ["attack=cw-l2", "eps=[0, 2.0]"]).eps == (0.0, 2.0)
+
+
+@pytest.mark.parametrize("name", ["a/b", "../../escaped", "..", ".hidden", "", "x" * 65, "a b", "tab\there", 5])
+def test_a_run_name_that_is_no_plain_directory_name_is_refused(name):
+    override = f"name={name}" if not isinstance(name, str) else f"name={name!r}".replace("'", '"')
+    with pytest.raises(PresetError) as refused:
+        load_preset("quickstart", [override])
+    message = str(refused.value)
+    assert ": name = " in message and "letters, digits, '.', '_' or '-', not starting with '.'" in message
+
+
+def test_a_run_name_of_letters_digits_dots_dashes_and_underscores_is_allowed():
+    for name in ("quickstart", "fmnist-lenet5-tau0.1-cr50", "my_run.2", "x" * 64):
+        assert load_preset("quickstart", [f"name={name}"]).name == name
+
+
+def test_a_preset_file_whose_file_name_is_no_plain_directory_name_names_its_runs_after_it(tmp_path):
+    path = write(tmp_path, 'dataset = "digits"\nmodel = "digits-cnn"\nmethod = "lowrank"\n', name="my run.toml")
+    assert load_preset(path).name == "my-run"  # the user did not choose that name: no refusal
+    assert load_preset(path, ["name=mine"]).name == "mine"
+    with pytest.raises(PresetError, match="name = 'a b' is not allowed"):  # one they chose is checked
+        load_preset(path, ['name="a b"'])
+
+
+def test_a_run_written_before_names_were_checked_stays_readable_and_resumable(tmp_path):
+    from rlr_engine.runs import read_run_config, write_config
+
+    write_config(tmp_path, load_preset("quickstart"))
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(config_file.read_text().replace('name = "quickstart"', 'name = "my run/1"'))
+    assert read_run_config(tmp_path).name == "my-run-1"
 
 
 def test_missing_preset_lists_the_available_ones():

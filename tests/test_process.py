@@ -154,6 +154,105 @@ def test_bad_clients_get_errors_and_training_goes_on(tmp_path, engine_processes)
     good.close()
 
 
+def read_until(sock, want, limit=200):
+    """Messages from ``sock`` up to and including the first that ``want`` accepts."""
+    buffer, seen = b"", []
+    while len(seen) < limit:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            return seen
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            seen.append(decode(line))
+            if want(seen[-1]):
+                return seen
+    return seen
+
+
+def greeted_socket(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    sock.settimeout(10)
+    sock.sendall(encode(hello("test")))
+    return sock
+
+
+def test_a_huge_number_or_deep_nesting_gets_an_error_and_the_server_goes_on_serving(tmp_path, engine_processes):
+    run_dir, _ = start(tmp_path, engine_processes)
+    good = EngineClient.connect(run_dir)
+    wait_until(lambda: good.latest() and good.latest().state == "running", what="running")
+    sock = greeted_socket(run_dir / "control.sock")
+    read_until(sock, lambda m: m["type"] == "snapshot")
+    sock.sendall(b'{"type": "command", "id": "x", "n": ' + b"1" * 5000 + b"}\n")  # over Python's digit limit
+    error = read_until(sock, lambda m: m["type"] == "error")[-1]
+    assert not error["fatal"] and "not a JSON line" in error["error"] and "4300 digits" in error["error"]
+    sock.sendall(b"[" * 100_000 + b"]" * 100_000 + b"\n")  # deeper than the parser recurses
+    error = read_until(sock, lambda m: m["type"] == "error")[-1]
+    assert not error["fatal"] and "nested too deeply" in error["error"]
+    sock.sendall(b'{"type": "command", "id": "big", "command": {"kind": "set_tau", "tau": 1' + b"0" * 400 + b"}}\n")
+    ack = read_until(sock, lambda m: m["type"] == "ack" and m["id"] == "big")[-1]
+    assert ack["status"] == "rejected" and "set_tau.tau = 1000" in ack["message"] and "float" in ack["message"]
+    assert len(ack["message"]) < 200
+    request = good.send(SetTau(0.5))  # a second client is still served
+    acks = wait_until(lambda: [a for a in good.take_acks() if a.request_id == request], what="the acknowledgement")
+    assert acks[0].status == "applied" and "0.5" in acks[0].message
+    sock.sendall(encode({"type": "command", "id": "same", "command": {"kind": "set_lr", "tau": 1}}))
+    assert read_until(sock, lambda m: m["type"] == "ack" and m["id"] == "same")[-1]["status"] == "rejected"
+    late = EngineClient.connect(run_dir)  # and new clients are welcome
+    assert late.wait(lambda s: s.tau == 0.5, 30).tau == 0.5
+    for client in (good, late):
+        client.close()
+    sock.close()
+
+
+def test_an_unexpected_error_on_one_line_is_answered_and_logged_and_the_server_lives(tmp_path, monkeypatch):
+    from rlr_engine import server as server_module
+    from rlr_engine.records import Snapshot, command_from_dict
+
+    class Engine:
+        run_dir = tmp_path
+        logged: list = []
+        sent: list = []
+
+        def latest(self):
+            return Snapshot(version=1)
+
+        def recent_events(self):
+            return []
+
+        def send(self, command, request_id="", session=0):
+            self.sent.append(command)
+
+        def log_event(self, kind, message):
+            self.logged.append((kind, message))
+
+    def fails_on_pause(raw):
+        if raw.get("kind") == "pause":
+            raise RuntimeError("a bug")
+        return command_from_dict(raw)
+
+    monkeypatch.setattr(server_module, "command_from_dict", fails_on_pause)
+    engine = Engine()
+    control = server_module.ControlServer(engine, tmp_path / "control.sock").start()
+    try:
+        sock = greeted_socket(tmp_path / "control.sock")
+        read_until(sock, lambda m: m["type"] == "snapshot")
+        sock.sendall(encode({"type": "command", "id": "1", "command": {"kind": "pause"}}))
+        error = read_until(sock, lambda m: m["type"] == "error")[-1]
+        assert not error["fatal"] and "could not handle this line (RuntimeError: a bug)" in error["error"]
+        assert ("error", "control: client 1: the engine could not handle this line (RuntimeError: a bug)") in engine.logged
+        sock.sendall(encode({"type": "command", "id": "2", "command": {"kind": "set_tau", "tau": 0.5}}))
+        other = greeted_socket(tmp_path / "control.sock")
+        assert read_until(other, lambda m: m["type"] == "welcome")[-1]["session"] == 2
+        wait_until(lambda: engine.sent, 10, "the command after the failed line")
+        assert engine.sent == [SetTau(0.5)] and control._thread.is_alive()
+        sock.close()
+        other.close()
+    finally:
+        control.close()
+
+
 def test_kill_9_is_reported_runs_says_dead_and_resume_continues(tmp_path, engine_processes):
     run_dir, pid = start(tmp_path, engine_processes)
     client = EngineClient.connect(run_dir)

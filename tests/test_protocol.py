@@ -36,6 +36,8 @@ def test_every_command_survives_the_wire():
     ({"kind": "truncate", "rank": 2.5}, "truncate.rank = 2.5 is not allowed: expected an integer"),
     ({"kind": "pause", "now": True}, "unknown field(s) now"),
     ("pause", "must be an object"),
+    ({"kind": "set_tau", "tau": 10 ** 400}, "set_tau.tau = 1000000.* expected a number a float can hold"),
+    ({"kind": "attack", "eps": [0, 10 ** 400]}, "attack.eps = .* expected a list of numbers a float can hold"),
 ])
 def test_commands_from_the_wire_are_checked_field_by_field(raw, reason):
     with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
@@ -50,3 +52,14 @@ def test_the_handshake_names_the_version_and_refuses_another():
         check_hello({"type": "command"})
     with pytest.raises(ProtocolError, match="not a JSON line"):
         decode(b"{nope")
+
+
+@pytest.mark.parametrize("line, reason", [
+    (b'{"type": "command", "n": ' + b"1" * 5000 + b"}", "not a JSON line: Exceeds the limit (4300 digits)"),
+    (b"[" * 100_000 + b"]" * 100_000, "not a JSON line: nested too deeply"),
+    (b'{"type": "hello", "client": "\xff"}', "not a JSON line"),
+], ids=["5000-digits", "nested-100000-deep", "not-utf8"])
+def test_a_line_python_cannot_parse_is_a_protocol_error(line, reason):
+    with pytest.raises(ProtocolError) as refused:
+        decode(line)
+    assert str(refused.value).startswith(reason) and "sys.set_int_max_str_digits" not in str(refused.value)

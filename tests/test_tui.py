@@ -349,3 +349,34 @@ async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):
         await pilot.pause(0.1)
         runs = app.screen.query_one("#runs")
         assert runs.row_count == 1 and runs.get_row_at(0)[-1] == "CondLR τ=5"
+
+
+@pytest.mark.parametrize("key, field", [("t", "tau"), ("r", "theta"), ("l", "lr"), ("b", "beta"), ("k", "adapt_every")])
+async def test_every_value_dialog_refuses_a_huge_number_nan_inf_negative_empty_and_text_and_sends_nothing(
+        tmp_path, key, field):
+    from rlr_engine import validation
+    from rlr_engine.records import Note
+
+    allowed = (validation.ADAPT_EVERY.allowed("an integer") if field == "adapt_every"
+               else getattr(validation, field.upper()).allowed())
+    adaptive = FakeClient(replace(scripted_snapshot(), method="robust-dlrt β=0.01", beta=0.01, adapt_every=10))
+    typed = ["1" + "0" * 400, "9" * 5000, "1e400", "nan", "inf", "-1", "", "fast"]
+    if field == "tau":
+        typed.remove("inf")  # τ = ∞ switches the conditioning off: allowed
+    async with dashboard(tmp_path, adaptive, size=(100, 30)) as d:
+        await d.pilot.press(key)
+        await until(d.pilot, lambda: isinstance(d.app.screen, ValueDialog))
+        dialog = d.app.screen
+        for text in typed:
+            dialog.query_one("Input").value = text  # pasted: typing 5000 keys is slow
+            await d.pilot.press("enter")
+            await d.pilot.pause(0.05)
+            assert d.app.screen is dialog, f"{text[:20]!r} closed the dialog"
+            error = str(dialog.query_one("#error").render())
+            assert error.startswith(f"{field} must be {allowed}, got "), (text[:20], error)
+            assert len(error) < 200, "a long value is cut in the message"
+        await d.pilot.press("escape")
+        await d.pilot.pause(0.1)
+        assert not [c for c in d.client.commands if not isinstance(c, Note)], "a refused value was sent"
+        notes = [c for c in d.client.commands if isinstance(c, Note)]
+        assert len(notes) == len(typed) and all(n.level == "rejected" and field in n.message for n in notes)
