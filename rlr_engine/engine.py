@@ -74,6 +74,7 @@ class Engine:
         self._resume_notes: list[tuple[str, str]] = []  # (kind, message) events of the resume
         self.ranks = ranks
         self.recorder = (Recorder if ranks.is_main else FollowerRecorder)(config, self.run_dir)
+        self.recorder.on_event = self._tell_listener
         self.boundary = StepBoundary(ranks) if ranks.distributed else None
         self._flush_due = False
         self.trainer: Trainer | None = None
@@ -454,7 +455,11 @@ class Engine:
 
     # -- snapshots -----------------------------------------------------------------------------
     def _event(self, kind: str, message: str) -> None:
-        event = self.recorder.event(self._step(), kind, message)
+        self.recorder.event(self._step(), kind, message)
+
+    def _tell_listener(self, event: Event) -> None:
+        """Every event the recorder records — the engine's own and the recorder's (evaluation,
+        attack, checkpoint) — reaches attached dashboards."""
         if self.listener is not None:
             self.listener.event(event)
 

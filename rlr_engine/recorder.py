@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .atomic_files import write_text_atomic
 from .checkpoint import load_checkpoint, save_atomic
@@ -43,6 +43,8 @@ class Recorder:
         self.event_seq = self.events[-1].seq if self.events else 0
         self.last_checkpoint_step: int | None = None
         self._events_lock = threading.Lock()  # the control server logs client trouble from its thread
+        # Told of every event as it is recorded (the engine passes them on to attached dashboards).
+        self.on_event: Callable[[Event], None] | None = None
         # TensorBoard mirror (tensorboard = true): fed at the same points as metrics.jsonl.
         self.tensorboard = (TensorBoardLog(self.run_dir / TENSORBOARD, on_failure=self._tensorboard_failed)
                             if config.tensorboard else None)
@@ -65,9 +67,11 @@ class Recorder:
                 append_jsonl(self.run_dir / EVENTS, event_to_dict(event))
             except OSError:
                 pass  # the event is still shown; a full disk must not stop training
+        # Outside the lock: a failed TensorBoard writer reports itself through event() again.
         if self.tensorboard is not None:
-            # Outside the lock: a failed TensorBoard writer reports itself through event() again.
             self.tensorboard.event(event)
+        if self.on_event is not None:
+            self.on_event(event)
         return event
 
     def recent_events(self) -> list[Event]:

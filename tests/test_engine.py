@@ -15,7 +15,7 @@ from rlr_engine.engine import Engine
 from rlr_engine.presets import load_preset
 from rlr_engine.records import (AttackNow, Pause, RefreshLayers, Resume, SaveCheckpoint, SetLearningRate, SetTau,
                                 Stop, Truncate)
-from rlr_engine.runs import read_jsonl
+from rlr_engine.runs import new_run_dir, read_jsonl
 
 
 def test_quickstart_trains_well_above_chance(tmp_path):
@@ -229,6 +229,30 @@ def test_a_checkpoint_taken_mid_epoch_holds_the_training_curve_up_to_its_step(tm
     train = [r for r in read_jsonl(engine.run_dir / "metrics.jsonl") if r["type"] == "train"]
     assert train and train[-1]["step"] == payload["step"]
     assert payload["curves"]["train_loss"]["points"][-1][0] == payload["step"]
+
+
+def test_attached_dashboards_are_told_of_every_event_the_run_records(tmp_path):
+    # evaluation, attack and checkpoint events are recorded by the recorder, not the engine:
+    # they must still reach the control server as they happen
+    class Listener:
+        def __init__(self):
+            self.events = []
+
+        def event(self, event):
+            self.events.append(event)
+
+        def ack(self, ack):
+            pass
+
+    config = small_config(epochs=2, attack_every=1)
+    listener = Listener()
+    engine = Engine(config, new_run_dir(config, tmp_path / "runs")).setup()
+    engine.listener = listener
+    run_to_end(engine.start())
+    told = [(e.seq, e.kind, e.message) for e in listener.events]
+    recorded = [(r["seq"], r["kind"], r["message"]) for r in read_jsonl(engine.run_dir / "events.jsonl")]
+    assert told == recorded
+    assert {"evaluation", "attack", "checkpoint", "info"} <= {kind for _, kind, _ in told}
 
 
 def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
