@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .launch import ENGINE_CHILD_FLAG, READY
 from .names import DEVICES
+from .runfiles import DEFAULT_RUNS
 from .presets import PresetError, available_presets, load_preset, restored_keys_set, resume_config
 from .validation import parse_eps_text
 from .progress import UserError, console, err_console, fmt_pct as _fmt_pct, print_error, watch
@@ -185,7 +186,9 @@ def start_detached_run(args: argparse.Namespace) -> int:
     except LaunchError as error:
         raise UserError(str(error)) from None
     console.print(f"engine running in the background (pid {pid}), run directory {run_dir}", highlight=False)
-    console.print(f"attach: rlr-tui --attach {run_dir}\nlist:   rlr runs\nstop:   kill {pid}  "
+    root = Path(run_dir).parent
+    listing = "rlr runs" if root.resolve() == Path(DEFAULT_RUNS).resolve() else f"rlr runs --runs {root}"
+    console.print(f"attach: rlr-tui --attach {run_dir}\nlist:   {listing}\nstop:   kill {pid}  "
                   f"(a final checkpoint is written)", highlight=False)
     return 0
 
@@ -395,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a preset key, e.g. --set tau=0.5 --set epochs=3 (repeatable)")
     p.add_argument("--device", choices=DEVICES, help="where to train (default: the preset's)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
-    p.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
+    p.add_argument("--runs", default=DEFAULT_RUNS, metavar="DIR",
+                   help=f"where run directories go (default: {DEFAULT_RUNS})")
     p.add_argument("--detach", action="store_true",
                    help="run in the background (no terminal; survives logout) and print how to attach")
     p.add_argument(ENGINE_CHILD_FLAG, dest="engine_child", action="store_true", help=argparse.SUPPRESS)
@@ -410,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(--all: every run)")
     p.add_argument("--all", action="store_true", help="also list finished and failed runs, and runs without a "
                                                       "checkpoint")
-    p.add_argument("--root", default="runs", metavar="DIR", help="where run directories are (default: runs)")
+    # --root: the flag's name before it matched train's and rlr-tui's --runs
+    p.add_argument("--runs", "--root", dest="root", default=DEFAULT_RUNS, metavar="DIR",
+                   help=f"where run directories are (default: {DEFAULT_RUNS})")
     p.set_defaults(func=cmd_runs)
 
     add_eval_parser(sub)
@@ -437,6 +443,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, PresetError, CheckpointError, CannotStart, RunBusy, RunFailed) as error:
         print_error(error)
         return 2
+    except KeyboardInterrupt:  # Ctrl+C where no run is there to stop cleanly (loading, rlr eval)
+        print_error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader of stdout left (rlr export --csv - | head): end quietly. Python would report
+        # the pipe again when it flushes stdout at exit; its documentation advises this redirect.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

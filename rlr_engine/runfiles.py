@@ -16,6 +16,7 @@ them too.
 
 from __future__ import annotations
 
+DEFAULT_RUNS = "runs"  # where run directories go, relative to the working directory, unless --runs says
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"

@@ -25,11 +25,11 @@ else:  # pragma: no cover
 
 from .atomic_files import write_text_atomic
 from .presets import PresetError, RunConfig, dump_toml, run_name_from, run_name_problem, validate
-from .runfiles import CHECKPOINT, CONFIG, ENGINE_INFO, EVENTS, METRICS, SUMMARY
+from .runfiles import CHECKPOINT, CONFIG, DEFAULT_RUNS, ENGINE_INFO, EVENTS, METRICS, SUMMARY
 from .validation import shown
 
 
-def choose_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+def choose_run_dir(config: RunConfig, root: str | Path = DEFAULT_RUNS) -> Path:
     """The path a new run of ``config`` gets under ``root`` (nothing is created). PresetError when
     the config's name, not checked when it was built directly, is no plain directory name."""
     problem = run_name_problem(config.name)
@@ -74,7 +74,7 @@ def discard_run_dir(path: str | Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def new_run_dir(config: RunConfig, root: str | Path = "runs") -> Path:
+def new_run_dir(config: RunConfig, root: str | Path = DEFAULT_RUNS) -> Path:
     """Create a fresh run directory for ``config`` under ``root``."""
     return create_run_dir(choose_run_dir(config, root), config)
 
@@ -276,7 +276,7 @@ def run_info(path: str | Path, ask_engine: bool = True) -> RunInfo:
     return RunInfo(path, config, state, step, total, tau, last_checkpoint, pid, summary)
 
 
-def list_runs(root: str | Path = "runs", ask_engine: bool = True) -> list[RunInfo]:
+def list_runs(root: str | Path = DEFAULT_RUNS, ask_engine: bool = True) -> list[RunInfo]:
     """Run directories under root: live runs first, then the rest, newest first within each;
     unreadable ones are skipped."""
     root = Path(root)

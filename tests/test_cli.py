@@ -404,3 +404,26 @@ def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_wri
     with pytest.raises(PresetError, match="name = 'a/b' is not allowed"):  # a config built without a preset
         new_run_dir(RunConfig(name="a/b"), tmp_path / "runs")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_path):
+    run_dir = _stopped_quickstart_run(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "eval", str(run_dir), "--attack", "pgd-linf",
+                             "--steps", "10000", "--eps", "0,0.1,0.2,0.3", "--samples", "0", "--no-probes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    time.sleep(6.0)  # past the imports, inside the attack
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "error: interrupted" in err and "Traceback" not in out + err
+
+
+def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_runs_flag(tmp_path):
+    run_dir = _stopped_quickstart_run(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "export", str(run_dir), "--csv", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc.stdout.close()  # the reader is gone before the first line (as `| head -1` is after one)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1 and err == "", err
+    listed = rlr("runs", "--all", "--runs", str(tmp_path / "runs"))
+    assert listed.returncode == 0 and run_dir.name in listed.stdout
