@@ -333,6 +333,10 @@ class Engine:
 
     def truncate(self, theta: float | None, rank: int | None, layer: str | None, scheduled: bool) -> str:
         theta, changes = self.trainer.truncate(theta, rank, layer)
+        if self.trainer.adaptation is not None:
+            # Mid-window ranks are augmented: compare with the ranks last reported, as windows do.
+            changes = [replace(c, old_rank=self._reported_ranks.get(c.layer, c.old_rank)) for c in changes]
+            self._reported_ranks.update({c.layer: c.new_rank for c in changes})
         changed = [c for c in changes if c.new_rank != c.old_rank]
         what = "scheduled truncation" if scheduled else "truncation"
         rule = f"θ = {theta:g}" if theta is not None else f"rank {rank}"

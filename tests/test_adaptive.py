@@ -463,3 +463,25 @@ def test_an_attack_between_windows_does_not_steer_the_next_augmentation():
     assert attacked.adaptation.ranks() == untouched.adaptation.ranks()
     for name, value in untouched.model.state_dict().items():
         assert torch.equal(attacked.model.state_dict()[name], value), name
+
+
+def test_a_truncation_mid_window_reports_ranks_against_those_shown_not_the_augmented_ones(tmp_path):
+    from helpers import start_engine, wait_for
+
+    from rlr_engine.records import Pause, Truncate
+
+    engine = start_engine(tmp_path, method="condlr-adaptive", rank_fraction=0.3, max_rank_fraction=0.6,
+                          adapt_every=10, epochs=50)
+    wait_for(engine, lambda s: s.step > 33)
+    engine.send(Pause())
+    wait_for(engine, lambda s: s.state == "paused")
+    assert engine.trainer.adaptation.position != 0  # mid-window: the bases are augmented
+    shown = {layer.name: layer.rank for layer in engine.latest().layers}
+    engine.send(Truncate(theta=0.5))
+    snap = wait_for(engine, lambda s: any("truncation (θ = 0.5)" in e.message for e in s.events))
+    moves = [re.match(r"(\w+): rank (\d+) → (\d+)", e.message) for e in snap.events if e.kind == "truncation"]
+    moves = [m for m in moves if m]
+    assert moves
+    for move in moves:
+        assert int(move[2]) == shown[move[1]] and int(move[3]) != int(move[2])
+    assert {layer.name: layer.rank for layer in snap.layers} == {**shown, **{m[1]: int(m[3]) for m in moves}}
