@@ -31,6 +31,9 @@ WHITE_BOX_ITERATIVE = (ITERATIVE, ENSEMBLE)
 # ε (L∞, pixel units) at which an undefended model should be broken; absent: check skipped.
 LARGE_EPS = {d.name: d.large_eps for d in DATASETS.values() if d.large_eps is not None}
 LARGE_EPS_MAX_ACCURACY = 0.10
+# A model whose clean accuracy is within this factor of chance (1/classes) has learned nothing
+# an attack could take away (a constant prediction keeps its class's share whatever ε is).
+AT_CHANCE = 1.5
 
 ACCURACY_RISES = "accuracy-rises-with-eps"
 ITERATIVE_ABOVE_FGSM = "iterative-above-fgsm"
@@ -202,6 +205,11 @@ def check_large_eps(records: Sequence[AttackRecord], dataset: str | None) -> tup
                 best[e] = (a, r.attack)
     if not best:
         return [], f"large-ε accuracy: no white-box L∞ attack at ε ≥ {large:g}"
+    clean = [a for r in records for e, a in zip(r.eps, r.accuracy) if e == 0]
+    chance = 1.0 / DATASETS[dataset].classes
+    if clean and max(clean) <= AT_CHANCE * chance:
+        return [], (f"large-ε accuracy: the clean accuracy {max(clean):.1%} is at chance ({chance:.0%} for "
+                    f"{DATASETS[dataset].classes} classes): the model has learned nothing to attack")
     return [Flag(HIGH_AT_LARGE_EPS, f"{attack} leaves {a:.1%} correct at ε={e:g} (> {LARGE_EPS_MAX_ACCURACY:.0%} "
                                     f"expected at most for {dataset}): the attack fails or gradients are masked")
             for e, (a, attack) in sorted(best.items()) if a > LARGE_EPS_MAX_ACCURACY], None

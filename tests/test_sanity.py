@@ -88,6 +88,14 @@ def test_high_accuracy_at_large_eps_is_flagged_and_the_strongest_attack_decides(
     assert HIGH_AT_LARGE_EPS not in codes([fgsm(0.95, 0.4, 0.3), pgd(0.95, 0.2, 0.0)])
 
 
+def test_a_model_at_chance_is_not_blamed_for_accuracy_at_large_eps_and_the_report_says_why():
+    # an untrained model that predicts one class keeps that class's share (12 %) at any ε
+    report = sanity_report([fgsm(0.12, 0.12, 0.12), pgd(0.12, 0.12, 0.12)], "fashion-mnist")
+    assert HIGH_AT_LARGE_EPS not in [f.code for f in report.flags]
+    assert any("clean accuracy 12.0% is at chance (10% for 10 classes)" in s for s in report.skipped)
+    assert HIGH_AT_LARGE_EPS in codes([pgd(0.16, 0.12, 0.12)], "fashion-mnist")  # above chance: checked
+
+
 def test_data_sets_without_a_large_eps_skip_that_check_and_say_so():
     report = sanity_report([pgd(0.95, 0.6, 0.5)], "cifar10")
     assert HIGH_AT_LARGE_EPS not in [f.code for f in report.flags]
