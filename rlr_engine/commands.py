@@ -87,7 +87,8 @@ def note(engine: "Engine", command: Note) -> str:
 
 def stop(engine: "Engine", command: Stop) -> str:
     engine.request_stop()
-    return f"stopping at step {engine.trainer.step}: writing a final checkpoint"
+    reason = f" ({command.reason})" if command.reason else ""
+    return f"stopping at step {engine.trainer.step}{reason}: writing a final checkpoint"
 
 
 HANDLERS: dict[type[Command], Callable[["Engine", Command], str]] = {

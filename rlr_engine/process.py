@@ -49,7 +49,7 @@ def serve_run(engine: Engine, detached: bool, follow: Callable[[Engine], Snapsho
             raise KeyboardInterrupt  # the second Ctrl+C: abort now
         if not stopped_by:
             stopped_by.append(STOP_SIGNALS[signum])
-            engine.send(Stop())
+            engine.send(Stop(reason=f"{signal.Signals(signum).name} received"))
             if not detached:
                 try:
                     print("stopping: writing a final checkpoint (Ctrl+C again to abort)", file=sys.stderr, flush=True)

@@ -100,9 +100,11 @@ class SetAdaptation(Command):
 
 @dataclass(frozen=True)
 class Stop(Command):
-    """Stop cleanly: write a final checkpoint and end the run (resumable)."""
+    """Stop cleanly: write a final checkpoint and end the run (resumable). ``reason``: what asked
+    for it when no client did (a signal), shown with the acknowledgement."""
 
     kind: ClassVar[str] = "stop"
+    reason: str = ""
 
 
 COMMANDS = {cls.kind: cls for cls in (SetTau, Truncate, SetLearningRate, Pause, Resume, AttackNow,

@@ -314,6 +314,9 @@ def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
     assert summary["last_checkpoint_step"] == summary["steps"]  # the final checkpoint: no work lost
     events = list(read_jsonl(run_dir / "events.jsonl"))
     assert any(e["kind"] == "info" and e["message"].startswith("stopped at step") for e in events)
+    # dashboards are told what stopped the run
+    assert any(f"({signal.Signals(signum).name} received): writing a final checkpoint" in e["message"]
+               for e in events), [e["message"] for e in events]
     assert not (run_dir / "control.sock").exists() and not engine_alive(run_dir)
 
 
