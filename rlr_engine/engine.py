@@ -130,6 +130,12 @@ class Engine:
         keys = self.resume_settings | {key for key in RESTORED_ON_RESUME if key in saved and saved[key] != current[key]}
         changes = trainer.set_restored(self.config, keys)
         self._resume_notes = [("warning", warning) for warning in warnings]
+        lost = [e.message for e in self.recorder.recent_events() if e.kind == "applied" and e.step > payload["step"]]
+        if lost:  # an engine that died after them: the checkpoint predates them
+            shown = "; ".join(lost[:5]) + (f"; and {len(lost) - 5} more" if len(lost) > 5 else "")
+            self._resume_notes.append(("warning", f"resumed from the checkpoint at step {payload['step']}: "
+                                                  f"{len(lost)} change(s) applied after it are not in it "
+                                                  f"({shown}); set them again if they still apply"))
         if changes:
             self._resume_notes.append(("info", f"set on resume: {', '.join(changes)}"))
 

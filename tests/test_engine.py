@@ -255,6 +255,28 @@ def test_attached_dashboards_are_told_of_every_event_the_run_records(tmp_path):
     assert {"evaluation", "attack", "checkpoint", "info"} <= {kind for _, kind, _ in told}
 
 
+def test_a_resume_after_the_engine_died_names_the_changes_its_checkpoint_predates(tmp_path):
+    import json
+
+    engine = start_engine(tmp_path, epochs=1)
+    run_to_end(engine)
+    step = load_checkpoint(engine.run_dir)["step"]
+    # what an engine killed after a command and before its next checkpoint leaves behind
+    with open(engine.run_dir / "events.jsonl", "a") as events:
+        for seq, message in ((1000, "τ: 0.1 → 0.25"), (1001, f"paused at step {step + 7}")):
+            events.write(json.dumps({"seq": seq, "step": step + 7, "time": 0.0, "kind": "applied",
+                                     "message": message}) + "\n")
+    resumed = Engine(small_config(epochs=2), engine.run_dir, resume=True).setup()
+    resumed.start()
+    try:
+        snap = wait_for(resumed, lambda s: any("not in it" in e.message for e in s.events))
+        warning = next(e for e in snap.events if "not in it" in e.message)
+        assert warning.kind == "warning" and f"checkpoint at step {step}: 2 change(s) applied after it" in warning.message
+        assert "τ: 0.1 → 0.25" in warning.message and "set them again" in warning.message
+    finally:
+        resumed.stop(timeout=30)
+
+
 def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
     from rlr_engine.atomic_files import atomic_file, write_text_atomic
     from rlr_engine.runs import read_run_config, write_config
