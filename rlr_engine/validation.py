@@ -109,8 +109,10 @@ def eps_problem(values, max_eps: float = 1.0) -> str | None:
     [0, max_eps] — [0, 1] for L∞ budgets in pixel units, [0, ∞) for L2 budgets."""
     if values and all(_is_budget(v, max_eps) for v in values):
         return None
-    bound = "1] (pixel units)" if max_eps == 1.0 else "inf) (an L2 budget)"
-    return f"a non-empty list of numbers in [0, {bound}"
+    if max_eps == 1.0:
+        return "a non-empty list of numbers in [0, 1] (pixel units)"
+    # the range every attack shares; each then checks its own (L∞: [0, 1], L2: any length)
+    return "a non-empty list of finite numbers >= 0"
 
 
 def _is_budget(value: Any, max_eps: float) -> bool:

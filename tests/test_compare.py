@@ -93,7 +93,7 @@ def test_one_attack_gets_its_own_samples_and_eps_and_the_others_keep_the_presets
     (["--attack-samples", "fgsm=-3"], "--attack-samples 'fgsm=-3': must be an integer >= 0"),
     (["--attack-eps", "0.1"], "name the attack (ATTACK=E1,E2)"),
     (["--attack-eps", "fgsm=2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
-    (["--attack-eps", "fgsm=a,b"], "--attack-eps 'fgsm=a,b': must be a non-empty list of numbers"),
+    (["--attack-eps", "fgsm=a,b"], "--attack-eps 'fgsm=a,b': must be a non-empty list of finite numbers >= 0"),
     # read as rlr eval --eps reads budgets (commas or spaces), then checked against the attack's range
     (["--attack-eps", "fgsm=0 2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
 ])

@@ -129,7 +129,7 @@ def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refu
         with pytest.raises(ValueError, match="tau must be"):
             check_tau(typed)
     for typed in ("0 inf", "0 1e400"):
-        with pytest.raises(ValueError, match=r"\[0, inf\)"):
+        with pytest.raises(ValueError, match="finite numbers >= 0"):
             parse_eps_text(typed)
 
 
