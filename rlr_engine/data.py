@@ -194,6 +194,20 @@ def _unavailable(info: DatasetInfo, root: Path, download: bool, reason: BaseExce
         f"directory (set data_dir to use another).{extra} {OFFLINE_HINT}")
 
 
+def _directories(root: Path) -> set[Path]:
+    return {root, *(p for p in root.rglob("*") if p.is_dir())} if root.is_dir() else set()
+
+
+def _remove_empty_directories_since(root: Path, before: set[Path]) -> None:
+    """A failed download leaves torchvision's empty folders (data/MNIST/raw): remove those it
+    made, deepest first; never a file, never a folder that was there before."""
+    for path in sorted(_directories(root) - before, key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir()  # only succeeds on an empty directory
+        except OSError:
+            pass
+
+
 def check_data_dir(name: str, data_dir: str | Path) -> None:
     """A data set read from files needs its directory to exist. Only the default ``data``
     (relative to the working directory) is created by rlr; any other path is the user's own
@@ -231,9 +245,11 @@ def load_dataset(name: str, data_dir: str | Path = DEFAULT_DATA_DIR, download: b
             _stage_system_copy(info, root)
         except OSError:
             pass  # fall through to torchvision, which reports what is missing
+        before = _directories(root)
         try:
             train, test = _torchvision(info, root, download)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+            _remove_empty_directories_since(root, before)
             raise _unavailable(info, root, download, error) from None
     train, val = _hold_out(train.images, train.labels, val_fraction, seed)
     return ImageData(name, train.to(device), val.to(device), test.to(device), info)

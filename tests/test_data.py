@@ -167,3 +167,20 @@ def test_a_mistyped_data_dir_is_an_error_naming_it_and_creates_nothing(tmp_path,
 def test_in_memory_data_sets_ignore_data_dir(tmp_path):
     data = load_dataset("synthetic", tmp_path / "never-made", val_fraction=0.25)
     assert len(data.train) > 0 and not (tmp_path / "never-made").exists()
+
+
+def test_a_failed_download_leaves_no_empty_folders_behind_and_keeps_what_was_there(tmp_path, monkeypatch):
+    import rlr_engine.data as data
+
+    (tmp_path / "CIFAR10").mkdir()
+    (tmp_path / "CIFAR10" / "notes.txt").write_text("mine")
+
+    def offline(info, root, download):  # what torchvision does without internet
+        (root / "MNIST" / "raw").mkdir(parents=True)
+        (root / "CIFAR10" / "part").mkdir()
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(data, "_torchvision", offline)
+    with pytest.raises(data.DatasetUnavailable, match="not available"):
+        data.load_dataset("mnist", tmp_path, download=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["CIFAR10", "CIFAR10/notes.txt"]
