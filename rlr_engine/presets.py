@@ -306,6 +306,9 @@ def available_presets() -> dict[str, Path]:
 def resolve_preset_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise PresetError(f"{str(path)!r} is a directory, not a preset file (a .toml file or a preset name; "
+                              f"see `rlr presets`)")
         if not path.is_file():
             raise PresetError(f"preset file {str(path)!r} does not exist")
         return path

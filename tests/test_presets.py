@@ -282,3 +282,8 @@ def test_bad_rank_adaptive_settings_name_the_key_the_value_and_what_is_allowed(t
     with pytest.raises(PresetError) as info:
         load_preset(path)
     assert expected in str(info.value)
+
+
+def test_a_directory_given_as_a_preset_is_called_a_directory(tmp_path):
+    with pytest.raises(PresetError, match="is a directory, not a preset file"):
+        load_preset(str(tmp_path))
