@@ -380,3 +380,19 @@ async def test_every_value_dialog_refuses_a_huge_number_nan_inf_negative_empty_a
         assert not [c for c in d.client.commands if not isinstance(c, Note)], "a refused value was sent"
         notes = [c for c in d.client.commands if isinstance(c, Note)]
         assert len(notes) == len(typed) and all(n.level == "rejected" and field in n.message for n in notes)
+
+
+
+async def test_space_toggles_from_the_last_pause_or_resume_sent_until_the_engine_answers(tmp_path):
+    # The snapshot still says paused when the second press comes: it toggles from the resume sent.
+    client = FakeClient(replace(scripted_snapshot(), state="paused"))
+    async with dashboard(tmp_path, client) as d:
+        await d.pilot.press("space", "space")
+        assert d.client.commands == [Resume(), Pause()]
+        await d.pilot.pause(0.6)  # both answered; the engine's snapshot shows paused again
+        # A rejected resume leaves the run paused: space resumes again, it does not pause.
+        d.client.reply = lambda c: ("rejected", "cannot resume: busy")
+        await d.pilot.press("space")
+        await until(d.pilot, lambda: any("busy" in n for n in notifications(d.app)))
+        await d.pilot.press("space")
+        assert d.client.commands == [Resume(), Pause(), Resume(), Resume()]

@@ -12,6 +12,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane, Tabs
 
@@ -69,6 +70,10 @@ class DashboardScreen(Screen):
         Binding("5", "tab('events')", "Events", id="tab-events", show=False, tooltip="Event log tab"),
     ]
 
+    # The state the last pause or resume asked for, until the engine has answered it and its
+    # snapshot shows it: space toggles relative to this, so a quick second press is not a repeat.
+    pending = reactive[str | None](None, init=False)
+
     def __init__(self, client, run_dir: str | Path) -> None:
         super().__init__()
         self.client = client
@@ -80,6 +85,8 @@ class DashboardScreen(Screen):
         self._seen_version = -1
         self._reported_gone = False
         self._plotted: dict[str, tuple[int, float]] = {}
+        self._toggle_request: str | None = None  # request id of the pending pause or resume
+        self._toggle_answered = False
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -108,6 +115,9 @@ class DashboardScreen(Screen):
         self.set_interval(POLL_INTERVAL_S, self.poll)
         self.poll()
 
+    def watch_pending(self) -> None:
+        self.refresh_bindings()
+
     # -- reading snapshots -------------------------------------------------------------------
     def poll(self) -> None:
         """Read the client's newest snapshot and acknowledgements and redraw what changed."""
@@ -127,6 +137,8 @@ class DashboardScreen(Screen):
                            message=f"engine process gone ({client.lost_reason}); {checkpoint}; R resumes")
         elif not client.connected and snap.active and not client.closed:
             snap = replace(snap, state=client.ended_state or "stopped", eta_s=None, samples_per_s=0.0)
+        if self.pending is not None and (not snap.active or (self._toggle_answered and snap.state == self.pending)):
+            self.pending = None
         if snap.version == self._seen_version and snap.state == self.snapshot.state:
             return
         changed_state = snap.state != self.snapshot.state
@@ -154,6 +166,10 @@ class DashboardScreen(Screen):
         if ack.kind == Note.kind and ack.applied:
             return  # a note is for the record, not for a toast
         mine = ack.session == self.client.session
+        if mine and self._toggle_request is not None and ack.request_id == self._toggle_request:
+            self._toggle_answered = True
+            if not ack.applied:
+                self.pending = None
         who = "" if mine else " (from another client)"
         if ack.applied:
             self.notify(f"{ack.message}{who}", timeout=4)
@@ -201,16 +217,17 @@ class DashboardScreen(Screen):
             self.show_spectrum()
 
     # -- steering ------------------------------------------------------------------------------
-    def send(self, command) -> None:
+    def send(self, command) -> str | None:
         """Send a command; its acknowledgement (applied, or rejected with the reason) is shown
-        when the engine answers."""
+        when the engine answers. The request id, or None when nothing was sent."""
         try:
-            self.client.send(command)
+            return self.client.send(command)
         except EngineUnavailable as error:
             self.notify(str(error), severity="error")
+            return None
 
     def check_action(self, action: str, parameters) -> bool | None:
-        state = self.snapshot.state
+        state = self.pending or self.snapshot.state
         if action == "pause":
             return state != "paused"
         if action == "resume":
@@ -254,10 +271,16 @@ class DashboardScreen(Screen):
                            SetLearningRate)
 
     def action_pause(self) -> None:
-        self.send(Pause())
+        self.toggle(Pause(), "paused")
 
     def action_resume(self) -> None:
-        self.send(Resume())
+        self.toggle(Resume(), "running")
+
+    def toggle(self, command, target: str) -> None:
+        request = self.send(command)
+        if request is not None:
+            self._toggle_request, self._toggle_answered = request, False
+            self.pending = target
 
     def action_resume_run(self) -> None:
         self.app.resume_run(self.run_dir)
