@@ -136,13 +136,16 @@ class RlrApp(App):
 
     # -- actions -----------------------------------------------------------------------------
     def action_quit_run(self) -> None:
+        if len(self.screen_stack) < 2:  # nothing over the default screen: starting, or closing down
+            self.exit()
+            return
         screen = self.screen
         if isinstance(screen, DashboardScreen):
             screen.request_quit()
         elif isinstance(screen, (PickerScreen, ComparisonScreen)) or self.client is None:
             self.exit()
         else:
-            self.pop_screen()
+            self.pop_screen()  # a dialog or the help over the dashboard
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

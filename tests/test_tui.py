@@ -396,3 +396,13 @@ async def test_space_toggles_from_the_last_pause_or_resume_sent_until_the_engine
         await until(d.pilot, lambda: any("busy" in n for n in notifications(d.app)))
         await d.pilot.press("space")
         assert d.client.commands == [Resume(), Pause(), Resume(), Resume()]
+
+
+async def test_q_with_only_the_default_screen_left_exits_instead_of_popping_it(tmp_path):
+    async with dashboard(tmp_path) as d:
+        d.app.pop_screen()  # the dashboard gone (closing down), the client still set
+        await d.pilot.pause(0.05)
+        assert len(d.app.screen_stack) == 1
+        await d.pilot.press("q")
+        await until(d.pilot, lambda: not d.app.is_running)
+
