@@ -398,6 +398,22 @@ async def test_space_toggles_from_the_last_pause_or_resume_sent_until_the_engine
         assert d.client.commands == [Resume(), Pause(), Resume(), Resume()]
 
 
+async def test_after_stop_is_asked_no_command_is_sent_no_dialog_opens_and_q_does_not_crash(tmp_path):
+    async with dashboard(tmp_path) as d:
+        await d.pilot.press("q", "s")
+        assert d.client.commands == [Stop()]
+        for key in ("t", "r", "a", "space", "l", "c", "q"):
+            await d.pilot.press(key)
+            await d.pilot.pause(0.05)
+            assert isinstance(d.app.screen, DashboardScreen), key
+        assert d.client.commands == [Stop()] and d.app.is_running
+        assert any("stopping" in n for n in notifications(d.app))
+        footer = {b.binding.description for b in d.app.active_bindings.values() if b.enabled}
+        assert not footer & {"τ", "Truncate", "Pause", "Resume", "Attack"}, footer
+        d.client.snapshot = replace(d.client.snapshot, state="stopped", version=99)
+        await until(d.pilot, lambda: not d.app.is_running)
+
+
 async def test_q_with_only_the_default_screen_left_exits_instead_of_popping_it(tmp_path):
     async with dashboard(tmp_path) as d:
         d.app.pop_screen()  # the dashboard gone (closing down), the client still set
@@ -405,4 +421,26 @@ async def test_q_with_only_the_default_screen_left_exits_instead_of_popping_it(t
         assert len(d.app.screen_stack) == 1
         await d.pilot.press("q")
         await until(d.pilot, lambda: not d.app.is_running)
+
+
+@pytest.mark.parametrize("ended", ["dead", "stopped"])
+async def test_on_a_dead_or_stopped_run_the_steering_keys_are_disabled_and_say_why(tmp_path, ended):
+    client = FakeClient(replace(scripted_snapshot(), last_checkpoint_step=1600))
+    async with dashboard(tmp_path, client) as d:
+        if ended == "dead":
+            d.client.die()
+        else:
+            d.client.snapshot = replace(d.client.snapshot, state="stopped", version=2)
+        await until(d.pilot, lambda: ended.upper() in status_text(d.app), timeout=2.0)
+        bindings = {b.binding.description: b for b in d.app.active_bindings.values()}
+        for name in ("τ", "Truncate", "Pause", "Attack"):
+            assert not bindings[name].enabled, name
+        assert bindings["Resume run"].enabled
+        for key in ("t", "r", "a", "space", "l", "c"):
+            await d.pilot.press(key)
+            await d.pilot.pause(0.05)
+            assert isinstance(d.app.screen, DashboardScreen), key
+        assert d.client.commands == []
+        assert any(f"the run is {ended}; R resumes" in n for n in notifications(d.app))
+        assert not any("Broken pipe" in n or "engine is gone" in n for n in notifications(d.app))
 

@@ -37,6 +37,8 @@ from .value_dialog import ValueDialog
 POLL_INTERVAL_S = 0.25
 PLOT_INTERVAL_S = 0.5  # plotext redraws cost 40–110 ms: at most 2 Hz, visible tab only
 TAB_FOCUS = {"spectrum": "#kappa-table", "events": "#event-log"}  # tab → the widget that gets the keys
+# Actions that steer the engine: they need a live run, and none is sent once a stop was asked for.
+STEERING = ("set_tau", "truncate", "pause", "resume", "attack", "set_beta", "set_window", "set_lr", "checkpoint")
 
 
 class DashboardScreen(Screen):
@@ -73,6 +75,8 @@ class DashboardScreen(Screen):
     # The state the last pause or resume asked for, until the engine has answered it and its
     # snapshot shows it: space toggles relative to this, so a quick second press is not a repeat.
     pending = reactive[str | None](None, init=False)
+    # A stop was sent: the run is ending, so nothing else is sent and no dialog opens.
+    stopping = reactive(False, init=False)
 
     def __init__(self, client, run_dir: str | Path) -> None:
         super().__init__()
@@ -87,6 +91,7 @@ class DashboardScreen(Screen):
         self._plotted: dict[str, tuple[int, float]] = {}
         self._toggle_request: str | None = None  # request id of the pending pause or resume
         self._toggle_answered = False
+        self._told_stopping = False
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -116,6 +121,9 @@ class DashboardScreen(Screen):
         self.poll()
 
     def watch_pending(self) -> None:
+        self.refresh_bindings()
+
+    def watch_stopping(self) -> None:
         self.refresh_bindings()
 
     # -- reading snapshots -------------------------------------------------------------------
@@ -219,24 +227,58 @@ class DashboardScreen(Screen):
     # -- steering ------------------------------------------------------------------------------
     def send(self, command) -> str | None:
         """Send a command; its acknowledgement (applied, or rejected with the reason) is shown
-        when the engine answers. The request id, or None when nothing was sent."""
+        when the engine answers. Nothing is sent to a run that ended or is stopping (a dialog
+        may have been open while it did): the user is told why. The request id, or None."""
+        refusal = self.steering_refusal()
+        if refusal is not None:
+            self.notify(refusal, severity="warning")
+            return None
         try:
             return self.client.send(command)
-        except EngineUnavailable as error:
-            self.notify(str(error), severity="error")
+        except EngineUnavailable:
+            self.notify("the engine is gone; nothing was sent. R resumes the run from its last checkpoint",
+                        severity="error")
             return None
+
+    def steering_refusal(self) -> str | None:
+        """Why no command can be sent now, or None when one can."""
+        if self.stopping:
+            return "stopping: the final checkpoint is being written; no more commands"
+        state = self.snapshot.state
+        if state in ("dead", "stopped"):
+            return f"the run is {state}; R resumes"
+        if not self.snapshot.active:
+            return f"the run is {state}; there is nothing to steer"
+        return None
 
     def check_action(self, action: str, parameters) -> bool | None:
         state = self.pending or self.snapshot.state
+        if action in STEERING:
+            if self.stopping:
+                return False
+            if not self.snapshot.active:
+                # Shown dimmed (space once: as Pause); pressing one says why (on_key).
+                return False if action in ("resume", "set_beta", "set_window") else None
         if action == "pause":
             return state != "paused"
         if action == "resume":
             return state == "paused"
         if action == "resume_run":
-            return state in ("dead", "stopped")
+            return self.snapshot.state in ("dead", "stopped") and not self.stopping
         if action in ("set_beta", "set_window"):
             return self.snapshot.adapt_every is not None  # rank-adaptive runs only
         return True
+
+    def on_key(self, event) -> None:
+        """A steering key the bindings refused (the run ended, or is stopping): say why."""
+        refusal = self.steering_refusal()
+        if refusal is None:
+            return
+        for binding in self.BINDINGS:
+            if binding.action in STEERING and event.key in binding.key.split(","):
+                event.stop()
+                self.notify(refusal, severity="warning")
+                return
 
     def ask_then_send(self, title: str, prompt: str, initial: str, check, command) -> None:
         """Ask for one value in a dialog that validates it with ``check`` (a refused value is
@@ -304,7 +346,8 @@ class DashboardScreen(Screen):
         name = time.strftime("dashboard-%Y%m%d-%H%M%S.svg")
         path = self.app.save_screenshot(filename=name, path=str(directory))
         self.notify(f"screenshot saved: {path}")
-        self.send(Note("info", f"screenshot saved: {path}"))
+        if self.steering_refusal() is None:
+            self.send(Note("info", f"screenshot saved: {path}"))
 
     def action_layer(self, delta: int) -> None:
         count = len(self.snapshot.layers)
@@ -328,12 +371,22 @@ class DashboardScreen(Screen):
         if not self.snapshot.active or not self.client.connected:
             self.app.exit()
             return
+        if self.stopping:  # the engine is writing its final checkpoint; a second q leaves at once
+            if self._told_stopping:
+                self.app.exit()
+                return
+            self._told_stopping = True
+            self.notify("stopping: the final checkpoint is being written; the dashboard closes once it is "
+                        "(q again leaves now)", timeout=10)
+            return
 
         def answer(choice: str | None) -> None:
-            if choice == "stop":
+            if choice == "stop" and not self.stopping:
+                if self.send(Stop()) is None:
+                    return
                 self.notify("stopping: writing the final checkpoint…", timeout=10)
                 self.exit_when_ended = True
-                self.send(Stop())
+                self.stopping = True
             elif choice == "detach":
                 self.app.detach()
         self.app.push_screen(QuitScreen(), answer)
