@@ -444,3 +444,26 @@ async def test_on_a_dead_or_stopped_run_the_steering_keys_are_disabled_and_say_w
         assert any(f"the run is {ended}; R resumes" in n for n in notifications(d.app))
         assert not any("Broken pipe" in n or "engine is gone" in n for n in notifications(d.app))
 
+
+async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_run_again(tmp_path):
+    import fcntl
+    import json
+    import os
+
+    run_dir = tmp_path / "fake-run"
+    run_dir.mkdir()
+    async with dashboard(tmp_path, size=(100, 30)) as d:
+        d.client.die()
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        # Another dashboard resumed the run: a new engine holds the run's lock.
+        d.launcher.client = FakeClient(replace(scripted_snapshot(), step=2100, version=5))
+        d.launcher.client.pid = 4343
+        (run_dir / "engine.json").write_text(json.dumps({"pid": 4343}))
+        fd = os.open(run_dir / "engine.json", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            await until(d.pilot, lambda: "RUNNING" in status_text(d.app), timeout=5.0)
+        finally:
+            os.close(fd)
+        assert d.app.client is d.launcher.client and "step 2100/" in status_text(d.app)
+        assert d.launcher.calls.count(("attach", run_dir)) == 2

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane, Tabs
 from rlr_engine.client import EngineUnavailable
 from rlr_engine.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
                                 Snapshot, Stop, Truncate)
+from rlr_engine.runs import engine_alive, read_engine_info
 from rlr_engine.validation import (ADAPT_EVERY, BETA, LR, TAU, THETA, check_adapt_every, check_beta, check_lr,
                                    check_tau, check_theta)
 
@@ -37,6 +38,7 @@ from .value_dialog import ValueDialog
 POLL_INTERVAL_S = 0.25
 PLOT_INTERVAL_S = 0.5  # plotext redraws cost 40–110 ms: at most 2 Hz, visible tab only
 TAB_FOCUS = {"spectrum": "#kappa-table", "events": "#event-log"}  # tab → the widget that gets the keys
+REATTACH_INTERVAL_S = 2.0  # how often a dead or stopped run's dashboard looks for a new engine there
 # Actions that steer the engine: they need a live run, and none is sent once a stop was asked for.
 STEERING = ("set_tau", "truncate", "pause", "resume", "attack", "set_beta", "set_window", "set_lr", "checkpoint")
 
@@ -118,6 +120,7 @@ class DashboardScreen(Screen):
 
     def on_mount(self) -> None:
         self.set_interval(POLL_INTERVAL_S, self.poll)
+        self.set_interval(REATTACH_INTERVAL_S, self.reattach_if_engine_back)
         self.poll()
 
     def watch_pending(self) -> None:
@@ -279,6 +282,16 @@ class DashboardScreen(Screen):
                 event.stop()
                 self.notify(refusal, severity="warning")
                 return
+
+    def reattach_if_engine_back(self) -> None:
+        """A dead or stopped run may be resumed elsewhere (another dashboard pressed R, or
+        ``rlr train --resume``): attach to the new engine once one lives in the run directory."""
+        if self.snapshot.state not in ("dead", "stopped") or self.stopping or self.app.launching:
+            return
+        if not engine_alive(self.run_dir) or read_engine_info(self.run_dir).get("pid") == self.client.pid:
+            return  # no engine, or the one this dashboard saw is still on its way out
+        self.notify("an engine runs this run again; attaching", timeout=5)
+        self.app.attach_run(self.run_dir)
 
     def ask_then_send(self, title: str, prompt: str, initial: str, check, command) -> None:
         """Ask for one value in a dialog that validates it with ``check`` (a refused value is
