@@ -197,6 +197,25 @@ def serve(argv: list[str], port: int) -> int:
     return 0
 
 
+def farewell(snap, died: bool, run_dir) -> list[tuple[str, bool]]:
+    """What the terminal says once the dashboard closes: (line, is an error) pairs."""
+    if snap is None:
+        return []
+    if died:
+        return [(f"{snap.preset}: the engine process died; last good checkpoint at step "
+                 f"{snap.last_checkpoint_step}. Resume with: rlr-tui --resume {run_dir}", False)]
+    if snap.active:
+        goes_on = "the run stays paused" if snap.state == "paused" else "training continues"
+        return [(f"{snap.preset}: detached at step {snap.step}; {goes_on}. "
+                 f"Attach again with: rlr-tui --attach {run_dir}", False)]
+    lines = [(f"{snap.preset}: {snap.state} at step {snap.step}; run directory {run_dir}", False)]
+    if snap.state == "stopped":
+        lines.append((f"resume with: rlr-tui --resume {run_dir}", False))
+    if snap.state == "failed":
+        lines.append((f"error: {snap.message}", True))
+    return lines
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -248,20 +267,8 @@ def main(argv=None) -> int:
         return 0
     snap = app.client.latest()
     try:
-        if snap is None:
-            return 0
-        if died:
-            print(f"{snap.preset}: the engine process died; last good checkpoint at step "
-                  f"{snap.last_checkpoint_step}. Resume with: rlr-tui --resume {app.run_dir}")
-        elif snap.active:
-            print(f"{snap.preset}: detached at step {snap.step}; training continues. "
-                  f"Attach again with: rlr-tui --attach {app.run_dir}")
-        else:
-            print(f"{snap.preset}: {snap.state} at step {snap.step}; run directory {app.run_dir}")
-            if snap.state == "stopped":
-                print(f"resume with: rlr-tui --resume {app.run_dir}")
-            if snap.state == "failed":
-                print(f"error: {snap.message}", file=sys.stderr)
+        for line, error in farewell(snap, died, app.run_dir):
+            print(line, file=sys.stderr if error else sys.stdout)
     except OSError:
         pass
     return 1 if snap is not None and snap.state == "failed" else 0

@@ -467,3 +467,13 @@ async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_r
             os.close(fd)
         assert d.app.client is d.launcher.client and "step 2100/" in status_text(d.app)
         assert d.launcher.calls.count(("attach", run_dir)) == 2
+
+
+def test_detaching_from_a_paused_run_says_it_stays_paused(tmp_path):
+    from rlr_tui.app import farewell
+
+    paused = replace(scripted_snapshot(), state="paused", step=720)
+    (line, error), = farewell(paused, False, tmp_path / "fake-run")
+    assert "detached at step 720; the run stays paused" in line and "training continues" not in line and not error
+    (line, _), = farewell(replace(paused, state="running"), False, tmp_path / "fake-run")
+    assert "detached at step 720; training continues" in line
