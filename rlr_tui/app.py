@@ -22,7 +22,7 @@ from rlr_engine.launch import LaunchError
 from rlr_engine.presets import PresetError, apply_overrides, load_preset
 from rlr_engine.protocol import ProtocolError
 from rlr_engine.runfiles import CHECKPOINT
-from rlr_engine.runs import engine_alive, read_run_config
+from rlr_engine.runs import engine_alive, read_run_config, run_info
 
 from .engines import EngineLauncher
 from .screens.comparison import ComparisonError, ComparisonScreen, load_comparison
@@ -94,6 +94,11 @@ class RlrApp(App):
             return
         if engine_alive(run_dir):
             self.attach_run(run_dir)
+            return
+        info = run_info(run_dir, ask_engine=False)
+        if info.finished:  # resuming would train nothing and run its final attack again
+            self.notify(f"{run_dir.name} finished at step {info.step}; nothing to resume (its results are in "
+                        f"{run_dir})", severity="warning", timeout=15)
             return
         if not (run_dir / CHECKPOINT).is_file():
             self.notify(f"{run_dir} has no {CHECKPOINT}; nothing to resume", severity="error", timeout=30)

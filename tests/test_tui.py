@@ -477,3 +477,28 @@ def test_detaching_from_a_paused_run_says_it_stays_paused(tmp_path):
     assert "detached at step 720; the run stays paused" in line and "training continues" not in line and not error
     (line, _), = farewell(replace(paused, state="running"), False, tmp_path / "fake-run")
     assert "detached at step 720; training continues" in line
+
+
+async def test_the_picker_lists_the_runs_again_and_a_finished_run_is_not_resumed(tmp_path):
+    import json
+
+    from rlr_engine.presets import dump_toml, load_preset
+
+    run_dir = tmp_path / "runs" / "20260101-000000-quickstart"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(dump_toml(load_preset("quickstart")))
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    (run_dir / "summary.json").write_text(json.dumps({"state": "stopped", "steps": 407, "total_steps": 1020}))
+    client = FakeClient()
+    app = RlrApp(None, [], tmp_path / "runs", launcher=FakeLauncher(client, run_dir))
+    async with app.run_test(size=(100, 30)) as pilot:
+        runs = app.screen.query_one("#runs")
+        await until(pilot, lambda: runs.row_count == 1)
+        assert runs.get_row_at(0)[1:3] == ["stopped (resume)", "407/1020"]
+        # Resumed elsewhere and run to its end while the picker shows.
+        (run_dir / "summary.json").write_text(json.dumps({"state": "finished", "steps": 1020, "total_steps": 1020}))
+        await until(pilot, lambda: runs.row_count == 0, timeout=5.0)
+        app.resume_run(run_dir)  # what Enter on the row did while it was still listed
+        await pilot.pause(0.2)
+        assert any("finished at step 1020; nothing to resume" in n for n in notifications(app))
+        assert app.launcher.calls == [] and isinstance(app.screen, PickerScreen)
