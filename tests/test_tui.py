@@ -502,3 +502,14 @@ async def test_the_picker_lists_the_runs_again_and_a_finished_run_is_not_resumed
         await pilot.pause(0.2)
         assert any("finished at step 1020; nothing to resume" in n for n in notifications(app))
         assert app.launcher.calls == [] and isinstance(app.screen, PickerScreen)
+
+
+async def test_at_80x24_the_picker_opens_with_the_preselected_quickstart_row_in_view(tmp_path):
+    app = RlrApp(None, [], tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        table = app.screen.query_one("#presets")
+        assert table.get_row_at(table.cursor_row)[0] == "quickstart"
+        top, bottom = table.content_region.y, table.content_region.bottom
+        shown = [strip.text for strip in app.screen._compositor.render_strips()[top:bottom]]
+        assert any(line.startswith(" quickstart ") for line in shown), "\n".join(shown)

@@ -13,6 +13,8 @@ from textual.widgets import DataTable, Footer, Label
 from rlr_engine.presets import PresetError, available_presets, load_preset, method_label
 from rlr_engine.runs import list_runs
 
+from ..widgets.cursor_table import CursorTable
+
 RUNS_REFRESH_S = 2.0  # runs start, finish and die while the picker shows: list them again this often
 
 
@@ -37,10 +39,10 @@ class PickerScreen(Screen):
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
             yield Label("[b]rlr[/b] — pick a preset and press Enter (Tab: previous runs)", id="picker-title")
-            yield DataTable(id="presets", cursor_type="row", zebra_stripes=True)
+            yield CursorTable(id="presets", cursor_type="row", zebra_stripes=True)
             yield Label("", id="preset-description")
             yield Label("Runs — Enter attaches to a running one, resumes a stopped one", id="runs-title")
-            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+            yield CursorTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
