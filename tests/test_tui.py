@@ -513,3 +513,15 @@ async def test_at_80x24_the_picker_opens_with_the_preselected_quickstart_row_in_
         top, bottom = table.content_region.y, table.content_region.bottom
         shown = [strip.text for strip in app.screen._compositor.render_strips()[top:bottom]]
         assert any(line.startswith(" quickstart ") for line in shown), "\n".join(shown)
+
+
+async def test_at_80_columns_a_long_preset_name_keeps_the_progress_line_in_the_status_bar(tmp_path):
+    client = FakeClient(replace(scripted_snapshot(), preset="fmnist-lenet5-condlr-adaptive",
+                                method="robust-dlrt β=0.01 τ=0.1"))
+    async with dashboard(tmp_path, client) as d:
+        await d.pilot.pause(0.3)
+        bar = d.app.screen.query_one(StatusBar)
+        top = bar.region.y
+        first, second = (strip.text for strip in d.app.screen._compositor.render_strips()[top:top + 2])
+        assert "fmnist-lenet5-condlr-adaptive" in first and first.rstrip().endswith("…"), first
+        assert second.startswith(" epoch 5/20  step 2000/7040") and "τ 0.1" in second, second
