@@ -15,7 +15,7 @@ from rlr_tui.screens.value_dialog import ValueDialog
 from rlr_tui.widgets.curves import CurvesPlot
 from rlr_tui.widgets.event_log import EventLog
 from rlr_tui.widgets.markers import MONOCHROME_MARKERS
-from rlr_tui.widgets.robustness import AccuracyHistory
+from rlr_tui.widgets.robustness import AccuracyHistory, AccuracyVsEps
 
 
 def events(first, last):
@@ -108,3 +108,21 @@ async def test_without_colour_every_eps_line_over_the_run_gets_its_own_marker(mo
         drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
     legend = [f"{marker} ε={eps:g}" for marker, eps in zip(MONOCHROME_MARKERS, (0, 0.02, 0.04, 0.06))]
     assert all(entry in drawn for entry in legend), drawn
+
+
+class EpsApp(App):
+    def compose(self):
+        yield AccuracyVsEps(id="eps")
+
+
+async def test_the_accuracy_vs_eps_plot_has_a_title_that_fits_its_width():
+    # At 80 columns the plot is 40 wide: the full title does not fit, a shorter one is shown.
+    for width, title in [(40, "fgsm @ 1600  checks: no flags"),
+                         (100, "fgsm at step 1600: accuracy (%) vs ε  checks: no flags")]:
+        app = EpsApp()
+        async with app.run_test(size=(width, 20)) as pilot:
+            plot = app.query_one(AccuracyVsEps)
+            plot.show(scripted_snapshot())
+            await pilot.pause(0.1)
+            drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
+        assert title in [line.strip() for line in drawn.splitlines()], drawn

@@ -33,11 +33,25 @@ def flag_summary(report: SanityReport | None) -> str:
     return "checks: no flags"
 
 
+Y_TICKS_WIDTH = 8  # the y axis's tick labels ("100.0") and the frame
+
+
+def eps_plot_title(attack: str, step: int, flags: str, width: int) -> str:
+    """The longest title that fits a plot ``width`` columns wide: at 80 columns the plot is half as
+    wide, and plotext drops a title longer than the canvas (the width less the y axis ticks)."""
+    titles = [f"{attack} at step {step}: accuracy (%) vs ε  {flags}", f"{attack} @ {step}: acc. % vs ε  {flags}",
+              f"{attack} @ {step}: % vs ε  {flags}", f"{attack} @ {step}  {flags}", f"{attack} @ {step}"]
+    return next((title.strip() for title in titles if len(title.strip()) <= width - Y_TICKS_WIDTH), titles[-1])
+
+
 class AccuracyVsEps(PlotextPlot):
     """Accuracy (%) against ε of the latest evaluation; ε = 0 is the clean point. The title
-    carries the sanity flags."""
+    carries the sanity flags, shortened to the plot's width."""
+
+    _snap = None
 
     def show(self, snap) -> None:
+        self._snap = snap
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -47,9 +61,13 @@ class AccuracyVsEps(PlotextPlot):
         else:
             plt.plot(list(result.eps), [100 * a for a in result.accuracy], marker="braille")
             plt.scatter(list(result.eps), [100 * a for a in result.accuracy])
-            plt.title(f"{result.attack} at step {result.step}: accuracy (%) vs ε  {flag_summary(snapshot_sanity(snap))}")
+            plt.title(eps_plot_title(result.attack, result.step, flag_summary(snapshot_sanity(snap)), self.size.width))
             plt.xlabel("ε")
         self.refresh()
+
+    def on_resize(self) -> None:
+        if self._snap is not None:
+            self.show(self._snap)
 
 
 class SanityFlags(Static):
