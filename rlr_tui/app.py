@@ -22,7 +22,7 @@ from rlr_engine.launch import LaunchError
 from rlr_engine.presets import PresetError, apply_overrides, load_preset
 from rlr_engine.protocol import ProtocolError
 from rlr_engine.runfiles import CHECKPOINT
-from rlr_engine.runs import engine_alive, read_run_config
+from rlr_engine.runs import engine_alive, read_run_config, run_info
 
 from .engines import EngineLauncher
 from .screens.comparison import ComparisonError, ComparisonScreen, load_comparison
@@ -95,6 +95,11 @@ class RlrApp(App):
         if engine_alive(run_dir):
             self.attach_run(run_dir)
             return
+        info = run_info(run_dir, ask_engine=False)
+        if info.finished:  # resuming would train nothing and run its final attack again
+            self.notify(f"{run_dir.name} finished at step {info.step}; nothing to resume (its results are in "
+                        f"{run_dir})", severity="warning", timeout=15)
+            return
         if not (run_dir / CHECKPOINT).is_file():
             self.notify(f"{run_dir} has no {CHECKPOINT}; nothing to resume", severity="error", timeout=30)
             return
@@ -136,13 +141,16 @@ class RlrApp(App):
 
     # -- actions -----------------------------------------------------------------------------
     def action_quit_run(self) -> None:
+        if len(self.screen_stack) < 2:  # nothing over the default screen: starting, or closing down
+            self.exit()
+            return
         screen = self.screen
         if isinstance(screen, DashboardScreen):
             screen.request_quit()
         elif isinstance(screen, (PickerScreen, ComparisonScreen)) or self.client is None:
             self.exit()
         else:
-            self.pop_screen()
+            self.pop_screen()  # a dialog or the help over the dashboard
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -192,6 +200,25 @@ def serve(argv: list[str], port: int) -> int:
           f"ssh -L {port}:127.0.0.1:{port} HOST)", flush=True)
     Server(command, host="127.0.0.1", port=port, title="rlr").serve()
     return 0
+
+
+def farewell(snap, died: bool, run_dir) -> list[tuple[str, bool]]:
+    """What the terminal says once the dashboard closes: (line, is an error) pairs."""
+    if snap is None:
+        return []
+    if died:
+        return [(f"{snap.preset}: the engine process died; last good checkpoint at step "
+                 f"{snap.last_checkpoint_step}. Resume with: rlr-tui --resume {run_dir}", False)]
+    if snap.active:
+        goes_on = "the run stays paused" if snap.state == "paused" else "training continues"
+        return [(f"{snap.preset}: detached at step {snap.step}; {goes_on}. "
+                 f"Attach again with: rlr-tui --attach {run_dir}", False)]
+    lines = [(f"{snap.preset}: {snap.state} at step {snap.step}; run directory {run_dir}", False)]
+    if snap.state == "stopped":
+        lines.append((f"resume with: rlr-tui --resume {run_dir}", False))
+    if snap.state == "failed":
+        lines.append((f"error: {snap.message}", True))
+    return lines
 
 
 def main(argv=None) -> int:
@@ -245,20 +272,8 @@ def main(argv=None) -> int:
         return 0
     snap = app.client.latest()
     try:
-        if snap is None:
-            return 0
-        if died:
-            print(f"{snap.preset}: the engine process died; last good checkpoint at step "
-                  f"{snap.last_checkpoint_step}. Resume with: rlr-tui --resume {app.run_dir}")
-        elif snap.active:
-            print(f"{snap.preset}: detached at step {snap.step}; training continues. "
-                  f"Attach again with: rlr-tui --attach {app.run_dir}")
-        else:
-            print(f"{snap.preset}: {snap.state} at step {snap.step}; run directory {app.run_dir}")
-            if snap.state == "stopped":
-                print(f"resume with: rlr-tui --resume {app.run_dir}")
-            if snap.state == "failed":
-                print(f"error: {snap.message}", file=sys.stderr)
+        for line, error in farewell(snap, died, app.run_dir):
+            print(line, file=sys.stderr if error else sys.stdout)
     except OSError:
         pass
     return 1 if snap is not None and snap.state == "failed" else 0

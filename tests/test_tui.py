@@ -380,3 +380,148 @@ async def test_every_value_dialog_refuses_a_huge_number_nan_inf_negative_empty_a
         assert not [c for c in d.client.commands if not isinstance(c, Note)], "a refused value was sent"
         notes = [c for c in d.client.commands if isinstance(c, Note)]
         assert len(notes) == len(typed) and all(n.level == "rejected" and field in n.message for n in notes)
+
+
+
+async def test_space_toggles_from_the_last_pause_or_resume_sent_until_the_engine_answers(tmp_path):
+    # The snapshot still says paused when the second press comes: it toggles from the resume sent.
+    client = FakeClient(replace(scripted_snapshot(), state="paused"))
+    async with dashboard(tmp_path, client) as d:
+        await d.pilot.press("space", "space")
+        assert d.client.commands == [Resume(), Pause()]
+        await d.pilot.pause(0.6)  # both answered; the engine's snapshot shows paused again
+        # A rejected resume leaves the run paused: space resumes again, it does not pause.
+        d.client.reply = lambda c: ("rejected", "cannot resume: busy")
+        await d.pilot.press("space")
+        await until(d.pilot, lambda: any("busy" in n for n in notifications(d.app)))
+        await d.pilot.press("space")
+        assert d.client.commands == [Resume(), Pause(), Resume(), Resume()]
+
+
+async def test_after_stop_is_asked_no_command_is_sent_no_dialog_opens_and_q_does_not_crash(tmp_path):
+    async with dashboard(tmp_path) as d:
+        await d.pilot.press("q", "s")
+        assert d.client.commands == [Stop()]
+        for key in ("t", "r", "a", "space", "l", "c", "q"):
+            await d.pilot.press(key)
+            await d.pilot.pause(0.05)
+            assert isinstance(d.app.screen, DashboardScreen), key
+        assert d.client.commands == [Stop()] and d.app.is_running
+        assert any("stopping" in n for n in notifications(d.app))
+        footer = {b.binding.description for b in d.app.active_bindings.values() if b.enabled}
+        assert not footer & {"τ", "Truncate", "Pause", "Resume", "Attack"}, footer
+        d.client.snapshot = replace(d.client.snapshot, state="stopped", version=99)
+        await until(d.pilot, lambda: not d.app.is_running)
+
+
+async def test_q_with_only_the_default_screen_left_exits_instead_of_popping_it(tmp_path):
+    async with dashboard(tmp_path) as d:
+        d.app.pop_screen()  # the dashboard gone (closing down), the client still set
+        await d.pilot.pause(0.05)
+        assert len(d.app.screen_stack) == 1
+        await d.pilot.press("q")
+        await until(d.pilot, lambda: not d.app.is_running)
+
+
+@pytest.mark.parametrize("ended", ["dead", "stopped"])
+async def test_on_a_dead_or_stopped_run_the_steering_keys_are_disabled_and_say_why(tmp_path, ended):
+    client = FakeClient(replace(scripted_snapshot(), last_checkpoint_step=1600))
+    async with dashboard(tmp_path, client) as d:
+        if ended == "dead":
+            d.client.die()
+        else:
+            d.client.snapshot = replace(d.client.snapshot, state="stopped", version=2)
+        await until(d.pilot, lambda: ended.upper() in status_text(d.app), timeout=2.0)
+        bindings = {b.binding.description: b for b in d.app.active_bindings.values()}
+        for name in ("τ", "Truncate", "Pause", "Attack"):
+            assert not bindings[name].enabled, name
+        assert bindings["Resume run"].enabled
+        for key in ("t", "r", "a", "space", "l", "c"):
+            await d.pilot.press(key)
+            await d.pilot.pause(0.05)
+            assert isinstance(d.app.screen, DashboardScreen), key
+        assert d.client.commands == []
+        assert any(f"the run is {ended}; R resumes" in n for n in notifications(d.app))
+        assert not any("Broken pipe" in n or "engine is gone" in n for n in notifications(d.app))
+
+
+async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_run_again(tmp_path):
+    import fcntl
+    import json
+    import os
+
+    run_dir = tmp_path / "fake-run"
+    run_dir.mkdir()
+    async with dashboard(tmp_path, size=(100, 30)) as d:
+        d.client.die()
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        # Another dashboard resumed the run: a new engine holds the run's lock.
+        d.launcher.client = FakeClient(replace(scripted_snapshot(), step=2100, version=5))
+        d.launcher.client.pid = 4343
+        (run_dir / "engine.json").write_text(json.dumps({"pid": 4343}))
+        fd = os.open(run_dir / "engine.json", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            await until(d.pilot, lambda: "RUNNING" in status_text(d.app), timeout=5.0)
+        finally:
+            os.close(fd)
+        assert d.app.client is d.launcher.client and "step 2100/" in status_text(d.app)
+        assert d.launcher.calls.count(("attach", run_dir)) == 2
+
+
+def test_detaching_from_a_paused_run_says_it_stays_paused(tmp_path):
+    from rlr_tui.app import farewell
+
+    paused = replace(scripted_snapshot(), state="paused", step=720)
+    (line, error), = farewell(paused, False, tmp_path / "fake-run")
+    assert "detached at step 720; the run stays paused" in line and "training continues" not in line and not error
+    (line, _), = farewell(replace(paused, state="running"), False, tmp_path / "fake-run")
+    assert "detached at step 720; training continues" in line
+
+
+async def test_the_picker_lists_the_runs_again_and_a_finished_run_is_not_resumed(tmp_path):
+    import json
+
+    from rlr_engine.presets import dump_toml, load_preset
+
+    run_dir = tmp_path / "runs" / "20260101-000000-quickstart"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(dump_toml(load_preset("quickstart")))
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    (run_dir / "summary.json").write_text(json.dumps({"state": "stopped", "steps": 407, "total_steps": 1020}))
+    client = FakeClient()
+    app = RlrApp(None, [], tmp_path / "runs", launcher=FakeLauncher(client, run_dir))
+    async with app.run_test(size=(100, 30)) as pilot:
+        runs = app.screen.query_one("#runs")
+        await until(pilot, lambda: runs.row_count == 1)
+        assert runs.get_row_at(0)[1:3] == ["stopped (resume)", "407/1020"]
+        # Resumed elsewhere and run to its end while the picker shows.
+        (run_dir / "summary.json").write_text(json.dumps({"state": "finished", "steps": 1020, "total_steps": 1020}))
+        await until(pilot, lambda: runs.row_count == 0, timeout=5.0)
+        app.resume_run(run_dir)  # what Enter on the row did while it was still listed
+        await pilot.pause(0.2)
+        assert any("finished at step 1020; nothing to resume" in n for n in notifications(app))
+        assert app.launcher.calls == [] and isinstance(app.screen, PickerScreen)
+
+
+async def test_at_80x24_the_picker_opens_with_the_preselected_quickstart_row_in_view(tmp_path):
+    app = RlrApp(None, [], tmp_path / "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        table = app.screen.query_one("#presets")
+        assert table.get_row_at(table.cursor_row)[0] == "quickstart"
+        top, bottom = table.content_region.y, table.content_region.bottom
+        shown = [strip.text for strip in app.screen._compositor.render_strips()[top:bottom]]
+        assert any(line.startswith(" quickstart ") for line in shown), "\n".join(shown)
+
+
+async def test_at_80_columns_a_long_preset_name_keeps_the_progress_line_in_the_status_bar(tmp_path):
+    client = FakeClient(replace(scripted_snapshot(), preset="fmnist-lenet5-condlr-adaptive",
+                                method="robust-dlrt β=0.01 τ=0.1"))
+    async with dashboard(tmp_path, client) as d:
+        await d.pilot.pause(0.3)
+        bar = d.app.screen.query_one(StatusBar)
+        top = bar.region.y
+        first, second = (strip.text for strip in d.app.screen._compositor.render_strips()[top:top + 2])
+        assert "fmnist-lenet5-condlr-adaptive" in first and first.rstrip().endswith("…"), first
+        assert second.startswith(" epoch 5/20  step 2000/7040") and "τ 0.1" in second, second

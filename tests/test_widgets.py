@@ -15,7 +15,7 @@ from rlr_tui.screens.value_dialog import ValueDialog
 from rlr_tui.widgets.curves import CurvesPlot
 from rlr_tui.widgets.event_log import EventLog
 from rlr_tui.widgets.markers import MONOCHROME_MARKERS
-from rlr_tui.widgets.robustness import AccuracyHistory
+from rlr_tui.widgets.robustness import AccuracyHistory, AccuracyVsEps
 
 
 def events(first, last):
@@ -108,3 +108,44 @@ async def test_without_colour_every_eps_line_over_the_run_gets_its_own_marker(mo
         drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
     legend = [f"{marker} ε={eps:g}" for marker, eps in zip(MONOCHROME_MARKERS, (0, 0.02, 0.04, 0.06))]
     assert all(entry in drawn for entry in legend), drawn
+
+
+class EpsApp(App):
+    def compose(self):
+        yield AccuracyVsEps(id="eps")
+
+
+async def test_the_accuracy_vs_eps_plot_has_a_title_that_fits_its_width():
+    # At 80 columns the plot is 40 wide: the full title does not fit, a shorter one is shown.
+    for width, title in [(40, "fgsm @ 1600  checks: no flags"),
+                         (100, "fgsm at step 1600: accuracy (%) vs ε  checks: no flags")]:
+        app = EpsApp()
+        async with app.run_test(size=(width, 20)) as pilot:
+            plot = app.query_one(AccuracyVsEps)
+            plot.show(scripted_snapshot())
+            await pilot.pause(0.1)
+            drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
+        assert title in [line.strip() for line in drawn.splitlines()], drawn
+
+
+async def test_accuracy_over_the_run_follows_one_attack_and_never_joins_another():
+    from dataclasses import replace
+
+    from rlr_engine.records import AttackResult
+    from rlr_tui.widgets.robustness import scheduled_attack_history
+
+    eps = (0.0, 0.02, 0.04)
+    history = (AttackResult(170, 1, "fgsm", eps, (0.9, 0.7, 0.5)),
+               AttackResult(213, 1, "pgd-linf", eps, (0.9, 0.4, 0.1)),  # started by hand
+               AttackResult(340, 2, "fgsm", eps, (0.92, 0.72, 0.52)))
+    snap = replace(scripted_snapshot(), adversarial=history[-1], adversarial_history=history)
+    assert [(r.step, r.attack) for r in scheduled_attack_history(snap)] == [(170, "fgsm"), (340, "fgsm")]
+    snap = replace(snap, adversarial=history[1], adversarial_history=history[:2])  # a tie: the latest attack
+    assert [r.attack for r in scheduled_attack_history(snap)] == ["pgd-linf"]
+    app = HistoryApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        plot = app.query_one(AccuracyHistory)
+        plot.show(replace(snap, adversarial=history[1], adversarial_history=history))
+        await pilot.pause(0.1)
+        drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
+    assert "fgsm: accuracy (%) per ε over the run" in drawn, drawn

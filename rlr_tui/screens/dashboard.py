@@ -12,12 +12,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane, Tabs
 
 from rlr_engine.client import EngineUnavailable
 from rlr_engine.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
                                 Snapshot, Stop, Truncate)
+from rlr_engine.runs import engine_alive, read_engine_info
 from rlr_engine.validation import (ADAPT_EVERY, BETA, LR, TAU, THETA, check_adapt_every, check_beta, check_lr,
                                    check_tau, check_theta)
 
@@ -36,6 +38,9 @@ from .value_dialog import ValueDialog
 POLL_INTERVAL_S = 0.25
 PLOT_INTERVAL_S = 0.5  # plotext redraws cost 40–110 ms: at most 2 Hz, visible tab only
 TAB_FOCUS = {"spectrum": "#kappa-table", "events": "#event-log"}  # tab → the widget that gets the keys
+REATTACH_INTERVAL_S = 2.0  # how often a dead or stopped run's dashboard looks for a new engine there
+# Actions that steer the engine: they need a live run, and none is sent once a stop was asked for.
+STEERING = ("set_tau", "truncate", "pause", "resume", "attack", "set_beta", "set_window", "set_lr", "checkpoint")
 
 
 class DashboardScreen(Screen):
@@ -69,6 +74,12 @@ class DashboardScreen(Screen):
         Binding("5", "tab('events')", "Events", id="tab-events", show=False, tooltip="Event log tab"),
     ]
 
+    # The state the last pause or resume asked for, until the engine has answered it and its
+    # snapshot shows it: space toggles relative to this, so a quick second press is not a repeat.
+    pending = reactive[str | None](None, init=False)
+    # A stop was sent: the run is ending, so nothing else is sent and no dialog opens.
+    stopping = reactive(False, init=False)
+
     def __init__(self, client, run_dir: str | Path) -> None:
         super().__init__()
         self.client = client
@@ -80,6 +91,9 @@ class DashboardScreen(Screen):
         self._seen_version = -1
         self._reported_gone = False
         self._plotted: dict[str, tuple[int, float]] = {}
+        self._toggle_request: str | None = None  # request id of the pending pause or resume
+        self._toggle_answered = False
+        self._told_stopping = False
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -106,7 +120,14 @@ class DashboardScreen(Screen):
 
     def on_mount(self) -> None:
         self.set_interval(POLL_INTERVAL_S, self.poll)
+        self.set_interval(REATTACH_INTERVAL_S, self.reattach_if_engine_back)
         self.poll()
+
+    def watch_pending(self) -> None:
+        self.refresh_bindings()
+
+    def watch_stopping(self) -> None:
+        self.refresh_bindings()
 
     # -- reading snapshots -------------------------------------------------------------------
     def poll(self) -> None:
@@ -127,6 +148,8 @@ class DashboardScreen(Screen):
                            message=f"engine process gone ({client.lost_reason}); {checkpoint}; R resumes")
         elif not client.connected and snap.active and not client.closed:
             snap = replace(snap, state=client.ended_state or "stopped", eta_s=None, samples_per_s=0.0)
+        if self.pending is not None and (not snap.active or (self._toggle_answered and snap.state == self.pending)):
+            self.pending = None
         if snap.version == self._seen_version and snap.state == self.snapshot.state:
             return
         changed_state = snap.state != self.snapshot.state
@@ -154,6 +177,10 @@ class DashboardScreen(Screen):
         if ack.kind == Note.kind and ack.applied:
             return  # a note is for the record, not for a toast
         mine = ack.session == self.client.session
+        if mine and self._toggle_request is not None and ack.request_id == self._toggle_request:
+            self._toggle_answered = True
+            if not ack.applied:
+                self.pending = None
         who = "" if mine else " (from another client)"
         if ack.applied:
             self.notify(f"{ack.message}{who}", timeout=4)
@@ -201,25 +228,70 @@ class DashboardScreen(Screen):
             self.show_spectrum()
 
     # -- steering ------------------------------------------------------------------------------
-    def send(self, command) -> None:
+    def send(self, command) -> str | None:
         """Send a command; its acknowledgement (applied, or rejected with the reason) is shown
-        when the engine answers."""
+        when the engine answers. Nothing is sent to a run that ended or is stopping (a dialog
+        may have been open while it did): the user is told why. The request id, or None."""
+        refusal = self.steering_refusal()
+        if refusal is not None:
+            self.notify(refusal, severity="warning")
+            return None
         try:
-            self.client.send(command)
-        except EngineUnavailable as error:
-            self.notify(str(error), severity="error")
+            return self.client.send(command)
+        except EngineUnavailable:
+            self.notify("the engine is gone; nothing was sent. R resumes the run from its last checkpoint",
+                        severity="error")
+            return None
+
+    def steering_refusal(self) -> str | None:
+        """Why no command can be sent now, or None when one can."""
+        if self.stopping:
+            return "stopping: the final checkpoint is being written; no more commands"
+        state = self.snapshot.state
+        if state in ("dead", "stopped"):
+            return f"the run is {state}; R resumes"
+        if not self.snapshot.active:
+            return f"the run is {state}; there is nothing to steer"
+        return None
 
     def check_action(self, action: str, parameters) -> bool | None:
-        state = self.snapshot.state
+        state = self.pending or self.snapshot.state
+        if action in STEERING:
+            if self.stopping:
+                return False
+            if not self.snapshot.active:
+                # Shown dimmed (space once: as Pause); pressing one says why (on_key).
+                return False if action in ("resume", "set_beta", "set_window") else None
         if action == "pause":
             return state != "paused"
         if action == "resume":
             return state == "paused"
         if action == "resume_run":
-            return state in ("dead", "stopped")
+            return self.snapshot.state in ("dead", "stopped") and not self.stopping
         if action in ("set_beta", "set_window"):
             return self.snapshot.adapt_every is not None  # rank-adaptive runs only
         return True
+
+    def on_key(self, event) -> None:
+        """A steering key the bindings refused (the run ended, or is stopping): say why."""
+        refusal = self.steering_refusal()
+        if refusal is None:
+            return
+        for binding in self.BINDINGS:
+            if binding.action in STEERING and event.key in binding.key.split(","):
+                event.stop()
+                self.notify(refusal, severity="warning")
+                return
+
+    def reattach_if_engine_back(self) -> None:
+        """A dead or stopped run may be resumed elsewhere (another dashboard pressed R, or
+        ``rlr train --resume``): attach to the new engine once one lives in the run directory."""
+        if self.snapshot.state not in ("dead", "stopped") or self.stopping or self.app.launching:
+            return
+        if not engine_alive(self.run_dir) or read_engine_info(self.run_dir).get("pid") == self.client.pid:
+            return  # no engine, or the one this dashboard saw is still on its way out
+        self.notify("an engine runs this run again; attaching", timeout=5)
+        self.app.attach_run(self.run_dir)
 
     def ask_then_send(self, title: str, prompt: str, initial: str, check, command) -> None:
         """Ask for one value in a dialog that validates it with ``check`` (a refused value is
@@ -254,10 +326,16 @@ class DashboardScreen(Screen):
                            SetLearningRate)
 
     def action_pause(self) -> None:
-        self.send(Pause())
+        self.toggle(Pause(), "paused")
 
     def action_resume(self) -> None:
-        self.send(Resume())
+        self.toggle(Resume(), "running")
+
+    def toggle(self, command, target: str) -> None:
+        request = self.send(command)
+        if request is not None:
+            self._toggle_request, self._toggle_answered = request, False
+            self.pending = target
 
     def action_resume_run(self) -> None:
         self.app.resume_run(self.run_dir)
@@ -281,7 +359,8 @@ class DashboardScreen(Screen):
         name = time.strftime("dashboard-%Y%m%d-%H%M%S.svg")
         path = self.app.save_screenshot(filename=name, path=str(directory))
         self.notify(f"screenshot saved: {path}")
-        self.send(Note("info", f"screenshot saved: {path}"))
+        if self.steering_refusal() is None:
+            self.send(Note("info", f"screenshot saved: {path}"))
 
     def action_layer(self, delta: int) -> None:
         count = len(self.snapshot.layers)
@@ -305,12 +384,22 @@ class DashboardScreen(Screen):
         if not self.snapshot.active or not self.client.connected:
             self.app.exit()
             return
+        if self.stopping:  # the engine is writing its final checkpoint; a second q leaves at once
+            if self._told_stopping:
+                self.app.exit()
+                return
+            self._told_stopping = True
+            self.notify("stopping: the final checkpoint is being written; the dashboard closes once it is "
+                        "(q again leaves now)", timeout=10)
+            return
 
         def answer(choice: str | None) -> None:
-            if choice == "stop":
+            if choice == "stop" and not self.stopping:
+                if self.send(Stop()) is None:
+                    return
                 self.notify("stopping: writing the final checkpoint…", timeout=10)
                 self.exit_when_ended = True
-                self.send(Stop())
+                self.stopping = True
             elif choice == "detach":
                 self.app.detach()
         self.app.push_screen(QuitScreen(), answer)

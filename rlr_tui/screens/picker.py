@@ -6,11 +6,16 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
 from rlr_engine.presets import PresetError, available_presets, load_preset, method_label
 from rlr_engine.runs import list_runs
+
+from ..widgets.cursor_table import CursorTable
+
+RUNS_REFRESH_S = 2.0  # runs start, finish and die while the picker shows: list them again this often
 
 
 class PickerScreen(Screen):
@@ -19,17 +24,25 @@ class PickerScreen(Screen):
 
     BINDINGS = [Binding("tab", "app.focus_next", "Next table", id="next-table", show=True)]
 
+    class RunsListed(Message):
+        """The runs under the runs root, listed again off the UI thread: (key, cells) rows."""
+
+        def __init__(self, rows: list[tuple[str, tuple[str, ...]]]) -> None:
+            super().__init__()
+            self.rows = rows
+
     def __init__(self, overrides: list[str], runs_root) -> None:
         super().__init__()
         self.overrides, self.runs_root = overrides, runs_root
+        self._runs_shown: list[tuple[str, tuple[str, ...]]] | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
             yield Label("[b]rlr[/b] — pick a preset and press Enter (Tab: previous runs)", id="picker-title")
-            yield DataTable(id="presets", cursor_type="row", zebra_stripes=True)
+            yield CursorTable(id="presets", cursor_type="row", zebra_stripes=True)
             yield Label("", id="preset-description")
             yield Label("Runs — Enter attaches to a running one, resumes a stopped one", id="runs-title")
-            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+            yield CursorTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -46,8 +59,15 @@ class PickerScreen(Screen):
                 presets.add_row(name, "", "", "invalid", "", "", str(error), key=name)
         if "quickstart" in names:
             presets.move_cursor(row=names.index("quickstart"), animate=False)
-        runs = self.query_one("#runs", DataTable)
-        runs.add_columns("run", "state", "step", "method")
+        self.query_one("#runs", DataTable).add_columns("run", "state", "step", "method")
+        self.show_runs(self.list_run_rows())
+        self.set_interval(RUNS_REFRESH_S, self.refresh_runs)
+        presets.focus()
+
+    def list_run_rows(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Live runs, then stopped or dead ones that can be resumed (asks each live engine: may
+        take a moment)."""
+        rows = []
         for info in list_runs(self.runs_root):
             if not (info.live or info.resumable):
                 continue
@@ -55,8 +75,41 @@ class PickerScreen(Screen):
             state = info.state if info.live else f"{info.state} (resume)"
             config = info.config  # τ may have been changed while the run trained: name the current one
             method = method_label(config.method, config.tau if info.tau is None else info.tau, config.beta)
-            runs.add_row(info.path.name, state, step, method, key=str(info.path))
-        presets.focus()
+            rows.append((str(info.path), (info.path.name, state, step, method)))
+        return rows
+
+    def refresh_runs(self) -> None:
+        if not self.is_current:  # under a dashboard: do not ask its engine every few seconds
+            return
+        self.run_worker(self._list_runs_in_thread, thread=True, exclusive=True, group="runs")
+
+    def _list_runs_in_thread(self) -> None:
+        self.post_message(self.RunsListed(self.list_run_rows()))
+
+    @on(RunsListed)
+    def on_runs_listed(self, message: RunsListed) -> None:
+        self.show_runs(message.rows)
+
+    def show_runs(self, rows: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Show the runs, the cursor staying on the run it was on."""
+        if rows == self._runs_shown:
+            return
+        table = self.query_one("#runs", DataTable)
+        keys = [key for key, _ in rows]
+        current = self._runs_shown[table.cursor_row][0] if self._runs_shown and table.row_count else None
+        table.clear()
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        if current in keys:
+            table.move_cursor(row=keys.index(current), animate=False)
+        self._runs_shown = rows
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def on_descendant_focus(self, event) -> None:
+        if event.widget.id == "runs":
+            self.refresh_runs()
 
     @on(DataTable.RowHighlighted, "#presets")
     def describe_preset(self, event: DataTable.RowHighlighted) -> None:

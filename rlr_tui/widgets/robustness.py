@@ -3,6 +3,8 @@ sanity flags of the latest attacks (rlr_engine.sanity, computed from the snapsho
 
 from __future__ import annotations
 
+from collections import Counter
+
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
@@ -33,11 +35,45 @@ def flag_summary(report: SanityReport | None) -> str:
     return "checks: no flags"
 
 
+Y_TICKS_WIDTH = 8  # the y axis's tick labels ("100.0") and the frame
+
+
+def fitting_title(titles: list[str], width: int) -> str:
+    """The first (longest) of ``titles`` that fits a plot ``width`` columns wide: at 80 columns a
+    plot is half as wide, and plotext drops a title longer than the canvas (the width less the
+    y axis ticks)."""
+    return next((title.strip() for title in titles if len(title.strip()) <= width - Y_TICKS_WIDTH),
+                titles[-1].strip())
+
+
+def eps_plot_title(attack: str, step: int, flags: str, width: int) -> str:
+    return fitting_title([f"{attack} at step {step}: accuracy (%) vs ε  {flags}",
+                          f"{attack} @ {step}: acc. % vs ε  {flags}", f"{attack} @ {step}: % vs ε  {flags}",
+                          f"{attack} @ {step}  {flags}", f"{attack} @ {step}"], width)
+
+
+def scheduled_attack_history(snap) -> list:
+    """The results of one attack over the run, never mixed with another: the attack run most often
+    (the run's scheduled one; on a tie the latest run), at its latest ε grid. An attack started by
+    hand (a) in between is left out, so no line joins an FGSM point to a PGD one."""
+    history = snap.adversarial_history
+    if not history:
+        return []
+    counts = Counter(r.attack for r in history)
+    last_index = {r.attack: i for i, r in enumerate(history)}
+    attack = max(counts, key=lambda a: (counts[a], last_index[a]))
+    eps = history[last_index[attack]].eps
+    return [r for r in history if r.attack == attack and r.eps == eps]
+
+
 class AccuracyVsEps(PlotextPlot):
     """Accuracy (%) against ε of the latest evaluation; ε = 0 is the clean point. The title
-    carries the sanity flags."""
+    carries the sanity flags, shortened to the plot's width."""
+
+    _snap = None
 
     def show(self, snap) -> None:
+        self._snap = snap
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -47,9 +83,13 @@ class AccuracyVsEps(PlotextPlot):
         else:
             plt.plot(list(result.eps), [100 * a for a in result.accuracy], marker="braille")
             plt.scatter(list(result.eps), [100 * a for a in result.accuracy])
-            plt.title(f"{result.attack} at step {result.step}: accuracy (%) vs ε  {flag_summary(snapshot_sanity(snap))}")
+            plt.title(eps_plot_title(result.attack, result.step, flag_summary(snapshot_sanity(snap)), self.size.width))
             plt.xlabel("ε")
         self.refresh()
+
+    def on_resize(self) -> None:
+        if self._snap is not None:
+            self.show(self._snap)
 
 
 class SanityFlags(Static):
@@ -61,13 +101,16 @@ class SanityFlags(Static):
 
 
 class AccuracyHistory(PlotextPlot):
-    """Accuracy at each ε over the attacks of the run (one line per ε)."""
+    """Accuracy at each ε over the run's scheduled attack (one line per ε, one attack)."""
+
+    _snap = None
 
     def show(self, snap) -> None:
+        self._snap = snap
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        history = [r for r in snap.adversarial_history if snap.adversarial and r.eps == snap.adversarial.eps]
+        history = scheduled_attack_history(snap)
         if len(history) < 1:
             plt.title("accuracy per ε over the run: no attack yet")
         else:
@@ -75,6 +118,12 @@ class AccuracyHistory(PlotextPlot):
             for i, eps in enumerate(history[-1].eps):
                 plt.plot(steps, [100 * r.accuracy[i] for r in history], label=f"ε={eps:g}",
                          marker=series_marker(i, len(steps), self.app.no_color))
-            plt.title("accuracy (%) per ε over the run")
+            attack = history[-1].attack
+            plt.title(fitting_title([f"{attack}: accuracy (%) per ε over the run", f"{attack}: accuracy (%) per ε",
+                                     f"{attack}: % per ε"], self.size.width))
             plt.xlabel("step")
         self.refresh()
+
+    def on_resize(self) -> None:
+        if self._snap is not None:
+            self.show(self._snap)

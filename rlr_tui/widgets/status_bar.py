@@ -12,7 +12,7 @@ STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "finished": "b
 
 
 class StatusBar(Static):
-    """Two lines: run identity and state; progress (with the rate and ETA only while the run
+    """Two lines, never wrapped (app.tcss): run identity and state; progress (with the rate and ETA only while the run
     trains) and hyperparameters."""
 
     def show(self, snap) -> None:
