@@ -28,6 +28,7 @@ from .commands import CHANGES_LAYERS, HANDLERS
 from .errors import CannotStart
 from .distributed import SINGLE, Ranks
 from .presets import RESTORED_ON_RESUME, RunConfig, method_label
+from .protocol import ENGINE_SESSION
 from .recorder import Recorder
 from .records import Ack, AttackResult, AttackSpec, Command, Event, LayerStats, Note, Snapshot, Stop
 from .runfiles import ERROR_LOG
@@ -144,7 +145,7 @@ class Engine:
         self._thread.start()
         return self
 
-    def send(self, command: Command, request_id: str = "", session: int = 0) -> None:
+    def send(self, command: Command, request_id: str = "", session: int = ENGINE_SESSION) -> None:
         """Queue a command; it is applied at the next step boundary and acknowledged."""
         self._requests.put(_Request(command, request_id, session))
 

@@ -35,6 +35,8 @@ from typing import Any
 from .records import (Ack, AttackResult, Command, Event, LayerStats, Snapshot, command_from_dict)
 
 PROTOCOL_VERSION = 1
+# The session of the commands an engine gives itself (a stop on a signal); clients' start at 1.
+ENGINE_SESSION = 0
 MAX_LINE = 1 << 20  # bytes, newline included
 MAX_SNAPSHOT_HZ = 4.0
 

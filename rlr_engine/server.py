@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .protocol import (MAX_LINE, MAX_SNAPSHOT_HZ, ProtocolError, ack_message, check_hello, command_from_dict,
+from .protocol import (ENGINE_SESSION, MAX_LINE, MAX_SNAPSHOT_HZ, ProtocolError, ack_message, check_hello, command_from_dict,
                        decode, encode, error_message, event_to_dict, snapshot_to_dict, welcome)
 from .records import Ack, Event
 from .unix_socket import socket_address
@@ -83,7 +83,7 @@ class ControlServer:
         self._wake_w.setblocking(False)
         self._pending: deque[dict[str, Any]] = deque()  # from the engine thread
         self._clients: dict[int, _Client] = {}
-        self._next_session = 1
+        self._next_session = ENGINE_SESSION + 1
         self._snapshot_version = -1
         self._snapshot_sent_at = 0.0
         self._thread: threading.Thread | None = None

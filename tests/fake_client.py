@@ -67,8 +67,9 @@ class FakeClient:
         self._acks.append(Ack(request_id, self.session, command.kind, status, message))
         return request_id
 
-    def ack_from_other(self, kind: str, message: str, status: str = "applied") -> None:
-        self._acks.append(Ack("9", self.session + 1, kind, status, message))
+    def ack_from_other(self, kind: str, message: str, status: str = "applied", session: int | None = None) -> None:
+        """An acknowledgement of another client's command (session 0: the engine's own, a signal)."""
+        self._acks.append(Ack("9", self.session + 1 if session is None else session, kind, status, message))
 
     def die(self) -> None:
         """What the client sees when the engine process is killed."""

@@ -101,6 +101,10 @@ async def test_an_acknowledgement_from_another_dashboard_is_shown(tmp_path):
     async with dashboard(tmp_path) as d:
         d.client.ack_from_other("set_tau", "τ: 0.1 → 0.7")
         await until(d.pilot, lambda: any("τ: 0.1 → 0.7 (from another client)" in n for n in notifications(d.app)))
+        # session 0 is the engine's own process: a stop on a signal came from no client
+        d.client.ack_from_other("stop", "stopping at step 9 (SIGTERM received): writing a final checkpoint", session=0)
+        await until(d.pilot, lambda: any(n.endswith("(SIGTERM received): writing a final checkpoint")
+                                         for n in notifications(d.app)))
 
 
 async def test_while_paused_the_footer_offers_resume_and_the_header_shows_no_rate_or_eta(tmp_path):

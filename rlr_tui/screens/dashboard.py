@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane, Tabs
 
 from rlr_engine.client import EngineUnavailable
+from rlr_engine.protocol import ENGINE_SESSION
 from rlr_engine.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
                                 Snapshot, Stop, Truncate)
 from rlr_engine.runs import engine_alive, read_engine_info
@@ -181,7 +182,8 @@ class DashboardScreen(Screen):
             self._toggle_answered = True
             if not ack.applied:
                 self.pending = None
-        who = "" if mine else " (from another client)"
+        # session 0 is no client: the engine itself (a stop on a signal says which one)
+        who = "" if mine or ack.session == ENGINE_SESSION else " (from another client)"
         if ack.applied:
             self.notify(f"{ack.message}{who}", timeout=4)
         elif mine:
