@@ -103,36 +103,22 @@ def test_bad_clients_get_errors_and_training_goes_on(tmp_path, engine_processes)
             sock.sendall(encode(hello("test")))
         return sock
 
-    def messages(sock, want, limit=200):
-        buffer, seen = b"", []
-        while len(seen) < limit:
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                return seen
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                seen.append(decode(line))
-                if want(seen[-1]):
-                    return seen
-        return seen
-
     good = EngineClient.connect(run_dir)
     before = wait_until(lambda: good.latest() and good.latest().step > 5 and good.latest(), what="training")
     silent = raw()  # hello, then never reads a byte
     never_hello = raw(greet=False)
     garbage = raw()
     garbage.sendall(b"this is not json\n")
-    errors = messages(garbage, lambda m: m["type"] == "error")
+    errors = read_until(garbage, lambda m: m["type"] == "error")
     assert errors[-1]["type"] == "error" and not errors[-1]["fatal"] and "not a JSON line" in errors[-1]["error"]
     garbage.sendall(b'{"type": "command", "id": "x1", "command": {"kind": "warp_speed"}}\n')
-    acks = messages(garbage, lambda m: m["type"] == "ack")
+    acks = read_until(garbage, lambda m: m["type"] == "ack")
     assert acks[-1]["id"] == "x1" and acks[-1]["status"] == "rejected" and "unknown command" in acks[-1]["message"]
     garbage.sendall(b'{"type": "command", "command": {"kind": "pause"}}\n')  # no id: nothing to acknowledge
-    assert "'id'" in messages(garbage, lambda m: m["type"] == "error")[-1]["error"]
+    assert "'id'" in read_until(garbage, lambda m: m["type"] == "error")[-1]["error"]
     oversized = raw()
     oversized.sendall(b"x" * (MAX_LINE + 10))
-    answer = messages(oversized, lambda m: m["type"] == "error" and m["fatal"])
+    answer = read_until(oversized, lambda m: m["type"] == "error" and m["fatal"])
     assert "over the limit" in answer[-1]["error"]
     assert oversized.recv(1 << 16) == b""  # and the engine closed that connection
     old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,7 +128,7 @@ def test_bad_clients_get_errors_and_training_goes_on(tmp_path, engine_processes)
     assert refusal["fatal"] and "protocol version mismatch" in refusal["error"]
     half = raw()
     half.shutdown(socket.SHUT_WR)  # half-closed: still gets the welcome and snapshots
-    kinds = {m["type"] for m in messages(half, lambda m: m["type"] == "snapshot")}
+    kinds = {m["type"] for m in read_until(half, lambda m: m["type"] == "snapshot")}
     assert {"welcome", "snapshot"} <= kinds
     time.sleep(2.0)
     after = good.wait(lambda s: s.step > before.step + 20, 60)
