@@ -12,14 +12,14 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
 from rlr_engine.client import EngineUnavailable
 from rlr_engine.launch import LaunchError
-from rlr_engine.presets import PresetError, apply_overrides, load_preset
+from rlr_engine.presets import PresetError, load_preset, resume_config
 from rlr_engine.protocol import ProtocolError
 from rlr_engine.runfiles import CHECKPOINT
 from rlr_engine.runs import engine_alive, read_run_config, run_info
@@ -68,7 +68,7 @@ class RlrApp(App):
         elif self.attach_to:
             self.attach_run(self.attach_to)
         elif self.resume:
-            self.resume_run(self.resume)
+            self.resume_run(self.resume, self.overrides)
         elif self.preset:
             self.start_run(self.preset)
         else:
@@ -85,10 +85,12 @@ class RlrApp(App):
         self.run_worker(self._launch(lambda: self.launcher.start(preset, self.overrides, self.runs_root)),
                         group="launch")
 
-    def resume_run(self, run_dir: str | Path) -> None:
+    def resume_run(self, run_dir: str | Path, overrides: Sequence[str] = ()) -> None:
+        """Resume (or attach to) a run. ``overrides`` are what `rlr-tui --resume RUN --set …`
+        asked for; R and the picker pass none, so what was set live since stays as it was."""
         run_dir = Path(run_dir)
         try:
-            apply_overrides(read_run_config(run_dir), self.overrides)
+            resume_config(read_run_config(run_dir), overrides)
         except PresetError as error:
             self.notify(str(error), title="cannot resume", severity="error", timeout=30)
             return
@@ -104,7 +106,7 @@ class RlrApp(App):
             self.notify(f"{run_dir} has no {CHECKPOINT}; nothing to resume", severity="error", timeout=30)
             return
         self.notify(f"resuming {run_dir.name}…", timeout=5)
-        self.run_worker(self._launch(lambda: self.launcher.resume(run_dir, self.overrides)), group="launch")
+        self.run_worker(self._launch(lambda: self.launcher.resume(run_dir, overrides)), group="launch")
 
     def attach_run(self, run_dir: str | Path) -> None:
         self.run_worker(self._launch(lambda: Path(run_dir)), group="launch")
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
         if args.preset and not args.resume and not args.attach:
             load_preset(args.preset, args.set)
         if args.resume:
-            apply_overrides(read_run_config(args.resume), args.set)
+            resume_config(read_run_config(args.resume), args.set)
         if args.attach:
             read_run_config(args.attach)
         if args.comparison:

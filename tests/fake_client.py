@@ -97,6 +97,7 @@ class FakeLauncher:
     def __init__(self, client: FakeClient, run_dir: Path) -> None:
         self.client, self.run_dir = client, Path(run_dir)
         self.calls: list[tuple] = []
+        self.resume_overrides: list[list[str]] = []  # the --set items of each resume
 
     def start(self, preset, overrides, runs_root) -> Path:
         self.calls.append(("start", preset))
@@ -104,6 +105,7 @@ class FakeLauncher:
 
     def resume(self, run_dir, overrides) -> Path:
         self.calls.append(("resume", Path(run_dir)))
+        self.resume_overrides.append(list(overrides))
         return self.run_dir
 
     def attach(self, run_dir) -> FakeClient:

@@ -47,14 +47,14 @@ def notifications(app) -> list[str]:
     return [f"{n.title}: {n.message}" for n in app._notifications]
 
 
-def fake_app(tmp_path, client=None, attach=False):
+def fake_app(tmp_path, client=None, attach=False, overrides=()):
     """The app with a scripted engine behind its public launcher seam: it starts (or attaches to)
     ``tmp_path / "fake-run"`` and creates nothing anywhere."""
     client = client or FakeClient()
     launcher = FakeLauncher(client, tmp_path / "fake-run")
     if attach:
         return RlrApp(None, [], tmp_path / "runs", attach=tmp_path / "fake-run", launcher=launcher), client, launcher
-    return RlrApp("quickstart", [], tmp_path / "runs", launcher=launcher), client, launcher
+    return RlrApp("quickstart", list(overrides), tmp_path / "runs", launcher=launcher), client, launcher
 
 
 class Dashboard(NamedTuple):
@@ -65,10 +65,10 @@ class Dashboard(NamedTuple):
 
 
 @asynccontextmanager
-async def dashboard(tmp_path, client=None, size=(80, 24)):
+async def dashboard(tmp_path, client=None, size=(80, 24), overrides=()):
     """``rlr-tui quickstart`` on a scripted client, once its dashboard shows. The launcher starts
     nothing, so the runs root must never be created."""
-    app, client, launcher = fake_app(tmp_path, client)
+    app, client, launcher = fake_app(tmp_path, client, overrides=overrides)
     async with app.run_test(size=size) as pilot:
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
         yield Dashboard(app, pilot, client, launcher)
@@ -156,7 +156,7 @@ async def test_a_dead_engine_is_reported_with_the_last_checkpoint_and_r_resumes(
 
     client = FakeClient(replace(scripted_snapshot(), last_checkpoint_step=1600))
     (tmp_path / "fake-run").mkdir()
-    async with dashboard(tmp_path, client, size=(100, 30)) as d:
+    async with dashboard(tmp_path, client, size=(100, 30), overrides=["tau=0.5"]) as d:
         d.client.die()
         await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
         assert any("step 1600" in n and "R resumes" in n for n in notifications(d.app))
@@ -164,6 +164,22 @@ async def test_a_dead_engine_is_reported_with_the_last_checkpoint_and_r_resumes(
         (tmp_path / "fake-run" / "checkpoint.pt").write_bytes(b"x")
         await d.pilot.press("R")
         await until(d.pilot, lambda: ("resume", tmp_path / "fake-run") in d.launcher.calls)
+        # the start-up --set is not set again over what was set live since (a τ typed with t)
+        assert d.launcher.resume_overrides == [[]]
+
+
+async def test_resume_on_the_command_line_passes_its_settings_once(tmp_path):
+    from rlr_engine.presets import dump_toml, load_preset
+
+    run_dir = tmp_path / "fake-run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(dump_toml(load_preset("quickstart")))
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    launcher = FakeLauncher(FakeClient(), run_dir)
+    app = RlrApp(None, ["tau=0.3"], tmp_path / "runs", resume=run_dir, launcher=launcher)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+    assert launcher.resume_overrides == [["tau=0.3"]]
 
 
 async def test_screenshot_help_and_layer_keys(tmp_path):
