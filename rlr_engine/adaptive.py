@@ -185,8 +185,13 @@ class RankAdaptation:
 
     # -- hyperparameters (read/write; validated) ------------------------------------------------
     @property
+    def uses_tau(self) -> bool:
+        """condlr-adaptive bounds κ(S) by 1 + τ; robust-dlrt conditions softly (β) instead."""
+        return self.method == "condlr-adaptive"
+
+    @property
     def hard_conditioning(self) -> bool:
-        return self.method == "condlr-adaptive" and not math.isinf(self._tau)
+        return self.uses_tau and not math.isinf(self._tau)
 
     @property
     def adapt_every(self) -> int:
@@ -220,7 +225,7 @@ class RankAdaptation:
     @tau.setter
     def tau(self, value: float) -> None:
         """Takes effect at the next window boundary (or ``before_evaluation``)."""
-        if self.method != "condlr-adaptive":
+        if not self.uses_tau:
             raise ValueError(f"tau applies to condlr-adaptive only; {self.method} conditions softly (beta)")
         self._tau = check_tau(value)
 

@@ -426,6 +426,8 @@ class Trainer:
         for key in sorted(keys):
             value = getattr(config, key)
             if key == "tau":
+                if adaptation is not None and not adaptation.uses_tau:
+                    continue  # robust-dlrt has no τ (a new run ignores the key too)
                 note(key, self.tau, value)
                 self.set_tau(value)
             elif key == "lr":

@@ -485,3 +485,18 @@ def test_a_truncation_mid_window_reports_ranks_against_those_shown_not_the_augme
     for move in moves:
         assert int(move[2]) == shown[move[1]] and int(move[3]) != int(move[2])
     assert {layer.name: layer.rank for layer in snap.layers} == {**shown, **{m[1]: int(m[3]) for m in moves}}
+
+
+def test_a_resume_that_sets_tau_on_a_robust_dlrt_run_ignores_it_as_a_new_run_does(tmp_path):
+    from dataclasses import replace
+
+    from helpers import run_to_end, start_engine
+
+    from rlr_engine.engine import Engine
+    from rlr_engine.runs import read_run_config
+
+    engine = start_engine(tmp_path, method="robust-dlrt", rank_fraction=0.3, max_rank_fraction=0.6, epochs=1)
+    run_to_end(engine)
+    config = replace(read_run_config(engine.run_dir), epochs=2, tau=0.3)
+    resumed = Engine(config, engine.run_dir, resume=True, resume_settings={"tau", "lr"}).setup()
+    assert math.isinf(resumed.trainer.tau) and resumed.trainer.lr == config.lr
