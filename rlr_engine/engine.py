@@ -131,7 +131,7 @@ class Engine:
         keys = self.resume_settings | {key for key in RESTORED_ON_RESUME if key in saved and saved[key] != current[key]}
         changes = trainer.set_restored(self.config, keys)
         self._resume_notes = [("warning", warning) for warning in warnings]
-        lost = [e.message for e in self.recorder.recent_events() if e.kind == "applied" and e.step > payload["step"]]
+        lost = [e.message for e in self._events_since_checkpoint(payload["step"]) if e.kind == "applied"]
         if lost:  # an engine that died after them: the checkpoint predates them
             shown = "; ".join(lost[:5]) + (f"; and {len(lost) - 5} more" if len(lost) > 5 else "")
             self._resume_notes.append(("warning", f"resumed from the checkpoint at step {payload['step']}: "
@@ -139,6 +139,14 @@ class Engine:
                                                   f"({shown}); set them again if they still apply"))
         if changes:
             self._resume_notes.append(("info", f"set on resume: {', '.join(changes)}"))
+
+    def _events_since_checkpoint(self, step: int) -> list[Event]:
+        """The events recorded after the checkpoint at ``step`` was written (by the seq of its
+        event: a command at the same step after it counts, one of an abandoned later history
+        that an earlier resume replaced does not)."""
+        events = self.recorder.recent_events()
+        written = [i for i, e in enumerate(events) if e.kind == "checkpoint" and e.step == step]
+        return events[written[-1] + 1:] if written else []
 
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._run, name=f"rlr-engine-{self.config.name}", daemon=True)

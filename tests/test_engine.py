@@ -263,8 +263,9 @@ def test_a_resume_after_the_engine_died_names_the_changes_its_checkpoint_predate
     step = load_checkpoint(engine.run_dir)["step"]
     # what an engine killed after a command and before its next checkpoint leaves behind
     with open(engine.run_dir / "events.jsonl", "a") as events:
-        for seq, message in ((1000, "τ: 0.1 → 0.25"), (1001, f"paused at step {step + 7}")):
-            events.write(json.dumps({"seq": seq, "step": step + 7, "time": 0.0, "kind": "applied",
+        died_at = step + 100_000  # beyond any step the resumed engine reaches here
+        for seq, message in ((1000, "τ: 0.1 → 0.25"), (1001, f"paused at step {died_at}")):
+            events.write(json.dumps({"seq": seq, "step": died_at, "time": 0.0, "kind": "applied",
                                      "message": message}) + "\n")
     resumed = Engine(small_config(epochs=2), engine.run_dir, resume=True).setup()
     resumed.start()
@@ -274,7 +275,12 @@ def test_a_resume_after_the_engine_died_names_the_changes_its_checkpoint_predate
         assert warning.kind == "warning" and f"checkpoint at step {step}: 2 change(s) applied after it" in warning.message
         assert "τ: 0.1 → 0.25" in warning.message and "set them again" in warning.message
     finally:
-        resumed.stop(timeout=30)
+        assert resumed.stop(timeout=30)
+    # the next resume starts from the checkpoint the resumed engine wrote: nothing of the
+    # abandoned history is missing from it
+    again = Engine(small_config(epochs=3), engine.run_dir, resume=True).setup()
+    assert load_checkpoint(engine.run_dir)["step"] > step
+    assert not any("not in it" in message for _, message in again._resume_notes)
 
 
 def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
