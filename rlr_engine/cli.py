@@ -103,6 +103,8 @@ def train_arguments(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.tensorboard:  # the flag is that setting: every path below (detached, --nproc) reads --set
+        args.set, args.tensorboard = [*args.set, "tensorboard=true"], False
     if args.detach and not args.engine_child:
         return start_detached_run(args)
     from .engine import Engine
@@ -126,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.run_dir:
         raise UserError("--run-dir is set by the --nproc launcher for its workers; use --resume RUN_DIR")
     # -- end torch.distributed --
-    overrides = args.set + (["tensorboard=true"] if args.tensorboard else [])
+    overrides = args.set
     config, run_dir, new = prepare_run(args.preset, overrides, args.resume, args.runs, args.device)
     engine = Engine(config, run_dir, resume=not new, resume_settings=restored_keys_set(overrides))
     show = not args.engine_child

@@ -50,9 +50,11 @@ def launch(args: argparse.Namespace) -> int:
     import torch.distributed.run as torchrun
 
     config, run_dir, new = _prepared_run_dir(args)
+    events_before = _size(run_dir / EVENTS)
     worker = ["train", "--resume", str(run_dir)] if args.resume else ["train", "--run-dir", str(run_dir)]
-    if args.resume:  # config.toml holds them; the workers also need to know which were set
+    if args.resume:  # the resume's settings: rank 0 writes them into config.toml once they are taken
         worker += [item for text in args.set for item in ("--set", text)]
+        worker += ["--device", args.device] if args.device else []
     torchrun_args = torchrun.parse_args(["--standalone", "--nnodes", "1", "--nproc-per-node", str(args.nproc),
                                          "--max-restarts", "0", "-m", "rlr_engine.cli", *worker])
     announce = _Announcer(run_dir) if args.engine_child else None  # before anything is printed
@@ -65,8 +67,9 @@ def launch(args: argparse.Namespace) -> int:
         reason = f"rank {rank} failed: {failure_reason(failure)}"
         if new and not (run_dir / EVENTS).exists():
             discard_run_dir(run_dir)  # a failed start (no data set, no such device): nothing ran
-        else:
+        elif _size(run_dir / EVENTS) != events_before:
             record_failure(config, run_dir, reason)
+        # else a resume refused at its start: the run stays as it was (config.toml, summary)
         print_error(reason)
         if announce is not None:
             announce.fail(reason)
@@ -211,24 +214,29 @@ def train_worker(args: argparse.Namespace) -> int:
             if created and created[1]:
                 discard_run_dir(created[0])  # torchrun by hand: this rank made it for a run that never started
             raise
+        if ranks.is_main and args.resume:  # once the resume's settings proved acceptable, as `rlr train` does
+            write_config(Path(run_dir), config)
         return _run_main(engine, config, ranks) if ranks.is_main else _run_follower(engine)
     finally:
         leave_process_group()
 
 
 def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
-    """Resolve and check the run as ``rlr train`` does, then create its directory (a new run) or
-    write its overridden config (a resumed one): done once, before any worker starts. Returns
-    (config, run directory, whether it is new)."""
+    """Resolve and check the run as ``rlr train`` does and create its directory (a new run): done
+    once, before any worker starts. A resumed run's config.toml is rewritten by rank 0 once its
+    engine has taken the settings (the workers get them as --set). Returns (config, run
+    directory, whether it is new)."""
     from .cli import prepare_run  # cli imports this module lazily, for --nproc only
     from .runs import create_run_dir
 
     config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
     if new:
         create_run_dir(run_dir, config)
-    else:
-        write_config(run_dir, config)
     return config, run_dir, new
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _rank0_run_dir(args: argparse.Namespace) -> tuple[Path, bool]:

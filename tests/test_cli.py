@@ -427,3 +427,15 @@ def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_run
     assert proc.wait(timeout=120) == 1 and err == "", err
     listed = rlr("runs", "--all", "--runs", str(tmp_path / "runs"))
     assert listed.returncode == 0 and run_dir.name in listed.stdout
+
+
+def test_the_tensorboard_flag_reaches_data_parallel_and_detached_runs_as_a_setting(monkeypatch):
+    import rlr_engine.cli as cli
+    import rlr_engine.distributed_launch as distributed_launch
+
+    seen = []
+    monkeypatch.setattr(distributed_launch, "launch", lambda args: seen.append(list(args.set)) or 0)
+    monkeypatch.setattr(cli, "start_detached_run", lambda args: seen.append(list(args.set)) or 0)
+    assert main(["train", "quickstart", "--tensorboard", "--nproc", "2"]) == 0
+    assert main(["train", "quickstart", "--tensorboard", "--detach"]) == 0
+    assert seen == [["tensorboard=true"], ["tensorboard=true"]]

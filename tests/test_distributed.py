@@ -252,3 +252,17 @@ def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path
     assert processes_mentioning(str(run_dir)) == []
     assert json.loads((run_dir / "summary.json").read_text())["state"] == "stopped"
     assert load_checkpoint(run_dir)["optimizer"]["param_groups"][0]["tau"] == 0.4
+
+
+def test_a_data_parallel_resume_refused_at_its_start_leaves_the_run_as_it_was(tmp_path):
+    runs = tmp_path / "runs"
+    _train(["train", _preset(tmp_path, method="robust-dlrt", rank_fraction=0.3, max_rank_fraction=0.6, max_steps=10),
+            "--runs", str(runs)], nproc=1)
+    run = _only_run(runs)
+    before = {name: (run / name).read_text() for name in ("config.toml", "summary.json")}
+    refused = run_cli(["train", "--resume", str(run), "--set", "min_rank=99", "--set", "max_steps=20", "--nproc", "2"])
+    assert refused.returncode != 0 and "min_rank = 99 is not allowed" in refused.stderr, refused.stderr[-3000:]
+    assert {name: (run / name).read_text() for name in before} == before
+    _train(["train", "--resume", str(run), "--set", "max_steps=20"], nproc=2)  # the run is still resumable
+    assert load_checkpoint(run)["step"] == 20
+    assert "max_steps = 20" in (run / "config.toml").read_text()
