@@ -22,7 +22,7 @@ else:  # pragma: no cover
 from .catalog import ATTACKS as ATTACK_FACTS, model_data_problem
 from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, MODELS, STEP_SCALINGS
 from .records import AttackSpec
-from .validation import (ADAPT_EVERY, BETA, LR, SHOWN_CHARS, TAU, THETA, NumberRange, eps_problem, parse_infinity,
+from .validation import (ADAPT_EVERY, BETA, INFINITY_WORDS, LR, SHOWN_CHARS, TAU, THETA, NumberRange, eps_problem, parse_infinity,
                          shown)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -278,6 +278,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except ValueError:  # not TOML (TOMLDecodeError), or an integer of more digits than Python reads
         parsed = value.strip()
+    if isinstance(parsed, float) and math.isinf(parsed) and value.strip().lower().lstrip("+-") not in INFINITY_WORDS:
+        parsed = value.strip()  # "1e400": a finite number too large for a float, refused as typed text is
     return key, parsed
 
 

@@ -131,6 +131,10 @@ def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refu
     for typed in ("0 inf", "0 1e400"):
         with pytest.raises(ValueError, match="finite numbers >= 0"):
             parse_eps_text(typed)
+    # --set follows the same rule as the dashboard
+    assert load_preset("quickstart", ["tau=inf"]).tau == load_preset("quickstart", ["tau=+inf"]).tau == math.inf
+    with pytest.raises(PresetError, match="tau = '1e400' is not allowed"):
+        load_preset("quickstart", ["tau=1e400"])
 
 
 @pytest.mark.parametrize("override, key", [
