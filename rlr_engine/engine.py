@@ -32,6 +32,7 @@ from .protocol import ENGINE_SESSION
 from .recorder import Recorder
 from .records import Ack, AttackResult, AttackSpec, Command, Event, LayerStats, Note, Snapshot, Stop
 from .runfiles import ERROR_LOG
+from .condlr import RankChange
 from .trainer import Trainer, describe_device, load_run_data, resolve_device
 
 SPECTRA_INTERVAL_S = 1.0
@@ -133,10 +134,10 @@ class Engine:
         self._resume_notes = [("warning", warning) for warning in warnings]
         lost = [e.message for e in self._events_since_checkpoint(payload["step"]) if e.kind == "applied"]
         if lost:  # an engine that died after them: the checkpoint predates them
-            shown = "; ".join(lost[:5]) + (f"; and {len(lost) - 5} more" if len(lost) > 5 else "")
+            listed = "; ".join(lost[:5]) + (f"; and {len(lost) - 5} more" if len(lost) > 5 else "")
             self._resume_notes.append(("warning", f"resumed from the checkpoint at step {payload['step']}: "
                                                   f"{len(lost)} change(s) applied after it are not in it "
-                                                  f"({shown}); set them again if they still apply"))
+                                                  f"({listed}); set them again if they still apply"))
         if changes:
             self._resume_notes.append(("info", f"set on resume: {', '.join(changes)}"))
 
@@ -314,12 +315,8 @@ class Engine:
         compared with the one last reported, not with the augmented rank the truncation started
         from: a window that grows r to 2r and cuts back to r changed nothing."""
         trainer = self.trainer
-        moves = []
-        for change in trainer.take_rank_changes():
-            before = self._reported_ranks.get(change.layer, change.old_rank)
-            self._reported_ranks[change.layer] = change.new_rank
-            if change.new_rank != before:
-                moves.append(f"{change.layer} {before}→{change.new_rank}")
+        moves = [f"{c.layer} {c.old_rank}→{c.new_rank}" for c in self._against_reported(trainer.take_rank_changes())
+                 if c.new_rank != c.old_rank]
         if not moves:
             return
         self._event("truncation", f"window ended: {', '.join(moves)}; {trainer.report.compression:.1%} of the parameters "
@@ -327,6 +324,15 @@ class Engine:
         # Spectra are stale: the next snapshot at a window boundary reads them (not here, every
         # window of the training loop; the compression figure is already current).
         self._layers_at = -math.inf
+
+    def _against_reported(self, changes: list[RankChange]) -> list[RankChange]:
+        """A rank-adaptive run's changes with each old rank the one last reported (shown), not the
+        augmented rank its truncation started from; the new ranks become the reported ones."""
+        rebased = []
+        for change in changes:
+            rebased.append(replace(change, old_rank=self._reported_ranks.get(change.layer, change.old_rank)))
+            self._reported_ranks[change.layer] = change.new_rank
+        return rebased
 
     def _evaluate(self) -> None:
         trainer = self.trainer
@@ -348,10 +354,8 @@ class Engine:
 
     def truncate(self, theta: float | None, rank: int | None, layer: str | None, scheduled: bool) -> str:
         theta, changes = self.trainer.truncate(theta, rank, layer)
-        if self.trainer.adaptation is not None:
-            # Mid-window ranks are augmented: compare with the ranks last reported, as windows do.
-            changes = [replace(c, old_rank=self._reported_ranks.get(c.layer, c.old_rank)) for c in changes]
-            self._reported_ranks.update({c.layer: c.new_rank for c in changes})
+        if self.trainer.adaptation is not None:  # mid-window ranks are augmented
+            changes = self._against_reported(changes)
         changed = [c for c in changes if c.new_rank != c.old_rank]
         what = "scheduled truncation" if scheduled else "truncation"
         rule = f"θ = {theta:g}" if theta is not None else f"rank {rank}"

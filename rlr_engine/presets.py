@@ -22,8 +22,8 @@ else:  # pragma: no cover
 from .catalog import ATTACKS as ATTACK_FACTS, model_data_problem
 from .names import ADAPTIVE_METHODS, ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, MODELS, STEP_SCALINGS
 from .records import AttackSpec
-from .validation import (ADAPT_EVERY, BETA, INFINITY_WORDS, LR, SHOWN_CHARS, TAU, THETA, NumberRange, eps_problem, parse_infinity,
-                         shown)
+from .validation import (ADAPT_EVERY, BETA, LR, SHOWN_CHARS, TAU, THETA, NumberRange, eps_problem, names_infinity,
+                         parse_infinity, shown)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -235,11 +235,11 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         problem = spec["check"](value) if spec["check"] else None  # before float() meets a huge int
         if problem:
             raise bad(problem)
-        value = [item(v) for v in value]
+        return tuple(item(v) for v in value)
     problem = spec["check"](value) if spec["check"] else None
     if problem:
         raise bad(problem)
-    return tuple(value) if want is list else value
+    return value
 
 
 def validate(raw: Mapping[str, Any], source: str = "preset") -> RunConfig:
@@ -278,7 +278,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except ValueError:  # not TOML (TOMLDecodeError), or an integer of more digits than Python reads
         parsed = value.strip()
-    if isinstance(parsed, float) and math.isinf(parsed) and value.strip().lower().lstrip("+-") not in INFINITY_WORDS:
+    if isinstance(parsed, float) and math.isinf(parsed) and not names_infinity(value):
         parsed = value.strip()  # "1e400": a finite number too large for a float, refused as typed text is
     return key, parsed
 
@@ -370,7 +370,7 @@ def resume_config(saved: RunConfig, overrides: Iterable[str]) -> RunConfig:
     for key in FIXED_ON_RESUME:
         if getattr(config, key) != getattr(saved, key):
             text = next(t for t in overrides if parse_override(t)[0] == key)
-            raise PresetError(f"--set {text}: {key} cannot change when a run resumes (its checkpoint was trained "
+            raise PresetError(f"{_override_source(text)}: {key} cannot change when a run resumes (its checkpoint was trained "
                               f"with {key} = {_toml_value(saved.to_dict()[key])}); start a new run to change it")
     return config
 

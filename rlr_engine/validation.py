@@ -29,6 +29,11 @@ def shown(value: Any) -> str:
     return f"{text[:SHOWN_CHARS - 1]}… ({len(text)} characters)"
 
 
+def names_infinity(text: str) -> bool:
+    """Whether ``text`` spells ±∞ (a number that overflowed to ∞, such as "1e400", does not)."""
+    return text.strip().lower().lstrip("+-") in INFINITY_WORDS
+
+
 def parse_infinity(value: Any) -> Any:
     """``inf`` (or infinity, ∞) typed as text means ∞; anything else is returned unchanged."""
     if isinstance(value, str) and value.strip().lower() in INFINITY_WORDS:
@@ -77,7 +82,7 @@ def check_number(field: str, value: Any, allowed_range: NumberRange) -> float:
         number = float(parse_infinity(text))
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         raise problem from None
-    if math.isinf(number) and isinstance(text, str) and text.lower().lstrip("+-") not in INFINITY_WORDS:
+    if math.isinf(number) and isinstance(text, str) and not names_infinity(text):
         raise problem  # a finite number too large for a float ("1e400", 400 digits), not ∞
     if number not in allowed_range:
         raise problem
