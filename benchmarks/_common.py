@@ -6,9 +6,9 @@ import statistics
 import time
 from pathlib import Path
 
-from rlr_engine.presets import RunConfig
-from rlr_engine.runfiles import METRICS
-from rlr_engine.runs import read_jsonl
+from rlr_engine.core.presets import RunConfig
+from rlr_engine.control.run_files import METRICS
+from rlr_engine.control.run_dirs import read_jsonl
 
 
 def benchmark_config(steps: int, **changes) -> RunConfig:

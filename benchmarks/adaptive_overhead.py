@@ -20,9 +20,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rlr_engine.adaptive import METHODS, RankAdaptation, core_optimizer
-from rlr_engine.lowrank import to_low_rank
-from rlr_engine.models import build_model
+from rlr_engine.method.adaptive import METHODS, RankAdaptation, core_optimizer
+from rlr_engine.method.lowrank import to_low_rank
+from rlr_engine.workload.models import build_model
 
 SHAPES = {"lenet5": (1, 28), "vgg16": (3, 32)}
 

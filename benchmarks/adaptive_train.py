@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rlr_engine.adaptive import CORE_OPTIMIZERS, CRITERIA, METHODS, RankAdaptation, core_optimizer
-from rlr_engine.attacks import AttackSpec, adversarial_accuracy
-from rlr_engine.data import load_dataset, to_float
-from rlr_engine.lowrank import low_rank_layers, parameter_report, to_low_rank
-from rlr_engine.models import build_model
+from rlr_engine.method.adaptive import CORE_OPTIMIZERS, CRITERIA, METHODS, RankAdaptation, core_optimizer
+from rlr_engine.workload.attacks import AttackSpec, adversarial_accuracy
+from rlr_engine.workload.data import load_dataset, to_float
+from rlr_engine.method.lowrank import low_rank_layers, parameter_report, to_low_rank
+from rlr_engine.workload.models import build_model
 
 
 def max_kappa(model) -> float:

@@ -24,7 +24,7 @@ def train_digits_model():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import train_digits_cnn
-    from rlr_engine.models import digits_cnn
+    from rlr_engine.workload.models import digits_cnn
 
     model, images, labels = train_digits_cnn(digits_cnn())
     return model.eval(), images, labels
@@ -41,7 +41,7 @@ def main() -> None:
         sys.path.insert(0, args.torchattacks_path)
     import torchattacks
 
-    from rlr_engine.attacks import AttackSpec, robustness
+    from rlr_engine.workload.attacks import AttackSpec, robustness
 
     model, x, y = train_digits_model()
     x, y = x[:args.images], y[:args.images]

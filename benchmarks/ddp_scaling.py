@@ -33,8 +33,8 @@ def timed_steps(steps: int, batch: int, threads: int, warmup: int = 5) -> float:
 
     import torch.distributed as dist
 
-    from rlr_engine.distributed import SINGLE, join_process_group, leave_process_group, ranks_from_environment
-    from rlr_engine.trainer import Trainer, load_run_data
+    from rlr_engine.run.distributed import SINGLE, join_process_group, leave_process_group, ranks_from_environment
+    from rlr_engine.run.trainer import Trainer, load_run_data
 
     torch.set_num_threads(threads)
     ranks = ranks_from_environment() if "RANK" in os.environ else SINGLE

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from _common import benchmark_config, engine_samples_per_s, report, wait
-from rlr_engine.data import load_dataset, to_float
-from rlr_engine.engine import Engine
-from rlr_engine.trainer import build_network
-from rlr_engine.condlr import CondLR
+from rlr_engine.workload.data import load_dataset, to_float
+from rlr_engine.run.engine import Engine
+from rlr_engine.run.trainer import build_network
+from rlr_engine.method.condlr import CondLR
 
 
 def bare_loop(config, steps: int) -> float:

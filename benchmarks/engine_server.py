@@ -21,13 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import benchmark_config, engine_samples_per_s, wait  # noqa: E402
 
-from rlr_engine.engine import Engine  # noqa: E402
-from rlr_engine.runfiles import CONTROL_SOCKET  # noqa: E402
-from rlr_engine.server import ControlServer  # noqa: E402
+from rlr_engine.run.engine import Engine  # noqa: E402
+from rlr_engine.control.run_files import CONTROL_SOCKET  # noqa: E402
+from rlr_engine.run.server import ControlServer  # noqa: E402
 
 CLIENT = """
 import sys, time
-from rlr_engine.client import EngineClient
+from rlr_engine.control.client import EngineClient
 client = EngineClient.connect(sys.argv[1], client="bench")
 print("attached", flush=True)
 while client.connected:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
-from rlr_engine.data import ImageData, load_dataset, to_float
-from rlr_engine.models import build_model, use_channels_last
+from rlr_engine.workload.data import ImageData, load_dataset, to_float
+from rlr_engine.workload.models import build_model, use_channels_last
 from step_speed import PATHS
 
 RUNS = {"host": PATHS["host"], "device": PATHS["device"],

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlr_engine import CondLR, to_low_rank
-from rlr_engine.models import build_model
+from rlr_engine.workload.models import build_model
 from step_speed import PATHS, SHAPES
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from rlr_engine import CondLR, to_low_rank
-from rlr_engine.models import build_model, use_channels_last
+from rlr_engine.workload.models import build_model, use_channels_last
 
 SHAPES = {"lenet5": (1, 28), "vgg16": (3, 32)}
 PATHS = {"host": {"retraction": "householder", "core_projection": "svd"},

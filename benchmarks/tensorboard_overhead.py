@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from _common import benchmark_config, engine_samples_per_s, report, wait
-from rlr_engine.engine import Engine
-from rlr_engine.tensorboard_log import TensorBoardLog
+from rlr_engine.run.engine import Engine
+from rlr_engine.run.tensorboard_log import TensorBoardLog
 
 
 class WriterClock:

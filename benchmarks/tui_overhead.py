@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from _common import benchmark_config, engine_samples_per_s, report, wait
-from rlr_engine.engine import Engine
-from rlr_engine.runfiles import CONTROL_SOCKET
-from rlr_engine.server import ControlServer
+from rlr_engine.run.engine import Engine
+from rlr_engine.control.run_files import CONTROL_SOCKET
+from rlr_engine.run.server import ControlServer
 from rlr_tui.app import RlrApp
 from rlr_tui.engines import EngineLauncher
 

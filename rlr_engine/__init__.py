@@ -1,21 +1,34 @@
-"""rlr engine: low-rank layers, the CondLR optimizer, and everything that trains, measures and
-attacks. Never imports the dashboard.
+"""rlr engine: robust low-rank training (CondLR) as a library, and the machinery that trains,
+measures, attacks and serves runs. Never imports the dashboard.
 
-The package itself imports nothing heavy: ``rlr_engine.records``, ``protocol``, ``client`` and
-``runs`` are torch-free so a dashboard can use them; the names below load torch on first use
+Its tiers are sub-packages, each importing only those below it (checked by the import-linter
+contracts in pyproject.toml):
+
+- ``cli``      the ``rlr`` command line, one module per command;
+- ``run``      a run: trainer, engine loop, command handlers, recorder, checkpoints, control
+               server, the engine process, data parallelism, comparisons;
+- ``workload`` what is trained and measured: data sets, models, attacks, spectra;
+- ``method``   the method as a library that knows nothing of runs: low-rank layers, the CondLR
+               optimizer, the Stiefel manifold, rank adaptation;
+- ``control``  the control surface, torch-free: records, the protocol, the client, run
+               directories (all that the dashboard imports, with ``core``);
+- ``core``     plain facts and validation, torch-free: the catalog, value checks, the run
+               config and presets, sanity checks.
+
+The package itself imports nothing heavy; the method's names below load torch on first use
 (PEP 562 module ``__getattr__``)."""
 
 from importlib import import_module
+from typing import Any
 
-_LAZY = {"CondLR": "condlr", "RankAdaptation": "adaptive", "core_optimizer": "adaptive", "RankChange": "condlr", "LowRankConv2d": "lowrank", "LowRankLayer": "lowrank",
-         "LowRankLinear": "lowrank", "ParameterReport": "lowrank", "low_rank_layers": "lowrank",
-         "parameter_report": "lowrank", "to_low_rank": "lowrank"}
+_METHOD = ("CondLR", "RankAdaptation", "core_optimizer", "RankChange", "LowRankConv2d", "LowRankLayer",
+           "LowRankLinear", "ParameterReport", "low_rank_layers", "parameter_report", "to_low_rank")
 
-__all__ = list(_LAZY)
+__all__ = list(_METHOD)
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+def __getattr__(name: str) -> Any:
+    if name in _METHOD:
+        return getattr(import_module(".method", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,12 +17,12 @@ from typing import Iterable, Sequence
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
-from rlr_engine.client import EngineUnavailable
-from rlr_engine.launch import LaunchError
-from rlr_engine.presets import PresetError, load_preset, resume_config
-from rlr_engine.protocol import ProtocolError
-from rlr_engine.runfiles import CHECKPOINT
-from rlr_engine.runs import engine_alive, read_run_config, run_info
+from rlr_engine.control.client import EngineUnavailable
+from rlr_engine.control.detached import LaunchError
+from rlr_engine.core.presets import PresetError, load_preset, resume_config
+from rlr_engine.control.protocol import ProtocolError
+from rlr_engine.control.run_files import CHECKPOINT
+from rlr_engine.control.run_dirs import engine_alive, read_run_config, run_info
 
 from .engines import EngineLauncher
 from .screens.comparison import ComparisonError, ComparisonScreen, load_comparison

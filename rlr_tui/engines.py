@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from rlr_engine.client import EngineClient
-from rlr_engine.launch import start_detached
+from rlr_engine.control.client import EngineClient
+from rlr_engine.control.detached import start_detached
 
 
 class EngineLauncher:

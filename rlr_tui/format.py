@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from rlr_engine.formatting import pct, pct_pm  # noqa: F401  (one percentage format everywhere)
+from rlr_engine.core.formatting import pct, pct_pm  # noqa: F401  (one percentage format everywhere)
 
 
 def num(value: float | None, digits: int = 3) -> str:

@@ -28,7 +28,7 @@ def engine_processes():
     import signal
     import time
 
-    from rlr_engine.runs import engine_alive
+    from rlr_engine.control.run_dirs import engine_alive
 
     run_dirs: list = []
     yield run_dirs

@@ -75,7 +75,7 @@ def rank_of(pid: int) -> int | None:
 
 # -- inside the ranks -----------------------------------------------------------------------
 def _join():
-    from rlr_engine.distributed import join_process_group, ranks_from_environment
+    from rlr_engine.run.distributed import join_process_group, ranks_from_environment
 
     torch.set_num_threads(1)
     ranks = ranks_from_environment()
@@ -89,12 +89,12 @@ def steered_run(root: str, drift: float) -> dict:
     pause, then resume. Returns what each rank ended with, plus sharded and (rank 0) unsharded
     evaluation and attack of the final weights."""
     from helpers import small_config, wait_for
-    from rlr_engine.attacks import adversarial_accuracy
-    from rlr_engine.data import to_float
-    from rlr_engine.distributed import SINGLE, factor_checksum, leave_process_group
-    from rlr_engine.engine import Engine
-    from rlr_engine.records import Pause, Resume, SetTau, Truncate
-    from rlr_engine.runs import new_run_dir
+    from rlr_engine.workload.attacks import adversarial_accuracy
+    from rlr_engine.workload.data import to_float
+    from rlr_engine.run.distributed import SINGLE, factor_checksum, leave_process_group
+    from rlr_engine.run.engine import Engine
+    from rlr_engine.control.records import Pause, Resume, SetTau, Truncate
+    from rlr_engine.control.run_dirs import new_run_dir
 
     ranks = _join()
     try:

@@ -7,7 +7,7 @@ import math
 
 from pathlib import Path
 
-from rlr_engine.records import Ack, AttackResult, Event, LayerStats, Snapshot
+from rlr_engine.control.records import Ack, AttackResult, Event, LayerStats, Snapshot
 
 
 def scripted_snapshot(version: int = 1) -> Snapshot:

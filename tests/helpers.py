@@ -6,9 +6,9 @@ import time
 
 import torch
 
-from rlr_engine.engine import Engine
-from rlr_engine.presets import RunConfig
-from rlr_engine.runs import new_run_dir
+from rlr_engine.run.engine import Engine
+from rlr_engine.core.presets import RunConfig
+from rlr_engine.control.run_dirs import new_run_dir
 
 
 def small_config(**changes) -> RunConfig:
@@ -33,7 +33,7 @@ def train_digits_cnn(model, epochs=15):
     """Plain SGD on scikit-learn's digits; returns the model and the test images and labels."""
     import torch.nn.functional as F
 
-    from rlr_engine.data import load_dataset, to_float
+    from rlr_engine.workload.data import load_dataset, to_float
 
     torch.manual_seed(0)
     data = load_dataset("digits")

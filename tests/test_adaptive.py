@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlr_engine import low_rank_layers, to_low_rank
-from rlr_engine.adaptive import RankAdaptation, core_optimizer, soft_conditioning_penalty
-from rlr_engine.records import AttackSpec
-from rlr_engine.trainer import Trainer, load_run_data
+from rlr_engine.method.adaptive import RankAdaptation, core_optimizer, soft_conditioning_penalty
+from rlr_engine.control.records import AttackSpec
+from rlr_engine.run.trainer import Trainer, load_run_data
 from helpers import small_config, synthetic_task
 
 MIN_RANK = 2
@@ -345,8 +345,8 @@ def live_kappas(model_state):
 def test_the_engine_trains_condlr_adaptive_with_one_event_per_window_and_kappa_bounded_when_saved(tmp_path):
     from helpers import run_to_end, start_engine
 
-    from rlr_engine.checkpoint import load_checkpoint
-    from rlr_engine.runs import read_jsonl
+    from rlr_engine.run.checkpoint import load_checkpoint
+    from rlr_engine.control.run_dirs import read_jsonl
 
     engine = start_engine(tmp_path, method="condlr-adaptive", tau=0.1, epochs=3, **ADAPTIVE)
     snap = run_to_end(engine, timeout=300)
@@ -370,7 +370,7 @@ def test_the_engine_trains_condlr_adaptive_with_one_event_per_window_and_kappa_b
 def test_beta_and_the_window_are_steered_live_and_bad_values_are_rejected(tmp_path):
     from helpers import start_engine, wait_for
 
-    from rlr_engine.records import SetAdaptation, SetTau
+    from rlr_engine.control.records import SetAdaptation, SetTau
 
     engine = start_engine(tmp_path, method="robust-dlrt", beta=0.01, epochs=100, **ADAPTIVE)
     wait_for(engine, lambda s: s.state == "running" and s.step > 3)
@@ -393,8 +393,8 @@ def test_beta_and_the_window_are_steered_live_and_bad_values_are_rejected(tmp_pa
 def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_path):
     from helpers import run_to_end, start_engine, wait_for
 
-    from rlr_engine.checkpoint import load_checkpoint
-    from rlr_engine.records import Pause, Stop
+    from rlr_engine.run.checkpoint import load_checkpoint
+    from rlr_engine.control.records import Pause, Stop
 
     settings = dict(method="robust-dlrt", beta=0.01, epochs=2, max_steps=40, **ADAPTIVE)
     reference = start_engine(tmp_path / "a", **settings)
@@ -468,7 +468,7 @@ def test_an_attack_between_windows_does_not_steer_the_next_augmentation():
 def test_a_truncation_mid_window_reports_ranks_against_those_shown_not_the_augmented_ones(tmp_path):
     from helpers import start_engine, wait_for
 
-    from rlr_engine.records import Pause, Truncate
+    from rlr_engine.control.records import Pause, Truncate
 
     engine = start_engine(tmp_path, method="condlr-adaptive", rank_fraction=0.3, max_rank_fraction=0.6,
                           adapt_every=10, epochs=50)
@@ -492,8 +492,8 @@ def test_a_resume_that_sets_tau_on_a_robust_dlrt_run_ignores_it_as_a_new_run_doe
 
     from helpers import run_to_end, start_engine
 
-    from rlr_engine.engine import Engine
-    from rlr_engine.runs import read_run_config
+    from rlr_engine.run.engine import Engine
+    from rlr_engine.control.run_dirs import read_run_config
 
     engine = start_engine(tmp_path, method="robust-dlrt", rank_fraction=0.3, max_rank_fraction=0.6, epochs=1)
     run_to_end(engine)

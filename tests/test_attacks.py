@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from rlr_engine.attacks import AttackSpec, adversarial_accuracy, fgsm_batch, import_advertorch
+from rlr_engine.workload.attacks import AttackSpec, adversarial_accuracy, fgsm_batch, import_advertorch
 from helpers import train_digits_cnn
-from rlr_engine.models import digits_cnn
+from rlr_engine.workload.models import digits_cnn
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_bad_attack_settings_are_rejected(kwargs, message):
 
 def test_channels_last_models_give_the_same_outputs_and_attacks_still_work():
     from rlr_engine import to_low_rank
-    from rlr_engine.models import build_model, use_channels_last
+    from rlr_engine.workload.models import build_model, use_channels_last
 
     torch.manual_seed(0)
     model = to_low_rank(build_model("vgg16", 3, 10, 32), rank_fraction=0.2).eval()
@@ -83,9 +83,9 @@ def test_channels_last_models_give_the_same_outputs_and_attacks_still_work():
 
 
 # -- the registry's stronger attacks -----------------------------------------------------------
-from rlr_engine.attacks import (ATTACKS, AUTOATTACK_PARTS, STANDARD, AttackBudget, import_pyautoattack, robustness,
+from rlr_engine.workload.attacks import (ATTACKS, AUTOATTACK_PARTS, STANDARD, AttackBudget, import_pyautoattack, robustness,
                                 robustness_with_checks)
-from rlr_engine.sanity import BLACK_BOX_WINS, HIGH_AT_LARGE_EPS
+from rlr_engine.core.sanity import BLACK_BOX_WINS, HIGH_AT_LARGE_EPS
 
 # Test-only iteration counts (the default, STANDARD, is the published version).
 QUICK = AttackBudget(apgd_iterations=10, fab_iterations=10, square_queries=300, cw_search_steps=3,
@@ -127,7 +127,7 @@ def test_autoattack_matches_the_librarys_own_standard_evaluation(trained):
 
 
 def test_restarts_never_raise_accuracy_and_are_the_per_image_worst_case(trained):
-    from rlr_engine.attacks import pgd_batch
+    from rlr_engine.workload.attacks import pgd_batch
 
     model, x, y = trained
     x, y = x[:64], y[:64]
@@ -176,7 +176,7 @@ def _flags(model, x, y):
     """Codes flagged by PGD (with its probes) beside Square, and by AutoAttack, at ε = 0.3."""
     pgd = robustness_with_checks(model, x, y, AttackSpec("pgd-linf", (0.0, 0.1)), "digits", budget=QUICK)
     square = robustness(model, x, y, AttackSpec("square", (0.0, 0.1, 0.3)), budget=QUICK)
-    from rlr_engine.sanity import sanity_report
+    from rlr_engine.core.sanity import sanity_report
 
     records = [pgd.result.record(), *(p.record() for p in pgd.probes), square.record()]
     separate = {f.code for f in sanity_report(records, "digits").flags}
@@ -199,7 +199,7 @@ def test_healthy_model_raises_no_masking_flag(trained):
 
 def test_registry_drives_cli_choices_and_preset_validation():
     from rlr_engine.cli import build_parser
-    from rlr_engine.presets import PresetError, RunConfig
+    from rlr_engine.core.presets import PresetError, RunConfig
 
     parser = build_parser()
     eval_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("eval"))
@@ -266,7 +266,7 @@ def test_eval_rejects_settings_with_a_message_naming_them(digits_run, capsys, ar
 def test_eval_with_an_attack_the_runs_own_budgets_do_not_fit_says_so(digits_run, tmp_path, capsys):
     import torch
 
-    from rlr_engine.checkpoint import save_atomic
+    from rlr_engine.run.checkpoint import save_atomic
     from rlr_engine.cli import main
 
     payload = torch.load(digits_run / "checkpoint.pt", weights_only=True)

@@ -45,7 +45,7 @@ def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
 
 
 def test_resume_continues_a_run_stopped_midway(tmp_path):
-    from rlr_engine.runs import read_jsonl
+    from rlr_engine.control.run_dirs import read_jsonl
 
     proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", "--set", "epochs=200",
                              "--set", "tau=0.3", "--runs", str(tmp_path)], stdout=subprocess.PIPE,
@@ -112,8 +112,8 @@ def test_a_data_dir_that_does_not_exist_is_an_error_naming_it_and_nothing_is_cre
 
 
 def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_nothing(tmp_path, monkeypatch):
-    from rlr_engine.presets import load_preset
-    from rlr_engine.runs import new_run_dir
+    from rlr_engine.core.presets import load_preset
+    from rlr_engine.control.run_dirs import new_run_dir
 
     monkeypatch.chdir(tmp_path)
     # The run's data set is missing too: the checkpoint must be the error reported.
@@ -141,8 +141,8 @@ def test_run_names_never_wrap_in_rlr_runs_at_80_columns(tmp_path, monkeypatch):
     from rich.console import Console
 
     from rlr_engine import cli
-    from rlr_engine.presets import load_preset
-    from rlr_engine.runs import new_run_dir
+    from rlr_engine.core.presets import load_preset
+    from rlr_engine.control.run_dirs import new_run_dir
 
     run_dir = new_run_dir(load_preset("fmnist-lenet5-tau0.1-cr80"), tmp_path)
     (run_dir / "checkpoint.pt").write_bytes(b"")  # a stopped run: listed without --all
@@ -155,7 +155,7 @@ def test_run_names_never_wrap_in_rlr_runs_at_80_columns(tmp_path, monkeypatch):
 def test_checkpoint_of_another_model_is_reported_not_raised(tmp_path):
     import torch
 
-    from rlr_engine.checkpoint import save_atomic
+    from rlr_engine.run.checkpoint import save_atomic
 
     result = rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
     run_dir = next(tmp_path.iterdir())
@@ -173,7 +173,7 @@ def test_run_summary_names_the_step_its_attack_measured_and_never_wraps_the_pres
     from rich.console import Console
 
     from rlr_engine import cli
-    from rlr_engine.records import AttackResult, Snapshot
+    from rlr_engine.control.records import AttackResult, Snapshot
 
     name = "fmnist-lenet5-condlr-adaptive"
     snap = Snapshot(state="stopped", preset=name, step=1500, params=1000, dense_params=4000, compression=0.75,
@@ -207,8 +207,8 @@ def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_
 
 
 def test_a_run_deeper_than_a_unix_socket_address_serves_and_is_attached_to(tmp_path, engine_processes):
-    from rlr_engine.client import EngineClient
-    from rlr_engine.records import Stop
+    from rlr_engine.control.client import EngineClient
+    from rlr_engine.control.records import Stop
 
     root = tmp_path / ("r" * 100)
     result = rlr("train", "quickstart", "--set", "dataset=synthetic", "--set", "epochs=500", "--runs", str(root),
@@ -230,7 +230,7 @@ def test_a_run_deeper_than_a_unix_socket_address_serves_and_is_attached_to(tmp_p
 
 def test_without_proc_a_runs_directory_too_deep_for_the_control_socket_is_refused_first(tmp_path, monkeypatch,
                                                                                         capsys):
-    from rlr_engine import unix_socket
+    from rlr_engine.control import unix_socket
 
     monkeypatch.setattr(unix_socket, "PROC_FD", tmp_path / "no-proc")  # as on macOS
     root = tmp_path / ("r" * 100)
@@ -241,7 +241,7 @@ def test_without_proc_a_runs_directory_too_deep_for_the_control_socket_is_refuse
 
 
 def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_path, monkeypatch, capsys):
-    from rlr_engine import server
+    from rlr_engine.run import server
 
     def cannot_listen(self):
         raise OSError(98, "Address already in use")
@@ -260,8 +260,8 @@ def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
 
 
 def test_runs_lists_only_what_can_be_attached_or_resumed_unless_all(tmp_path):
-    from rlr_engine.presets import load_preset
-    from rlr_engine.runs import new_run_dir
+    from rlr_engine.core.presets import load_preset
+    from rlr_engine.control.run_dirs import new_run_dir
 
     config = load_preset("quickstart")
     never_saved = new_run_dir(config, tmp_path)  # killed before its first checkpoint
@@ -277,7 +277,7 @@ def test_runs_lists_only_what_can_be_attached_or_resumed_unless_all(tmp_path):
 def test_every_ended_run_leaves_a_summary_finished_stopped_or_failed(tmp_path, monkeypatch):
     from helpers import run_to_end, start_engine, wait_for
 
-    from rlr_engine.trainer import Trainer
+    from rlr_engine.run.trainer import Trainer
 
     finished = run_to_end(start_engine(tmp_path / "f", epochs=1))
     stopped_engine = start_engine(tmp_path / "s", epochs=100)
@@ -303,9 +303,9 @@ def test_a_resume_keeps_what_was_set_live_unless_it_sets_it_itself(tmp_path):
 
     from helpers import run_to_end, start_engine, wait_for
 
-    from rlr_engine.engine import Engine
-    from rlr_engine.records import SetLearningRate, SetTau
-    from rlr_engine.runs import read_run_config
+    from rlr_engine.run.engine import Engine
+    from rlr_engine.control.records import SetLearningRate, SetTau
+    from rlr_engine.control.run_dirs import read_run_config
 
     engine = start_engine(tmp_path, epochs=1)  # τ = 0.1, lr = 0.05, momentum = 0.9 in its config
     engine.send(SetTau(0.3))
@@ -365,7 +365,7 @@ def test_a_setting_the_model_cannot_take_is_reported_without_a_traceback_and_lea
 def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning(tmp_path):
     import torch
 
-    from rlr_engine.checkpoint import load_checkpoint, save_atomic
+    from rlr_engine.run.checkpoint import load_checkpoint, save_atomic
 
     run_dir = _stopped_quickstart_run(tmp_path)
     payload = load_checkpoint(run_dir)
@@ -393,8 +393,8 @@ def test_an_attack_whose_package_is_missing_is_reported_before_the_run_starts(tm
 
 
 def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_written(tmp_path):
-    from rlr_engine.presets import PresetError, RunConfig
-    from rlr_engine.runs import new_run_dir
+    from rlr_engine.core.presets import PresetError, RunConfig
+    from rlr_engine.control.run_dirs import new_run_dir
 
     for name in ("../../escaped", "a/b"):
         result = rlr("train", "quickstart", "--set", f"name={name}", "--set", "epochs=1", "--runs",
@@ -430,8 +430,8 @@ def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_run
 
 
 def test_the_tensorboard_flag_reaches_data_parallel_and_detached_runs_as_a_setting(monkeypatch):
-    import rlr_engine.cli as cli
-    import rlr_engine.distributed_launch as distributed_launch
+    from rlr_engine import cli
+    from rlr_engine.run import data_parallel as distributed_launch
 
     seen = []
     monkeypatch.setattr(distributed_launch, "launch", lambda args: seen.append(list(args.set)) or 0)

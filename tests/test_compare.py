@@ -104,8 +104,8 @@ def test_bad_per_attack_settings_are_refused_before_anything_runs(tmp_path, caps
 
 
 def test_rank_adaptive_seeds_that_end_at_different_ranks_report_their_mean_compression():
-    from rlr_engine.compare import RunResult, aggregate
-    from rlr_engine.presets import load_preset
+    from rlr_engine.run.comparison import RunResult, aggregate
+    from rlr_engine.core.presets import load_preset
 
     config = load_preset("fmnist-lenet5-condlr-adaptive")
 
@@ -123,7 +123,7 @@ def test_rank_adaptive_seeds_that_end_at_different_ranks_report_their_mean_compr
 
 def test_a_compared_run_that_fails_or_is_stopped_raises_its_own_exception(tmp_path):
     from helpers import small_config, wait_for
-    from rlr_engine.compare import RunFailed, RunStopped, ensure_run
+    from rlr_engine.run.comparison import RunFailed, RunStopped, ensure_run
 
     def to_the_end(engine, title):
         engine.join()

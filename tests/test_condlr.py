@@ -185,7 +185,7 @@ def test_stored_momentum_of_u_is_the_scaled_direction_unless_asked_for_the_unsca
 
 
 def test_cholesky_qr2_of_a_nearly_singular_matrix_stays_finite_and_recovers_on_the_next_call():
-    from rlr_engine.manifold import retract_cholesky_qr
+    from rlr_engine.method.manifold import retract_cholesky_qr
     g = torch.Generator().manual_seed(0)
     X = torch.randn(300, 12, generator=g)
     X[:, 1] = X[:, 0] + 1e-6 * torch.randn(300, generator=g)  # Cholesky of XᵀX fails in float32

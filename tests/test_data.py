@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlr_engine.catalog import DATASETS
-from rlr_engine.data import DatasetUnavailable, augment, load_dataset
+from rlr_engine.core.catalog import DATASETS
+from rlr_engine.workload.data import DatasetUnavailable, augment, load_dataset
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -170,7 +170,7 @@ def test_in_memory_data_sets_ignore_data_dir(tmp_path):
 
 
 def test_a_failed_download_leaves_no_empty_folders_behind_and_keeps_what_was_there(tmp_path, monkeypatch):
-    import rlr_engine.data as data
+    from rlr_engine.workload import data as data
 
     (tmp_path / "CIFAR10").mkdir()
     (tmp_path / "CIFAR10" / "notes.txt").write_text("mine")

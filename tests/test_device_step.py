@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
-from rlr_engine.manifold import conditioning_bounds, project_condition, project_cores
-from rlr_engine.matrix_functions import polar
+from rlr_engine.method.manifold import conditioning_bounds, project_condition, project_cores
+from rlr_engine.method.matrix_functions import polar
 from helpers import synthetic_task
 
 # ATen operations that read a device tensor on the host (item, bool, data-dependent shapes) or run

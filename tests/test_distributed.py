@@ -13,10 +13,10 @@ import pytest
 
 from ddp_scenarios import processes_mentioning, rank_of, run_cli, run_ranks, steered_run
 from helpers import small_config
-from rlr_engine.checkpoint import load_checkpoint
-from rlr_engine.distributed import Ranks
-from rlr_engine.presets import dump_toml
-from rlr_engine.runs import list_runs
+from rlr_engine.run.checkpoint import load_checkpoint
+from rlr_engine.run.distributed import Ranks
+from rlr_engine.core.presets import dump_toml
+from rlr_engine.control.run_dirs import list_runs
 
 # 1200 training images, global batch 63: every epoch ends with a batch of 3 that two ranks split
 # 2 + 1, so the equivalence below also covers a last batch that does not split evenly.
@@ -155,7 +155,7 @@ def _failure(tmp_path: Path, rank: int, exitcode: int, message: str | None = Non
 def test_the_killed_rank_is_named_not_the_peer_that_lost_it_in_the_same_second(tmp_path):
     """Timestamps have one-second resolution: rank 0 failing in its all-reduce, or stopped by the
     agent's SIGTERM, in the same second as rank 1's SIGKILL is a consequence, not the cause."""
-    from rlr_engine.distributed_launch import failure_reason, root_failure
+    from rlr_engine.run.data_parallel import failure_reason, root_failure
 
     lost_peer = _failure(tmp_path, 0, 1, "RuntimeError: [pair.cc:534] Connection closed by peer [127.0.0.1]:4242")
     killed = _failure(tmp_path, 1, -signal.SIGKILL)
@@ -217,9 +217,9 @@ def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path
     leaves a resumable run and no process behind."""
     from ddp_scenarios import ROOT
 
-    from rlr_engine.client import EngineClient
-    from rlr_engine.launch import start_detached
-    from rlr_engine.records import SetTau, Stop
+    from rlr_engine.control.client import EngineClient
+    from rlr_engine.control.detached import start_detached
+    from rlr_engine.control.records import SetTau, Stop
 
     runs = tmp_path / "runs"
     env_path = os.environ.get("PYTHONPATH")

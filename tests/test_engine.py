@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from helpers import run_to_end, small_config, start_engine, wait_for
-from rlr_engine.checkpoint import load_checkpoint
-from rlr_engine.engine import Engine
-from rlr_engine.presets import load_preset
-from rlr_engine.records import (AttackNow, Pause, RefreshLayers, Resume, SaveCheckpoint, SetLearningRate, SetTau,
+from rlr_engine.run.checkpoint import load_checkpoint
+from rlr_engine.run.engine import Engine
+from rlr_engine.core.presets import load_preset
+from rlr_engine.control.records import (AttackNow, Pause, RefreshLayers, Resume, SaveCheckpoint, SetLearningRate, SetTau,
                                 Stop, Truncate)
-from rlr_engine.runs import new_run_dir, read_jsonl
+from rlr_engine.control.run_dirs import new_run_dir, read_jsonl
 
 
 def test_quickstart_trains_well_above_chance(tmp_path):
     config = load_preset("quickstart").replace(snapshot_interval=0.2)
-    from rlr_engine.runs import new_run_dir
+    from rlr_engine.control.run_dirs import new_run_dir
 
     engine = Engine(config, new_run_dir(config, tmp_path)).start()
     snap = run_to_end(engine, timeout=300)
@@ -187,7 +187,7 @@ def test_stop_writes_a_final_resumable_checkpoint(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from rlr_engine.checkpoint import save_atomic
+    from rlr_engine.run.checkpoint import save_atomic
     big = torch.randn(4_000_000)
     i = 0
     while True:
@@ -284,8 +284,8 @@ def test_a_resume_after_the_engine_died_names_the_changes_its_checkpoint_predate
 
 
 def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
-    from rlr_engine.atomic_files import atomic_file, write_text_atomic
-    from rlr_engine.runs import read_run_config, write_config
+    from rlr_engine.core.atomic_files import atomic_file, write_text_atomic
+    from rlr_engine.control.run_dirs import read_run_config, write_config
 
     path = tmp_path / "summary.json"
     write_text_atomic(path, '{"state": "stopped"}')
@@ -308,8 +308,8 @@ def test_a_failing_setup_reports_a_message_instead_of_dying(tmp_path):
 
 
 def test_asking_for_cuda_without_a_gpu_is_a_missing_device_not_a_missing_data_set(monkeypatch):
-    from rlr_engine.errors import DatasetUnavailable, DeviceUnavailable
-    from rlr_engine.trainer import resolve_device
+    from rlr_engine.core.errors import DatasetUnavailable, DeviceUnavailable
+    from rlr_engine.run.trainer import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceUnavailable, match="no CUDA GPU") as info:
@@ -334,7 +334,7 @@ def test_a_resumed_run_shows_its_earlier_events_and_numbers_on(tmp_path):
 
 
 def test_a_dashboard_note_is_recorded_as_an_event_and_a_bad_level_is_rejected(tmp_path):
-    from rlr_engine.records import Note
+    from rlr_engine.control.records import Note
 
     engine = start_engine(tmp_path, epochs=100)
     wait_for(engine, lambda s: s.state == "running")
@@ -351,7 +351,7 @@ def test_a_dashboard_note_is_recorded_as_an_event_and_a_bad_level_is_rejected(tm
 
 
 def test_a_window_no_float_holds_is_rejected_and_the_rank_adaptive_run_goes_on(tmp_path):
-    from rlr_engine.records import SetAdaptation
+    from rlr_engine.control.records import SetAdaptation
 
     engine = start_engine(tmp_path, method="robust-dlrt", beta=0.01, epochs=100, rank_fraction=0.25,
                           max_rank_fraction=0.75, adapt_every=5, truncate_theta=0.2)

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import run_to_end, small_config, start_engine
 from rlr_engine.cli import main
-from rlr_engine.presets import dump_toml
+from rlr_engine.core.presets import dump_toml
 
 RECORDS = [
     {"type": "train", "step": 10, "epoch": 0, "train_loss": 2.1, "train_acc": 0.25, "lr": 0.05, "tau": 0.1,

@@ -150,7 +150,7 @@ def test_storage_fraction_allocates_the_maximum_rank_and_the_report_counts_live_
 def test_a_channels_last_low_rank_model_keeps_every_convolution_output_channels_last():
     """Even the first layer, whose one-channel input is both layouts at once: its output decides
     the layout (and the speed) of the pooling after it."""
-    from rlr_engine.models import build_model, use_channels_last
+    from rlr_engine.workload.models import build_model, use_channels_last
 
     torch.manual_seed(0)
     reference = to_low_rank(build_model("lenet5", 1, 10, 28), rank_fraction=0.2)

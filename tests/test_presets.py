@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from rlr_engine.presets import PresetError, apply_overrides, available_presets, load_preset
+from rlr_engine.core.presets import PresetError, apply_overrides, available_presets, load_preset
 
 REQUIRED = ["quickstart", "fmnist-lenet5-dense", "fmnist-lenet5-vanilla-cr50", "fmnist-lenet5-vanilla-cr80",
             "fmnist-lenet5-tau0-cr50", "fmnist-lenet5-tau0-cr80", "fmnist-lenet5-tau0.1-cr50",
@@ -87,7 +87,7 @@ HUGE = 10 ** 400  # an integer no float holds
     ("adapt_every", "check_adapt_every", [1, 2, 100_000, 100_001, HUGE]),
 ])
 def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
-    from rlr_engine import validation
+    from rlr_engine.core import validation
 
     config = load_preset("fmnist-lenet5-condlr-adaptive")
     for value in values:
@@ -110,7 +110,7 @@ def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
                          ids=["huge-int", "huge-negative-int", "400-digits", "1e400", "5000-digits", "nan", "empty",
                               "text"])
 def test_a_live_value_no_float_holds_is_refused_naming_the_field_and_the_range(field, value):
-    from rlr_engine import validation
+    from rlr_engine.core import validation
 
     allowed = (validation.ADAPT_EVERY.allowed("an integer") if field == "adapt_every"
                else getattr(validation, field.upper()).allowed())
@@ -122,7 +122,7 @@ def test_a_live_value_no_float_holds_is_refused_naming_the_field_and_the_range(f
 
 
 def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refused():
-    from rlr_engine.validation import check_tau, parse_eps_text
+    from rlr_engine.core.validation import check_tau, parse_eps_text
 
     assert check_tau("inf") == check_tau(" Infinity ") == check_tau("∞") == math.inf
     for typed in ("1e400", "1" + "0" * 400):
@@ -156,7 +156,7 @@ def test_a_preset_file_with_an_integer_of_too_many_digits_is_a_preset_error(tmp_
 
 @pytest.mark.parametrize("attack", ["fgsm", "pgd-linf", "pgd-l2", "cw-l2", "autoattack", "square"])
 def test_a_preset_and_the_attack_itself_accept_the_same_budgets(attack):
-    from rlr_engine.records import AttackSpec
+    from rlr_engine.control.records import AttackSpec
 
     for eps in ([0, 0.5], [0, 1], [0, 2.0], [0, 30], [0, -1], [0, math.inf]):
         try:
@@ -206,7 +206,7 @@ def test_a_preset_file_whose_file_name_is_no_plain_directory_name_names_its_runs
 
 
 def test_a_run_written_before_names_were_checked_stays_readable_and_resumable(tmp_path):
-    from rlr_engine.runs import read_run_config, write_config
+    from rlr_engine.control.run_dirs import read_run_config, write_config
 
     write_config(tmp_path, load_preset("quickstart"))
     config_file = tmp_path / "config.toml"

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from rlr_engine.client import EngineClient
-from rlr_engine.launch import LaunchError, start_detached
-from rlr_engine.protocol import MAX_LINE, PROTOCOL_VERSION, decode, encode, hello
-from rlr_engine.records import SetTau
-from rlr_engine.runs import engine_alive, read_jsonl, run_info
+from rlr_engine.control.client import EngineClient
+from rlr_engine.control.detached import LaunchError, start_detached
+from rlr_engine.control.protocol import MAX_LINE, PROTOCOL_VERSION, decode, encode, hello
+from rlr_engine.control.records import SetTau
+from rlr_engine.control.run_dirs import engine_alive, read_jsonl, run_info
 
 FAST = ["--set", "dataset=synthetic", "--set", "epochs=500", "--set", "snapshot_interval=0.05",
         "--set", "attack_every=0", "--set", "checkpoint_every=1", "--set", "eval_every=5"]
@@ -193,8 +193,8 @@ def test_a_huge_number_or_deep_nesting_gets_an_error_and_the_server_goes_on_serv
 
 
 def test_an_unexpected_error_on_one_line_is_answered_and_logged_and_the_server_lives(tmp_path, monkeypatch):
-    from rlr_engine import server as server_module
-    from rlr_engine.records import Snapshot, command_from_dict
+    from rlr_engine.run import server as server_module
+    from rlr_engine.control.records import Snapshot, command_from_dict
 
     class Engine:
         run_dir = tmp_path
@@ -272,8 +272,8 @@ def test_socket_and_run_directory_are_private(tmp_path, engine_processes):
 
 
 def test_the_dashboard_imports_no_torch():
-    code = ("import sys, rlr_tui.app, rlr_tui.screens.dashboard, rlr_tui.screens.picker, rlr_engine.client, "
-            "rlr_engine.runs, rlr_engine.protocol, rlr_engine.records; rlr_tui.app.RlrApp(); "
+    code = ("import sys, rlr_tui.app, rlr_tui.screens.dashboard, rlr_tui.screens.picker, rlr_engine.control.client, "
+            "rlr_engine.control.run_dirs, rlr_engine.control.protocol, rlr_engine.control.records; rlr_tui.app.RlrApp(); "
             "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)

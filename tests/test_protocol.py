@@ -6,9 +6,9 @@ import math
 import pytest
 
 from fake_client import scripted_snapshot
-from rlr_engine.protocol import (PROTOCOL_VERSION, ProtocolError, check_hello, command_from_dict, command_message,
+from rlr_engine.control.protocol import (PROTOCOL_VERSION, ProtocolError, check_hello, command_from_dict, command_message,
                                  decode, encode, hello, snapshot_from_dict, snapshot_to_dict)
-from rlr_engine.records import COMMANDS, AttackNow, Note, SetAdaptation, SetLearningRate, SetTau, Truncate
+from rlr_engine.control.records import COMMANDS, AttackNow, Note, SetAdaptation, SetLearningRate, SetTau, Truncate
 
 
 def test_a_snapshot_survives_the_wire_with_its_nested_records():

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rlr_engine.sanity import (ACCURACY_RISES, BLACK_BOX, BLACK_BOX_WINS, ENSEMBLE, HIGH_AT_LARGE_EPS, ITERATIVE,
+from rlr_engine.core.sanity import (ACCURACY_RISES, BLACK_BOX, BLACK_BOX_WINS, ENSEMBLE, HIGH_AT_LARGE_EPS, ITERATIVE,
                                ITERATIVE_ABOVE_FGSM, L2, LINF, SINGLE_STEP, AttackRecord, Component, sanity_report)
 
 EPS = (0.0, 0.1, 0.3)
@@ -118,7 +118,7 @@ def test_mismatched_record_is_rejected():
 
 def test_sanity_module_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from rlr_engine import sanity, catalog\n"
+            "from rlr_engine.core import sanity, catalog\n"
             "print(sanity.sanity_report([], 'digits').skipped[0])")
     from pathlib import Path
 
@@ -128,7 +128,7 @@ def test_sanity_module_imports_without_torch():
 
 
 def test_dashboard_flags_come_from_the_snapshots_latest_attacks():
-    from rlr_engine.records import AttackResult, Snapshot
+    from rlr_engine.control.records import AttackResult, Snapshot
     from rlr_tui.widgets.robustness import flag_summary, snapshot_sanity
 
     old = AttackResult(10, 1, "pgd-linf", EPS, (0.95, 0.9, 0.9))  # an earlier step: not mixed in
@@ -146,8 +146,8 @@ def test_attack_dialog_returns_a_registry_name_the_engine_accepts():
 
     from textual.app import App
 
-    from rlr_engine.attacks import ATTACKS
-    from rlr_engine.presets import RunConfig
+    from rlr_engine.workload.attacks import ATTACKS
+    from rlr_engine.core.presets import RunConfig
     from rlr_tui.screens.attack_dialog import AttackDialog
 
     chosen = []

@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from rlr_engine.launch import start_detached
+from rlr_engine.control.detached import start_detached
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")

@@ -11,12 +11,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 from helpers import STARTED, run_to_end, small_config, start_engine, wait_for
 from rlr_engine.cli import main
-from rlr_engine.engine import Engine
-from rlr_engine.recorder import Recorder
-from rlr_engine.presets import PresetError, dump_toml, load_preset
-from rlr_engine.records import Pause, RefreshLayers, Stop
-from rlr_engine.runs import new_run_dir, read_jsonl
-from rlr_engine.tensorboard_log import open_event_file, record_scalars
+from rlr_engine.run.engine import Engine
+from rlr_engine.run.recorder import Recorder
+from rlr_engine.core.presets import PresetError, dump_toml, load_preset
+from rlr_engine.control.records import Pause, RefreshLayers, Stop
+from rlr_engine.control.run_dirs import new_run_dir, read_jsonl
+from rlr_engine.run.tensorboard_log import open_event_file, record_scalars
 
 # The name every metrics field has in TensorBoard (the nested ones keep their column names).
 EXPECTED_TAGS = {"train_loss": "loss/train", "train_acc": "accuracy/train", "lr": "optimizer/lr",

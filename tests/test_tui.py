@@ -10,7 +10,7 @@ import pytest
 from textual.pilot import Pilot
 
 from fake_client import FakeClient, FakeLauncher, scripted_snapshot
-from rlr_engine.records import Pause, Resume, SetTau, Stop, Truncate
+from rlr_engine.control.records import Pause, Resume, SetTau, Stop, Truncate
 from rlr_tui.app import RlrApp
 from rlr_tui.screens.dashboard import DashboardScreen
 from rlr_tui.screens.help import HelpScreen
@@ -152,7 +152,7 @@ async def test_quit_offers_stop_detach_and_cancel(tmp_path):
 
 
 async def test_a_dead_engine_is_reported_with_the_last_checkpoint_and_r_resumes(tmp_path):
-    from rlr_engine.presets import dump_toml, load_preset
+    from rlr_engine.core.presets import dump_toml, load_preset
 
     client = FakeClient(replace(scripted_snapshot(), last_checkpoint_step=1600))
     (tmp_path / "fake-run").mkdir()
@@ -169,7 +169,7 @@ async def test_a_dead_engine_is_reported_with_the_last_checkpoint_and_r_resumes(
 
 
 async def test_resume_on_the_command_line_passes_its_settings_once(tmp_path):
-    from rlr_engine.presets import dump_toml, load_preset
+    from rlr_engine.core.presets import dump_toml, load_preset
 
     run_dir = tmp_path / "fake-run"
     run_dir.mkdir()
@@ -200,7 +200,7 @@ async def test_screenshot_help_and_layer_keys(tmp_path):
 
 
 async def test_the_events_tab_scrolls_back_by_keyboard_while_events_arrive(tmp_path):
-    from rlr_engine.records import Event
+    from rlr_engine.control.records import Event
 
     def with_events(last, version):
         events = tuple(Event(seq, seq, 0.0, "info", f"event number {seq}") for seq in range(1, last + 1))
@@ -258,7 +258,7 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         await pilot.press("q", "d")
     run_dir = app.run_dir
     assert app.detached
-    from rlr_engine.runs import run_info
+    from rlr_engine.control.run_dirs import run_info
     assert run_info(run_dir).state == "running"  # training went on without the dashboard
 
     app = RlrApp(None, [], tmp_path / "runs")
@@ -286,7 +286,7 @@ async def test_at_80_columns_the_footer_shows_quit_help_tau_truncate_pause_and_a
 
 
 async def test_a_picks_the_attack_from_the_registry_and_the_engine_gets_it(tmp_path):
-    from rlr_engine.records import AttackNow
+    from rlr_engine.control.records import AttackNow
     from rlr_tui.screens.attack_dialog import AttackDialog
 
     async with dashboard(tmp_path, size=(100, 30)) as d:
@@ -298,7 +298,7 @@ async def test_a_picks_the_attack_from_the_registry_and_the_engine_gets_it(tmp_p
 
 
 async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_otherwise(tmp_path):
-    from rlr_engine.records import Note, SetAdaptation
+    from rlr_engine.control.records import Note, SetAdaptation
 
     adaptive = FakeClient(replace(scripted_snapshot(), method="robust-dlrt β=0.01", beta=0.01, adapt_every=10))
     async with dashboard(tmp_path, adaptive, size=(100, 30)) as d:
@@ -319,7 +319,7 @@ async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_oth
 
 
 async def test_a_value_the_dialog_refuses_and_a_screenshot_go_into_the_runs_events(tmp_path):
-    from rlr_engine.records import Note
+    from rlr_engine.control.records import Note
 
     (tmp_path / "fake-run").mkdir()
     async with dashboard(tmp_path, size=(100, 30)) as d:
@@ -339,7 +339,7 @@ async def test_a_value_the_dialog_refuses_and_a_screenshot_go_into_the_runs_even
 async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt_with_the_validators_range(tmp_path, key, field):
     from textual.geometry import Region
 
-    from rlr_engine import validation
+    from rlr_engine.core import validation
 
     async with dashboard(tmp_path) as d:
         await d.pilot.press(key)
@@ -357,7 +357,7 @@ async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt_with_the_vali
 async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):
     import json
 
-    from rlr_engine.presets import dump_toml, load_preset
+    from rlr_engine.core.presets import dump_toml, load_preset
 
     run_dir = tmp_path / "runs" / "20260101-000000-quickstart"
     run_dir.mkdir(parents=True)
@@ -374,8 +374,8 @@ async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):
 @pytest.mark.parametrize("key, field", [("t", "tau"), ("r", "theta"), ("l", "lr"), ("b", "beta"), ("k", "adapt_every")])
 async def test_every_value_dialog_refuses_a_huge_number_nan_inf_negative_empty_and_text_and_sends_nothing(
         tmp_path, key, field):
-    from rlr_engine import validation
-    from rlr_engine.records import Note
+    from rlr_engine.core import validation
+    from rlr_engine.control.records import Note
 
     allowed = (validation.ADAPT_EVERY.allowed("an integer") if field == "adapt_every"
                else getattr(validation, field.upper()).allowed())
@@ -502,7 +502,7 @@ def test_detaching_from_a_paused_run_says_it_stays_paused(tmp_path):
 async def test_the_picker_lists_the_runs_again_and_a_finished_run_is_not_resumed(tmp_path):
     import json
 
-    from rlr_engine.presets import dump_toml, load_preset
+    from rlr_engine.core.presets import dump_toml, load_preset
 
     run_dir = tmp_path / "runs" / "20260101-000000-quickstart"
     run_dir.mkdir(parents=True)

@@ -9,8 +9,8 @@ from textual.geometry import Region
 
 from fake_client import scripted_snapshot
 import rlr_tui
-from rlr_engine.records import Event
-from rlr_engine.validation import check_theta
+from rlr_engine.control.records import Event
+from rlr_engine.core.validation import check_theta
 from rlr_tui.screens.value_dialog import ValueDialog
 from rlr_tui.widgets.curves import CurvesPlot
 from rlr_tui.widgets.event_log import EventLog
@@ -131,7 +131,7 @@ async def test_the_accuracy_vs_eps_plot_has_a_title_that_fits_its_width():
 async def test_accuracy_over_the_run_follows_one_attack_and_never_joins_another():
     from dataclasses import replace
 
-    from rlr_engine.records import AttackResult
+    from rlr_engine.control.records import AttackResult
     from rlr_tui.widgets.robustness import scheduled_attack_history
 
     eps = (0.0, 0.02, 0.04)

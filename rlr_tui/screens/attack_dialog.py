@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from rlr_engine.catalog import ATTACKS
+from rlr_engine.core.catalog import ATTACKS
 
 
 class AttackDialog(ModalScreen[str | None]):

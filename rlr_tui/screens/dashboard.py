@@ -16,12 +16,12 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane, Tabs
 
-from rlr_engine.client import EngineUnavailable
-from rlr_engine.protocol import ENGINE_SESSION
-from rlr_engine.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
+from rlr_engine.control.client import EngineUnavailable
+from rlr_engine.control.protocol import ENGINE_SESSION
+from rlr_engine.control.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
                                 Snapshot, Stop, Truncate)
-from rlr_engine.runs import engine_alive, read_engine_info
-from rlr_engine.validation import (ADAPT_EVERY, BETA, LR, TAU, THETA, check_adapt_every, check_beta, check_lr,
+from rlr_engine.control.run_dirs import engine_alive, read_engine_info
+from rlr_engine.core.validation import (ADAPT_EVERY, BETA, LR, TAU, THETA, check_adapt_every, check_beta, check_lr,
                                    check_tau, check_theta)
 
 from ..format import num

@@ -10,8 +10,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
-from rlr_engine.presets import PresetError, available_presets, load_preset, method_label
-from rlr_engine.runs import list_runs
+from rlr_engine.core.presets import PresetError, available_presets, load_preset, method_label
+from rlr_engine.control.run_dirs import list_runs
 
 from ..widgets.cursor_table import CursorTable
 

@@ -1,5 +1,5 @@
 """Adversarial accuracy: accuracy against ε for the latest attack, each ε over the run, and the
-sanity flags of the latest attacks (rlr_engine.sanity, computed from the snapshot's records)."""
+sanity flags of the latest attacks (rlr_engine.core.sanity, computed from the snapshot's records)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from .markers import series_marker
-from rlr_engine.catalog import ATTACKS
-from rlr_engine.sanity import AttackRecord, SanityReport, sanity_report
+from rlr_engine.core.catalog import ATTACKS
+from rlr_engine.core.sanity import AttackRecord, SanityReport, sanity_report
 
 
 def snapshot_sanity(snap) -> SanityReport | None:

@@ -1,0 +1,233 @@
+"""The geometric operations CondLR composes. Every function accepts a batch (..., m, r), except
+``project_cores``, which takes a list of square cores of any ranks."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from rlr_engine.method.matrix_functions import largest_eigenvalue_psd, polar, trace
+
+RETRACTIONS = ("householder", "cholesky-qr2")
+CORE_PROJECTIONS = ("svd", "newton")
+
+
+def runs_on_host(device: torch.device) -> bool:
+    """Whether tensors on ``device`` are computed by the CPU, which picks the first of RETRACTIONS
+    and CORE_PROJECTIONS (LAPACK's, the fastest there); every other device picks the second,
+    which never synchronises with the host."""
+    return device.type == "cpu"
+
+
+def project_orthogonal_complement(U: Tensor, G: Tensor) -> Tensor:
+    """(I − U Uᵀ) G, the part of G orthogonal to the column space of U, computed as
+    G − U (Uᵀ G) without forming the m×m projector.
+
+    This is the direction CondLR (and its reference code) moves U along. It is not the
+    Stiefel tangent projection G − U·sym(UᵀG) (as in geoopt): it drops the in-span part
+    U·skew(UᵀG) on purpose, because a rotation within span(U) is a change of the core S,
+    which takes its own gradient step (as in dynamical low-rank training)."""
+    return G - U @ (U.mT @ G)
+
+
+def retract_qr(X: Tensor) -> Tensor:
+    """qf(X): the Q of the reduced QR of X with column signs fixed so that diag(R) > 0.
+
+    The sign fix makes qf unique and continuous, so qf(U) = U for an orthonormal U."""
+    Q, R = torch.linalg.qr(X)
+    signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return Q * signs.unsqueeze(-2)
+
+
+def retract_cholesky_qr(X: Tensor) -> Tensor:
+    """qf(X) by CholeskyQR2: R₁ = chol(XᵀX), Q₁ = X R₁⁻¹, R₂ = chol(Q₁ᵀQ₁), Q = Q₁ R₂⁻¹.
+
+    R₂R₁ is upper triangular with a positive diagonal, so Q is the same qf(X) as retract_qr up
+    to rounding (‖QᵀQ − I‖ ~ u after the second pass while κ(X) ≲ u^{-1/2}). It is made of
+    matrix products, two r×r Cholesky factorisations and triangular solves: all batched on an
+    accelerator, and ``cholesky_ex`` reports failure in a tensor instead of synchronising to
+    raise. Where the first Gram matrix is not numerically positive definite (κ(X) ≳ u^{-1/2},
+    i.e. a diverging step), the first pass uses the shifted Gram matrix XᵀX + s·I with
+    s = 11(mr + r(r+1))·u·‖X‖²_F (shifted CholeskyQR, Fukaya et al. 2020), chosen with
+    torch.where on the device (so is a pivot below the rounding noise, which cholesky_ex does
+    not flag). The result then spans the same space and is finite but only roughly orthonormal
+    (‖QᵀQ − I‖ = 0.12 at κ(X) = 2·10⁴ in float32); the next step's retraction restores full
+    precision.
+    """
+    m, r = X.shape[-2], X.shape[-1]
+    G = X.mT @ X
+    R, info = torch.linalg.cholesky_ex(G, upper=True)
+    u = torch.finfo(X.dtype).eps
+    shift = 11 * (m * r + r * (r + 1)) * u * G.diagonal(dim1=-2, dim2=-1).sum(-1)
+    eye = torch.eye(r, dtype=X.dtype, device=X.device)
+    R_shifted, _ = torch.linalg.cholesky_ex(G + shift[..., None, None] * eye, upper=True)
+    # Cholesky may also "succeed" with a pivot below the rounding noise of G: as bad as failing.
+    unreliable = (info > 0) | (R.diagonal(dim1=-2, dim2=-1).square().amin(-1) < shift)
+    R = torch.where(unreliable[..., None, None], R_shifted, R)
+    Q = torch.linalg.solve_triangular(R, X, upper=True, left=False)
+    R, _ = torch.linalg.cholesky_ex(Q.mT @ Q, upper=True)
+    return torch.linalg.solve_triangular(R, Q, upper=True, left=False)
+
+
+def conditioning_bounds(tau: float) -> float:
+    """δ = τ / (2 + τ): clamping σ into [m(1−δ), m(1+δ)] gives κ ≤ (1+δ)/(1−δ) = 1 + τ."""
+    return tau / (2.0 + tau)
+
+
+def project_condition(S: Tensor, tau: float, reference_compat: bool = False,
+                      method: str = "svd") -> tuple[Tensor, Tensor | None]:
+    """Project the cores S (..., r, r) onto {κ(S) ≤ 1 + τ}; return (projected S, (σ_min/σ_max)²
+    of each projected core) — at τ = ∞, (S unchanged, None).
+
+    S = P diag(σ) Qᵀ, m = mean(σ), δ = τ/(2+τ), σ_i ← clamp(σ_i, m(1−δ), m(1+δ)).
+    τ = 0 gives α·P Qᵀ with α = sqrt(mean σ²), the nearest scaled orthogonal matrix (polar
+    factor); with reference_compat it is α·qf(S) as in the paper's public code.
+
+    ``method`` "svd" computes it from ``torch.linalg.svd``; "newton" computes the same matrix
+    without any host synchronisation (see ``project_cores``), for accelerators.
+    """
+    if method not in CORE_PROJECTIONS:
+        raise ValueError(f"method must be one of {CORE_PROJECTIONS}, got {method!r}")
+    if math.isinf(tau):
+        return S, None
+    if method == "newton":
+        work = S.to(_newton_dtype(S.device))
+        projected, ratio = _project_condition_newton(work, torch.zeros_like(work), tau, reference_compat)
+        return projected.to(S.dtype), ratio.to(S.dtype)
+    P, sigma, Qh = torch.linalg.svd(S)
+    if tau == 0.0:
+        alpha = sigma.square().mean(dim=-1, keepdim=True).sqrt()
+        orthogonal = retract_qr(S) if reference_compat else P @ Qh
+        return alpha.unsqueeze(-1) * orthogonal, torch.ones_like(sigma[..., 0])
+    delta = conditioning_bounds(tau)
+    center = sigma.mean(dim=-1, keepdim=True)
+    clamped = torch.minimum(torch.maximum(sigma, center * (1.0 - delta)), center * (1.0 + delta))
+    largest = clamped[..., 0]
+    # S = 0 clamps to 0: ratio 1, as on the Newton path, not 0/0
+    ratio = torch.where(largest > 0, clamped[..., -1] / largest.clamp_min(torch.finfo(S.dtype).tiny), 1.0)
+    return (P * clamped.unsqueeze(-2)) @ Qh, ratio.square()
+
+
+def project_cores(cores: Sequence[Tensor], tau: float, reference_compat: bool = False,
+                  method: str = "svd") -> list[tuple[Tensor, Tensor | None]]:
+    """``project_condition`` of every core in a list of square cores of any ranks, in as few
+    batched calls as the method allows: "svd" makes one call per distinct rank, "newton" a single
+    call for all of them (see _project_padded)."""
+    if math.isinf(tau) or not cores:
+        return [(S, None) for S in cores]
+    if method == "newton":
+        return _project_padded(cores, tau, reference_compat)
+    return _project_by_rank(cores, tau, reference_compat, method)
+
+
+def _project_by_rank(cores: Sequence[Tensor], tau: float, reference_compat: bool,
+                     method: str) -> list[tuple[Tensor, Tensor | None]]:
+    results: list[tuple[Tensor, Tensor | None]] = [(core, None) for core in cores]
+    by_rank: dict[int, list[int]] = defaultdict(list)
+    for i, S in enumerate(cores):
+        by_rank[S.shape[-1]].append(i)
+    for idx in by_rank.values():
+        projected, ratio = project_condition(torch.stack([cores[i] for i in idx]), tau, reference_compat, method)
+        for j, i in enumerate(idx):
+            results[i] = (projected[j], ratio[j])
+    return results
+
+
+def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool) -> list[tuple[Tensor, Tensor]]:
+    """Every core S of rank r in one batch at the largest rank R, padded to block-diag(S, c I),
+    where c is chosen so that the padding leaves S's block of every intermediate — polar factor,
+    clamp, extreme singular values — as it would be alone (see _project_condition_newton)."""
+    ranks = tuple(S.shape[-1] for S in cores)
+    size, device, dtype = max(ranks), cores[0].device, _newton_dtype(cores[0].device)
+    padded = cores[0].new_zeros((len(cores), size, size), dtype=dtype)
+    for i, S in enumerate(cores):
+        padded[i, :ranks[i], :ranks[i]] = S
+    projected, ratio = _project_condition_newton(padded, _padding(ranks, device, dtype), tau, reference_compat)
+    return [(projected[i, :S.shape[-1], :S.shape[-1]].to(S.dtype), ratio[i].to(S.dtype))
+            for i, S in enumerate(cores)]
+
+
+@functools.lru_cache(maxsize=16)
+def _padding(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """For cores of these ranks padded to the largest: the diagonal matrices with ones at each
+    core's padded indices. Derived from the ranks alone, so built once per set of ranks (they
+    change only on truncation) rather than in every step; callers only read it."""
+    size = max(ranks)
+    padding = torch.zeros((len(ranks), size, size), dtype=dtype, device=device)
+    for i, rank in enumerate(ranks):
+        padding[i].diagonal()[rank:] = 1.0
+    return padding
+
+
+def _newton_dtype(device: torch.device) -> torch.dtype:
+    """float64 wherever the device has it (Apple's MPS does not): the first Newton step may invert
+    a matrix that is singular to working precision."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_compat: bool) -> tuple[Tensor, Tensor]:
+    """project_condition from polar decompositions (``matrix_functions``), in S's dtype (float64).
+
+    S (..., R, R) holds each core in its leading r×r block and zeros elsewhere; ``padding`` is the
+    diagonal matrix with ones at the padded indices (all zero where r = R). With c = sqrt(mean σ²)
+    (the polar factor's scale, ‖S‖_F/√r):
+
+    * X = S + c·padding = block-diag(S, c I) = O H: O = block-diag(O_S, I), H = block-diag(H_S, c I).
+    * τ = 0: c·O (or c·qf(X) = block-diag(c·qf(S), c I) with reference_compat).
+    * τ > 0: m = mean(σ) = (tr H − c(R − r)) / r; the padding block of H is moved to m I, which
+      the clamp keeps at m, which lies between the clamped extremes (σ_max ≥ m ≥ σ_min), and
+      whose shifts below are ±mδ I, never singular (c I could sit exactly at hi).
+      clamp(H) = m I + (|H − lo I| − |H − hi I|)/2 with lo, hi = m(1 ∓ δ) — the scalar identity
+      clamp(h) = (lo + hi)/2 + (|h − lo| − |h − hi|)/2 — with |Z| from the polar decomposition
+      of the symmetric Z; the projection is O clamp(H). Its extreme singular values are lo plus
+      λ_max(clamp(H) − lo I) and hi minus λ_max(hi I − clamp(H)), both positive semidefinite.
+
+    Singular matrices (a rank-deficient S, an eigenvalue of H exactly on lo or hi) are handled in
+    ``polar``; only S = 0 is returned as it came (as the SVD path does), with ratio 1.
+
+    Accuracy: that of the SVD path (≈ u·κ(S)) for the projection; (σ_min/σ_max)² to n/(e·2³⁶)
+    from the powering plus ≈ u·(1 + τ) from forming clamp(H) at the scale of hi.
+    """
+    size = S.shape[-1]
+    eye = torch.eye(size, dtype=S.dtype, device=S.device)
+    padded_count = trace(padding)[..., None, None]
+    rank = size - padded_count
+    rms = torch.linalg.matrix_norm(S, keepdim=True) / rank.sqrt()
+    X = S + rms * padding
+    if tau == 0.0:
+        # qf twice: qf(qf(X)) = qf(X), and the second pass restores the orthonormality that
+        # CholeskyQR2 loses on an ill-conditioned X (see retract_cholesky_qr)
+        orthogonal = retract_cholesky_qr(retract_cholesky_qr(X)) if reference_compat else polar(X)[0]
+        projected, ratio = rms * orthogonal, torch.ones_like(rms[..., 0, 0])
+    else:
+        orthogonal, H = polar(X)
+        mean = (trace(H)[..., None, None] - rms * padded_count) / rank
+        H = H + (mean - rms) * padding
+        delta = conditioning_bounds(tau)
+        low, high = mean * (1.0 - delta), mean * (1.0 + delta)
+        _, absolute = polar(torch.stack([H - low * eye, H - high * eye]), symmetric=True)
+        clamped = mean * eye + 0.5 * (absolute[0] - absolute[1])
+        gaps = largest_eigenvalue_psd(torch.stack([clamped - low * eye, high * eye - clamped]))
+        sigma_max, sigma_min = low[..., 0, 0] + gaps[0], high[..., 0, 0] - gaps[1]
+        projected, ratio = orthogonal @ clamped, (sigma_min / sigma_max).square()
+    finite = torch.isfinite(projected).all(-1).all(-1) & torch.isfinite(ratio)
+    projected = torch.where(finite[..., None, None], projected, S)
+    return projected, torch.where(finite, ratio, torch.ones_like(ratio))
+
+
+def truncation_rank(sigma: Tensor, theta: float, min_rank: int = 1) -> int:
+    """Smallest r' ≥ min_rank with sqrt(Σ_{i>r'} σ_i²) ≤ θ ‖σ‖₂ (σ sorted descending).
+
+    Reads the spectrum on the host: the new rank decides tensor shapes."""
+    energy = sigma.double().square()
+    tail = energy.flip(0).cumsum(0).flip(0)  # tail[i] = Σ_{j≥i} σ_j²
+    tail = torch.cat([tail, tail.new_zeros(1)])  # tail[r'] = what dropping from index r' discards
+    ok = tail.sqrt() <= theta * energy.sum().sqrt() * (1 + 1e-12)
+    first = int(torch.nonzero(ok)[0])
+    return int(min(max(first, min_rank), sigma.numel()))
