@@ -6,7 +6,7 @@ import statistics
 import time
 from pathlib import Path
 
-from rlr_engine.core.presets import RunConfig
+from rlr_engine.core.config import RunConfig
 from rlr_engine.control.run_files import METRICS
 from rlr_engine.control.run_dirs import read_jsonl
 

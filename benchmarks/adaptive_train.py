@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from rlr_engine.method.adaptive import CORE_OPTIMIZERS, CRITERIA, METHODS, RankAdaptation, core_optimizer
-from rlr_engine.workload.attacks import AttackSpec, adversarial_accuracy
+from rlr_engine.core.config import AttackSpec
+from rlr_engine.workload.attacks import adversarial_accuracy
 from rlr_engine.workload.data import load_dataset, to_float
 from rlr_engine.method.lowrank import low_rank_layers, parameter_report, to_low_rank
 from rlr_engine.workload.models import build_model

@@ -41,7 +41,9 @@ def main() -> None:
         sys.path.insert(0, args.torchattacks_path)
     import torchattacks
 
-    from rlr_engine.workload.attacks import AttackSpec, robustness
+    from rlr_engine.core.config import AttackSpec
+
+    from rlr_engine.workload.attacks import robustness
 
     model, x, y = train_digits_model()
     x, y = x[:args.images], y[:args.images]

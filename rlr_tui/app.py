@@ -19,7 +19,8 @@ from textual.binding import Binding
 
 from rlr_engine.control.client import EngineUnavailable
 from rlr_engine.control.detached import LaunchError
-from rlr_engine.core.presets import PresetError, load_preset, resume_config
+from rlr_engine.core.errors import PresetError
+from rlr_engine.core.presets import load_preset, resume_config
 from rlr_engine.control.protocol import ProtocolError
 from rlr_engine.control.run_files import CHECKPOINT
 from rlr_engine.control.run_dirs import engine_alive, read_run_config, run_info

@@ -7,7 +7,7 @@ import time
 import torch
 
 from rlr_engine.run.engine import Engine
-from rlr_engine.core.presets import RunConfig
+from rlr_engine.core.config import RunConfig
 from rlr_engine.control.run_dirs import new_run_dir
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from rlr_engine import low_rank_layers, to_low_rank
 from rlr_engine.method.adaptive import RankAdaptation, core_optimizer, soft_conditioning_penalty
-from rlr_engine.control.records import AttackSpec
+from rlr_engine.core.config import AttackSpec
 from rlr_engine.run.trainer import Trainer, load_run_data
 from helpers import small_config, synthetic_task
 

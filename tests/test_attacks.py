@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from rlr_engine.workload.attacks import AttackSpec, adversarial_accuracy, fgsm_batch, import_advertorch
+from rlr_engine.core.config import AttackSpec
+
+from rlr_engine.workload.attacks import adversarial_accuracy, fgsm_batch, import_advertorch
 from helpers import train_digits_cnn
 from rlr_engine.workload.models import digits_cnn
 
@@ -199,7 +201,8 @@ def test_healthy_model_raises_no_masking_flag(trained):
 
 def test_registry_drives_cli_choices_and_preset_validation():
     from rlr_engine.cli import build_parser
-    from rlr_engine.core.presets import PresetError, RunConfig
+    from rlr_engine.core.errors import PresetError
+    from rlr_engine.core.config import RunConfig
 
     parser = build_parser()
     eval_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("eval"))

@@ -147,7 +147,7 @@ def test_run_names_never_wrap_in_rlr_runs_at_80_columns(tmp_path, monkeypatch):
     run_dir = new_run_dir(load_preset("fmnist-lenet5-tau0.1-cr80"), tmp_path)
     (run_dir / "checkpoint.pt").write_bytes(b"")  # a stopped run: listed without --all
     out = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=out, width=80, no_color=True))
+    monkeypatch.setattr(cli.runs, "console", Console(file=out, width=80, no_color=True))
     assert cli.main(["runs", "--root", str(tmp_path)]) == 0
     assert any(line.startswith(run_dir.name) for line in out.getvalue().splitlines()), out.getvalue()
 
@@ -172,15 +172,15 @@ def test_run_summary_names_the_step_its_attack_measured_and_never_wraps_the_pres
 
     from rich.console import Console
 
-    from rlr_engine import cli
+    from rlr_engine.cli import console
     from rlr_engine.control.records import AttackResult, Snapshot
 
     name = "fmnist-lenet5-condlr-adaptive"
     snap = Snapshot(state="stopped", preset=name, step=1500, params=1000, dense_params=4000, compression=0.75,
                     rank_fraction=0.2, adversarial=AttackResult(1200, 6, "pgd-linf", (0.0, 0.02), (0.9, 0.7)))
     out = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=out, width=80, no_color=True))
-    cli.print_summary(snap)
+    monkeypatch.setattr(console, "console", Console(file=out, width=80, no_color=True))
+    console.print_summary(snap)
     text = out.getvalue()
     heading = next(line for line in text.splitlines() if "accuracy under pgd-linf" in line)
     assert heading.startswith(f"{name}: "), text  # the name whole, on the heading's line
@@ -393,7 +393,8 @@ def test_an_attack_whose_package_is_missing_is_reported_before_the_run_starts(tm
 
 
 def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_written(tmp_path):
-    from rlr_engine.core.presets import PresetError, RunConfig
+    from rlr_engine.core.errors import PresetError
+    from rlr_engine.core.config import RunConfig
     from rlr_engine.control.run_dirs import new_run_dir
 
     for name in ("../../escaped", "a/b"):
@@ -431,11 +432,11 @@ def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_run
 
 def test_the_tensorboard_flag_reaches_data_parallel_and_detached_runs_as_a_setting(monkeypatch):
     from rlr_engine import cli
-    from rlr_engine.run import data_parallel as distributed_launch
+    from rlr_engine.cli import data_parallel as distributed_launch
 
     seen = []
     monkeypatch.setattr(distributed_launch, "launch", lambda args: seen.append(list(args.set)) or 0)
-    monkeypatch.setattr(cli, "start_detached_run", lambda args: seen.append(list(args.set)) or 0)
+    monkeypatch.setattr(cli.train, "start_detached_run", lambda args: seen.append(list(args.set)) or 0)
     assert main(["train", "quickstart", "--tensorboard", "--nproc", "2"]) == 0
     assert main(["train", "quickstart", "--tensorboard", "--detach"]) == 0
     assert seen == [["tensorboard=true"], ["tensorboard=true"]]

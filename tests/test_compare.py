@@ -123,7 +123,8 @@ def test_rank_adaptive_seeds_that_end_at_different_ranks_report_their_mean_compr
 
 def test_a_compared_run_that_fails_or_is_stopped_raises_its_own_exception(tmp_path):
     from helpers import small_config, wait_for
-    from rlr_engine.run.comparison import RunFailed, RunStopped, ensure_run
+    from rlr_engine.core.errors import RunFailed
+    from rlr_engine.run.comparison import RunStopped, ensure_run
 
     def to_the_end(engine, title):
         engine.join()

@@ -155,7 +155,7 @@ def _failure(tmp_path: Path, rank: int, exitcode: int, message: str | None = Non
 def test_the_killed_rank_is_named_not_the_peer_that_lost_it_in_the_same_second(tmp_path):
     """Timestamps have one-second resolution: rank 0 failing in its all-reduce, or stopped by the
     agent's SIGTERM, in the same second as rank 1's SIGKILL is a consequence, not the cause."""
-    from rlr_engine.run.data_parallel import failure_reason, root_failure
+    from rlr_engine.cli.data_parallel import failure_reason, root_failure
 
     lost_peer = _failure(tmp_path, 0, 1, "RuntimeError: [pair.cc:534] Connection closed by peer [127.0.0.1]:4242")
     killed = _failure(tmp_path, 1, -signal.SIGKILL)

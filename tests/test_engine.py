@@ -278,9 +278,14 @@ def test_a_resume_after_the_engine_died_names_the_changes_its_checkpoint_predate
         assert resumed.stop(timeout=30)
     # the next resume starts from the checkpoint the resumed engine wrote: nothing of the
     # abandoned history is missing from it
-    again = Engine(small_config(epochs=3), engine.run_dir, resume=True).setup()
+    from rlr_engine.run.distributed import SINGLE
+    from rlr_engine.run.recorder import Recorder
+    from rlr_engine.run.set_up import set_up
+
+    config = small_config(epochs=3)
+    again = set_up(config, SINGLE, Recorder(config, engine.run_dir), resume=True, resume_settings=())
     assert load_checkpoint(engine.run_dir)["step"] > step
-    assert not any("not in it" in message for _, message in again._resume_notes)
+    assert not any("not in it" in message for _, message in again.resume_notes)
 
 
 def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):

@@ -147,7 +147,7 @@ def test_attack_dialog_returns_a_registry_name_the_engine_accepts():
     from textual.app import App
 
     from rlr_engine.workload.attacks import ATTACKS
-    from rlr_engine.core.presets import RunConfig
+    from rlr_engine.core.config import RunConfig
     from rlr_tui.screens.attack_dialog import AttackDialog
 
     chosen = []

@@ -13,7 +13,8 @@ from helpers import STARTED, run_to_end, small_config, start_engine, wait_for
 from rlr_engine.cli import main
 from rlr_engine.run.engine import Engine
 from rlr_engine.run.recorder import Recorder
-from rlr_engine.core.presets import PresetError, dump_toml, load_preset
+from rlr_engine.core.errors import PresetError
+from rlr_engine.core.presets import dump_toml, load_preset
 from rlr_engine.control.records import Pause, RefreshLayers, Stop
 from rlr_engine.control.run_dirs import new_run_dir, read_jsonl
 from rlr_engine.run.tensorboard_log import open_event_file, record_scalars

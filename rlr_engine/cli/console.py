@@ -1,20 +1,19 @@
-"""The terminal side of headless runs: the consoles, the user-error type, and the rich progress
-display that follows an engine (``rlr train``, ``rlr compare``)."""
+"""The terminal side of headless runs: the consoles, one-line errors, the rich progress display
+that follows an engine (``rlr train``, ``rlr compare``) and the summary of a run that ended."""
 
 from __future__ import annotations
 
 from rlr_engine.core.formatting import pct
 
 from rich.console import Console
+from rich.table import Table
+
+from rlr_engine.control.records import Snapshot
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line, exit code 2."""
 
 
 def print_error(message: object) -> None:
@@ -66,3 +65,31 @@ def watch(engine, title: str, show: bool = True):
         pass  # the terminal is gone (SIGHUP follows): keep waiting without a display
     engine.join()
     return engine.latest()
+
+
+def print_summary(snap: Snapshot) -> None:
+    """Clean and adversarial accuracy per ε, ranks, κ and compression of a finished run."""
+    result = snap.adversarial
+    if result is not None:
+        # Headings are lines of their own (a table title wraps at the table's width and would
+        # break the preset's name); the attack says when it ran, since the model is later.
+        console.print(f"[bold]{snap.preset}[/bold]: accuracy under {result.attack} at step {result.step}"
+                      f"{'' if result.step == snap.step else f' (the model is at step {snap.step})'}",
+                      highlight=False)
+        table = Table()
+        table.add_column("ε", justify="right")
+        table.add_column("accuracy", justify="right")
+        for eps, acc in zip(result.eps, result.accuracy):
+            table.add_row(f"{eps:g}", fmt_pct(acc))
+        console.print(table)
+    console.print(f"layers — {snap.params:,} parameters, {snap.compression:.1%} fewer than dense, "
+                  f"{snap.rank_fraction:.0%} of the rank kept", highlight=False)
+    layers = Table()
+    for column in ("layer", "shape", "rank", "κ", "σ_max"):
+        layers.add_column(column, justify="right" if column != "layer" else "left")
+    for s in snap.layers:
+        layers.add_row(s.name, f"{s.shape[0]}×{s.shape[1]}", f"{s.rank}/{s.full_rank}",
+                       f"{s.kappa:.3g}", f"{s.sigma_max:.3g}")
+    console.print(layers)
+    console.print(f"validation accuracy {fmt_pct(snap.val_acc)}, test accuracy {fmt_pct(snap.test_acc)}, "
+                  f"{snap.step} steps; run directory {snap.run_dir}")

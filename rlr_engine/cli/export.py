@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from rlr_engine.cli.console import console
 from rlr_engine.control.metrics_table import metrics_table
+from rlr_engine.core.atomic_files import write_text_atomic
+from rlr_engine.core.errors import UserError
 from rlr_engine.control.run_files import CONFIG, METRICS
 from rlr_engine.control.run_dirs import read_jsonl
 
 
 def run_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of a run directory's metrics.jsonl; UserError when it is not a run directory."""
-    from rlr_engine.cli import UserError
-
     if not run_dir.exists():
         raise UserError(f"{run_dir}: no such run directory")
     if not run_dir.is_dir():
@@ -40,8 +42,6 @@ def write_csv(records: list[dict[str, Any]], handle: TextIO) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rlr_engine.cli import UserError, console
-
     records = run_metrics(Path(args.run_dir))
     if args.csv == "-":
         write_csv(records, sys.stdout)
@@ -51,19 +51,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--csv {out}: is a directory; give a file name (or - for stdout)")
     if not out.parent.is_dir():
         raise UserError(f"--csv {out}: the directory {out.parent} does not exist")
-    tmp = out.with_name(out.name + ".tmp")
+    table = io.StringIO(newline="")
+    columns = write_csv(records, table)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            columns = write_csv(records, handle)
-        tmp.replace(out)
+        write_text_atomic(out, table.getvalue())
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"--csv {out}: cannot be written: {error}") from None
     console.print(f"{len(records)} records, {columns} columns → {out}", highlight=False)
     return 0
 
 
-def add_export_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="a run's metrics as one CSV (a row per record, a column per value)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (runs/<id>)")
     p.add_argument("--csv", required=True, metavar="OUT", help="CSV file to write, - for stdout")

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from rlr_engine.control.protocol import (MAX_LINE, ProtocolError, ack_from_message, command_message, decode, encode,
                        event_from_dict, hello, snapshot_from_dict)
-from rlr_engine.control.records import Ack, Command, Event, Snapshot
+from rlr_engine.control.records import RECENT_EVENTS, Ack, Command, Event, Snapshot
 from rlr_engine.control.run_files import CONTROL_SOCKET
 from rlr_engine.control.unix_socket import socket_address
 
-MAX_EVENTS = 200
 MAX_ACKS = 200
 
 
@@ -41,7 +40,7 @@ class EngineClient:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._snapshot: Snapshot | None = None
-        self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._events: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._event_seqs: set[int] = set()
         self._acks: deque[Ack] = deque(maxlen=MAX_ACKS)
         self._errors: deque[str] = deque(maxlen=50)

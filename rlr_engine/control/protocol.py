@@ -32,6 +32,7 @@ import json
 import math
 from typing import Any
 
+from rlr_engine.core.validation import parse_float
 from rlr_engine.control.records import (Ack, AttackResult, Command, Event, LayerStats, Snapshot, command_from_dict)
 
 PROTOCOL_VERSION = 1
@@ -61,7 +62,7 @@ def decode(line: bytes) -> dict[str, Any]:
     if len(line) > MAX_LINE:
         raise ProtocolError(f"line of {len(line)} bytes is over the limit of {MAX_LINE}")
     try:
-        message = json.loads(line.decode("utf-8"))
+        message = json.loads(line.decode("utf-8"), parse_float=parse_float)  # 1e400 is no ∞
     except RecursionError:
         raise ProtocolError("not a JSON line: nested too deeply") from None
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits

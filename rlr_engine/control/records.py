@@ -11,8 +11,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from rlr_engine.core.catalog import ATTACKS, AttackFacts
-from rlr_engine.core.validation import eps_problem, shown
+from rlr_engine.core.validation import Setting, Unfit, shown
+
+
+def _wire(kind: type, optional: bool = False, default: Any = dataclasses.MISSING) -> Any:
+    """A command field as read from the wire: its type (and whether null is allowed); the
+    ranges are the handlers' (validation.check_tau and the like)."""
+    return field(default=default, metadata={"setting": Setting(kind, item=float if kind is tuple else None,
+                                                                   optional=optional)})
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class Command:
 @dataclass(frozen=True)
 class SetTau(Command):
     kind: ClassVar[str] = "set_tau"
-    tau: float
+    tau: float = _wire(float)
 
 
 @dataclass(frozen=True)
@@ -36,15 +42,15 @@ class Truncate(Command):
     """Truncate one layer (by name) or all, with relative tolerance θ or to an explicit rank."""
 
     kind: ClassVar[str] = "truncate"
-    theta: float | None = None
-    rank: int | None = None
-    layer: str | None = None
+    theta: float | None = _wire(float, optional=True, default=None)
+    rank: int | None = _wire(int, optional=True, default=None)
+    layer: str | None = _wire(str, optional=True, default=None)
 
 
 @dataclass(frozen=True)
 class SetLearningRate(Command):
     kind: ClassVar[str] = "set_lr"
-    lr: float
+    lr: float = _wire(float)
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,8 @@ class AttackNow(Command):
     """Run an attack on the live subset now; empty fields mean the run's configured ones."""
 
     kind: ClassVar[str] = "attack"
-    attack: str | None = None
-    eps: tuple[float, ...] | None = None
+    attack: str | None = _wire(str, optional=True, default=None)
+    eps: tuple[float, ...] | None = _wire(tuple, optional=True, default=None)
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,8 @@ class Note(Command):
     or a screenshot it saved; ``level`` is rejected or info."""
 
     kind: ClassVar[str] = "note"
-    level: str
-    message: str
+    level: str = _wire(str)
+    message: str = _wire(str)
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,8 @@ class SetAdaptation(Command):
     rank-adaptive run; empty fields stay as they are."""
 
     kind: ClassVar[str] = "set_adaptation"
-    beta: float | None = None
-    adapt_every: int | None = None
+    beta: float | None = _wire(float, optional=True, default=None)
+    adapt_every: int | None = _wire(int, optional=True, default=None)
 
 
 @dataclass(frozen=True)
@@ -104,50 +110,11 @@ class Stop(Command):
     for it when no client did (a signal), shown with the acknowledgement."""
 
     kind: ClassVar[str] = "stop"
-    reason: str = ""
+    reason: str = _wire(str, default="")
 
 
 COMMANDS = {cls.kind: cls for cls in (SetTau, Truncate, SetLearningRate, Pause, Resume, AttackNow,
                                       SaveCheckpoint, RefreshLayers, SetAdaptation, Note, Stop)}
-
-
-def _field_error(kind: str, name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{kind}.{name} = {shown(value)} is not allowed: expected {allowed}")
-
-
-def _as_floats(kind: str, name: str, value: Any) -> tuple[float, ...]:
-    """A number, or a list of them, from the wire as floats; an integer no float holds is
-    refused, not rounded to ∞ (NaN and ∞, which JSON spells NaN and Infinity, are left to the
-    command's own range check)."""
-    many = isinstance(value, (list, tuple))
-    try:
-        return tuple(float(v) for v in (value if many else [value]))
-    except OverflowError:
-        noun = "a list of numbers" if many else "a number"
-        raise _field_error(kind, name, value, f"{noun} a float can hold") from None
-
-
-def _coerce_field(kind: str, name: str, annotation: str, value: Any) -> Any:
-    """Check one field of a command read from the wire against its annotation (the dataclasses
-    here use a handful of plain types: float, int, str, a tuple of floats, each maybe None)."""
-    optional = annotation.endswith("| None")
-    base = annotation.replace("| None", "").strip()
-    if value is None:
-        if optional:
-            return None
-        raise _field_error(kind, name, value, base)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if base == "float" and is_number:
-        return _as_floats(kind, name, value)[0]
-    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if base == "str" and isinstance(value, str):
-        return value
-    if base.startswith("tuple[float") and isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return _as_floats(kind, name, value)
-    allowed = {"float": "a number", "int": "an integer", "str": "a string"}.get(base, "a list of numbers")
-    raise _field_error(kind, name, value, allowed + (" or null" if optional else ""))
 
 
 def command_from_dict(raw: Any) -> Command:
@@ -167,7 +134,10 @@ def command_from_dict(raw: Any) -> Command:
     values = {}
     for name, f in fields.items():
         if name in raw:
-            values[name] = _coerce_field(kind, name, str(f.type), raw[name])
+            try:
+                values[name] = f.metadata["setting"].coerce(raw[name])
+            except Unfit as allowed:
+                raise ValueError(f"{kind}.{name} = {shown(raw[name])} is not allowed: expected {allowed}") from None
         elif f.default is dataclasses.MISSING:
             raise ValueError(f"{kind}: missing field {name!r}")
     return cls(**values)
@@ -190,6 +160,11 @@ class Ack:
         return self.status == "applied"
 
 
+# How many recent events an engine keeps in memory (and sends a dashboard that attaches), and a
+# client holds.
+RECENT_EVENTS = 200
+
+
 @dataclass(frozen=True)
 class Event:
     """Something the user should see: a command applied or rejected, a truncation, a checkpoint."""
@@ -199,9 +174,6 @@ class Event:
     time: float
     kind: str  # applied, rejected, truncation, checkpoint, evaluation, attack, warning, error, info
     message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -226,39 +198,6 @@ class LayerStats:
     @property
     def kappa(self) -> float:
         return self.sigma_max / self.sigma_min if self.sigma_min > 0 else math.inf
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """Which attack, at which budgets. ``steps`` and ``step_size`` apply to PGD; a step size of
-    0 means 2.5·ε/steps (Madry et al.). ``restarts``: PGD runs from that many random starts and
-    an image counts as robust only when it survives all of them."""
-
-    name: str = "fgsm"
-    eps: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03)
-    steps: int = 10
-    step_size: float = 0.0
-    restarts: int = 1
-
-    def __post_init__(self) -> None:
-        if self.name not in ATTACKS:
-            raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {self.name!r}")
-        problem = eps_problem(self.eps, self.info.max_eps)
-        if problem:
-            raise ValueError(f"eps must be {problem} for {self.name}, got {list(self.eps)}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not 0 <= self.step_size < math.inf:  # NaN fails too
-            raise ValueError(f"step_size must be a finite number >= 0, got {self.step_size}")
-        if self.restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
-        if self.restarts > 1 and not self.info.uses_restarts:
-            raise ValueError(f"restarts apply to {', '.join(n for n, a in ATTACKS.items() if a.uses_restarts)}, "
-                             f"not to {self.name}")
-
-    @property
-    def info(self) -> AttackFacts:
-        return ATTACKS[self.name]
 
 
 @dataclass(frozen=True)

@@ -24,17 +24,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from rlr_engine.core.atomic_files import write_text_atomic
-from rlr_engine.core.presets import PresetError, RunConfig, dump_toml, run_name_from, run_name_problem, validate
+from rlr_engine.core.errors import PresetError
+from rlr_engine.core.config import RunConfig, run_name_from, run_name_problem, validate
+from rlr_engine.core.extras import require_extras
+from rlr_engine.core.presets import dump_toml
 from rlr_engine.control.run_files import CHECKPOINT, CONFIG, DEFAULT_RUNS, ENGINE_INFO, EVENTS, METRICS, SUMMARY
-from rlr_engine.core.validation import shown
 
 
 def choose_run_dir(config: RunConfig, root: str | Path = DEFAULT_RUNS) -> Path:
-    """The path a new run of ``config`` gets under ``root`` (nothing is created). PresetError when
-    the config's name, not checked when it was built directly, is no plain directory name."""
-    problem = run_name_problem(config.name)
-    if problem:
-        raise PresetError(f"name = {shown(config.name)} is not allowed: must be {problem}")
+    """The path a new run of ``config`` gets under ``root`` (nothing is created); the config's
+    name is a plain directory name (RunConfig checks it)."""
     root = Path(root)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / f"{stamp}-{config.name}"
@@ -49,9 +48,7 @@ def create_run_dir(path: str | Path, config: RunConfig) -> Path:
     """Create a run directory (mode 0700: only its owner may read or steer the run) and write the
     resolved config into it. PresetError, and nothing created, when the config asks for an
     optional extra that is not installed."""
-    from rlr_engine.run.tensorboard_log import require_tensorboard  # tensorboard_log reads presets, as runs does
-
-    require_tensorboard(config)
+    require_extras(config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.mkdir(mode=0o700)

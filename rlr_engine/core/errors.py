@@ -1,5 +1,6 @@
-"""Why a run cannot start on this machine: plain exceptions, torch-free, caught as one kind
-(``CannotStart``) wherever a start is reported to the user."""
+"""The errors a user is shown as one line (exit code 2 on the command line, a message in the
+dashboard), torch-free: a mistake in what was asked (``UserError``), a setting that does not fit
+(``PresetError``), and why a run cannot start on this machine (``CannotStart``)."""
 
 from __future__ import annotations
 
@@ -14,3 +15,21 @@ class DatasetUnavailable(CannotStart):
 
 class DeviceUnavailable(CannotStart):
     """The device the config asks for does not exist on this machine."""
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line, exit code 2."""
+
+
+class PresetError(UserError, ValueError):
+    """A preset file, override or value that does not fit the run config's schema; the message
+    names where it came from, the key, the value and what is allowed."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable or not an rlr checkpoint."""
+
+
+class RunFailed(Exception):
+    """A run ended in the failed state (a run of a comparison, a rank of a data-parallel run);
+    the message says which and why."""

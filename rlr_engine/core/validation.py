@@ -1,14 +1,24 @@
-"""Checks of user-typed values shared by the optimizer, the engine and the dashboard.
+"""The one checker of untrusted values: what a preset file, ``--set``, a socket command or a
+dashboard dialog gives is checked here, against the one statement of each range.
 
-Each returns the value as a float or raises ValueError naming the field, the value and what is
-allowed. Plain Python only, so any front end can validate before it sends a command.
+- ``Setting`` declares a value's type (bool, int, float, str, a tuple of numbers; maybe None)
+  and its rule (a ``NumberRange``, a tuple of choices, or a function naming the problem);
+  ``Setting.coerce`` returns the value in its type or raises ``Unfit`` saying what is allowed.
+  The run config's fields and the commands' fields are declared with it.
+- ``check_tau``, ``check_lr``, … check one value typed as text or a number and raise
+  ValueError naming the field, the value and what is allowed.
+- A number literal too large for a float ("1e400", from TOML, JSON or typed text) is refused
+  everywhere: it is not ∞, which is spelled ``inf`` (TOML), ``Infinity`` (JSON) or typed
+  ``inf``/``infinity``/``∞``.
+
+Plain Python only, so any front end can validate before it sends a command.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Union
 
 
 INFINITY_WORDS = ("inf", "infinity", "∞")
@@ -157,3 +167,99 @@ def check_adapt_every(value: Any) -> int:
     if isinstance(number, bool) or not isinstance(number, int) or number not in ADAPT_EVERY:
         raise problem
     return number
+
+
+class Overflowed(str):
+    """A number literal that a float cannot hold ("1e400"), kept as its text so every checker
+    refuses it as the typed text it is instead of reading it as ∞ (see ``parse_float``)."""
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+
+def parse_float(text: str) -> float | Overflowed:
+    """The ``parse_float`` hook for TOML and JSON readers: a literal that overflows stays text."""
+    value = float(text)
+    return Overflowed(text) if math.isinf(value) and not names_infinity(text) else value
+
+
+class Unfit(ValueError):
+    """A value that does not fit its ``Setting``; the message is what is allowed ("a number in
+    [0, inf]", "one of sgd, adamw"), for the caller to frame with the field's name and source."""
+
+
+Rule = Union[NumberRange, tuple, Callable[[Any], Union[str, None]], None]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a field accepts from an untrusted source: ``kind`` (bool, int, float, str or tuple),
+    the ``item`` type of a tuple (int or float), whether None is allowed, and ``rule``: a
+    NumberRange, a tuple of allowed strings, or a function returning the problem (None when the
+    value is fine). ``help`` says what it does, for listings."""
+
+    kind: type
+    rule: Rule = None
+    item: type | None = None
+    optional: bool = False
+    help: str = ""
+
+    def allowed(self) -> str:
+        """What the field accepts, in words."""
+        if isinstance(self.rule, NumberRange):
+            return self.rule.allowed("an integer" if self.kind is int else "a number")
+        if isinstance(self.rule, tuple):
+            return f"one of {', '.join(self.rule)}"
+        if callable(self.rule):
+            return self.rule(None) or "a valid value"
+        nouns = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+        noun = nouns.get(self.kind, f"a list of {'integer' if self.item is int else 'number'}s")
+        return noun + (" or null" if self.optional else "")
+
+    def coerce(self, value: Any) -> Any:
+        """``value`` in this setting's type (an int for a float field becomes a float, a list a
+        tuple); Unfit with what is allowed otherwise. Text that names ∞ is ∞ for a float."""
+        if value is None:
+            if self.optional:
+                return None
+            raise Unfit(self.allowed())
+        value = self._typed(value)
+        problem = self._rule_problem(value)
+        if problem:
+            raise Unfit(problem)
+        return value
+
+    def _typed(self, value: Any) -> Any:
+        if self.kind is bool and isinstance(value, bool):
+            return value
+        if self.kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if self.kind is float:
+            value = parse_infinity(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                try:
+                    return float(value)
+                except OverflowError:  # an integer no float holds
+                    raise Unfit("a number a float can hold") from None
+        elif self.kind is str and isinstance(value, str) and not isinstance(value, Overflowed):
+            return value
+        elif self.kind is tuple and isinstance(value, (list, tuple)):
+            item = self.item or float
+            if all(isinstance(v, item if item is int else (int, float)) and not isinstance(v, bool) for v in value):
+                problem = self._rule_problem(value)  # before float() meets a huge int
+                if problem:
+                    raise Unfit(problem)
+                try:
+                    return tuple(item(v) for v in value)
+                except OverflowError:
+                    raise Unfit("a list of numbers a float can hold") from None
+        raise Unfit(self.allowed())
+
+    def _rule_problem(self, value: Any) -> str | None:
+        if self.rule is None:
+            return None
+        if isinstance(self.rule, NumberRange):
+            return None if value in self.rule else self.allowed()
+        if isinstance(self.rule, tuple):
+            return None if value in self.rule else self.allowed()
+        return self.rule(value)

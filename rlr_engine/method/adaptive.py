@@ -71,14 +71,13 @@ from torch import Tensor, nn
 
 from rlr_engine.method.condlr import RankChange
 from rlr_engine.method.lowrank import LowRankLayer, low_rank_layers
-from rlr_engine.method.manifold import project_condition, retract_qr, truncation_rank
+from rlr_engine.method.manifold import project_condition, retract_qr, transport_core_state, truncation_rank
 from rlr_engine.core.catalog import ADAPTIVE_METHODS, CORE_OPTIMIZERS
 from rlr_engine.core.validation import check_adapt_every, check_beta, check_tau, check_theta
 
 METHODS = ADAPTIVE_METHODS
 CRITERIA = ("frobenius", "relative", "nearest")
 DEFAULT_CRITERION = {"robust-dlrt": "frobenius", "condlr-adaptive": "frobenius"}
-SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")
 KAPPA_SLACK = 1e-5  # relative float slack before a core counts as violating κ ≤ 1 + τ
 
 
@@ -145,6 +144,22 @@ class RankAdaptation:
     Per batch: ``loss = task_loss + adaptation.regularizer()``, backward, then
     ``adaptation.step()`` instead of ``optimizer.step()``; it returns the window's RankChanges
     on truncation batches and [] otherwise.
+
+    Args:
+        model: the network, converted with ``to_low_rank(..., max_rank_fraction=...)`` so each
+            layer has storage for rank growth.
+        optimizer: the core optimizer (``core_optimizer``): every S and the other parameters,
+            no basis.
+        method: "robust-dlrt" (soft conditioning by β only) or "condlr-adaptive" (also
+            κ(S) ≤ 1 + τ at every window boundary and before anything is measured).
+        adapt_every: k, batches per window (augment on the first, truncate on the last), ≥ 2.
+        theta: relative truncation tolerance θ ∈ [0, 1).
+        beta: weight β ≥ 0 of the soft regularizer Σ ‖S Sᵀ − (‖S‖²_F / r) I‖_F (0: off).
+        tau: condlr-adaptive's tolerance τ ∈ [0, ∞]; robust-dlrt ignores it.
+        min_rank: no truncation goes below this rank.
+        criterion: the truncation rule (see ``criterion_rank``); None: the method's default.
+        project_initial: condition the cores at once (condlr-adaptive); False when they come
+            from a checkpoint, saved conditioned with the τ live then.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: str,
@@ -344,11 +359,7 @@ class RankAdaptation:
         for key, value in self.optimizer.state[layer.S].items():
             if not (isinstance(value, Tensor) and value.shape == layer.S.shape):
                 continue
-            block = value[:old, :old]
-            if key in SECOND_MOMENTS:
-                mapped = (left @ block.sqrt() @ right).square()
-            else:
-                mapped = left @ block @ right
+            mapped = transport_core_state(key, value[:old, :old], left, right)
             value.zero_()
             value[:new, :new] = mapped
         layer.set_live_rank(new)

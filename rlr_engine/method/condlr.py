@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from rlr_engine.method.lowrank import LowRankLayer, low_rank_layers
 from rlr_engine.core.catalog import STEP_SCALINGS
 from rlr_engine.method.manifold import (CORE_PROJECTIONS, RETRACTIONS, project_cores, project_orthogonal_complement,
-                       retract_cholesky_qr, retract_qr, runs_on_host, truncation_rank)
+                       retract_cholesky_qr, retract_qr, runs_on_host, transport_core_state, truncation_rank)
 from rlr_engine.core.validation import check_tau, check_theta
 
 
@@ -66,10 +66,25 @@ class CondLR(torch.optim.Optimizer):
     ``tau`` is read from the core group (from the first group when the model has no low-rank
     layer); ``set_tau`` changes it everywhere.
 
-    ``retraction`` ("householder", "cholesky-qr2") and ``core_projection`` ("svd", "newton")
-    choose how steps 3 and 4 are computed, not what: "auto" (the default) takes the first of each
-    on the CPU and the second on any other device, where they never synchronise with the host
-    (with ``reference_compat`` the retraction stays Householder QR everywhere).
+    Args:
+        model: the network; its low-rank layers (lowrank.to_low_rank) are found by walking it.
+        lr: learning rate η > 0.
+        momentum: μ ∈ [0, 1), PyTorch's SGD convention (dampening 0), for U, S, V and the rest.
+        tau: conditioning tolerance τ ∈ [0, ∞]: κ(S) ≤ 1 + τ after every step; τ = ∞ switches
+            the projection off (vanilla low-rank training on the Stiefel manifold), τ = 0 makes
+            S a scaled orthogonal matrix.
+        weight_decay: L2 penalty added to every gradient (U and V: before their projection).
+        step_scaling: the step scale c of U and V (module docstring): "reference" (the paper's
+            code, the default), "alpha" (1/α², α² = ‖S‖²_F / r) or "none" (c = 1).
+        reference_compat: reproduce the reference code's arithmetic — at τ = 0 the core becomes
+            α·qf(S), the QR factor, instead of the polar factor α·P Qᵀ (the textbook's nearest
+            orthogonal matrix), and the retraction is Householder QR on every device.
+        store_scaled_direction: store c·(I − U Uᵀ) m_U as U's momentum (True, the reference's
+            method) or the unscaled (I − U Uᵀ) m_U (False; a different method whenever c ≠ 1).
+        retraction: "householder" or "cholesky-qr2" (how step 3 is computed, not what); "auto"
+            takes the first on the CPU and the second elsewhere, where it never synchronises
+            with the host.
+        core_projection: "svd" or "newton" (how step 4 is computed); "auto" as for retraction.
     """
 
     def __init__(self, model: nn.Module, lr: float, momentum: float = 0.0, tau: float = 0.1,
@@ -279,7 +294,7 @@ class CondLR(torch.optim.Optimizer):
         momentum buffers along; parameters keep their identity so param groups stay valid."""
         new_values = {"U": layer.U @ P, "V": layer.V @ Q, "S": torch.diag(sigma)}
         new_bufs = {}
-        for name, rotate in (("U", lambda m: m @ P), ("V", lambda m: m @ Q), ("S", lambda m: P.mT @ m @ Q)):
+        for name, rotate in (("U", lambda m: m @ P), ("V", lambda m: m @ Q), ("S", lambda m: transport_core_state("momentum_buffer", m, P.mT, Q))):
             buf = self.state[getattr(layer, name)].get("momentum_buffer")
             if buf is not None:
                 new_bufs[name] = rotate(buf)

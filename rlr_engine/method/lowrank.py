@@ -264,9 +264,17 @@ def to_low_rank(model: nn.Module, rank_fraction: float = 1.0, ranks: Mapping[str
     ranks and overrides the fraction (a layer named there is converted even if it is the last).
     The last convertible layer is left dense when skip_last is true.
 
-    ``max_rank_fraction`` allocates storage for rank-adaptive training: R = ceil(max_rank_fraction
-    · min(m, n)), at least r (a layer given an explicit rank is allocated at that rank). None
-    allocates exactly r.
+    Args:
+        model: the network, changed in place (its converted modules are replaced).
+        rank_fraction: fraction of each layer's full rank kept, in (0, 1]: r = ⌈fraction·min(m, n)⌉.
+        ranks: explicit ranks by module name, overriding the fraction (a layer named here is
+            converted even if it is the last).
+        skip_last: leave the last convertible layer (the classifier) dense.
+        max_rank_fraction: storage for rank-adaptive training, R = ⌈fraction·min(m, n)⌉ ≥ r (a
+            layer given an explicit rank is allocated at that rank); None allocates exactly r.
+
+    Returns:
+        The same model.
     """
     if not 0.0 < rank_fraction <= 1.0:
         raise ValueError(f"rank_fraction must be in (0, 1], got {rank_fraction!r}")

@@ -221,6 +221,20 @@ def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_
     return projected, torch.where(finite, ratio, torch.ones_like(ratio))
 
 
+# Optimizer state that holds second moments (Adam's), mapped through their square roots.
+SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")
+
+
+def transport_core_state(key: str, value: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """The optimizer state ``value`` (named ``key``) of a core S after the change of bases
+    S ↦ left·S·right that a rank change makes (truncation: left = Pᵀ, right = Q; augmentation:
+    the maps of the bases): first moments map like S; second moments through their element-wise
+    square roots, so they stay ≥ 0 (an approximation: Adam's moments are not equivariant)."""
+    if key in SECOND_MOMENTS:
+        return (left @ value.sqrt() @ right).square()
+    return left @ value @ right
+
+
 def truncation_rank(sigma: Tensor, theta: float, min_rank: int = 1) -> int:
     """Smallest r' ≥ min_rank with sqrt(Σ_{i>r'} σ_i²) ≤ θ ‖σ‖₂ (σ sorted descending).
 

@@ -9,10 +9,7 @@ import torch
 
 from rlr_engine.core.atomic_files import atomic_file
 from rlr_engine.control.run_files import CHECKPOINT
-
-
-class CheckpointError(Exception):
-    """A checkpoint that is missing, unreadable or not an rlr checkpoint."""
+from rlr_engine.core.errors import CheckpointError
 
 
 FORMAT = "rlr-checkpoint-1"

@@ -1,40 +1,37 @@
-"""``rlr compare``: run a set of presets over several seeds and tabulate them side by side.
-
-Layout of a comparison directory::
-
-    comparison.json            what was asked (presets, seeds, overrides, attacks)
-    runs/<preset>-seed<k>/     ordinary run directories (reused when finished, resumed otherwise)
-    results.md, results.csv    per method: accuracy per ε (mean ± std over seeds), ranks, κ, time,
-                               and the sanity flags (rlr_engine.core.sanity) of each method
-    accuracy_vs_eps_<attack>.png, kappa_per_layer.png
-"""
+"""``rlr compare``'s work: train a set of presets over several seeds, measure each run's
+robustness once (cached in its run directory), and tabulate the runs side by side (mean ± std
+over seeds) with the sanity flags of each method. The files it writes are named in
+control/comparison_files.py."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
 import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, pstdev
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from rlr_engine.core.atomic_files import write_text_atomic
-from rlr_engine.workload.attacks import ATTACKS
-from rlr_engine.core.formatting import pct_pm
-from rlr_engine.core.catalog import DEVICES
-from rlr_engine.control.records import AttackSpec, Stop
-from rlr_engine.core.sanity import AttackRecord, Component, sanity_report
-from rlr_engine.core.presets import PresetError, RunConfig, load_preset
+from rlr_engine.control import comparison_files
+from rlr_engine.control.records import Snapshot
+from rlr_engine.control.run_dirs import create_run_dir, discard_run_dir, engine_alive, read_run_config, write_config
 from rlr_engine.control.run_files import CHECKPOINT, SUMMARY
-from rlr_engine.control.run_dirs import read_run_config, write_config
-from rlr_engine.core.validation import parse_eps_text
+from rlr_engine.core.atomic_files import write_text_atomic
+from rlr_engine.core.catalog import ATTACKS
+from rlr_engine.core.config import RunConfig
+from rlr_engine.core.errors import CannotStart, PresetError, RunFailed, UserError
+from rlr_engine.core.formatting import pct_pm
+from rlr_engine.core.presets import load_preset
+from rlr_engine.core.sanity import AttackRecord, Component, sanity_report
+from rlr_engine.run.engine import Engine
+from rlr_engine.run.host import serve_run
+from rlr_engine.run.saved_model import load_evaluation_target
+from rlr_engine.workload.attacks import probe_specs, robustness as measure, robustness_with_checks
+from rlr_engine.workload.data import to_float
 
-SPEC_FILE = "comparison.json"
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,7 @@ class RunResult:
 
 
 def run_dir_for(out: Path, preset: str, seed: int) -> Path:
-    return out / "runs" / f"{preset}-seed{seed}"
+    return out / comparison_files.RUNS / f"{preset}-seed{seed}"
 
 
 def plan(presets: Sequence[str], seeds: int, overrides: Sequence[str]) -> list[tuple[str, int, RunConfig]]:
@@ -62,19 +59,17 @@ def plan(presets: Sequence[str], seeds: int, overrides: Sequence[str]) -> list[t
     return jobs
 
 
-class RunFailed(Exception):
-    """A run of the comparison ended in the failed state; the message says which and why."""
-
-
 class RunStopped(Exception):
     """A run of the comparison was stopped (Ctrl+C) before it finished; it can be resumed."""
 
 
-def ensure_run(config: RunConfig, run_dir: Path, device: str | None, watch) -> dict[str, Any]:
+def ensure_run(config: RunConfig, run_dir: Path, device: str | None,
+               watch: Callable[[Engine, str], Snapshot]) -> dict[str, Any]:
     """Finish one run: reuse it when finished, resume it when it has a checkpoint, else start it.
-    Raises RunFailed or RunStopped when it does not finish."""
-    from rlr_engine.run.engine import Engine
-
+    Its engine is hosted as ``rlr train`` hosts one (run lock, control socket, clean stop on
+    Ctrl+C or SIGTERM), so ``rlr runs`` lists it and ``rlr-tui --attach`` steers it while it
+    trains; ``watch(engine, title)`` shows it meanwhile. Raises RunFailed (nothing left behind
+    by a new run that could not start) or RunStopped when it does not finish."""
     if device:
         config = config.replace(device=device)
     summary_path = run_dir / SUMMARY
@@ -88,19 +83,26 @@ def ensure_run(config: RunConfig, run_dir: Path, device: str | None, watch) -> d
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
             if summary.get("state") == "finished":
                 return summary
+        if engine_alive(run_dir):
+            raise UserError(f"{run_dir} is training in another process; attach with: rlr-tui --attach {run_dir}")
         resume = (run_dir / CHECKPOINT).is_file()
         if not resume:
             shutil.rmtree(run_dir)
-    if not resume:
-        run_dir.mkdir(parents=True)
-        write_config(run_dir, config)
-    engine = Engine(config, run_dir, resume=resume).start()
-    # Ctrl+C stops the run cleanly (final checkpoint); the same command resumes it.
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: engine.send(Stop()))
     try:
-        snap = watch(engine, f"{config.name} seed {config.seed}")
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        engine = Engine(config, run_dir, resume=resume).setup()
+        if resume:
+            write_config(run_dir, config)
+        else:
+            create_run_dir(run_dir, config)
+        try:
+            snap, _ = serve_run(engine, detached=False,
+                                follow=lambda e: watch(e, f"{config.name} seed {config.seed}"))
+        except CannotStart:
+            if not resume:
+                discard_run_dir(run_dir)
+            raise
+    except CannotStart as error:
+        raise RunFailed(f"run {run_dir} failed: {error}") from None
     if snap.state == "failed":
         raise RunFailed(f"run {run_dir} failed: {snap.message}")
     if snap.state != "finished":
@@ -128,10 +130,6 @@ def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached["eps"] == eps:
             return cached
-    from rlr_engine.workload.attacks import probe_specs, robustness as measure, robustness_with_checks
-    from rlr_engine.workload.data import to_float
-    from rlr_engine.run.saved_model import load_evaluation_target
-
     _, _, model, images, labels = load_evaluation_target(run_dir / CHECKPOINT, samples,
                                                          device=device or config.device)
     spec = config.attack_spec(attack, eps=eps)
@@ -268,10 +266,10 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[st
         samples = rows[0][attack]["samples"]
         where = "the whole test set" if not samples else f"a seeded subset of {samples} test images"
         parts.append(f"## {attack} (ε in pixel units, on {where})\n\n{markdown_table(rows, attack)}\n")
-        parts.append(f"![accuracy vs ε under {attack}](accuracy_vs_eps_{attack}.png)\n")
+        parts.append(f"![accuracy vs ε under {attack}]({comparison_files.accuracy_plot(attack)})\n")
     parts.append(sanity_section(rows))
-    parts.append("![κ per layer](kappa_per_layer.png)\n")
-    (out / "results.md").write_text("\n".join(parts), encoding="utf-8")
+    parts.append(f"![κ per layer]({comparison_files.KAPPA_PLOT})\n")
+    write_text_atomic(out / comparison_files.RESULTS_MD, "\n".join(parts))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["preset", "method", "seeds", "rank_fraction", "compression", "attack", "eps",
@@ -283,8 +281,8 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[st
                                  row["compression"], attack, e, m, s, row["kappa_mean"][0],
                                  row["kappa_max"][0], row["train_seconds"][0],
                                  ";".join(sorted({f["code"] for f in row["sanity"]["flags"]}))])
-    (out / "results.csv").write_text(buffer.getvalue(), encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(list(rows), indent=1), encoding="utf-8")
+    write_text_atomic(out / comparison_files.RESULTS_CSV, buffer.getvalue())
+    write_text_atomic(out / comparison_files.RESULTS_JSON, json.dumps(list(rows), indent=1))
     write_plots(out, rows, attacks)
 
 
@@ -308,7 +306,7 @@ def write_plots(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / f"accuracy_vs_eps_{attack}.png", dpi=120)
+        fig.savefig(out / comparison_files.accuracy_plot(attack), dpi=120)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     layer_names = list(rows[0]["kappa_layers"]) if rows else []
@@ -324,110 +322,5 @@ def write_plots(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str
     ax.set_title("Condition number per layer")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "kappa_per_layer.png", dpi=120)
+    fig.savefig(out / comparison_files.KAPPA_PLOT, dpi=120)
     plt.close(fig)
-
-
-# -- the command ----------------------------------------------------------------------------
-def per_attack(values: Sequence[str], attacks: Sequence[str], flag: str, parse) -> tuple[Any, dict[str, Any]]:
-    """``--flag VALUE`` (every attack) and ``--flag ATTACK=VALUE`` (one attack), repeatable:
-    (the value for every attack or None, {attack: its own value}). ``parse`` turns the text into
-    the value or raises ValueError with what is allowed."""
-    from rlr_engine.cli.console import UserError
-
-    default, own = None, {}
-    for text in values:
-        name, sep, value = text.partition("=")
-        if sep and name.strip() not in attacks:
-            raise UserError(f"{flag} {text!r}: {name.strip()!r} is not one of the attacks asked for "
-                            f"({', '.join(attacks)})")
-        try:
-            parsed = parse(value if sep else text)
-        except ValueError as error:
-            raise UserError(f"{flag} {text!r}: {error}") from None
-        if sep:
-            own[name.strip()] = parsed
-        else:
-            default = parsed
-    return default, own
-
-
-def parse_samples(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError("must be an integer >= 0 (0: whole test set)")
-    return int(text)
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from rlr_engine.cli.console import UserError, console, watch
-
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: must be >= 1")
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    bad = [a for a in attacks if a not in ATTACKS]
-    if bad or not attacks:
-        raise UserError(f"--attacks {args.attacks!r}: choose from {', '.join(ATTACKS)}")
-    from rlr_engine.workload.attacks import AttackUnavailable, check_available
-
-    try:
-        for attack in attacks:
-            check_available(attack)
-    except AttackUnavailable as error:
-        raise UserError(f"--attacks {args.attacks!r}: {error}") from None
-    default_samples, own_samples = per_attack(args.attack_samples, attacks, "--attack-samples", parse_samples)
-    every_attack_eps, own_eps = per_attack(args.attack_eps, attacks, "--attack-eps", parse_eps_text)
-    if every_attack_eps is not None:
-        raise UserError(f"--attack-eps {args.attack_eps[0]!r}: name the attack (ATTACK=E1,E2); the presets' "
-                        f"eps list is every other attack's")
-    for attack, eps in own_eps.items():
-        try:
-            AttackSpec(attack, eps)
-        except ValueError as error:
-            raise UserError(f"--attack-eps {attack}={','.join(map(str, eps))}: {error}") from None
-    jobs = plan(args.presets, args.seeds, args.set)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = "rlr compare " + " ".join(args.presets) + f" --seeds {args.seeds}" + "".join(
-        f" --set {s}" for s in args.set) + f" --attacks {','.join(attacks)}" + "".join(
-        f" --attack-samples {s}" for s in args.attack_samples) + "".join(f" --attack-eps {e}" for e in args.attack_eps)
-    (out / SPEC_FILE).write_text(json.dumps({"presets": args.presets, "seeds": args.seeds, "set": args.set,
-                                             "attacks": attacks, "command": command}, indent=1), encoding="utf-8")
-    results = []
-    for i, (name, seed, config) in enumerate(jobs, 1):
-        run_dir = run_dir_for(out, name, seed)
-        console.print(f"[bold]({i}/{len(jobs)})[/bold] {name} seed {seed} → {run_dir}", highlight=False)
-        try:
-            summary = ensure_run(config, run_dir, args.device, watch)
-        except RunStopped:
-            console.print(f"interrupted; run the same command again to resume ({run_dir})")
-            return 130
-        rob = {}
-        for attack in attacks:
-            samples = own_samples.get(attack, default_samples)
-            samples = ATTACKS[attack].default_samples if samples is None else samples
-            with console.status(f"{attack} on {name} seed {seed}"):
-                rob[attack] = robustness(config, run_dir, summary, attack, samples, args.device, own_eps.get(attack))
-        results.append(RunResult(config, seed, summary, rob))
-    rows = aggregate(results, attacks)
-    write_report(out, rows, attacks, command)
-    console.print((out / "results.md").read_text(encoding="utf-8"), highlight=False, markup=False)
-    console.print(f"written: {out / 'results.md'}, results.csv and plots in {out}")
-    return 0
-
-
-def add_compare_parser(sub) -> None:
-    p = sub.add_parser("compare", help="run presets over seeds and tabulate them side by side")
-    p.add_argument("presets", nargs="+", help="preset names or files")
-    p.add_argument("--seeds", type=int, default=1, help="runs per preset, seeds preset.seed + 0..N-1")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key in every preset (repeatable)")
-    p.add_argument("--attacks", default="fgsm", help=f"comma-separated: {', '.join(ATTACKS)} (default fgsm)")
-    slow = ", ".join(f"{name} {info.default_samples}" for name, info in ATTACKS.items() if info.default_samples)
-    p.add_argument("--attack-samples", action="append", default=[], metavar="[ATTACK=]N",
-                   help="test images for attacks other than each run's own, and for the sanity probes "
-                        f"(0: all; default all, except {slow}); ATTACK=N for one attack (repeatable)")
-    p.add_argument("--attack-eps", action="append", default=[], metavar="ATTACK=E1,E2",
-                   help="the ε list of one attack instead of the presets' eps (repeatable)")
-    p.add_argument("--out", default="comparisons/latest", help="comparison directory (default comparisons/latest)")
-    p.add_argument("--device", choices=DEVICES)
-    p.set_defaults(func=cmd_compare)

@@ -24,9 +24,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
 @dataclass(frozen=True)
 class Ranks:
     """This process's place in the job: global ``rank``, ``world_size`` and ``local_rank`` (its
@@ -83,12 +80,6 @@ class Ranks:
 
 
 SINGLE = Ranks()
-
-
-def launched_by_torchrun() -> bool:
-    """Whether this process is a worker started by torchrun (or any launcher that sets the same
-    environment)."""
-    return all(name in os.environ for name in ENVIRONMENT)
 
 
 def ranks_from_environment() -> Ranks:

@@ -16,15 +16,14 @@ from typing import Any, Callable
 from rlr_engine.core.atomic_files import write_text_atomic
 from rlr_engine.run.checkpoint import load_checkpoint, save_atomic
 from rlr_engine.core.history import DecimatingSeries
-from rlr_engine.core.presets import RunConfig
+from rlr_engine.core.config import RunConfig
 from rlr_engine.control.protocol import attack_result_from_dict, attack_result_to_dict, event_from_dict, event_to_dict
-from rlr_engine.control.records import AttackResult, Event, LayerStats
+from rlr_engine.control.records import RECENT_EVENTS, AttackResult, Event, LayerStats
 from rlr_engine.control.run_files import CHECKPOINT, EVENTS, METRICS, SUMMARY, TENSORBOARD
 from rlr_engine.control.run_dirs import append_jsonl, read_jsonl, trim_jsonl
 from rlr_engine.run.tensorboard_log import TensorBoardLog
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
-MAX_EVENTS = 200
 
 
 class Recorder:
@@ -39,7 +38,7 @@ class Recorder:
         self.attack_history: list[AttackResult] = []
         # A resumed run shows the events of its earlier life too, and numbers on from them.
         self.events: deque[Event] = deque((event_from_dict(r) for r in read_jsonl(self.run_dir / EVENTS)),
-                                          maxlen=MAX_EVENTS)
+                                          maxlen=RECENT_EVENTS)
         self.event_seq = self.events[-1].seq if self.events else 0
         self.last_checkpoint_step: int | None = None
         self._events_lock = threading.Lock()  # the control server logs client trouble from its thread
@@ -123,10 +122,6 @@ class Recorder:
     def _tensorboard_failed(self, step: int, message: str) -> None:
         self.event(step, "warning", message)
 
-    def train_seconds(self) -> float:
-        """Wall time spent training (evaluations and attacks excluded), from the logged windows."""
-        return sum(r.get("seconds", 0.0) for r in read_jsonl(self.run_dir / METRICS) if r.get("type") == "train")
-
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, trainer_state: dict[str, Any], config: RunConfig) -> Path:
         payload = dict(trainer_state)
@@ -160,15 +155,27 @@ class Recorder:
 
     # -- the end --------------------------------------------------------------------------------
     def write_summary(self, state: str, method: str, tau: float, facts: dict[str, Any]) -> None:
-        """summary.json: ``state`` (finished, stopped or failed), the method as it ended (its label
-        names the τ and β set live), the τ it ended with and the run's final numbers."""
-        summary = {"state": state, "preset": self.config.name, "method": method, "tau": tau,
-                   "dataset": self.config.dataset, "model": self.config.model, **facts,
-                   "val_acc": self.last_values["val_acc"], "test_acc": self.last_values["test_acc"],
-                   "last_checkpoint_step": self.last_checkpoint_step, "train_seconds": self.train_seconds()}
-        write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2))
+        """summary.json of this run (see ``write_summary``)."""
+        write_summary(self.run_dir, self.config, state, method, tau, facts, self.last_values,
+                      self.last_checkpoint_step)
 
     def close(self) -> None:
         """The run's thread ends: flush what is buffered (TensorBoard event files)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def train_seconds(run_dir: Path) -> float:
+    """Wall time a run spent training (evaluations and attacks excluded), from its logged windows."""
+    return sum(r.get("seconds", 0.0) for r in read_jsonl(run_dir / METRICS) if r.get("type") == "train")
+
+
+def write_summary(run_dir: Path, config: RunConfig, state: str, method: str, tau: float, facts: dict[str, Any],
+                  last_values: dict[str, float | None], last_checkpoint_step: int | None) -> None:
+    """summary.json: ``state`` (finished, stopped or failed), the method as it ended (its label
+    names the τ and β set live), the τ it ended with and the run's final numbers."""
+    summary = {"state": state, "preset": config.name, "method": method, "tau": tau, "dataset": config.dataset,
+               "model": config.model, **facts, "val_acc": last_values.get("val_acc"),
+               "test_acc": last_values.get("test_acc"), "last_checkpoint_step": last_checkpoint_step,
+               "train_seconds": train_seconds(run_dir)}
+    write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2))

@@ -17,7 +17,7 @@ def load_evaluation_target(checkpoint: str | Path, samples: int = 0, device: str
     """Load a saved model with the config stored beside it, in eval mode, and its test set (or a
     seeded subset of ``samples`` images) for attacking.
     Returns (config, step, model, uint8 images, labels)."""
-    from rlr_engine.core.presets import validate
+    from rlr_engine.core.config import validate
 
     dev = resolve_device(device)
     payload = load_checkpoint(checkpoint, dev)

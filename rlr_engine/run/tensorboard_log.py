@@ -25,17 +25,16 @@ previous writer logged after it instead of showing those steps twice.
 
 from __future__ import annotations
 
-import importlib.util
 import queue
 import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from rlr_engine.control.metrics_table import flatten_record
-from rlr_engine.core.presets import PresetError, RunConfig
+from rlr_engine.core.extras import installed, tensorboard_unavailable
+from rlr_engine.core.errors import PresetError
 from rlr_engine.control.records import Event, LayerStats
 
-INSTALL_HINT = "pip install 'rlr[tensorboard]' (from a source checkout: pip install -e '.[tensorboard]')"
 # Event files reach the disk at least this often while a run lives; TensorBoard re-reads its
 # logdir every few seconds.
 FLUSH_SECONDS = 10
@@ -49,22 +48,6 @@ SCALAR_TAGS = {
     "compression": "parameters/compression",
 }
 NESTED_SCALAR_PREFIXES = ("rank/", "kappa/", "sigma_max/", "adv/")
-
-
-class TensorBoardUnavailable(PresetError):
-    """``tensorboard = true`` but the tensorboard package is not installed."""
-
-
-def tensorboard_installed() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
-
-
-def require_tensorboard(config: RunConfig) -> None:
-    """TensorBoardUnavailable (with the install command) when ``config`` asks for TensorBoard
-    and it is not installed. Call it before anything of the run is written."""
-    if config.tensorboard and not tensorboard_installed():
-        raise TensorBoardUnavailable(f"tensorboard = true needs the tensorboard package, which is not "
-                                     f"installed; install it with: {INSTALL_HINT}")
 
 
 def scalar_tag(column: str) -> str | None:
@@ -111,8 +94,7 @@ class EventFile:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import histogram
         except ImportError as error:
-            raise TensorBoardUnavailable(f"TensorBoard is not installed ({error}); install it with: "
-                                         f"{INSTALL_HINT}") from None
+            raise tensorboard_unavailable(str(error)) from None
         self.summary, self.histogram = Summary, histogram
         self.writer = SummaryWriter(log_dir=str(directory), purge_step=purge_step, flush_secs=FLUSH_SECONDS)
 
@@ -165,7 +147,7 @@ class TensorBoardLog:
         self.last_step = 0
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        if tensorboard_installed():
+        if installed("tensorboard"):
             # Importing TensorBoard takes a second or more: pay it now, before training starts,
             # not inside the first timed training window. A broken install is reported by the first write.
             try:

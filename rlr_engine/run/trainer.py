@@ -24,8 +24,9 @@ from rlr_engine.core.errors import DeviceUnavailable
 from rlr_engine.run.distributed import SINGLE, Ranks
 from rlr_engine.method.lowrank import ParameterReport, full_rank_of, parameter_report, to_low_rank
 from rlr_engine.workload.models import build_model, compile_model, use_channels_last
-from rlr_engine.core.presets import RunConfig
-from rlr_engine.control.records import AttackSpec, LayerStats
+from rlr_engine.core.config import RunConfig
+from rlr_engine.core.config import AttackSpec
+from rlr_engine.control.records import LayerStats
 from rlr_engine.workload.spectra import compressible_layers, layer_stats
 from rlr_engine.core.validation import check_adapt_every, check_beta, check_lr, check_theta
 

@@ -27,12 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rlr_engine.core.catalog import ATTACKS, BLACK_BOX, ENSEMBLE, ITERATIVE, LINF, SINGLE_STEP
-from rlr_engine.control.records import AttackSpec
+from rlr_engine.core.config import AttackSpec
+from rlr_engine.core.extras import attack_unavailable, require_attack
 from rlr_engine.core.sanity import LARGE_EPS, AttackRecord, Component, SanityReport, sanity_report
-
-
-class AttackUnavailable(ValueError):
-    """An attack needs an optional package that is not installed."""
 
 
 def _zero_gradients(x) -> None:
@@ -67,8 +64,7 @@ def import_pyautoattack():
     try:
         import pyautoattack
     except ImportError:
-        raise AttackUnavailable("autoattack and square need the optional package pyautoattack: "
-                                "pip install 'rlr[attacks]'") from None
+        raise attack_unavailable("autoattack") from None
     return pyautoattack
 
 
@@ -244,12 +240,6 @@ RUNNERS: dict[str, Runner] = {"fgsm": _run_fgsm, "pgd-linf": _run_pgd, "pgd-l2":
 assert tuple(RUNNERS) == tuple(ATTACKS), "every attack of the catalog has a runner"
 
 
-def check_available(name: str) -> None:
-    """Raise AttackUnavailable when the attack's optional package is missing."""
-    if ATTACKS[name].needs == "pyautoattack":
-        import_pyautoattack()
-
-
 @dataclass(frozen=True)
 class Robustness:
     """Accuracy under one attack at each ε of ``spec`` on ``samples`` images, and for attacks in
@@ -279,7 +269,7 @@ def _correct_counts(model: nn.Module, images: Tensor, labels: Tensor, spec: Atta
     """Images still correct at each ε (and, for an ensemble, after each of its parts), as device
     tensors: counts add up across the shards of a data-parallel run."""
     info = spec.info
-    check_available(info.name)
+    require_attack(info.name)
     was_training = model.training
     model.eval()
     correct = torch.zeros(len(spec.eps), dtype=torch.long, device=labels.device)

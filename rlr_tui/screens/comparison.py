@@ -12,6 +12,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 from textual_plotext import PlotextPlot
 
+from rlr_engine.control import comparison_files
+
 from ..format import num, pct, pct_pm
 from ..widgets.markers import series_marker
 
@@ -21,14 +23,14 @@ class ComparisonError(Exception):
 
 
 def load_comparison(directory: str | Path) -> tuple[list[dict], list[str]]:
-    """Rows of results.json and the attacks they report."""
-    path = Path(directory) / "results.json"
+    """Rows of the comparison's results and the attacks they report."""
+    path = Path(directory) / comparison_files.RESULTS_JSON
     if not path.is_file():
-        raise ComparisonError(f"{directory} holds no finished comparison (no results.json); "
+        raise ComparisonError(f"{directory} holds no finished comparison (no {comparison_files.RESULTS_JSON}); "
                               f"run `rlr compare ... --out {directory}` first")
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
-        spec = json.loads((Path(directory) / "comparison.json").read_text(encoding="utf-8"))
+        spec = json.loads((Path(directory) / comparison_files.SPEC).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ComparisonError(f"{path} cannot be read: {error}") from None
     attacks = [a for a in spec.get("attacks", []) if rows and a in rows[0]]

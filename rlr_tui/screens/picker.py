@@ -10,7 +10,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
-from rlr_engine.core.presets import PresetError, available_presets, load_preset, method_label
+from rlr_engine.core.errors import PresetError
+
+from rlr_engine.core.presets import available_presets, load_preset
+
+from rlr_engine.core.config import method_label
 from rlr_engine.control.run_dirs import list_runs
 
 from ..widgets.cursor_table import CursorTable

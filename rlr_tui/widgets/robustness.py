@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from .markers import series_marker
@@ -90,14 +89,6 @@ class AccuracyVsEps(PlotextPlot):
     def on_resize(self) -> None:
         if self._snap is not None:
             self.show(self._snap)
-
-
-class SanityFlags(Static):
-    """Every sanity flag of the latest attacks, and the checks that could not run."""
-
-    def show(self, snap) -> None:
-        report = snapshot_sanity(snap)
-        self.update("no attack yet" if report is None else "\n".join(report.lines()))
 
 
 class AccuracyHistory(PlotextPlot):

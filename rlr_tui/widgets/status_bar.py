@@ -5,10 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ..format import duration, num
+from rlr_engine.core.formatting import STATE_STYLES
 
-STATE_STYLES = {"running": "bold green", "paused": "bold yellow", "finished": "bold cyan",
-                "stopped": "bold yellow", "failed": "bold red", "starting": "bold", "dead": "bold white on red"}
+from ..format import duration, num
 
 
 class StatusBar(Static):
@@ -17,7 +16,7 @@ class StatusBar(Static):
 
     def show(self, snap) -> None:
         first = Text()
-        first.append(f" {snap.state.upper()} ", style=f"reverse {STATE_STYLES.get(snap.state, 'bold')}")
+        first.append(f" {snap.state.upper()} ", style=f"reverse bold {STATE_STYLES.get(snap.state, '')}")
         first.append(f" {snap.preset}", style="bold")
         first.append(f"  {snap.method} · {snap.model} on {snap.dataset} · {snap.device or '…'}")
         second = Text()

@@ -31,17 +31,17 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
-from rlr_engine.cli.console import UserError, console, err_console, print_error, watch
+from rlr_engine.core.errors import RunFailed
+
+from rlr_engine.cli.console import console, err_console, print_error, print_summary, watch
 from rlr_engine.run.distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
-from rlr_engine.core.presets import RunConfig, load_preset, restored_keys_set, resume_config
-from rlr_engine.run.recorder import Recorder
+from rlr_engine.core.config import RunConfig
+from rlr_engine.core.presets import restored_keys_set
+from rlr_engine.run.recorder import write_summary
 from rlr_engine.core.atomic_files import write_text_atomic
 from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY
-from rlr_engine.control.run_dirs import discard_run_dir, read_jsonl, read_run_config, write_config
-
-
-class RankFailed(Exception):
-    """The engine of this rank ended in the failed state; the message says why."""
+from rlr_engine.control.run_dirs import create_run_dir, discard_run_dir, read_jsonl, read_run_config, write_config
+from rlr_engine.control.run_plan import prepare_run, run_config
 
 
 # -- the launcher ---------------------------------------------------------------------------
@@ -174,28 +174,22 @@ def record_failure(config: RunConfig, run_dir: Path, reason: str) -> None:
         summary["error"] = reason
         write_text_atomic(path, json.dumps(summary, indent=2))
         return
-    recorder = Recorder(config, run_dir)
     checkpoints = [r.get("step") for r in read_jsonl(run_dir / EVENTS) if r.get("kind") == "checkpoint"]
-    recorder.last_checkpoint_step = checkpoints[-1] if checkpoints else None
-    recorder.write_summary("failed", config.method_label, config.tau, {"error": reason})
+    write_summary(run_dir, config, "failed", config.method_label, config.tau, {"error": reason}, {},
+                  checkpoints[-1] if checkpoints else None)
 
 
 # -- every worker ---------------------------------------------------------------------------
 def worker_config(args: argparse.Namespace) -> RunConfig:
     """The run's config, read without writing anything (every rank computes it)."""
-    extra = list(args.set) + ([f"device={args.device}"] if args.device else [])
     if args.run_dir:
         return read_run_config(args.run_dir)
-    if args.resume:
-        return resume_config(read_run_config(args.resume), extra)
-    if args.preset is None:
-        raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
-    return load_preset(args.preset, extra)
+    return run_config(args.preset, args.set, args.resume, args.device)
 
 
 @record
 def train_worker(args: argparse.Namespace) -> int:
-    """One rank of a data-parallel run (see the module docstring). Raises RankFailed when the
+    """One rank of a data-parallel run (see the module docstring). Raises RunFailed when the
     engine fails, so torchrun's error file holds the reason."""
     from rlr_engine.run.engine import Engine
     from rlr_engine.run.trainer import resolve_device
@@ -226,8 +220,6 @@ def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     once, before any worker starts. A resumed run's config.toml is rewritten by rank 0 once its
     engine has taken the settings (the workers get them as --set). Returns (config, run
     directory, whether it is new)."""
-    from rlr_engine.cli import prepare_run  # cli imports this module lazily, for --nproc only
-    from rlr_engine.control.run_dirs import create_run_dir
 
     config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
     if new:
@@ -252,7 +244,6 @@ def _run_main(engine, config: RunConfig, ranks: Ranks) -> int:
     """Rank 0 runs the engine as a one-process ``rlr train`` does: control socket, run lock and
     clean stops on SIGTERM/SIGINT/SIGHUP. torchrun's agent forwards the terminal's Ctrl+C once
     more, so every interrupt asks for the clean stop (the agent's own timeout is the abort)."""
-    from rlr_engine.cli import print_summary
     from rlr_engine.run.host import serve_run
 
     def on_ready(path: Path) -> None:
@@ -262,7 +253,7 @@ def _run_main(engine, config: RunConfig, ranks: Ranks) -> int:
     snap, _ = serve_run(engine, detached=False, follow=lambda e: watch(e, config.name), on_ready=on_ready,
                         abort_on_second_interrupt=False)
     if snap.state == "failed":
-        raise RankFailed(snap.message)
+        raise RunFailed(snap.message)
     print_summary(snap)
     if snap.state == "stopped":
         console.print(f"stopped at step {snap.step}; resume with: rlr train --nproc {ranks.world_size} "
@@ -278,5 +269,5 @@ def _run_follower(engine) -> int:
     engine.join()
     snap = engine.latest()
     if snap.state == "failed":
-        raise RankFailed(snap.message)
+        raise RunFailed(snap.message)
     return 0

@@ -1,0 +1,54 @@
+"""What a new or resumed run will be, checked before anything is created: its config (preset,
+overrides, the resumed run's own), its run directory and the optional packages it needs. Shared
+by ``rlr train`` (``--detach``, ``--nproc``) and the dashboard, so a typo is one line before any
+process starts. Torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from rlr_engine.control.run_dirs import choose_run_dir, engine_alive, read_run_config
+from rlr_engine.control.run_files import CHECKPOINT, CONTROL_SOCKET
+from rlr_engine.control.unix_socket import socket_path_problem
+from rlr_engine.core.config import RunConfig
+from rlr_engine.core.errors import UserError
+from rlr_engine.core.extras import require_extras
+from rlr_engine.core.presets import load_preset, resume_config
+
+
+def run_config(preset: str | None, overrides: Sequence[str], resume: str | Path | None,
+               device: str | None) -> RunConfig:
+    """The config of a new run of ``preset``, or of the run in ``resume``, with ``overrides``
+    (``key=value``) and ``device``; PresetError or UserError naming what is wrong."""
+    extra = list(overrides) + ([f"device={device}"] if device else [])
+    if resume:
+        return resume_config(read_run_config(resume), extra)
+    if preset is None:
+        raise UserError("give a preset name or file, or --resume RUN_DIR (see `rlr presets`)")
+    return load_preset(preset, extra)
+
+
+def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | Path | None, runs_root: str | Path,
+                device: str | None) -> tuple[RunConfig, Path, bool]:
+    """The config (``run_config``) and run directory of a new run of ``preset`` (under
+    ``runs_root``), or of the run in ``resume``, checked; nothing is created yet. Returns
+    (config, run_dir, whether the run directory is new). UserError (or PresetError) naming what
+    is wrong otherwise."""
+    config = run_config(preset, overrides, resume, device)
+    require_extras(config)  # a missing optional extra is reported before anything changes
+    if resume:
+        run_dir = Path(resume)
+        if engine_alive(run_dir):
+            raise UserError(f"--resume {run_dir}: the run is still running; attach with: rlr-tui --attach {run_dir}")
+        if not (run_dir / CHECKPOINT).is_file():
+            raise UserError(f"--resume {run_dir}: no {CHECKPOINT} in that directory, nothing to resume")
+        problem = socket_path_problem(run_dir / CONTROL_SOCKET)
+        if problem:
+            raise UserError(f"--resume {run_dir}: {problem}; move the run directory to a shorter path")
+        return config, run_dir, False
+    run_dir = choose_run_dir(config, runs_root)
+    problem = socket_path_problem(run_dir / CONTROL_SOCKET)
+    if problem:
+        raise UserError(f"--runs {runs_root}: {problem}; choose a shorter directory for runs")
+    return config, run_dir, True
