@@ -6,18 +6,33 @@ import statistics
 import time
 from pathlib import Path
 
-from rlr_engine.core.config import RunConfig
-from rlr_engine.control.run_files import METRICS
 from rlr_engine.control.run_dirs import read_jsonl
+from rlr_engine.control.run_files import METRICS
+from rlr_engine.core.config import RunConfig
 
 
 def benchmark_config(steps: int, **changes) -> RunConfig:
     """LeNet5 on MNIST-shaped synthetic data, CondLR τ = 0.1 with 80 % of the rank removed;
     no scheduled evaluation, attack or checkpoint inside the timed steps."""
-    base = dict(name="bench", dataset="synthetic-28", model="lenet5", method="lowrank", tau=0.1,
-                rank_fraction=0.2, epochs=1000, max_steps=steps, batch_size=128, lr=0.05, momentum=0.3,
-                eval_every=0, attack_every=0, checkpoint_every=0, attack_samples=100, eps=(0.0, 0.01),
-                device="cpu")
+    base = dict(
+        name="bench",
+        dataset="synthetic-28",
+        model="lenet5",
+        method="lowrank",
+        tau=0.1,
+        rank_fraction=0.2,
+        epochs=1000,
+        max_steps=steps,
+        batch_size=128,
+        lr=0.05,
+        momentum=0.3,
+        eval_every=0,
+        attack_every=0,
+        checkpoint_every=0,
+        attack_samples=100,
+        eps=(0.0, 0.01),
+        device="cpu",
+    )
     base.update(changes)
     return RunConfig(**base)
 

@@ -37,8 +37,9 @@ def measure(model_name: str, method: str, args, device: torch.device) -> None:
     torch.manual_seed(0)
     model = to_low_rank(build_model(model_name, channels, 10, size), 0.2, max_rank_fraction=0.5).to(device)
     optimizer = core_optimizer(model, "sgd", lr=0.01, momentum=0.45)
-    adaptation = RankAdaptation(model, optimizer, method, adapt_every=args.adapt_every, theta=0.1, beta=0.05,
-                                tau=0.1, min_rank=2)
+    adaptation = RankAdaptation(
+        model, optimizer, method, adapt_every=args.adapt_every, theta=0.1, beta=0.05, tau=0.1, min_rank=2
+    )
     spent = {"augment": 0.0, "truncate": 0.0}
 
     def timed(name, method_):
@@ -49,6 +50,7 @@ def measure(model_name: str, method: str, args, device: torch.device) -> None:
             sync(device)
             spent[name] += time.perf_counter() - start
             return result
+
         return run
 
     adaptation._augment = timed("augment", adaptation._augment)
@@ -76,11 +78,13 @@ def measure(model_name: str, method: str, args, device: torch.device) -> None:
         adapt_parts.append(sum(spent.values()) - sum(before.values()))
     ratios = [a / w for a, w in zip(adapt_parts, windows)]
     total = sum(adapt_parts) / sum(windows)
-    print(f"  {model_name:<7} {method:<16} window {1000 * statistics.median(windows):8.1f} ms  "
-          f"augment+truncate {1000 * statistics.median(adapt_parts):7.1f} ms  ratio median "
-          f"{statistics.median(ratios):.3f}, overall {total:.3f} "
-          f"(target ≤ 0.10: {'met' if total <= 0.10 else 'NOT met'}); augment batch without a step: "
-          f"{1 / args.adapt_every:.2f} of the batches; ranks {list(adaptation.ranks().values())}")
+    print(
+        f"  {model_name:<7} {method:<16} window {1000 * statistics.median(windows):8.1f} ms  "
+        f"augment+truncate {1000 * statistics.median(adapt_parts):7.1f} ms  ratio median "
+        f"{statistics.median(ratios):.3f}, overall {total:.3f} "
+        f"(target ≤ 0.10: {'met' if total <= 0.10 else 'NOT met'}); augment batch without a step: "
+        f"{1 / args.adapt_every:.2f} of the batches; ranks {list(adaptation.ranks().values())}"
+    )
 
 
 def main() -> None:
@@ -95,8 +99,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"k {args.adapt_every}, {args.windows} timed windows after one warm-up window")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"k {args.adapt_every}, {args.windows} timed windows after one warm-up window"
+    )
     for model_name in args.models.split(","):
         for method in args.methods.split(","):
             measure(model_name, method, args, device)

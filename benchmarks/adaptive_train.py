@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rlr_engine.method.adaptive import CORE_OPTIMIZERS, CRITERIA, METHODS, RankAdaptation, core_optimizer
 from rlr_engine.core.config import AttackSpec
+from rlr_engine.method.adaptive import CORE_OPTIMIZERS, CRITERIA, METHODS, RankAdaptation, core_optimizer
+from rlr_engine.method.lowrank import low_rank_layers, parameter_report, to_low_rank
 from rlr_engine.workload.attacks import adversarial_accuracy
 from rlr_engine.workload.data import load_dataset, to_float
-from rlr_engine.method.lowrank import low_rank_layers, parameter_report, to_low_rank
 from rlr_engine.workload.models import build_model
 
 
@@ -60,15 +60,25 @@ class Timed:
 
 def train(args) -> None:
     device = torch.device(args.device)
-    data = load_dataset("fashion-mnist", args.data_dir, download=False, val_fraction=0.25, seed=args.seed,
-                        device=device)
+    data = load_dataset(
+        "fashion-mnist", args.data_dir, download=False, val_fraction=0.25, seed=args.seed, device=device
+    )
     torch.manual_seed(args.seed)
     model = build_model("lenet5", data.channels, data.num_classes, data.image_size, data.mean, data.std)
     to_low_rank(model, args.rank_fraction, skip_last=True, max_rank_fraction=args.max_rank_fraction)
     model.to(device)
     optimizer = core_optimizer(model, args.core_optimizer, args.lr, args.momentum)
-    adaptation = RankAdaptation(model, optimizer, args.method, adapt_every=args.adapt_every, theta=args.theta,
-                                beta=args.beta, tau=args.tau, min_rank=args.min_rank, criterion=args.criterion)
+    adaptation = RankAdaptation(
+        model,
+        optimizer,
+        args.method,
+        adapt_every=args.adapt_every,
+        theta=args.theta,
+        beta=args.beta,
+        tau=args.tau,
+        min_rank=args.min_rank,
+        criterion=args.criterion,
+    )
     augment = adaptation._augment = Timed(adaptation._augment, device)
     truncate = adaptation._truncate = Timed(adaptation._truncate, device)
     jumps: list[float] = []
@@ -78,14 +88,23 @@ def train(args) -> None:
         def truncate_measuring_jumps():
             before = {n: l.dense_weight_matrix().detach().clone() for n, l in adaptation.layers}
             changes = timed_truncate()
-            jumps.append(statistics.mean((torch.linalg.matrix_norm(l.dense_weight_matrix() - before[n]) /
-                                          torch.linalg.matrix_norm(before[n])).item()
-                                         for n, l in adaptation.layers))
+            jumps.append(
+                statistics.mean(
+                    (
+                        torch.linalg.matrix_norm(l.dense_weight_matrix() - before[n])
+                        / torch.linalg.matrix_norm(before[n])
+                    ).item()
+                    for n, l in adaptation.layers
+                )
+            )
             return changes
+
         adaptation._truncate = truncate_measuring_jumps
-    print(f"{args.method} ({adaptation.criterion}, β {args.beta:g}, τ {adaptation.tau:g}, θ {args.theta:g}, "
-          f"k {args.adapt_every}, {args.core_optimizer}) start ranks {adaptation.ranks()}, "
-          f"κ_max {max_kappa(model):.3f}")
+    print(
+        f"{args.method} ({adaptation.criterion}, β {args.beta:g}, τ {adaptation.tau:g}, θ {args.theta:g}, "
+        f"k {args.adapt_every}, {args.core_optimizer}) start ranks {adaptation.ranks()}, "
+        f"κ_max {max_kappa(model):.3f}"
+    )
     generator = torch.Generator(device=device).manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(data.train) / args.batch)
     total = args.epochs * steps_per_epoch if not args.max_steps else args.max_steps
@@ -96,7 +115,7 @@ def train(args) -> None:
         for start in range(0, len(data.train), args.batch):
             if step >= total:
                 break
-            index = permutation[start:start + args.batch]
+            index = permutation[start : start + args.batch]
             x, y = to_float(data.train.images[index]), data.train.labels[index]
             task = F.cross_entropy(model(x), y)
             loss = task + adaptation.regularizer()
@@ -109,36 +128,51 @@ def train(args) -> None:
                 kappas.append(max_kappa(model))
                 boundary_ranks = [c.new_rank for c in changes]
             if step % args.print_every == 0:
-                print(f"step {step:5d}  loss {statistics.mean(losses[-args.print_every:]):.4f}  "
-                      f"ranks at last boundary {boundary_ranks}  κ_max there "
-                      f"{kappas[-1] if kappas else float('nan'):.3f}")
+                print(
+                    f"step {step:5d}  loss {statistics.mean(losses[-args.print_every :]):.4f}  "
+                    f"ranks at last boundary {boundary_ranks}  κ_max there "
+                    f"{kappas[-1] if kappas else float('nan'):.3f}"
+                )
     sync(device)
     seconds = time.perf_counter() - started
     if adaptation.position:  # measure a model at a window boundary, as for any evaluation
         adaptation.end_window()
     model.eval()
     with torch.no_grad():
-        correct = sum((model(to_float(data.test.images[i:i + 1000])).argmax(1) == data.test.labels[i:i + 1000])
-                      .sum().item() for i in range(0, len(data.test), 1000))
-    subset = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(1))[:args.attack_samples]
+        correct = sum(
+            (model(to_float(data.test.images[i : i + 1000])).argmax(1) == data.test.labels[i : i + 1000]).sum().item()
+            for i in range(0, len(data.test), 1000)
+        )
+    subset = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(1))[: args.attack_samples]
     spec = AttackSpec("fgsm", (0.0, 0.02, 0.05))
-    adversarial = adversarial_accuracy(model, data.test.images[subset.to(device)],
-                                       data.test.labels[subset.to(device)], spec, to_input=to_float)
+    adversarial = adversarial_accuracy(
+        model, data.test.images[subset.to(device)], data.test.labels[subset.to(device)], spec, to_input=to_float
+    )
     report = parameter_report(model)
-    print(f"\nfinal ranks {adaptation.ranks()}  compression {report.compression:.1%}  "
-          f"κ_max {max_kappa(model):.4f} (bound {1 + adaptation.tau:g})")
-    print(f"test acc {correct / len(data.test):.2%}  FGSM ({args.attack_samples} images) "
-          + ", ".join(f"ε={e:g}: {a:.1%}" for e, a in adversarial.items()))
+    print(
+        f"\nfinal ranks {adaptation.ranks()}  compression {report.compression:.1%}  "
+        f"κ_max {max_kappa(model):.4f} (bound {1 + adaptation.tau:g})"
+    )
+    print(
+        f"test acc {correct / len(data.test):.2%}  FGSM ({args.attack_samples} images) "
+        + ", ".join(f"ε={e:g}: {a:.1%}" for e, a in adversarial.items())
+    )
     print(f"loss first 50 steps {statistics.mean(losses[:50]):.4f} → last 50 {statistics.mean(losses[-50:]):.4f}")
     print(f"max κ over {len(kappas)} boundaries: {max(kappas) if kappas else float('nan'):.4f}")
     if jumps:
-        print(f"mean relative jump ‖ΔW‖/‖W‖ of truncate (+ projection), over layers and windows: "
-              f"{statistics.mean(jumps):.4f}")
+        print(
+            f"mean relative jump ‖ΔW‖/‖W‖ of truncate (+ projection), over layers and windows: "
+            f"{statistics.mean(jumps):.4f}"
+        )
     spent = augment.seconds + truncate.seconds
-    print(f"augment {augment.calls}× {augment.seconds:.2f} s, truncate {truncate.calls}× {truncate.seconds:.2f} s, "
-          f"training {seconds:.1f} s ({step} steps)")
-    print(f"ratio (augment + truncate) / training time = {spent / seconds:.3f} (target ≤ 0.10: "
-          f"{'met' if spent / seconds <= 0.10 else 'NOT met'})")
+    print(
+        f"augment {augment.calls}× {augment.seconds:.2f} s, truncate {truncate.calls}× {truncate.seconds:.2f} s, "
+        f"training {seconds:.1f} s ({step} steps)"
+    )
+    print(
+        f"ratio (augment + truncate) / training time = {spent / seconds:.3f} (target ≤ 0.10: "
+        f"{'met' if spent / seconds <= 0.10 else 'NOT met'})"
+    )
 
 
 def main() -> None:

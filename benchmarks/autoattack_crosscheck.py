@@ -24,6 +24,7 @@ def train_digits_model():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import train_digits_cnn
+
     from rlr_engine.workload.models import digits_cnn
 
     model, images, labels = train_digits_cnn(digits_cnn())
@@ -42,11 +43,10 @@ def main() -> None:
     import torchattacks
 
     from rlr_engine.core.config import AttackSpec
-
     from rlr_engine.workload.attacks import robustness
 
     model, x, y = train_digits_model()
-    x, y = x[:args.images], y[:args.images]
+    x, y = x[: args.images], y[: args.images]
     clean = (model(x).argmax(1) == y).float().mean().item()
 
     start = time.process_time()

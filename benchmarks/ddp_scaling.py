@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import benchmark_config  # noqa: E402
+from _common import benchmark_config
 
 
 def timed_steps(steps: int, batch: int, threads: int, warmup: int = 5) -> float:
@@ -70,9 +70,17 @@ def launch(nproc: int, steps: int, batch: int, threads: int) -> float:
     """Samples per second with ``nproc`` processes started by torch elastic's launcher API."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
-                          rdzv_endpoint="127.0.0.1:0", run_id=str(uuid.uuid4()), max_restarts=0,
-                          start_method="spawn", monitor_interval=0.1)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        run_id=str(uuid.uuid4()),
+        max_restarts=0,
+        start_method="spawn",
+        monitor_interval=0.1,
+    )
     seconds = elastic_launch(config, timed_steps)(steps, batch, threads)[0]
     return steps * batch / seconds
 
@@ -84,8 +92,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="global batch size")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     args = parser.parse_args()
-    where = (f"{torch.cuda.device_count()} GPU(s), NCCL" if torch.cuda.is_available()
-             else f"CPU, gloo, {args.threads} thread(s) per process")
+    where = (
+        f"{torch.cuda.device_count()} GPU(s), NCCL"
+        if torch.cuda.is_available()
+        else f"CPU, gloo, {args.threads} thread(s) per process"
+    )
     print(f"LeNet5 CondLR τ=0.1 (20 % rank) on synthetic 28×28, global batch {args.batch}, {args.steps} steps; {where}")
     rates: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(args.repeats):
@@ -93,8 +104,9 @@ def main() -> None:
             rates[nproc].append(launch(nproc, args.steps, args.batch, args.threads))
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     for nproc, values in rates.items():
-        print(f"N = {nproc}: {', '.join(f'{v:,.0f}' for v in values)} samples/s "
-              f"(median {statistics.median(values):,.0f})")
+        print(
+            f"N = {nproc}: {', '.join(f'{v:,.0f}' for v in values)} samples/s (median {statistics.median(values):,.0f})"
+        )
     print(f"speed-up N=2 / N=1 = {two / one:.2f}; scaling efficiency = {two / (2 * one):.0%}")
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from _common import benchmark_config, engine_samples_per_s, report, wait
-from rlr_engine.workload.data import load_dataset, to_float
+
+from rlr_engine.method.condlr import CondLR
 from rlr_engine.run.engine import Engine
 from rlr_engine.run.trainer import build_network
-from rlr_engine.method.condlr import CondLR
+from rlr_engine.workload.data import load_dataset, to_float
 
 
 def bare_loop(config, steps: int) -> float:
@@ -38,7 +38,7 @@ def bare_loop(config, steps: int) -> float:
             start, samples = time.perf_counter(), 0
         if position >= n:
             permutation, position = torch.randperm(n, generator=generator), 0
-        index = permutation[position:position + batch]
+        index = permutation[position : position + batch]
         position += batch
         x, y = to_float(data.train.images[index]), data.train.labels[index]
         samples += len(y)  # the last batch of an epoch is smaller
@@ -67,8 +67,10 @@ def main() -> None:
     parser.add_argument("--snapshot-interval", type=float, default=0.25)
     args = parser.parse_args()
     config = benchmark_config(args.steps, snapshot_interval=args.snapshot_interval)
-    print(f"LeNet5, synthetic 1×28×28, CondLR τ=0.1, rank kept 20 %, batch {config.batch_size}, "
-          f"{args.steps} steps, snapshots every {args.snapshot_interval} s, {torch.get_num_threads()} threads")
+    print(
+        f"LeNet5, synthetic 1×28×28, CondLR τ=0.1, rank kept 20 %, batch {config.batch_size}, "
+        f"{args.steps} steps, snapshots every {args.snapshot_interval} s, {torch.get_num_threads()} threads"
+    )
     bare, engine_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import benchmark_config, engine_samples_per_s, wait  # noqa: E402
+from _common import benchmark_config, engine_samples_per_s, wait
 
-from rlr_engine.run.engine import Engine  # noqa: E402
-from rlr_engine.control.run_files import CONTROL_SOCKET  # noqa: E402
-from rlr_engine.run.server import ControlServer  # noqa: E402
+from rlr_engine.control.run_files import CONTROL_SOCKET
+from rlr_engine.run.engine import Engine
+from rlr_engine.run.server import ControlServer
 
 CLIENT = """
 import sys, time
@@ -64,8 +64,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     config = benchmark_config(args.steps, snapshot_interval=0.25)
-    print(f"LeNet5, synthetic 1×28×28, CondLR τ=0.1, rank kept 20 %, batch {config.batch_size}, {args.steps} steps, "
-          f"{torch.get_num_threads()} threads, {args.repeats} repeats, conditions interleaved")
+    print(
+        f"LeNet5, synthetic 1×28×28, CondLR τ=0.1, rank kept 20 %, batch {config.batch_size}, {args.steps} steps, "
+        f"{torch.get_num_threads()} threads, {args.repeats} repeats, conditions interleaved"
+    )
     conditions = {"no server": None, "server, 0 clients": 0, "server, 1 client": 1, "server, 3 clients": 3}
     results: dict[str, list[float]] = {name: [] for name in conditions}
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,8 +79,13 @@ def main() -> None:
     baseline = statistics.median(results["no server"])
     for name, values in results.items():
         median = statistics.median(values)
-        verdict = "" if name == "no server" else (
-            f"  ratio {median / baseline:.3f} (target ≥ 0.98: {'met' if median / baseline >= 0.98 else 'NOT met'})")
+        verdict = (
+            ""
+            if name == "no server"
+            else (
+                f"  ratio {median / baseline:.3f} (target ≥ 0.98: {'met' if median / baseline >= 0.98 else 'NOT met'})"
+            )
+        )
         print(f"{name:>18}: {', '.join(f'{v:,.0f}' for v in values)} samples/s, median {median:,.0f}{verdict}")
 
 

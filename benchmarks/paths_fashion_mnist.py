@@ -14,14 +14,17 @@ import time
 
 import torch
 import torch.nn.functional as F
+from step_speed import PATHS
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
 from rlr_engine.workload.data import ImageData, load_dataset, to_float
 from rlr_engine.workload.models import build_model, use_channels_last
-from step_speed import PATHS
 
-RUNS = {"host": PATHS["host"], "device": PATHS["device"],
-        "rounding only": {"retraction": "cholesky-qr2", "core_projection": "svd"}}
+RUNS = {
+    "host": PATHS["host"],
+    "device": PATHS["device"],
+    "rounding only": {"retraction": "cholesky-qr2", "core_projection": "svd"},
+}
 REPORTED_STEPS = (0, 9, 29, 99, 199, 349)
 
 
@@ -34,7 +37,7 @@ def one_epoch(data: ImageData, path: dict) -> tuple[list[float], float, list[flo
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
     losses = []
     for start in range(0, len(order) - 127, 128):
-        batch = order[start:start + 128]
+        batch = order[start : start + 128]
         optimizer.zero_grad()
         loss = F.cross_entropy(model(to_float(data.train.images[batch])), data.train.labels[batch])
         loss.backward()
@@ -55,13 +58,17 @@ def main() -> None:
     for name, path in RUNS.items():
         start = time.perf_counter()
         losses, accuracy, kappas = results[name] = one_epoch(data, path)
-        print(f"{name:<14} {time.perf_counter() - start:4.0f} s  mean loss of the first / last 50 steps "
-              f"{sum(losses[:50]) / 50:.4f} / {sum(losses[-50:]) / 50:.4f}  test accuracy {accuracy:.4f}  "
-              f"κ(S) {', '.join(f'{k:.5f}' for k in kappas)}")
+        print(
+            f"{name:<14} {time.perf_counter() - start:4.0f} s  mean loss of the first / last 50 steps "
+            f"{sum(losses[:50]) / 50:.4f} / {sum(losses[-50:]) / 50:.4f}  test accuracy {accuracy:.4f}  "
+            f"κ(S) {', '.join(f'{k:.5f}' for k in kappas)}"
+        )
     for name in ("device", "rounding only"):
         gaps = [abs(a - b) for a, b in zip(results["host"][0], results[name][0])]
-        print(f"|loss − host path's loss|, {name}, at steps {', '.join(str(i + 1) for i in REPORTED_STEPS)}: "
-              + ", ".join(f"{gaps[i]:.1e}" for i in REPORTED_STEPS if i < len(gaps)))
+        print(
+            f"|loss − host path's loss|, {name}, at steps {', '.join(str(i + 1) for i in REPORTED_STEPS)}: "
+            + ", ".join(f"{gaps[i]:.1e}" for i in REPORTED_STEPS if i < len(gaps))
+        )
 
 
 if __name__ == "__main__":

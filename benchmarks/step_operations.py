@@ -14,11 +14,11 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from step_speed import PATHS, SHAPES
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlr_engine import CondLR, to_low_rank
 from rlr_engine.workload.models import build_model
-from step_speed import PATHS, SHAPES
 
 
 class OperationCount(TorchDispatchMode):
@@ -34,9 +34,26 @@ class OperationCount(TorchDispatchMode):
 
     def split(self) -> tuple[int, int]:
         """(operations that compute, views)."""
-        views = sum(n for name, n in self.counts.items()
-                    if name in {"view", "expand", "select", "slice", "_unsafe_view", "diagonal", "transpose",
-                                "unsqueeze", "t", "alias", "lift_fresh", "detach", "as_strided"})
+        views = sum(
+            n
+            for name, n in self.counts.items()
+            if name
+            in {
+                "view",
+                "expand",
+                "select",
+                "slice",
+                "_unsafe_view",
+                "diagonal",
+                "transpose",
+                "unsqueeze",
+                "t",
+                "alias",
+                "lift_fresh",
+                "detach",
+                "as_strided",
+            }
+        )
         return sum(self.counts.values()) - views, views
 
 
@@ -64,7 +81,9 @@ def main() -> None:
         print(f"  {'τ':>5} {'host path':>16} {'device path':>16} {'device / host':>14}")
         for tau in (math.inf, 0.0, 0.1):
             host, device = count(model_name, tau, PATHS["host"]), count(model_name, tau, PATHS["device"])
-            print(f"  {tau:>5} {host[0]:>8} (+{host[1]:>4}) {device[0]:>8} (+{device[1]:>4}) {device[0] / host[0]:>14.2f}")
+            print(
+                f"  {tau:>5} {host[0]:>8} (+{host[1]:>4}) {device[0]:>8} (+{device[1]:>4}) {device[0] / host[0]:>14.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -24,22 +24,36 @@ from rlr_engine import CondLR, to_low_rank
 from rlr_engine.workload.models import build_model, use_channels_last
 
 SHAPES = {"lenet5": (1, 28), "vgg16": (3, 32)}
-PATHS = {"host": {"retraction": "householder", "core_projection": "svd"},
-         "device": {"retraction": "cholesky-qr2", "core_projection": "newton"}}
+PATHS = {
+    "host": {"retraction": "householder", "core_projection": "svd"},
+    "device": {"retraction": "cholesky-qr2", "core_projection": "newton"},
+}
 
 
 def variants(device: torch.device, compiled: bool) -> tuple:
     """(label, τ (None: dense), channels_last, CondLR keyword arguments, torch.compile) and the
     ratios to print."""
     other = "device" if device.type == "cpu" else "host"
-    found = [("dense SGD", None, False, {}, False), ("low-rank τ=inf", math.inf, False, {}, False),
-             ("CondLR τ=0", 0.0, False, {}, False), ("CondLR τ=0.1", 0.1, False, {}, False),
-             (f"CondLR τ=0.1, {other}", 0.1, False, PATHS[other], False), ("dense SGD, CL", None, True, {}, False),
-             ("low-rank τ=inf, CL", math.inf, True, {}, False), ("CondLR τ=0, CL", 0.0, True, {}, False),
-             ("CondLR τ=0.1, CL", 0.1, True, {}, False), (f"CondLR τ=0.1, CL, {other}", 0.1, True, PATHS[other], False)]
-    ratios = [("CondLR τ=0", "low-rank τ=inf"), ("CondLR τ=0.1", "low-rank τ=inf"),
-              ("CondLR τ=0, CL", "low-rank τ=inf, CL"), ("CondLR τ=0.1, CL", "low-rank τ=inf, CL"),
-              ("CondLR τ=0.1", f"CondLR τ=0.1, {other}"), ("CondLR τ=0.1, CL", f"CondLR τ=0.1, CL, {other}")]
+    found = [
+        ("dense SGD", None, False, {}, False),
+        ("low-rank τ=inf", math.inf, False, {}, False),
+        ("CondLR τ=0", 0.0, False, {}, False),
+        ("CondLR τ=0.1", 0.1, False, {}, False),
+        (f"CondLR τ=0.1, {other}", 0.1, False, PATHS[other], False),
+        ("dense SGD, CL", None, True, {}, False),
+        ("low-rank τ=inf, CL", math.inf, True, {}, False),
+        ("CondLR τ=0, CL", 0.0, True, {}, False),
+        ("CondLR τ=0.1, CL", 0.1, True, {}, False),
+        (f"CondLR τ=0.1, CL, {other}", 0.1, True, PATHS[other], False),
+    ]
+    ratios = [
+        ("CondLR τ=0", "low-rank τ=inf"),
+        ("CondLR τ=0.1", "low-rank τ=inf"),
+        ("CondLR τ=0, CL", "low-rank τ=inf, CL"),
+        ("CondLR τ=0.1, CL", "low-rank τ=inf, CL"),
+        ("CondLR τ=0.1", f"CondLR τ=0.1, {other}"),
+        ("CondLR τ=0.1, CL", f"CondLR τ=0.1, CL, {other}"),
+    ]
     if compiled:
         found += [("CondLR τ=0.1, compiled", 0.1, False, {}, True), ("CondLR τ=0.1, CL, compiled", 0.1, True, {}, True)]
         ratios += [("CondLR τ=0.1, compiled", "CondLR τ=0.1"), ("CondLR τ=0.1, CL, compiled", "CondLR τ=0.1, CL")]
@@ -83,8 +97,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also CondLR τ=0.1 with the model torch.compile'd (its compilation runs in the warm-up)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also CondLR τ=0.1 with the model torch.compile'd (its compilation runs in the warm-up)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -110,8 +127,10 @@ def main() -> None:
         medians = {label: statistics.median(t) for label, t in times.items()}
         dense = medians["dense SGD"]
         best_dense = min(dense, medians["dense SGD, CL"])
-        print(f"\n{model_name} ({channels}×{size}×{size}), rank_fraction 0.2, median of {args.repeats} "
-              f"(CL: channels_last = true):")
+        print(
+            f"\n{model_name} ({channels}×{size}×{size}), rank_fraction 0.2, median of {args.repeats} "
+            f"(CL: channels_last = true):"
+        )
         print(f"  {'variant':<28} {'ms/step':>9} {'× dense':>8} {'× best dense':>13}")
         for label, median in medians.items():
             print(f"  {label:<28} {1000 * median:>9.1f} {median / dense:>8.2f} {median / best_dense:>13.2f}")

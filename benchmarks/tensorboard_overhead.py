@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import benchmark_config, engine_samples_per_s, report, wait
+
 from rlr_engine.run.engine import Engine
 from rlr_engine.run.tensorboard_log import TensorBoardLog
 
@@ -36,6 +36,7 @@ class WriterClock:
                 return method(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - start
+
         return timed
 
 
@@ -57,20 +58,27 @@ def main() -> None:
     parser.add_argument("--snapshot-interval", type=float, default=0.25)
     args = parser.parse_args()
     config = benchmark_config(args.steps, snapshot_interval=args.snapshot_interval)
-    print(f"LeNet5, synthetic 1×28×28, CondLR τ=0.1, rank kept 20 %, batch {config.batch_size}, "
-          f"{args.steps} steps, snapshots every {args.snapshot_interval} s, {torch.get_num_threads()} threads")
+    print(
+        f"LeNet5, synthetic 1×28×28, CondLR τ=0.1, rank kept 20 %, batch {config.batch_size}, "
+        f"{args.steps} steps, snapshots every {args.snapshot_interval} s, {torch.get_num_threads()} threads"
+    )
     clock = WriterClock()
     off, on, shares = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for tensorboard in ((False, True) if repeat % 2 == 0 else (True, False)):
-                rate, share = one_run(config.replace(tensorboard=tensorboard),
-                                      Path(tmp) / f"{'on' if tensorboard else 'off'}{repeat}", clock)
+            for tensorboard in (False, True) if repeat % 2 == 0 else (True, False):
+                rate, share = one_run(
+                    config.replace(tensorboard=tensorboard),
+                    Path(tmp) / f"{'on' if tensorboard else 'off'}{repeat}",
+                    clock,
+                )
                 (on if tensorboard else off).append(rate)
                 if tensorboard:
                     shares.append(share)
-    print(f"TensorBoard writer thread busy: median {statistics.median(shares):.3%} of the "
-          f"training time ({', '.join(f'{s:.3%}' for s in shares)})")
+    print(
+        f"TensorBoard writer thread busy: median {statistics.median(shares):.3%} of the "
+        f"training time ({', '.join(f'{s:.3%}' for s in shares)})"
+    )
     report("tensorboard on", off, on, target=0.99)
 
 

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _common import benchmark_config, engine_samples_per_s, report, wait
-from rlr_engine.run.engine import Engine
+
 from rlr_engine.control.run_files import CONTROL_SOCKET
+from rlr_engine.run.engine import Engine
 from rlr_engine.run.server import ControlServer
 from rlr_tui.app import RlrApp
 from rlr_tui.engines import EngineLauncher
@@ -57,8 +57,10 @@ def main() -> None:
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     config = benchmark_config(args.steps)
-    print(f"LeNet5, synthetic 1×28×28, CondLR τ=0.1, rank kept 20 %, batch {config.batch_size}, "
-          f"{args.steps} steps, dashboard {size[0]}×{size[1]}, {torch.get_num_threads()} threads")
+    print(
+        f"LeNet5, synthetic 1×28×28, CondLR τ=0.1, rank kept 20 %, batch {config.batch_size}, "
+        f"{args.steps} steps, dashboard {size[0]}×{size[1]}, {torch.get_num_threads()} threads"
+    )
     headless, dashboard = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):

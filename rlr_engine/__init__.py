@@ -21,8 +21,19 @@ The package itself imports nothing heavy; the method's names below load torch on
 from importlib import import_module
 from typing import Any
 
-_METHOD = ("CondLR", "RankAdaptation", "core_optimizer", "RankChange", "LowRankConv2d", "LowRankLayer",
-           "LowRankLinear", "ParameterReport", "low_rank_layers", "parameter_report", "to_low_rank")
+_METHOD = (
+    "CondLR",
+    "RankAdaptation",
+    "core_optimizer",
+    "RankChange",
+    "LowRankConv2d",
+    "LowRankLayer",
+    "LowRankLinear",
+    "ParameterReport",
+    "low_rank_layers",
+    "parameter_report",
+    "to_low_rank",
+)
 
 __all__ = list(_METHOD)
 __version__ = "0.1.0"

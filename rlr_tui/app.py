@@ -11,19 +11,19 @@ import asyncio
 import shlex
 import signal
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
 from rlr_engine.control.client import EngineUnavailable
 from rlr_engine.control.detached import LaunchError
+from rlr_engine.control.protocol import ProtocolError
+from rlr_engine.control.run_dirs import engine_alive, read_run_config, run_info
+from rlr_engine.control.run_files import CHECKPOINT
 from rlr_engine.core.errors import PresetError
 from rlr_engine.core.presets import load_preset, resume_config
-from rlr_engine.control.protocol import ProtocolError
-from rlr_engine.control.run_files import CHECKPOINT
-from rlr_engine.control.run_dirs import engine_alive, read_run_config, run_info
 
 from .engines import EngineLauncher
 from .screens.comparison import ComparisonError, ComparisonScreen, load_comparison
@@ -39,14 +39,28 @@ class RlrApp(App):
     TITLE = "rlr"
     BINDINGS = [
         Binding("q", "quit_run", "Quit", id="quit", tooltip="Leave: stop the run (final checkpoint) or detach"),
-        Binding("ctrl+c", "quit_run", "Quit", id="quit-ctrl-c", show=False, priority=True,
-                tooltip="Leave: stop the run (final checkpoint) or detach"),
+        Binding(
+            "ctrl+c",
+            "quit_run",
+            "Quit",
+            id="quit-ctrl-c",
+            show=False,
+            priority=True,
+            tooltip="Leave: stop the run (final checkpoint) or detach",
+        ),
         Binding("question_mark,f1", "help", "Help", id="help", tooltip="Show every key"),
     ]
 
-    def __init__(self, preset: str | None = None, overrides: Iterable[str] = (), runs_root: str | Path = "runs",
-                 resume: str | Path | None = None, attach: str | Path | None = None,
-                 comparison: str | Path | None = None, launcher: EngineLauncher | None = None) -> None:
+    def __init__(
+        self,
+        preset: str | None = None,
+        overrides: Iterable[str] = (),
+        runs_root: str | Path = "runs",
+        resume: str | Path | None = None,
+        attach: str | Path | None = None,
+        comparison: str | Path | None = None,
+        launcher: EngineLauncher | None = None,
+    ) -> None:
         super().__init__()
         self.comparison = comparison
         self.preset, self.overrides = preset, list(overrides)
@@ -83,8 +97,9 @@ class RlrApp(App):
             self.notify(str(error), title="cannot start", severity="error", timeout=30)
             return
         self.notify(f"starting {preset}: loading the data set…", timeout=5)
-        self.run_worker(self._launch(lambda: self.launcher.start(preset, self.overrides, self.runs_root)),
-                        group="launch")
+        self.run_worker(
+            self._launch(lambda: self.launcher.start(preset, self.overrides, self.runs_root)), group="launch"
+        )
 
     def resume_run(self, run_dir: str | Path, overrides: Sequence[str] = ()) -> None:
         """Resume (or attach to) a run. ``overrides`` are what `rlr-tui --resume RUN --set …`
@@ -100,8 +115,11 @@ class RlrApp(App):
             return
         info = run_info(run_dir, ask_engine=False)
         if info.finished:  # resuming would train nothing and run its final attack again
-            self.notify(f"{run_dir.name} finished at step {info.step}; nothing to resume (its results are in "
-                        f"{run_dir})", severity="warning", timeout=15)
+            self.notify(
+                f"{run_dir.name} finished at step {info.step}; nothing to resume (its results are in {run_dir})",
+                severity="warning",
+                timeout=15,
+            )
             return
         if not (run_dir / CHECKPOINT).is_file():
             self.notify(f"{run_dir} has no {CHECKPOINT}; nothing to resume", severity="error", timeout=30)
@@ -165,25 +183,41 @@ class RlrApp(App):
         if isinstance(screen, DashboardScreen):
             for binding in screen.BINDINGS:
                 action = binding.action
-                yield SystemCommand(binding.tooltip or binding.description, f"key: {binding.key}",
-                                    lambda action=action: self.run_action(action, screen))
+                yield SystemCommand(
+                    binding.tooltip or binding.description,
+                    f"key: {binding.key}",
+                    lambda action=action: self.run_action(action, screen),
+                )
         yield SystemCommand("Quit", "Leave: stop the run (final checkpoint) or detach", self.action_quit_run)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="rlr-tui", description="Watch and steer CondLR training live.")
     parser.add_argument("preset", nargs="?", help="preset name or .toml file (omit to pick one)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a preset key, e.g. --set tau=0.5 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset key, e.g. --set tau=0.5 (repeatable)",
+    )
     parser.add_argument("--attach", metavar="RUN_DIR", help="attach to a running run")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume a stopped (or dead) run from its directory")
     parser.add_argument("--runs", default="runs", metavar="DIR", help="where run directories go (default: runs)")
     parser.add_argument("--comparison", metavar="DIR", help="show a finished `rlr compare` directory")
-    parser.add_argument("--serve", action="store_true",
-                        help="serve the dashboard to a browser (textual-serve) on 127.0.0.1; reach it with ssh -L")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the dashboard to a browser (textual-serve) on 127.0.0.1; reach it with ssh -L",
+    )
     parser.add_argument("--port", type=int, default=8000, help="port for --serve (default 8000)")
-    parser.add_argument("--nproc", type=int, default=1, metavar="N",
-                        help="train data-parallel on N processes (torch.distributed; one GPU each on CUDA)")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train data-parallel on N processes (torch.distributed; one GPU each on CUDA)",
+    )
     return parser.parse_args(argv)
 
 
@@ -199,8 +233,10 @@ def serve(argv: list[str], port: int) -> int:
         print(f"error: --port {port}: must be in 1..65535", file=sys.stderr)
         return 2
     command = shlex.join([sys.executable, "-m", "rlr_tui.app", *argv])
-    print(f"serving the dashboard on http://127.0.0.1:{port} (from another machine: "
-          f"ssh -L {port}:127.0.0.1:{port} HOST)", flush=True)
+    print(
+        f"serving the dashboard on http://127.0.0.1:{port} (from another machine: ssh -L {port}:127.0.0.1:{port} HOST)",
+        flush=True,
+    )
     Server(command, host="127.0.0.1", port=port, title="rlr").serve()
     return 0
 
@@ -210,12 +246,22 @@ def farewell(snap, died: bool, run_dir) -> list[tuple[str, bool]]:
     if snap is None:
         return []
     if died:
-        return [(f"{snap.preset}: the engine process died; last good checkpoint at step "
-                 f"{snap.last_checkpoint_step}. Resume with: rlr-tui --resume {run_dir}", False)]
+        return [
+            (
+                f"{snap.preset}: the engine process died; last good checkpoint at step "
+                f"{snap.last_checkpoint_step}. Resume with: rlr-tui --resume {run_dir}",
+                False,
+            )
+        ]
     if snap.active:
         goes_on = "the run stays paused" if snap.state == "paused" else "training continues"
-        return [(f"{snap.preset}: detached at step {snap.step}; {goes_on}. "
-                 f"Attach again with: rlr-tui --attach {run_dir}", False)]
+        return [
+            (
+                f"{snap.preset}: detached at step {snap.step}; {goes_on}. "
+                f"Attach again with: rlr-tui --attach {run_dir}",
+                False,
+            )
+        ]
     lines = [(f"{snap.preset}: {snap.state} at step {snap.step}; run directory {run_dir}", False)]
     if snap.state == "stopped":
         lines.append((f"resume with: rlr-tui --resume {run_dir}", False))
@@ -248,11 +294,18 @@ def main(argv=None) -> int:
         rest = [a for a in argv if a != "--serve"]
         if "--port" in rest:
             i = rest.index("--port")
-            del rest[i:i + 2]
+            del rest[i : i + 2]
         rest = [a for a in rest if not a.startswith("--port=")]
         return serve(rest, args.port)
-    app = RlrApp(args.preset, args.set, args.runs, args.resume, args.attach, comparison=args.comparison,
-                 launcher=EngineLauncher(nproc=args.nproc))
+    app = RlrApp(
+        args.preset,
+        args.set,
+        args.runs,
+        args.resume,
+        args.attach,
+        comparison=args.comparison,
+        launcher=EngineLauncher(nproc=args.nproc),
+    )
 
     def on_hangup(signum, frame) -> None:
         """The terminal went away (SSH dropped): detach; the run trains on."""

@@ -4,8 +4,8 @@ socket and never imports torch. Tests give the app another launcher (scripted cl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rlr_engine.control.client import EngineClient
 from rlr_engine.control.detached import start_detached

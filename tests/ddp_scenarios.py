@@ -22,9 +22,17 @@ def run_ranks(function, *args, nproc: int = 2):
     returns {rank: return value}. The agent stops every worker when one fails."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
-                          rdzv_endpoint="127.0.0.1:0", run_id=str(uuid.uuid4()), max_restarts=0,
-                          start_method="spawn", monitor_interval=0.1)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        run_id=str(uuid.uuid4()),
+        max_restarts=0,
+        start_method="spawn",
+        monitor_interval=0.1,
+    )
     return elastic_launch(config, function)(*args)
 
 
@@ -34,8 +42,15 @@ def run_cli(args: list[str], timeout: float = 240.0) -> subprocess.CompletedProc
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
-    process = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rlr_engine.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         out, err = process.communicate(timeout=timeout)
     finally:
@@ -89,12 +104,13 @@ def steered_run(root: str, drift: float) -> dict:
     pause, then resume. Returns what each rank ended with, plus sharded and (rank 0) unsharded
     evaluation and attack of the final weights."""
     from helpers import small_config, wait_for
-    from rlr_engine.workload.attacks import adversarial_accuracy
-    from rlr_engine.workload.data import to_float
-    from rlr_engine.run.distributed import SINGLE, factor_checksum, leave_process_group
-    from rlr_engine.run.engine import Engine
+
     from rlr_engine.control.records import Pause, Resume, SetTau, Truncate
     from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.run.distributed import SINGLE, factor_checksum, leave_process_group
+    from rlr_engine.run.engine import Engine
+    from rlr_engine.workload.attacks import adversarial_accuracy
+    from rlr_engine.workload.data import to_float
 
     ranks = _join()
     try:
@@ -121,10 +137,16 @@ def steered_run(root: str, drift: float) -> dict:
         sharded_attack, _ = trainer.attack(spec, full=False)
         sharded_eval = trainer.evaluate_split(trainer.data.test)
         result = {
-            "state": snap.state, "message": snap.message, "step": trainer.step, "tau": trainer.tau,
-            "ranks": trainer.optimizer.ranks(), "checksum": float(factor_checksum(trainer.model)),
+            "state": snap.state,
+            "message": snap.message,
+            "step": trainer.step,
+            "tau": trainer.tau,
+            "ranks": trainer.optimizer.ranks(),
+            "checksum": float(factor_checksum(trainer.model)),
             "events": [(e.step, e.kind, e.message) for e in engine.recorder.events],
-            "paused_step": paused_step, "sharded_attack": sharded_attack, "sharded_eval": sharded_eval,
+            "paused_step": paused_step,
+            "sharded_attack": sharded_attack,
+            "sharded_eval": sharded_eval,
         }
         if ranks.is_main:
             data = trainer.data

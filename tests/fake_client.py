@@ -4,7 +4,6 @@ snapshots and acknowledgements that records the commands it is sent."""
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 from rlr_engine.control.records import Ack, AttackResult, Event, LayerStats, Snapshot
@@ -18,25 +17,60 @@ def scripted_snapshot(version: int = 1) -> Snapshot:
         LayerStats("fc1", (500, 800), 100, 500, tuple(0.8 - 0.001 * i for i in range(100)), True),
         LayerStats("fc2", (10, 500), 10, 10, tuple(3.0 / (1 + i) for i in range(10)), False),
     )
-    attacks = tuple(AttackResult(s, s // 400, "fgsm", (0.0, 0.02, 0.04, 0.06),
-                                 (0.8 + 0.01 * k, 0.6 + 0.01 * k, 0.45 + 0.01 * k, 0.3 + 0.01 * k))
-                    for k, s in enumerate((400, 800, 1200, 1600)))
-    events = (Event(1, 0, 0.0, "info", "started fake (CondLR τ=0.1) on cpu at step 0"),
-              Event(2, 800, 0.0, "truncation", "fc1: rank 160 → 100 (‖ΔW‖_F = 0.31)"),
-              Event(3, 1200, 0.0, "rejected", "set_tau: tau must be a number in [0, inf], got -1.0"))
+    attacks = tuple(
+        AttackResult(
+            s,
+            s // 400,
+            "fgsm",
+            (0.0, 0.02, 0.04, 0.06),
+            (0.8 + 0.01 * k, 0.6 + 0.01 * k, 0.45 + 0.01 * k, 0.3 + 0.01 * k),
+        )
+        for k, s in enumerate((400, 800, 1200, 1600))
+    )
+    events = (
+        Event(1, 0, 0.0, "info", "started fake (CondLR τ=0.1) on cpu at step 0"),
+        Event(2, 800, 0.0, "truncation", "fc1: rank 160 → 100 (‖ΔW‖_F = 0.31)"),
+        Event(3, 1200, 0.0, "rejected", "set_tau: tau must be a number in [0, inf], got -1.0"),
+    )
     return Snapshot(
-        state="running", preset="fake", method="CondLR τ=0.1", dataset="fashion-mnist", model="lenet5",
-        device="cpu", run_dir="fake-run", step=2000, epoch=5, epochs=20, total_steps=7040,
-        samples_per_s=4321.0, eta_s=754.0, tau=0.1, theta=0.1, lr=0.1, train_loss=0.35, train_acc=0.88,
-        val_loss=0.41, val_acc=0.86, test_acc=0.85,
-        curves={"train_loss": tuple((s, 2.3 * math.exp(-s / 400) + 0.3) for s in steps),
-                "train_acc": tuple((s, 0.9 - 0.8 * math.exp(-s / 300)) for s in steps),
-                "val_loss": tuple((s, 2.3 * math.exp(-s / 400) + 0.4) for s in steps[::20]),
-                "val_acc": tuple((s, 0.88 - 0.8 * math.exp(-s / 300)) for s in steps[::20]),
-                "test_acc": tuple((s, 0.87 - 0.8 * math.exp(-s / 300)) for s in steps[::20])},
-        layers=layers, params=123_456, dense_params=431_080, compression=1 - 123_456 / 431_080,
-        rank_fraction=0.2, adversarial=attacks[-1], adversarial_history=attacks,
-        events=events, version=version)
+        state="running",
+        preset="fake",
+        method="CondLR τ=0.1",
+        dataset="fashion-mnist",
+        model="lenet5",
+        device="cpu",
+        run_dir="fake-run",
+        step=2000,
+        epoch=5,
+        epochs=20,
+        total_steps=7040,
+        samples_per_s=4321.0,
+        eta_s=754.0,
+        tau=0.1,
+        theta=0.1,
+        lr=0.1,
+        train_loss=0.35,
+        train_acc=0.88,
+        val_loss=0.41,
+        val_acc=0.86,
+        test_acc=0.85,
+        curves={
+            "train_loss": tuple((s, 2.3 * math.exp(-s / 400) + 0.3) for s in steps),
+            "train_acc": tuple((s, 0.9 - 0.8 * math.exp(-s / 300)) for s in steps),
+            "val_loss": tuple((s, 2.3 * math.exp(-s / 400) + 0.4) for s in steps[::20]),
+            "val_acc": tuple((s, 0.88 - 0.8 * math.exp(-s / 300)) for s in steps[::20]),
+            "test_acc": tuple((s, 0.87 - 0.8 * math.exp(-s / 300)) for s in steps[::20]),
+        },
+        layers=layers,
+        params=123_456,
+        dense_params=431_080,
+        compression=1 - 123_456 / 431_080,
+        rank_fraction=0.2,
+        adversarial=attacks[-1],
+        adversarial_history=attacks,
+        events=events,
+        version=version,
+    )
 
 
 class FakeClient:

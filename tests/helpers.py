@@ -6,16 +6,31 @@ import time
 
 import torch
 
-from rlr_engine.run.engine import Engine
-from rlr_engine.core.config import RunConfig
 from rlr_engine.control.run_dirs import new_run_dir
+from rlr_engine.core.config import RunConfig
+from rlr_engine.run.engine import Engine
 
 
 def small_config(**changes) -> RunConfig:
-    base = dict(name="test", dataset="synthetic", model="digits-cnn", method="lowrank", tau=0.1,
-                rank_fraction=0.5, epochs=3, batch_size=64, lr=0.05, momentum=0.9, eval_every=1,
-                attack_every=0, attack_samples=100, checkpoint_every=1, snapshot_interval=0.05,
-                eps=(0.0, 0.05, 0.1), seed=0)
+    base = dict(
+        name="test",
+        dataset="synthetic",
+        model="digits-cnn",
+        method="lowrank",
+        tau=0.1,
+        rank_fraction=0.5,
+        epochs=3,
+        batch_size=64,
+        lr=0.05,
+        momentum=0.9,
+        eval_every=1,
+        attack_every=0,
+        attack_samples=100,
+        checkpoint_every=1,
+        snapshot_interval=0.05,
+        eps=(0.0, 0.05, 0.1),
+        seed=0,
+    )
     base.update(changes)
     return RunConfig(**base)
 
@@ -39,10 +54,10 @@ def train_digits_cnn(model, epochs=15):
     data = load_dataset("digits")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = to_float(data.train.images), data.train.labels
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         for i in range(0, len(y), 32):
             opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
+            F.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()
             opt.step()
     return model, to_float(data.test.images), data.test.labels
 
@@ -72,8 +87,10 @@ def wait_for(engine: Engine, predicate, timeout: float = 60.0):
         if predicate(snap):
             return snap
         time.sleep(0.02)
-    raise AssertionError(f"timed out; last snapshot state={engine.latest().state} "
-                         f"step={engine.latest().step} events={[e.message for e in engine.latest().events][-5:]}")
+    raise AssertionError(
+        f"timed out; last snapshot state={engine.latest().state} "
+        f"step={engine.latest().step} events={[e.message for e in engine.latest().events][-5:]}"
+    )
 
 
 def run_to_end(engine: Engine, timeout: float = 120.0):

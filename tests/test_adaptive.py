@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import small_config, synthetic_task
 from torch import nn
 
 from rlr_engine import low_rank_layers, to_low_rank
-from rlr_engine.method.adaptive import RankAdaptation, core_optimizer, soft_conditioning_penalty
 from rlr_engine.core.config import AttackSpec
+from rlr_engine.method.adaptive import RankAdaptation, core_optimizer, soft_conditioning_penalty
 from rlr_engine.run.trainer import Trainer, load_run_data
-from helpers import small_config, synthetic_task
 
 MIN_RANK = 2
 
@@ -24,8 +24,14 @@ def mlp(rank_fraction=0.25, max_rank_fraction=0.75):
 
 
 def cnn():
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.LeakyReLU(), nn.Conv2d(8, 12, 3, stride=2),
-                          nn.LeakyReLU(), nn.Flatten(), nn.Linear(12 * 3 * 3, 4))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.LeakyReLU(),
+        nn.Conv2d(8, 12, 3, stride=2),
+        nn.LeakyReLU(),
+        nn.Flatten(),
+        nn.Linear(12 * 3 * 3, 4),
+    )
     return to_low_rank(model, 0.25, max_rank_fraction=1.0)
 
 
@@ -50,7 +56,7 @@ def train(model, optimizer, adaptation, x, y, steps, batch=64, on_step=None):
     losses = []
     for step in range(steps):
         i = (step * batch) % len(x)
-        loss, changes = batch_step(model, optimizer, adaptation, x[i:i + batch], y[i:i + batch])
+        loss, changes = batch_step(model, optimizer, adaptation, x[i : i + batch], y[i : i + batch])
         losses.append(loss)
         if on_step is not None:
             on_step(changes)
@@ -93,7 +99,7 @@ def test_augmentation_leaves_the_weight_unchanged_with_orthonormal_bases_at_doub
         error = torch.linalg.norm(layer.dense_weight().detach() - weight) / torch.linalg.norm(weight)
         assert error <= 1e-5, name
         assert_orthonormal(layer)
-        assert torch.count_nonzero(layer.S.detach()[layer.rank:]) == 0  # dead core stays zero
+        assert torch.count_nonzero(layer.S.detach()[layer.rank :]) == 0  # dead core stays zero
 
 
 def test_bases_are_frozen_inside_a_window_and_move_only_at_its_ends():
@@ -110,9 +116,17 @@ def test_bases_are_frozen_inside_a_window_and_move_only_at_its_ends():
         assert layer.U.grad is None and layer.V.grad is None
 
 
-@pytest.mark.parametrize("method, criterion, theta", [
-    ("robust-dlrt", None, 0.0), ("robust-dlrt", None, 0.6), ("robust-dlrt", "relative", 0.95),
-    ("condlr-adaptive", None, 0.0), ("condlr-adaptive", None, 0.9), ("condlr-adaptive", "nearest", 0.0)])
+@pytest.mark.parametrize(
+    "method, criterion, theta",
+    [
+        ("robust-dlrt", None, 0.0),
+        ("robust-dlrt", None, 0.6),
+        ("robust-dlrt", "relative", 0.95),
+        ("condlr-adaptive", None, 0.0),
+        ("condlr-adaptive", None, 0.9),
+        ("condlr-adaptive", "nearest", 0.0),
+    ],
+)
 def test_ranks_never_leave_min_rank_to_max_rank(method, criterion, theta):
     x, y = synthetic_task()
     model, optimizer, adaptation = setup(method, theta=theta, adapt_every=3, criterion=criterion)
@@ -123,6 +137,7 @@ def test_ranks_never_leave_min_rank_to_max_rank(method, criterion, theta):
         for layer in layers:
             assert MIN_RANK <= layer.rank <= layer.max_rank
             seen.add(layer.rank)
+
     train(model, optimizer, adaptation, x, y, 30, on_step=check)
     # both bounds are reached: θ = 0 keeps everything (grows to R), a large θ cuts to r_min
     if criterion != "nearest":
@@ -130,8 +145,9 @@ def test_ranks_never_leave_min_rank_to_max_rank(method, criterion, theta):
         assert target in seen
 
 
-@pytest.mark.parametrize("method, criterion", [("robust-dlrt", "frobenius"), ("robust-dlrt", "relative"),
-                                               ("condlr-adaptive", "relative")])
+@pytest.mark.parametrize(
+    "method, criterion", [("robust-dlrt", "frobenius"), ("robust-dlrt", "relative"), ("condlr-adaptive", "relative")]
+)
 def test_truncation_error_equals_the_discarded_singular_values(method, criterion):
     x, y = synthetic_task()
     # τ = ∞ for condlr-adaptive: the window's end is truncation alone, no projection after it
@@ -145,7 +161,7 @@ def test_truncation_error_equals_the_discarded_singular_values(method, criterion
     for change in changes:
         layer = layers[change.layer]
         assert layer.rank == change.new_rank
-        discarded = sigmas[change.layer][change.new_rank:].norm()
+        discarded = sigmas[change.layer][change.new_rank :].norm()
         error = torch.linalg.norm(weights[change.layer] - layer.dense_weight().detach())
         torch.testing.assert_close(error, discarded, rtol=1e-4, atol=1e-5)
         assert change.discarded_norm == pytest.approx(discarded.item(), rel=1e-4, abs=1e-6)
@@ -164,6 +180,7 @@ def test_condition_number_bounded_by_one_plus_tau_at_every_window_boundary(tau):
     def check(changes):
         worst = max(kappa(layer) for layer in layers)
         (boundaries if changes else inside).append(worst)
+
     train(model, optimizer, adaptation, x, y, 40, on_step=check)
     assert len(boundaries) == 10 and max(boundaries) <= 1 + tau + 1e-4
     assert max(inside) > 1 + tau + 1e-3  # the bound is imposed at boundaries, not by luck
@@ -192,8 +209,10 @@ def test_state_dict_round_trip_mid_window_continues_bit_identically(method, kind
     train(model, optimizer, adaptation, x, y, 13)
     assert adaptation.position not in (0, 1)  # mid-window, after the augment batch
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "adaptation": adaptation.state_dict()}, buffer)
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "adaptation": adaptation.state_dict()},
+        buffer,
+    )
     buffer.seek(0)
     saved = torch.load(buffer)
     torch.manual_seed(123)
@@ -230,7 +249,7 @@ def test_optimizer_state_of_the_core_moves_with_the_bases(kind):
     train(model, optimizer, adaptation, x, y, 1)  # augment
     for layer, m in zip(layers, before):
         torch.testing.assert_close(w_space(layer), m, atol=1e-6, rtol=1e-5)
-        assert torch.count_nonzero(optimizer.state[layer.S][key][layer.rank:]) == 0
+        assert torch.count_nonzero(optimizer.state[layer.S][key][layer.rank :]) == 0
     train(model, optimizer, adaptation, x, y, 2)
     before = [w_space(layer) for layer in layers]
     changes = adaptation.before_evaluation()
@@ -238,7 +257,7 @@ def test_optimizer_state_of_the_core_moves_with_the_bases(kind):
     for layer, m in zip(layers, before):
         U, _, V = live(layer)
         torch.testing.assert_close(w_space(layer), U @ U.T @ m @ V @ V.T, atol=1e-6, rtol=1e-5)
-        assert torch.count_nonzero(optimizer.state[layer.S][key][layer.rank:]) == 0
+        assert torch.count_nonzero(optimizer.state[layer.S][key][layer.rank :]) == 0
         if kind == "adamw":
             assert (optimizer.state[layer.S]["exp_avg_sq"] >= 0).all()
 
@@ -249,8 +268,15 @@ def test_training_lowers_the_loss_and_moves_the_ranks(method):
     model, optimizer, adaptation = setup(method, adapt_every=5, theta=0.05)
     start = adaptation.ranks()
     boundaries = []
-    losses = train(model, optimizer, adaptation, x, y, 150,
-                   on_step=lambda changes: boundaries.append(adaptation.ranks()) if changes else None)
+    losses = train(
+        model,
+        optimizer,
+        adaptation,
+        x,
+        y,
+        150,
+        on_step=lambda changes: boundaries.append(adaptation.ranks()) if changes else None,
+    )
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
     assert len(boundaries) == 30 and any(ranks != start for ranks in boundaries)
 
@@ -283,11 +309,18 @@ def test_beta_flattens_the_spectrum_inside_a_window():
     assert kappas[1.0] < 0.8 * kappas[0.0]
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("theta", 1.5, "theta must be"), ("theta", "x", "theta must be"), ("beta", -1, "beta must be"),
-    ("beta", math.inf, "beta must be"), ("adapt_every", 1, "adapt_every must be"),
-    ("adapt_every", 2.5, "adapt_every must be"), ("tau", -0.1, "tau must be"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("theta", 1.5, "theta must be"),
+        ("theta", "x", "theta must be"),
+        ("beta", -1, "beta must be"),
+        ("beta", math.inf, "beta must be"),
+        ("adapt_every", 1, "adapt_every must be"),
+        ("adapt_every", 2.5, "adapt_every must be"),
+        ("tau", -0.1, "tau must be"),
+    ],
+)
 def test_bad_live_hyperparameters_are_rejected_and_change_nothing(field, value, message):
     _, _, adaptation = setup("condlr-adaptive")
     before = adaptation.state_dict()
@@ -327,8 +360,7 @@ def test_middle_steps_never_read_tensors_on_the_host(monkeypatch):
     adaptation.step()
 
 
-ADAPTIVE = dict(rank_fraction=0.25, max_rank_fraction=0.75, adapt_every=5, truncate_theta=0.2, lr=0.05,
-                momentum=0.5)
+ADAPTIVE = dict(rank_fraction=0.25, max_rank_fraction=0.75, adapt_every=5, truncate_theta=0.2, lr=0.05, momentum=0.5)
 
 
 def live_kappas(model_state):
@@ -345,8 +377,8 @@ def live_kappas(model_state):
 def test_the_engine_trains_condlr_adaptive_with_one_event_per_window_and_kappa_bounded_when_saved(tmp_path):
     from helpers import run_to_end, start_engine
 
-    from rlr_engine.run.checkpoint import load_checkpoint
     from rlr_engine.control.run_dirs import read_jsonl
+    from rlr_engine.run.checkpoint import load_checkpoint
 
     engine = start_engine(tmp_path, method="condlr-adaptive", tau=0.1, epochs=3, **ADAPTIVE)
     snap = run_to_end(engine, timeout=300)
@@ -393,8 +425,8 @@ def test_beta_and_the_window_are_steered_live_and_bad_values_are_rejected(tmp_pa
 def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_path):
     from helpers import run_to_end, start_engine, wait_for
 
-    from rlr_engine.run.checkpoint import load_checkpoint
     from rlr_engine.control.records import Pause, Stop
+    from rlr_engine.run.checkpoint import load_checkpoint
 
     settings = dict(method="robust-dlrt", beta=0.01, epochs=2, max_steps=40, **ADAPTIVE)
     reference = start_engine(tmp_path / "a", **settings)
@@ -405,7 +437,7 @@ def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_pa
     wait_for(interrupted, lambda s: s.state == "paused")
     interrupted.send(Stop())
     stopped = run_to_end(interrupted)
-    assert stopped.state == "stopped" and stopped.step % 5 != 0 or stopped.step < 40
+    assert (stopped.state == "stopped" and stopped.step % 5 != 0) or stopped.step < 40
     resumed = start_engine(tmp_path / "b", resume_dir=interrupted.run_dir, **settings)
     assert run_to_end(resumed).state == "finished"
     a = load_checkpoint(reference.run_dir / "checkpoint.pt")
@@ -417,8 +449,18 @@ def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_pa
 
 def adaptive_trainers(count, **changes):
     """``count`` identical condlr-adaptive Trainers on the synthetic data set."""
-    config = small_config(method="condlr-adaptive", tau=0.1, rank_fraction=0.3, max_rank_fraction=0.6,
-                          adapt_every=4, truncate_theta=0.05, momentum=0.3, lr=0.1, min_rank=1, **changes)
+    config = small_config(
+        method="condlr-adaptive",
+        tau=0.1,
+        rank_fraction=0.3,
+        max_rank_fraction=0.6,
+        adapt_every=4,
+        truncate_theta=0.05,
+        momentum=0.3,
+        lr=0.1,
+        min_rank=1,
+        **changes,
+    )
     data = load_run_data(config, torch.device("cpu"))
     return [Trainer(config, data, torch.device("cpu")) for _ in range(count)]
 
@@ -470,8 +512,9 @@ def test_a_truncation_mid_window_reports_ranks_against_those_shown_not_the_augme
 
     from rlr_engine.control.records import Pause, Truncate
 
-    engine = start_engine(tmp_path, method="condlr-adaptive", rank_fraction=0.3, max_rank_fraction=0.6,
-                          adapt_every=10, epochs=50)
+    engine = start_engine(
+        tmp_path, method="condlr-adaptive", rank_fraction=0.3, max_rank_fraction=0.6, adapt_every=10, epochs=50
+    )
     wait_for(engine, lambda s: s.step > 33)
     engine.send(Pause())
     wait_for(engine, lambda s: s.state == "paused")
@@ -492,8 +535,8 @@ def test_a_resume_that_sets_tau_on_a_robust_dlrt_run_ignores_it_as_a_new_run_doe
 
     from helpers import run_to_end, start_engine
 
-    from rlr_engine.run.engine import Engine
     from rlr_engine.control.run_dirs import read_run_config
+    from rlr_engine.run.engine import Engine
 
     engine = start_engine(tmp_path, method="robust-dlrt", rank_fraction=0.3, max_rank_fraction=0.6, epochs=1)
     run_to_end(engine)

@@ -1,11 +1,22 @@
 import pytest
 import torch
+from helpers import train_digits_cnn
 from torch import nn
 
 from rlr_engine.core.config import AttackSpec
-
-from rlr_engine.workload.attacks import adversarial_accuracy, fgsm_batch, import_advertorch
-from helpers import train_digits_cnn
+from rlr_engine.core.sanity import BLACK_BOX_WINS, HIGH_AT_LARGE_EPS
+from rlr_engine.workload.attacks import (
+    ATTACKS,
+    AUTOATTACK_PARTS,
+    STANDARD,
+    AttackBudget,
+    adversarial_accuracy,
+    fgsm_batch,
+    import_advertorch,
+    import_pyautoattack,
+    robustness,
+    robustness_with_checks,
+)
 from rlr_engine.workload.models import digits_cnn
 
 
@@ -35,8 +46,9 @@ def test_shared_gradient_fgsm_equals_advertorch_per_eps(trained):
     attacks = import_advertorch()
     ours = fgsm_batch(model, x[:64], y[:64], (0.03, 0.1))
     for eps, x_adv in zip((0.03, 0.1), ours):
-        adversary = attacks.GradientSignAttack(model, loss_fn=nn.CrossEntropyLoss(reduction="sum"), eps=eps,
-                                               clip_min=0.0, clip_max=1.0)
+        adversary = attacks.GradientSignAttack(
+            model, loss_fn=nn.CrossEntropyLoss(reduction="sum"), eps=eps, clip_min=0.0, clip_max=1.0
+        )
         torch.testing.assert_close(x_adv, adversary.perturb(x[:64], y[:64]))
         assert (x_adv - x[:64]).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
 
@@ -60,8 +72,15 @@ def test_attacking_restores_training_mode(trained):
     assert model.training
 
 
-@pytest.mark.parametrize("kwargs, message", [({"name": "cw"}, "attack must be"), ({"eps": ()}, "eps must be"),
-                                             ({"eps": (1.5,)}, "eps must be"), ({"steps": 0}, "steps must be")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "cw"}, "attack must be"),
+        ({"eps": ()}, "eps must be"),
+        ({"eps": (1.5,)}, "eps must be"),
+        ({"steps": 0}, "steps must be"),
+    ],
+)
 def test_bad_attack_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AttackSpec(**kwargs)
@@ -85,13 +104,9 @@ def test_channels_last_models_give_the_same_outputs_and_attacks_still_work():
 
 
 # -- the registry's stronger attacks -----------------------------------------------------------
-from rlr_engine.workload.attacks import (ATTACKS, AUTOATTACK_PARTS, STANDARD, AttackBudget, import_pyautoattack, robustness,
-                                robustness_with_checks)
-from rlr_engine.core.sanity import BLACK_BOX_WINS, HIGH_AT_LARGE_EPS
 
 # Test-only iteration counts (the default, STANDARD, is the published version).
-QUICK = AttackBudget(apgd_iterations=10, fab_iterations=10, square_queries=300, cw_search_steps=3,
-                     cw_iterations=50)
+QUICK = AttackBudget(apgd_iterations=10, fab_iterations=10, square_queries=300, cw_search_steps=3, cw_iterations=50)
 
 
 def test_default_budget_is_autoattacks_published_standard_version():
@@ -120,8 +135,7 @@ def test_autoattack_matches_the_librarys_own_standard_evaluation(trained):
     model, x, y = trained
     x, y = x[:20], y[:20]
     ours = robustness(model, x, y, AttackSpec("autoattack", (0.1,)), budget=QUICK).accuracy[0]
-    aa = import_pyautoattack().AutoAttack(model.eval(), eps=0.1, norm="Linf", version="standard", seed=0,
-                                          device="cpu")
+    aa = import_pyautoattack().AutoAttack(model.eval(), eps=0.1, norm="Linf", version="standard", seed=0, device="cpu")
     QUICK.apply(aa)
     aa.verbose = False
     _, y_adv = aa.run_standard_evaluation(x, y, batch_size=250)
@@ -201,8 +215,8 @@ def test_healthy_model_raises_no_masking_flag(trained):
 
 def test_registry_drives_cli_choices_and_preset_validation():
     from rlr_engine.cli import build_parser
-    from rlr_engine.core.errors import PresetError
     from rlr_engine.core.config import RunConfig
+    from rlr_engine.core.errors import PresetError
 
     parser = build_parser()
     eval_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("eval"))
@@ -228,8 +242,26 @@ def test_eval_json_prints_one_object_with_accuracy_per_eps_and_the_flags(digits_
 
     from rlr_engine.cli import main
 
-    assert main(["eval", str(digits_run), "--attack", "pgd-linf", "--eps", "0,0.1", "--steps", "3",
-                 "--restarts", "2", "--samples", "30", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(digits_run),
+                "--attack",
+                "pgd-linf",
+                "--eps",
+                "0,0.1",
+                "--steps",
+                "3",
+                "--restarts",
+                "2",
+                "--samples",
+                "30",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["attack"] == "pgd-linf" and out["eps"] == [0.0, 0.1] and out["samples"] == 30
     assert len(out["accuracy"]) == 2 and all(0 <= a <= 1 for a in out["accuracy"])
@@ -248,17 +280,23 @@ def test_eval_table_says_how_many_images_and_shows_the_checks(digits_run, capsys
     assert "sanity checks: no flags" in captured.out or "⚠" in captured.out
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--attack", "fgsm", "--restarts", "2"], "restarts apply to pgd-linf, pgd-l2"),
-    (["--attack", "autoattack", "--steps", "5"], "--steps 5: applies to pgd-linf, pgd-l2"),
-    (["--attack", "fgsm", "--eps", "0,2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
-    (["--samples", "-1"], "--samples -1: must be >= 0"),
-    (["--attack", "pgd-linf", "--steps", "0"], "steps must be >= 1, got 0"),
-    (["--attack", "pgd-linf", "--step-size", "-0.1"], "step_size must be a finite number >= 0, got -0.1"),
-    (["--attack", "pgd-linf", "--step-size", "nan"], "step_size must be a finite number >= 0, got nan"),
-    (["--attack", "pgd-l2", "--step-size", "inf"], "step_size must be a finite number >= 0, got inf"),
-    (["--attack", "pgd-linf", "--restarts", "0"], "restarts must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--attack", "fgsm", "--restarts", "2"], "restarts apply to pgd-linf, pgd-l2"),
+        (["--attack", "autoattack", "--steps", "5"], "--steps 5: applies to pgd-linf, pgd-l2"),
+        (
+            ["--attack", "fgsm", "--eps", "0,2"],
+            "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm",
+        ),
+        (["--samples", "-1"], "--samples -1: must be >= 0"),
+        (["--attack", "pgd-linf", "--steps", "0"], "steps must be >= 1, got 0"),
+        (["--attack", "pgd-linf", "--step-size", "-0.1"], "step_size must be a finite number >= 0, got -0.1"),
+        (["--attack", "pgd-linf", "--step-size", "nan"], "step_size must be a finite number >= 0, got nan"),
+        (["--attack", "pgd-l2", "--step-size", "inf"], "step_size must be a finite number >= 0, got inf"),
+        (["--attack", "pgd-linf", "--restarts", "0"], "restarts must be >= 1, got 0"),
+    ],
+)
 def test_eval_rejects_settings_with_a_message_naming_them(digits_run, capsys, args, expected):
     from rlr_engine.cli import main
 
@@ -269,8 +307,8 @@ def test_eval_rejects_settings_with_a_message_naming_them(digits_run, capsys, ar
 def test_eval_with_an_attack_the_runs_own_budgets_do_not_fit_says_so(digits_run, tmp_path, capsys):
     import torch
 
-    from rlr_engine.run.checkpoint import save_atomic
     from rlr_engine.cli import main
+    from rlr_engine.run.checkpoint import save_atomic
 
     payload = torch.load(digits_run / "checkpoint.pt", weights_only=True)
     payload["config"] = {**payload["config"], "attack": "pgd-l2", "eps": [0.0, 2.0]}  # L2 budgets over 1

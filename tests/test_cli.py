@@ -11,13 +11,18 @@ import pytest
 
 from rlr_engine.cli import main
 
-
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}  # the test's settings win
 
 
 def rlr(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "rlr_engine.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, env=env or ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "rlr_engine.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env=env or ENV,
+    )
 
 
 def test_presets_lists_name_dataset_model_method_and_purpose(capsys):
@@ -47,9 +52,25 @@ def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
 def test_resume_continues_a_run_stopped_midway(tmp_path):
     from rlr_engine.control.run_dirs import read_jsonl
 
-    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", "--set", "epochs=200",
-                             "--set", "tau=0.3", "--runs", str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlr_engine.cli",
+            "train",
+            "quickstart",
+            "--set",
+            "epochs=200",
+            "--set",
+            "tau=0.3",
+            "--runs",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # wait for the first epoch's checkpoint
         events = [e for d in tmp_path.iterdir() for e in read_jsonl(d / "events.jsonl")]
@@ -72,14 +93,17 @@ def test_resume_continues_a_run_stopped_midway(tmp_path):
     assert seqs == list(range(1, len(seqs) + 1))  # event numbers continue across the resume
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "nope"], "unknown preset 'nope'"),
-    (["train", "quickstart", "--set", "tau=-1"], "tau = -1 is not allowed"),
-    (["train", "quickstart", "--set", "tau"], "expected key=value"),
-    (["train", "--resume", "/no/such/run"], "is not a run directory"),
-    (["eval", "/no/such/checkpoint.pt"], "does not exist"),
-    (["eval", "/no/[/such]/checkpoint.pt"], "/no/[/such]/checkpoint.pt does not exist"),  # brackets verbatim
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "nope"], "unknown preset 'nope'"),
+        (["train", "quickstart", "--set", "tau=-1"], "tau = -1 is not allowed"),
+        (["train", "quickstart", "--set", "tau"], "expected key=value"),
+        (["train", "--resume", "/no/such/run"], "is not a run directory"),
+        (["eval", "/no/such/checkpoint.pt"], "does not exist"),
+        (["eval", "/no/[/such]/checkpoint.pt"], "/no/[/such]/checkpoint.pt does not exist"),  # brackets verbatim
+    ],
+)
 def test_user_errors_give_one_clear_line_and_no_traceback(args, expected):
     result = rlr(*args)
     assert result.returncode == 2
@@ -94,8 +118,17 @@ def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
 
 
 def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path):
-    result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false",
-                 "--runs", "runs", cwd=tmp_path)
+    result = rlr(
+        "train",
+        "mnist-lenet5-dense",
+        "--set",
+        f"data_dir={tmp_path}",
+        "--set",
+        "download=false",
+        "--runs",
+        "runs",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "not available" in result.stderr and "quickstart" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -104,16 +137,15 @@ def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path)
 
 def test_a_data_dir_that_does_not_exist_is_an_error_naming_it_and_nothing_is_created(tmp_path):
     missing = tmp_path / "no" / "such" / "dir"
-    result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={missing}", "--runs", "runs",
-                 cwd=tmp_path)
+    result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={missing}", "--runs", "runs", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
     assert f"data_dir = {str(missing)!r} does not exist" in " ".join(result.stderr.split())
     assert not (tmp_path / "no").exists() and not (tmp_path / "runs").exists()
 
 
 def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_nothing(tmp_path, monkeypatch):
-    from rlr_engine.core.presets import load_preset
     from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.presets import load_preset
 
     monkeypatch.chdir(tmp_path)
     # The run's data set is missing too: the checkpoint must be the error reported.
@@ -141,8 +173,8 @@ def test_run_names_never_wrap_in_rlr_runs_at_80_columns(tmp_path, monkeypatch):
     from rich.console import Console
 
     from rlr_engine import cli
-    from rlr_engine.core.presets import load_preset
     from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.presets import load_preset
 
     run_dir = new_run_dir(load_preset("fmnist-lenet5-tau0.1-cr80"), tmp_path)
     (run_dir / "checkpoint.pt").write_bytes(b"")  # a stopped run: listed without --all
@@ -176,8 +208,16 @@ def test_run_summary_names_the_step_its_attack_measured_and_never_wraps_the_pres
     from rlr_engine.control.records import AttackResult, Snapshot
 
     name = "fmnist-lenet5-condlr-adaptive"
-    snap = Snapshot(state="stopped", preset=name, step=1500, params=1000, dense_params=4000, compression=0.75,
-                    rank_fraction=0.2, adversarial=AttackResult(1200, 6, "pgd-linf", (0.0, 0.02), (0.9, 0.7)))
+    snap = Snapshot(
+        state="stopped",
+        preset=name,
+        step=1500,
+        params=1000,
+        dense_params=4000,
+        compression=0.75,
+        rank_fraction=0.2,
+        adversarial=AttackResult(1200, 6, "pgd-linf", (0.0, 0.02), (0.9, 0.7)),
+    )
     out = io.StringIO()
     monkeypatch.setattr(console, "console", Console(file=out, width=80, no_color=True))
     console.print_summary(snap)
@@ -199,8 +239,9 @@ def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_
             words = part.split()
             assert words[0] in ("python3", ".venv/bin/pip", ".venv/bin/python", ".venv/bin/rlr-tui"), line
             assert words[0] != "python3" or words[1:3] == ["-m", "venv"], line
-    assert any(line.startswith("python3 -m venv .venv && ") and line.endswith("rlr-tui quickstart")
-               for line in commands)
+    assert any(
+        line.startswith("python3 -m venv .venv && ") and line.endswith("rlr-tui quickstart") for line in commands
+    )
     assert "download.pytorch.org/whl/cpu" in quick_start and "cu126" in quick_start and "GB" in quick_start
     ci = (root / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     assert ci in commands  # CI runs the README's test command verbatim
@@ -211,8 +252,9 @@ def test_a_run_deeper_than_a_unix_socket_address_serves_and_is_attached_to(tmp_p
     from rlr_engine.control.records import Stop
 
     root = tmp_path / ("r" * 100)
-    result = rlr("train", "quickstart", "--set", "dataset=synthetic", "--set", "epochs=500", "--runs", str(root),
-                 "--detach")
+    result = rlr(
+        "train", "quickstart", "--set", "dataset=synthetic", "--set", "epochs=500", "--runs", str(root), "--detach"
+    )
     assert result.returncode == 0, result.stderr
     run_dir = next(root.iterdir())
     engine_processes.append(run_dir)
@@ -228,8 +270,7 @@ def test_a_run_deeper_than_a_unix_socket_address_serves_and_is_attached_to(tmp_p
     assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "control.sock").exists()
 
 
-def test_without_proc_a_runs_directory_too_deep_for_the_control_socket_is_refused_first(tmp_path, monkeypatch,
-                                                                                        capsys):
+def test_without_proc_a_runs_directory_too_deep_for_the_control_socket_is_refused_first(tmp_path, monkeypatch, capsys):
     from rlr_engine.control import unix_socket
 
     monkeypatch.setattr(unix_socket, "PROC_FD", tmp_path / "no-proc")  # as on macOS
@@ -253,20 +294,32 @@ def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_
 
 
 def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
-    result = rlr("train", "mnist-lenet5-dense", "--nproc", "2", "--set", f"data_dir={tmp_path}",
-                 "--set", "download=false", "--runs", "r", cwd=tmp_path)
+    result = rlr(
+        "train",
+        "mnist-lenet5-dense",
+        "--nproc",
+        "2",
+        "--set",
+        f"data_dir={tmp_path}",
+        "--set",
+        "download=false",
+        "--runs",
+        "r",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "not available" in result.stderr
     assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
 
 
 def test_runs_lists_only_what_can_be_attached_or_resumed_unless_all(tmp_path):
-    from rlr_engine.core.presets import load_preset
     from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.presets import load_preset
 
     config = load_preset("quickstart")
     never_saved = new_run_dir(config, tmp_path)  # killed before its first checkpoint
     resumable = new_run_dir(config, tmp_path)
     (resumable / "checkpoint.pt").write_bytes(b"")
+
     def listed(*flags):
         return {line.split()[0] for line in rlr("runs", *flags, "--root", str(tmp_path)).stdout.splitlines()[1:]}
 
@@ -303,9 +356,9 @@ def test_a_resume_keeps_what_was_set_live_unless_it_sets_it_itself(tmp_path):
 
     from helpers import run_to_end, start_engine, wait_for
 
-    from rlr_engine.run.engine import Engine
     from rlr_engine.control.records import SetLearningRate, SetTau
     from rlr_engine.control.run_dirs import read_run_config
+    from rlr_engine.run.engine import Engine
 
     engine = start_engine(tmp_path, epochs=1)  # τ = 0.1, lr = 0.05, momentum = 0.9 in its config
     engine.send(SetTau(0.3))
@@ -334,8 +387,11 @@ def test_a_resume_keeps_what_was_set_live_unless_it_sets_it_itself(tmp_path):
 def test_a_resume_refuses_to_change_what_its_checkpoint_was_trained_with(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
     before = (run_dir / "config.toml").read_text()
-    for setting, shown in (("method=dense", "method = \"lowrank\""), ("rank_fraction=0.5", "rank_fraction = 0.2"),
-                           ("seed=3", "seed = 0")):
+    for setting, shown in (
+        ("method=dense", 'method = "lowrank"'),
+        ("rank_fraction=0.5", "rank_fraction = 0.2"),
+        ("seed=3", "seed = 0"),
+    ):
         result = rlr("train", "--resume", str(run_dir), "--set", setting, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         message = " ".join(result.stderr.split())
@@ -345,16 +401,28 @@ def test_a_resume_refuses_to_change_what_its_checkpoint_was_trained_with(tmp_pat
 
 
 def _stopped_quickstart_run(tmp_path):
-    result = rlr("train", "quickstart", "--set", "max_steps=3", "--set", "eval_every=0", "--set", "attack_every=0",
-                 "--runs", "runs", cwd=tmp_path)
+    result = rlr(
+        "train",
+        "quickstart",
+        "--set",
+        "max_steps=3",
+        "--set",
+        "eval_every=0",
+        "--set",
+        "attack_every=0",
+        "--runs",
+        "runs",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     return run_dir
 
 
 def test_a_setting_the_model_cannot_take_is_reported_without_a_traceback_and_leaves_no_run(tmp_path):
-    result = rlr("train", "quickstart", "--set", "method=condlr-adaptive", "--set", "min_rank=50",
-                 "--runs", "runs", cwd=tmp_path)
+    result = rlr(
+        "train", "quickstart", "--set", "method=condlr-adaptive", "--set", "min_rank=50", "--runs", "runs", cwd=tmp_path
+    )
     assert result.returncode == 1
     message = " ".join(result.stderr.split())
     assert "min_rank = 50 is not allowed: layer" in message and "must be <=" in message
@@ -375,16 +443,20 @@ def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning(tmp_pat
     result = rlr("train", "--resume", str(run_dir), "--set", "max_steps=6", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert any(e["kind"] == "warning" and "data-order generator belongs to another kind of device" in e["message"]
-               for e in events)
+    assert any(
+        e["kind"] == "warning" and "data-order generator belongs to another kind of device" in e["message"]
+        for e in events
+    )
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 6
 
 
 def test_an_attack_whose_package_is_missing_is_reported_before_the_run_starts(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "pyautoattack", None)  # as if the attacks extra were not installed
-    for argv in (["train", "quickstart", "--set", "attack=square"],
-                 ["train", "quickstart", "--set", "attack=autoattack", "--detach"]):
+    for argv in (
+        ["train", "quickstart", "--set", "attack=square"],
+        ["train", "quickstart", "--set", "attack=autoattack", "--detach"],
+    ):
         assert main([*argv, "--runs", "runs"]) == 2
         message = " ".join(capsys.readouterr().err.split())
         assert f"attack = '{argv[3].split('=')[1]}': autoattack and square need the optional package" in message
@@ -393,13 +465,14 @@ def test_an_attack_whose_package_is_missing_is_reported_before_the_run_starts(tm
 
 
 def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_written(tmp_path):
-    from rlr_engine.core.errors import PresetError
-    from rlr_engine.core.config import RunConfig
     from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.config import RunConfig
+    from rlr_engine.core.errors import PresetError
 
     for name in ("../../escaped", "a/b"):
-        result = rlr("train", "quickstart", "--set", f"name={name}", "--set", "epochs=1", "--runs",
-                     str(tmp_path / "runs"))
+        result = rlr(
+            "train", "quickstart", "--set", f"name={name}", "--set", "epochs=1", "--runs", str(tmp_path / "runs")
+        )
         assert result.returncode == 2 and f"name = '{name}' is not allowed" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
     with pytest.raises(PresetError, match="name = 'a/b' is not allowed"):  # a config built without a preset
@@ -409,9 +482,29 @@ def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_wri
 
 def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "eval", str(run_dir), "--attack", "pgd-linf",
-                             "--steps", "10000", "--eps", "0,0.1,0.2,0.3", "--samples", "0", "--no-probes"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlr_engine.cli",
+            "eval",
+            str(run_dir),
+            "--attack",
+            "pgd-linf",
+            "--steps",
+            "10000",
+            "--eps",
+            "0,0.1,0.2,0.3",
+            "--samples",
+            "0",
+            "--no-probes",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+    )
     time.sleep(6.0)  # past the imports, inside the attack
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -421,8 +514,13 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
 
 def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_runs_flag(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "export", str(run_dir), "--csv", "-"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlr_engine.cli", "export", str(run_dir), "--csv", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     proc.stdout.close()  # the reader is gone before the first line (as `| head -1` is after one)
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 1 and err == "", err

@@ -9,13 +9,28 @@ from rlr_engine.cli import main
 from rlr_tui.app import RlrApp
 from rlr_tui.screens.comparison import ComparisonScreen
 
-SETTINGS = ["--set", "dataset=synthetic", "--set", "epochs=2", "--set", "eps=[0, 0.05, 0.1]",
-            "--set", "attack_every=0"]
+SETTINGS = ["--set", "dataset=synthetic", "--set", "epochs=2", "--set", "eps=[0, 0.05, 0.1]", "--set", "attack_every=0"]
 
 
 def compare(out, *extra):
-    return main(["compare", "quickstart", "--seeds", "2", *SETTINGS, "--set", "method=dense", *extra,
-                 "--attacks", "fgsm,pgd-linf", "--attack-samples", "40", "--out", str(out)])
+    return main(
+        [
+            "compare",
+            "quickstart",
+            "--seeds",
+            "2",
+            *SETTINGS,
+            "--set",
+            "method=dense",
+            *extra,
+            "--attacks",
+            "fgsm,pgd-linf",
+            "--attack-samples",
+            "40",
+            "--out",
+            str(out),
+        ]
+    )
 
 
 def test_compare_tabulates_seeds_reuses_finished_runs_and_resumes_interrupted_ones(tmp_path):
@@ -56,6 +71,7 @@ def test_compare_tabulates_seeds_reuses_finished_runs_and_resumes_interrupted_on
             assert app.screen.query_one("#comparison-table").row_count == 1
             await pilot.press("a")
             assert app.screen.attacks[app.screen.attack_index] == "pgd-linf"
+
     asyncio.run(show())
 
 
@@ -67,8 +83,9 @@ def test_unknown_attack_is_refused_with_the_choices(tmp_path, capsys):
 def test_changed_settings_refuse_to_mix_with_stored_runs(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "quickstart", *SETTINGS, "--set", "method=dense", "--out", str(out)]) == 0
-    assert main(["compare", "quickstart", *SETTINGS, "--set", "method=dense", "--set", "lr=0.2",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["compare", "quickstart", *SETTINGS, "--set", "method=dense", "--set", "lr=0.2", "--out", str(out)]) == 2
+    )
     assert "different settings" in capsys.readouterr().err
 
 
@@ -76,8 +93,21 @@ def test_one_attack_gets_its_own_samples_and_eps_and_the_others_keep_the_presets
     """AutoAttack is too slow for the test set at every ε: ATTACK=N and ATTACK=E1,E2 narrow it
     alone; the table shows each attack at its own ε, and a changed ε is measured, not reused."""
     out = tmp_path / "cmp"
-    args = ["compare", "quickstart", *SETTINGS, "--set", "method=dense", "--set", "epochs=1",
-            "--attacks", "fgsm,pgd-linf", "--attack-samples", "50", "--out", str(out)]
+    args = [
+        "compare",
+        "quickstart",
+        *SETTINGS,
+        "--set",
+        "method=dense",
+        "--set",
+        "epochs=1",
+        "--attacks",
+        "fgsm,pgd-linf",
+        "--attack-samples",
+        "50",
+        "--out",
+        str(out),
+    ]
     assert main(args + ["--attack-samples", "pgd-linf=30", "--attack-eps", "pgd-linf=0.1"]) == 0
     rows = json.loads((out / "results.json").read_text())
     assert rows[0]["fgsm"]["eps"] == [0, 0.05, 0.1] and rows[0]["pgd-linf"]["eps"] == [0.1]
@@ -88,15 +118,18 @@ def test_one_attack_gets_its_own_samples_and_eps_and_the_others_keep_the_presets
     assert json.loads((out / "results.json").read_text())[0]["pgd-linf"]["eps"] == [0.05, 0.1]
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--attack-samples", "square=10"], "'square' is not one of the attacks asked for (fgsm)"),
-    (["--attack-samples", "fgsm=-3"], "--attack-samples 'fgsm=-3': must be an integer >= 0"),
-    (["--attack-eps", "0.1"], "name the attack (ATTACK=E1,E2)"),
-    (["--attack-eps", "fgsm=2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
-    (["--attack-eps", "fgsm=a,b"], "--attack-eps 'fgsm=a,b': must be a non-empty list of finite numbers >= 0"),
-    # read as rlr eval --eps reads budgets (commas or spaces), then checked against the attack's range
-    (["--attack-eps", "fgsm=0 2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--attack-samples", "square=10"], "'square' is not one of the attacks asked for (fgsm)"),
+        (["--attack-samples", "fgsm=-3"], "--attack-samples 'fgsm=-3': must be an integer >= 0"),
+        (["--attack-eps", "0.1"], "name the attack (ATTACK=E1,E2)"),
+        (["--attack-eps", "fgsm=2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
+        (["--attack-eps", "fgsm=a,b"], "--attack-eps 'fgsm=a,b': must be a non-empty list of finite numbers >= 0"),
+        # read as rlr eval --eps reads budgets (commas or spaces), then checked against the attack's range
+        (["--attack-eps", "fgsm=0 2"], "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm"),
+    ],
+)
 def test_bad_per_attack_settings_are_refused_before_anything_runs(tmp_path, capsys, extra, expected):
     assert main(["compare", "quickstart", *SETTINGS, *extra, "--out", str(tmp_path / "cmp")]) == 2
     assert expected in " ".join(capsys.readouterr().err.split())
@@ -104,18 +137,24 @@ def test_bad_per_attack_settings_are_refused_before_anything_runs(tmp_path, caps
 
 
 def test_rank_adaptive_seeds_that_end_at_different_ranks_report_their_mean_compression():
-    from rlr_engine.run.comparison import RunResult, aggregate
     from rlr_engine.core.presets import load_preset
+    from rlr_engine.run.comparison import RunResult, aggregate
 
     config = load_preset("fmnist-lenet5-condlr-adaptive")
 
     def result(seed, compression, params):
-        summary = {"rank_fraction": 1 - compression, "compression": compression, "params": params,
-                   "test_acc": 0.85, "train_seconds": 1.0, "layers": [{"name": "fc1", "kappa": 1.1}]}
+        summary = {
+            "rank_fraction": 1 - compression,
+            "compression": compression,
+            "params": params,
+            "test_acc": 0.85,
+            "train_seconds": 1.0,
+            "layers": [{"name": "fc1", "kappa": 1.1}],
+        }
         fgsm = {"eps": [0.0], "accuracy": [0.85], "samples": 0, "parts": [], "probes": []}
         return RunResult(config.replace(seed=seed), seed, summary, {"fgsm": fgsm})
 
-    row, = aggregate([result(0, 0.93, 1000), result(1, 0.95, 800)], ["fgsm"])
+    (row,) = aggregate([result(0, 0.93, 1000), result(1, 0.95, 800)], ["fgsm"])
     assert row["seeds"] == 2
     assert abs(row["compression"] - 0.94) < 1e-12 and abs(row["rank_fraction"] - 0.06) < 1e-12
     assert row["params"] == 900
@@ -123,6 +162,7 @@ def test_rank_adaptive_seeds_that_end_at_different_ranks_report_their_mean_compr
 
 def test_a_compared_run_that_fails_or_is_stopped_raises_its_own_exception(tmp_path):
     from helpers import small_config, wait_for
+
     from rlr_engine.core.errors import RunFailed
     from rlr_engine.run.comparison import RunStopped, ensure_run
 

@@ -5,21 +5,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import synthetic_task
 from torch import nn
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
-from helpers import synthetic_task
 
 
 def mlp(d=20, classes=4, rank_fraction=0.5, low_rank=True):
-    model = nn.Sequential(nn.Linear(d, 32), nn.LeakyReLU(), nn.Linear(32, 32), nn.LeakyReLU(),
-                          nn.Linear(32, classes))
+    model = nn.Sequential(nn.Linear(d, 32), nn.LeakyReLU(), nn.Linear(32, 32), nn.LeakyReLU(), nn.Linear(32, classes))
     return to_low_rank(model, rank_fraction) if low_rank else model
 
 
 def cnn():
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.LeakyReLU(), nn.Conv2d(8, 8, 3, stride=2),
-                          nn.LeakyReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 4))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.LeakyReLU(),
+        nn.Conv2d(8, 8, 3, stride=2),
+        nn.LeakyReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 3 * 3, 4),
+    )
     return to_low_rank(model, 0.5)
 
 
@@ -28,7 +33,7 @@ def train(model, opt, x, y, steps, batch=64):
     for step in range(steps):
         i = (step * batch) % len(x)
         opt.zero_grad()
-        loss = F.cross_entropy(model(x[i:i + batch]), y[i:i + batch])
+        loss = F.cross_entropy(model(x[i : i + batch]), y[i : i + batch])
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -121,7 +126,7 @@ def literal_condlr_step(state, grads, lr, mu, tau, a, polar):
     if not math.isinf(tau):
         P, sig, Qt = np.linalg.svd(S)
         if tau == 0:
-            alpha = np.sqrt(np.mean(sig ** 2))
+            alpha = np.sqrt(np.mean(sig**2))
             S = alpha * (P @ Qt if polar else qf(S))
         else:
             center, delta = sig.mean(), tau / (2 + tau)
@@ -133,40 +138,62 @@ def literal_condlr_step(state, grads, lr, mu, tau, a, polar):
 
 
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
-@pytest.mark.parametrize("tau, compat", [(0.0, True), (0.0, False), (0.1, True), (0.1, False), (0.5, True),
-                                         (math.inf, True)])
+@pytest.mark.parametrize(
+    "tau, compat", [(0.0, True), (0.0, False), (0.1, True), (0.1, False), (0.5, True), (math.inf, True)]
+)
 def test_step_matches_a_literal_float64_implementation_of_the_method_for_25_steps(tau, compat, device_path):
     x, y = synthetic_task()
     x = x.double()
     dense = mlp(low_rank=False).double()
     # a: the mean of all singular values of each dense weight, before truncation (step 7).
-    init_means = [np.linalg.svd(mod.weight.detach().numpy(), compute_uv=False).mean()
-                  for mod in dense if isinstance(mod, nn.Linear)]
+    init_means = [
+        np.linalg.svd(mod.weight.detach().numpy(), compute_uv=False).mean()
+        for mod in dense
+        if isinstance(mod, nn.Linear)
+    ]
     model = to_low_rank(dense, rank_fraction=0.5)
     layers = [layer for _, layer in low_rank_layers(model)]
     lr, mu = 0.1, 0.3
     # the device path: what the defaults are on an accelerator, here forced on the CPU
     path = {"retraction": "cholesky-qr2", "core_projection": "newton"} if device_path else {}
     opt = CondLR(model, lr=lr, momentum=mu, tau=tau, reference_compat=compat, **path)
-    ref = [{"U": layer.U.detach().numpy().copy(), "S": layer.S.detach().numpy().copy(),
-            "V": layer.V.detach().numpy().copy(), "buf_U": None, "buf_S": None, "buf_V": None, "c": 1.0}
-           for layer in layers]
+    ref = [
+        {
+            "U": layer.U.detach().numpy().copy(),
+            "S": layer.S.detach().numpy().copy(),
+            "V": layer.V.detach().numpy().copy(),
+            "buf_U": None,
+            "buf_S": None,
+            "buf_V": None,
+            "c": 1.0,
+        }
+        for layer in layers
+    ]
     for step in range(25):
         i = (step * 64) % len(x)
         opt.zero_grad()
-        F.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+        F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
         for j, layer in enumerate(layers):
             grads = {k: getattr(layer, k).grad.numpy().copy() for k in "USV"}
             ref[j] = literal_condlr_step(ref[j], grads, lr, mu, tau, init_means[j], polar=not compat)
         opt.step()
         for j, layer in enumerate(layers):
             for k in "USV":
-                np.testing.assert_allclose(getattr(layer, k).detach().numpy(), ref[j][k], rtol=0, atol=1e-9,
-                                           err_msg=f"step {step}, layer {j}, {k}")
+                np.testing.assert_allclose(
+                    getattr(layer, k).detach().numpy(),
+                    ref[j][k],
+                    rtol=0,
+                    atol=1e-9,
+                    err_msg=f"step {step}, layer {j}, {k}",
+                )
             for k in "UV":
-                np.testing.assert_allclose(opt.state[getattr(layer, k)]["momentum_buffer"].numpy(),
-                                           ref[j]["buf_" + k], rtol=0, atol=1e-9,
-                                           err_msg=f"step {step}, layer {j}, momentum of {k}")
+                np.testing.assert_allclose(
+                    opt.state[getattr(layer, k)]["momentum_buffer"].numpy(),
+                    ref[j]["buf_" + k],
+                    rtol=0,
+                    atol=1e-9,
+                    err_msg=f"step {step}, layer {j}, momentum of {k}",
+                )
 
 
 @pytest.mark.parametrize("scaled", [True, False])
@@ -186,6 +213,7 @@ def test_stored_momentum_of_u_is_the_scaled_direction_unless_asked_for_the_unsca
 
 def test_cholesky_qr2_of_a_nearly_singular_matrix_stays_finite_and_recovers_on_the_next_call():
     from rlr_engine.method.manifold import retract_cholesky_qr
+
     g = torch.Generator().manual_seed(0)
     X = torch.randn(300, 12, generator=g)
     X[:, 1] = X[:, 0] + 1e-6 * torch.randn(300, generator=g)  # Cholesky of XᵀX fails in float32
@@ -243,8 +271,9 @@ def test_a_tighter_tau_conditions_the_cores_at_once_and_bad_values_change_nothin
     assert all(torch.equal(conditioned[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("tau,step_scaling", [(0.0, "reference"), (0.1, "reference"), (0.1, "alpha"),
-                                              (math.inf, "reference")])
+@pytest.mark.parametrize(
+    "tau,step_scaling", [(0.0, "reference"), (0.1, "reference"), (0.1, "alpha"), (math.inf, "reference")]
+)
 def test_a_layer_made_from_an_all_zero_weight_trains_without_non_finite_values(tau, step_scaling):
     x, y = synthetic_task()
     model = nn.Sequential(nn.Linear(20, 32), nn.LeakyReLU(), nn.Linear(32, 4))
@@ -260,8 +289,16 @@ def test_a_layer_made_from_an_all_zero_weight_trains_without_non_finite_values(t
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("kwargs", [{"lr": 0}, {"lr": 0.1, "momentum": 1.0}, {"lr": 0.1, "tau": -1},
-                                    {"lr": 0.1, "step_scaling": "magic"}, {"lr": 0.1, "retraction": "cayley"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr": 0},
+        {"lr": 0.1, "momentum": 1.0},
+        {"lr": 0.1, "tau": -1},
+        {"lr": 0.1, "step_scaling": "magic"},
+        {"lr": 0.1, "retraction": "cayley"},
+    ],
+)
 def test_bad_hyperparameters_are_rejected(kwargs):
     with pytest.raises(ValueError):
         CondLR(mlp(), **kwargs)
@@ -281,9 +318,9 @@ def test_truncation_discards_exactly_the_tail_of_the_spectrum_and_training_conti
         layer = layers[change.layer]
         assert change.new_rank < change.old_rank == sigmas[change.layer].numel()
         assert layer.rank == change.new_rank
-        discarded = sigmas[change.layer][change.new_rank:]
+        discarded = sigmas[change.layer][change.new_rank :]
         assert discarded.norm() <= 0.3 * sigmas[change.layer].norm() + 1e-6
-        assert sigmas[change.layer][change.new_rank - 1:].norm() > 0.3 * sigmas[change.layer].norm()
+        assert sigmas[change.layer][change.new_rank - 1 :].norm() > 0.3 * sigmas[change.layer].norm()
         err = torch.linalg.norm(before[change.layer] - layer.dense_weight().detach())
         torch.testing.assert_close(err, discarded.norm(), rtol=1e-4, atol=1e-5)
         assert change.discarded_norm == pytest.approx(discarded.norm().item(), rel=1e-5)

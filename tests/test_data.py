@@ -20,14 +20,19 @@ def write_idx(path, array: np.ndarray) -> None:
 
 def fake_mnist_arrays(n_train=80, n_test=20, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train),
-            rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test))
+    return (
+        rng.integers(0, 256, (n_train, 28, 28)),
+        rng.integers(0, 10, n_train),
+        rng.integers(0, 256, (n_test, 28, 28)),
+        rng.integers(0, 10, n_test),
+    )
 
 
 def system_copy_in(monkeypatch, directory) -> None:
     """Fashion-MNIST's system package is looked for in ``directory`` instead of /usr/share."""
-    monkeypatch.setitem(DATASETS, "fashion-mnist", dataclasses.replace(DATASETS["fashion-mnist"],
-                                                                       system_copy=directory))
+    monkeypatch.setitem(
+        DATASETS, "fashion-mnist", dataclasses.replace(DATASETS["fashion-mnist"], system_copy=directory)
+    )
 
 
 def test_mnist_loads_from_idx_files_where_torchvision_keeps_them(tmp_path):
@@ -54,8 +59,12 @@ def test_fashion_mnist_is_found_where_debian_installs_it(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     debian.mkdir()
     xtr, ytr, xte, yte = fake_mnist_arrays(40, 10, seed=1)
-    for name, array in (("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", ytr),
-                        ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", yte)):
+    for name, array in (
+        ("train-images-idx3-ubyte", xtr),
+        ("train-labels-idx1-ubyte", ytr),
+        ("t10k-images-idx3-ubyte", xte),
+        ("t10k-labels-idx1-ubyte", yte),
+    ):
         write_idx(tmp_path / name, array)
         with open(tmp_path / name, "rb") as src, gzip.open(debian / f"{name}.gz", "wb") as dst:
             dst.write(src.read())
@@ -148,7 +157,7 @@ def test_augmentation_crops_and_flips_each_image_independently():
     # every crop is a shifted window of the zero-padded image
     padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
     for i in range(10):
-        windows = [padded[i, :, dy:dy + 4, dx:dx + 4] for dy in range(3) for dx in range(3)]
+        windows = [padded[i, :, dy : dy + 4, dx : dx + 4] for dy in range(3) for dx in range(3)]
         assert any(torch.equal(cropped[i], w) for w in windows)
     assert len({bytes(c.numpy()) for c in cropped[::2]}) > 1
 

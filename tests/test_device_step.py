@@ -6,19 +6,31 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import synthetic_task
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
 from rlr_engine.method.manifold import conditioning_bounds, project_condition, project_cores
 from rlr_engine.method.matrix_functions import polar
-from helpers import synthetic_task
 
 # ATen operations that read a device tensor on the host (item, bool, data-dependent shapes) or run
 # a solver that checks its status on the host after the call; on CUDA each one is a synchronisation.
-SYNCHRONISING_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_linalg_check_errors", "_linalg_svd",
-                     "_linalg_eigh", "linalg_eig", "_linalg_eigvals", "linalg_qr", "geqrf", "_unique2",
-                     "unique_consecutive", "unique_dim"}
+SYNCHRONISING_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "_linalg_check_errors",
+    "_linalg_svd",
+    "_linalg_eigh",
+    "linalg_eig",
+    "_linalg_eigvals",
+    "linalg_qr",
+    "geqrf",
+    "_unique2",
+    "unique_consecutive",
+    "unique_dim",
+}
 
 
 # the CPU's defaults and an accelerator's, each forced on any device
@@ -39,7 +51,9 @@ class OperatorLog(TorchDispatchMode):
         kwargs = kwargs or {}
         name = func._schema.name.split("::")[-1]
         tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        devices = {t.device.type for t in tensors} | ({torch.device(kwargs["device"]).type} if kwargs.get("device") else set())
+        devices = {t.device.type for t in tensors} | (
+            {torch.device(kwargs["device"]).type} if kwargs.get("device") else set()
+        )
         if kwargs.get("check_errors"):
             name += " (check_errors)"
         elif devices - {"cpu"} and any(t.device.type == "cpu" and t.dim() > 0 for t in tensors):
@@ -77,8 +91,9 @@ def logged_step_on_meta(taus, **optimizer_kwargs) -> OperatorLog:
 
 @pytest.mark.parametrize("compat", [False, True])
 def test_default_step_on_a_non_cpu_device_runs_no_synchronising_operation(compat):
-    log = logged_step_on_meta([0.1, 0.0, math.inf, 0.5], reference_compat=compat,
-                              retraction="cholesky-qr2" if compat else "auto")
+    log = logged_step_on_meta(
+        [0.1, 0.0, math.inf, 0.5], reference_compat=compat, retraction="cholesky-qr2" if compat else "auto"
+    )
     assert "linalg_inv_ex" in log.names and "linalg_cholesky_ex" in log.names  # the device path ran
     assert log.synchronising() == set()
 
@@ -123,10 +138,13 @@ def test_newton_projection_of_cores_of_mixed_ranks_equals_the_svd_projection(tau
     g = torch.Generator().manual_seed(0)
     cores = random_cores((1, 3, 7, 7, 20), g, condition)
     # and cores just off a previous projection: singular values within 1e-9 of the clamp bounds
-    cores += [S + 1e-9 * torch.randn(S.shape, generator=g, dtype=S.dtype)
-              for S, _ in project_cores(random_cores((5, 20), g, condition), tau)]
-    for (svd, svd_ratio), (newton, newton_ratio) in zip(project_cores(cores, tau, compat, "svd"),
-                                                         project_cores(cores, tau, compat, "newton")):
+    cores += [
+        S + 1e-9 * torch.randn(S.shape, generator=g, dtype=S.dtype)
+        for S, _ in project_cores(random_cores((5, 20), g, condition), tau)
+    ]
+    for (svd, svd_ratio), (newton, newton_ratio) in zip(
+        project_cores(cores, tau, compat, "svd"), project_cores(cores, tau, compat, "newton")
+    ):
         torch.testing.assert_close(newton, svd, atol=1e-12 * condition, rtol=0)
         # the powering's bound: at most n/(e·2³⁶) ≈ 1.1e-10 relative for n = 20
         torch.testing.assert_close(newton_ratio, svd_ratio, atol=1e-12, rtol=2e-10)
@@ -140,8 +158,9 @@ def test_newton_projection_of_ill_conditioned_cores_has_the_svd_projections_sing
     # the projection itself is as ill-conditioned as the polar factor (≈ u·κ for either method);
     # its singular values are not, and need the Newton iteration run to convergence
     cores = random_cores((6, 20), torch.Generator().manual_seed(1), condition)
-    for (svd, svd_ratio), (newton, newton_ratio) in zip(project_cores(cores, tau, method="svd"),
-                                                         project_cores(cores, tau, method="newton")):
+    for (svd, svd_ratio), (newton, newton_ratio) in zip(
+        project_cores(cores, tau, method="svd"), project_cores(cores, tau, method="newton")
+    ):
         torch.testing.assert_close(torch.linalg.svdvals(newton), torch.linalg.svdvals(svd), rtol=1e-12, atol=0)
         torch.testing.assert_close(newton_ratio, svd_ratio, rtol=2e-10, atol=0)
 
@@ -151,10 +170,13 @@ def test_newton_projection_of_an_already_projected_core_in_diagonal_form_equals_
     # S = diag(σ) with σ exactly on the clamp bounds m(1 ± δ), m = 1, as truncate() can leave a
     # core: H − lo I is exactly singular, which the first Newton step must survive
     delta = conditioning_bounds(tau)
-    cores = [torch.diag(torch.tensor(sigma, dtype=torch.float64)) for sigma in
-             ([1 + delta, 1 - delta], [1 + delta, 1.0, 1 - delta], [1 + delta, 1 + delta, 1 - delta, 1 - delta])]
-    for (svd, svd_ratio), (newton, newton_ratio) in zip(project_cores(cores, tau, method="svd"),
-                                                         project_cores(cores, tau, method="newton")):
+    cores = [
+        torch.diag(torch.tensor(sigma, dtype=torch.float64))
+        for sigma in ([1 + delta, 1 - delta], [1 + delta, 1.0, 1 - delta], [1 + delta, 1 + delta, 1 - delta, 1 - delta])
+    ]
+    for (svd, svd_ratio), (newton, newton_ratio) in zip(
+        project_cores(cores, tau, method="svd"), project_cores(cores, tau, method="newton")
+    ):
         torch.testing.assert_close(newton, svd, atol=1e-12, rtol=0)
         torch.testing.assert_close(newton_ratio, svd_ratio, atol=1e-12, rtol=0)
 
@@ -180,7 +202,7 @@ def test_reference_compat_at_tau_zero_stays_orthogonal_on_an_ill_conditioned_cor
     S = random_cores((12,), torch.Generator().manual_seed(0), 1e12)[0]
     projected, _ = project_condition(S, 0.0, reference_compat=True, method="newton")
     alpha = torch.linalg.matrix_norm(S) / math.sqrt(12)
-    torch.testing.assert_close(projected.T @ projected, alpha ** 2 * torch.eye(12, dtype=S.dtype), atol=1e-12, rtol=0)
+    torch.testing.assert_close(projected.T @ projected, alpha**2 * torch.eye(12, dtype=S.dtype), atol=1e-12, rtol=0)
     torch.testing.assert_close(projected, project_condition(S, 0.0, reference_compat=True)[0], atol=1e-3, rtol=0)
 
 
@@ -198,9 +220,15 @@ def test_polar_gives_an_orthogonal_factor_and_a_symmetric_positive_semidefinite_
     torch.testing.assert_close(absolute, vectors @ torch.diag_embed(eigenvalues.abs()) @ vectors.mT, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("path", [DEVICE_PATH, {"retraction": "cholesky-qr2", "core_projection": "svd"},
-                                  {"retraction": "householder", "core_projection": "newton"}],
-                         ids=["device-path", "cholesky-qr2-only", "newton-only"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        DEVICE_PATH,
+        {"retraction": "cholesky-qr2", "core_projection": "svd"},
+        {"retraction": "householder", "core_projection": "newton"},
+    ],
+    ids=["device-path", "cholesky-qr2-only", "newton-only"],
+)
 @pytest.mark.parametrize("tau", [0.0, 0.1, 0.5])
 def test_device_path_and_its_parts_match_the_host_path_over_50_steps_and_keep_factors_orthonormal(tau, path):
     # float64, so the comparison sees the method and not rounding: two float32 runs part by
@@ -208,13 +236,15 @@ def test_device_path_and_its_parts_match_the_host_path_over_50_steps_and_keep_fa
     x, y = synthetic_task()
     x = x.double()
     models = [mlp(torch.float64), mlp(torch.float64)]
-    opts = [CondLR(models[0], lr=0.1, momentum=0.3, tau=tau, **HOST_PATH),
-            CondLR(models[1], lr=0.1, momentum=0.3, tau=tau, **path)]
+    opts = [
+        CondLR(models[0], lr=0.1, momentum=0.3, tau=tau, **HOST_PATH),
+        CondLR(models[1], lr=0.1, momentum=0.3, tau=tau, **path),
+    ]
     for step in range(50):
         i = (step * 64) % len(x)
         for model, opt in zip(models, opts):
             opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
             opt.step()
     for (name, a), (_, b) in zip(low_rank_layers(models[0]), low_rank_layers(models[1])):
         for k in "USV":
@@ -222,8 +252,9 @@ def test_device_path_and_its_parts_match_the_host_path_over_50_steps_and_keep_fa
         for k in "UV":
             factor = getattr(b, k).detach()
             assert (factor.T @ factor - torch.eye(b.rank, dtype=factor.dtype)).abs().max() <= 1e-12
-        torch.testing.assert_close(opts[1].state[b.S]["inv_kappa_sq"], opts[0].state[a.S]["inv_kappa_sq"],
-                                   atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            opts[1].state[b.S]["inv_kappa_sq"], opts[0].state[a.S]["inv_kappa_sq"], atol=1e-10, rtol=0
+        )
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.1])
@@ -237,7 +268,7 @@ def test_device_path_in_float32_trains_through_a_rank_truncation_orthonormal_and
         if step == 50:  # the padded batch of cores changes shape
             opt.truncate(rank=7, layers=["0"])
         opt.zero_grad()
-        loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+        loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
         loss.backward()
         opt.step()
         losses.append(loss.item())

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ddp_scenarios import processes_mentioning, rank_of, run_cli, run_ranks, steered_run
 from helpers import small_config
+
+from rlr_engine.control.run_dirs import list_runs
+from rlr_engine.core.presets import dump_toml
 from rlr_engine.run.checkpoint import load_checkpoint
 from rlr_engine.run.distributed import Ranks
-from rlr_engine.core.presets import dump_toml
-from rlr_engine.control.run_dirs import list_runs
 
 # 1200 training images, global batch 63: every epoch ends with a batch of 3 that two ranks split
 # 2 + 1, so the equivalence below also covers a last batch that does not split evenly.
@@ -24,7 +24,9 @@ from rlr_engine.control.run_dirs import list_runs
 # amplifies rounding (a 1e-7 perturbation of one process's weights grows to 4e-3 in 50 steps with
 # no second process involved); here a 1e-6 perturbation stays below 1e-4, so the bound measures
 # the data-parallel step, not the sensitivity of the training run.
-EQUIVALENCE = dict(lr=0.02, momentum=0.5, batch_size=63, epochs=3, max_steps=50, eval_every=1, checkpoint_every=1, attack_samples=200)
+EQUIVALENCE = dict(
+    lr=0.02, momentum=0.5, batch_size=63, epochs=3, max_steps=50, eval_every=1, checkpoint_every=1, attack_samples=200
+)
 
 
 def _preset(tmp_path: Path, **changes) -> str:
@@ -108,8 +110,10 @@ def test_commands_take_effect_on_every_rank_at_the_same_step(steered):
     assert zero["state"] == one["state"] == "finished", (zero["message"], one["message"])
     assert zero["tau"] == one["tau"] == 0.3
     assert set(zero["ranks"].values()) == {3} and zero["ranks"] == one["ranks"]
-    applied = [[(step, message) for step, kind, message in rank["events"] if kind in ("applied", "truncation")]
-               for rank in (zero, one)]
+    applied = [
+        [(step, message) for step, kind, message in rank["events"] if kind in ("applied", "truncation")]
+        for rank in (zero, one)
+    ]
     assert applied[0] and applied[0] == applied[1]
     assert zero["paused_step"] is not None
     assert ("applied", zero["paused_step"]) in {(kind, step) for step, kind, _ in one["events"]}
@@ -145,8 +149,12 @@ def _failure(tmp_path: Path, rank: int, exitcode: int, message: str | None = Non
 
     error_file = tmp_path / f"error-{rank}.json"
     if message is not None:
-        error_file.write_text(json.dumps({"message": {"message": message, "extraInfo": {
-            "py_callstack": "", "timestamp": str(timestamp)}}}), encoding="utf-8")
+        error_file.write_text(
+            json.dumps(
+                {"message": {"message": message, "extraInfo": {"py_callstack": "", "timestamp": str(timestamp)}}}
+            ),
+            encoding="utf-8",
+        )
     failure = ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(error_file))
     failure.timestamp = timestamp
     return failure
@@ -166,8 +174,15 @@ def test_the_killed_rank_is_named_not_the_peer_that_lost_it_in_the_same_second(t
     # A rank that raised its own error first stays the cause, whatever its peers say.
     broken = _failure(tmp_path, 1, 1, "ValueError: data set shard is empty", timestamp=99)
     assert root_failure({0: _failure(tmp_path, 0, -signal.SIGTERM), 1: broken})[0] == 1
-    assert root_failure({0: _failure(tmp_path, 0, 1, "ValueError: bad", timestamp=100),
-                         1: _failure(tmp_path, 1, 1, "OSError: disk full", timestamp=100)})[0] == 0
+    assert (
+        root_failure(
+            {
+                0: _failure(tmp_path, 0, 1, "ValueError: bad", timestamp=100),
+                1: _failure(tmp_path, 1, 1, "OSError: disk full", timestamp=100),
+            }
+        )[0]
+        == 0
+    )
 
 
 def test_a_crashed_rank_ends_the_run_as_failed_and_keeps_the_checkpoint(tmp_path):
@@ -179,11 +194,21 @@ def test_a_crashed_rank_ends_the_run_as_failed_and_keeps_the_checkpoint(tmp_path
     from ddp_scenarios import ROOT
 
     runs = tmp_path / "runs"
-    args = [sys.executable, "-m", "rlr_engine.cli", "train", _preset(tmp_path, epochs=1000, checkpoint_every=1,
-                                                                     eval_every=0), "--runs", str(runs), "--nproc", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "rlr_engine.cli",
+        "train",
+        _preset(tmp_path, epochs=1000, checkpoint_every=1, eval_every=0),
+        "--runs",
+        str(runs),
+        "--nproc",
+        "2",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                start_new_session=True)
+    launcher = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 180
         while not (runs.is_dir() and any(runs.iterdir()) and (_only_run(runs) / "checkpoint.pt").is_file()):
@@ -225,8 +250,9 @@ def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path
     env_path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(ROOT)
     try:
-        run_dir, pid = start_detached([_preset(tmp_path, epochs=1000, checkpoint_every=1, eval_every=0),
-                                       "--runs", str(runs), "--nproc", "2"])
+        run_dir, _pid = start_detached(
+            [_preset(tmp_path, epochs=1000, checkpoint_every=1, eval_every=0), "--runs", str(runs), "--nproc", "2"]
+        )
     finally:
         if env_path is None:
             os.environ.pop("PYTHONPATH")
@@ -256,8 +282,15 @@ def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path
 
 def test_a_data_parallel_resume_refused_at_its_start_leaves_the_run_as_it_was(tmp_path):
     runs = tmp_path / "runs"
-    _train(["train", _preset(tmp_path, method="robust-dlrt", rank_fraction=0.3, max_rank_fraction=0.6, max_steps=10),
-            "--runs", str(runs)], nproc=1)
+    _train(
+        [
+            "train",
+            _preset(tmp_path, method="robust-dlrt", rank_fraction=0.3, max_rank_fraction=0.6, max_steps=10),
+            "--runs",
+            str(runs),
+        ],
+        nproc=1,
+    )
     run = _only_run(runs)
     before = {name: (run / name).read_text() for name in ("config.toml", "summary.json")}
     refused = run_cli(["train", "--resume", str(run), "--set", "min_rank=99", "--set", "max_steps=20", "--nproc", "2"])

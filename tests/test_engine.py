@@ -8,14 +8,23 @@ import time
 
 import pytest
 import torch
-
 from helpers import run_to_end, small_config, start_engine, wait_for
+
+from rlr_engine.control.records import (
+    AttackNow,
+    Pause,
+    RefreshLayers,
+    Resume,
+    SaveCheckpoint,
+    SetLearningRate,
+    SetTau,
+    Stop,
+    Truncate,
+)
+from rlr_engine.control.run_dirs import new_run_dir, read_jsonl
+from rlr_engine.core.presets import load_preset
 from rlr_engine.run.checkpoint import load_checkpoint
 from rlr_engine.run.engine import Engine
-from rlr_engine.core.presets import load_preset
-from rlr_engine.control.records import (AttackNow, Pause, RefreshLayers, Resume, SaveCheckpoint, SetLearningRate, SetTau,
-                                Stop, Truncate)
-from rlr_engine.control.run_dirs import new_run_dir, read_jsonl
 
 
 def test_quickstart_trains_well_above_chance(tmp_path):
@@ -73,20 +82,23 @@ def test_pause_stops_the_step_counter_and_resume_restarts_it(tmp_path):
     engine.stop(30)
 
 
-@pytest.mark.parametrize("command, reason", [
-    (SetTau(-1.0), "tau must be"),
-    (SetTau(float("nan")), "tau must be"),
-    (SetTau(10 ** 400), "tau must be"),  # an integer no float holds
-    (SetLearningRate(10 ** 400), "lr must be"),
-    (Truncate(theta=10 ** 400), "theta must be"),
-    (SetLearningRate(-0.5), "lr must be"),
-    (Truncate(theta=1.5), "theta must be"),
-    (Truncate(rank=0), "rank must be"),
-    (Truncate(theta=0.1, layer="no-such-layer"), "unknown layer"),
-    (Resume(), "cannot resume"),
-    (AttackNow(attack="nope"), "attack must be"),
-    (AttackNow(eps=(2.0,)), "eps must be"),
-])
+@pytest.mark.parametrize(
+    "command, reason",
+    [
+        (SetTau(-1.0), "tau must be"),
+        (SetTau(float("nan")), "tau must be"),
+        (SetTau(10**400), "tau must be"),  # an integer no float holds
+        (SetLearningRate(10**400), "lr must be"),
+        (Truncate(theta=10**400), "theta must be"),
+        (SetLearningRate(-0.5), "lr must be"),
+        (Truncate(theta=1.5), "theta must be"),
+        (Truncate(rank=0), "rank must be"),
+        (Truncate(theta=0.1, layer="no-such-layer"), "unknown layer"),
+        (Resume(), "cannot resume"),
+        (AttackNow(attack="nope"), "attack must be"),
+        (AttackNow(eps=(2.0,)), "eps must be"),
+    ],
+)
 def test_rejected_commands_change_nothing_and_say_why(tmp_path, command, reason):
     engine = start_engine(tmp_path, epochs=100, rank_fraction=1.0)
     before = wait_for(engine, lambda s: s.state == "running" and s.step > 3 and s.layers)
@@ -200,8 +212,7 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     path = tmp_path / "checkpoint.pt"
     for delay in (0.05, 0.13, 0.29):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path)], stdout=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip()  # at least one complete checkpoint exists
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
@@ -265,14 +276,17 @@ def test_a_resume_after_the_engine_died_names_the_changes_its_checkpoint_predate
     with open(engine.run_dir / "events.jsonl", "a") as events:
         died_at = step + 100_000  # beyond any step the resumed engine reaches here
         for seq, message in ((1000, "τ: 0.1 → 0.25"), (1001, f"paused at step {died_at}")):
-            events.write(json.dumps({"seq": seq, "step": died_at, "time": 0.0, "kind": "applied",
-                                     "message": message}) + "\n")
+            events.write(
+                json.dumps({"seq": seq, "step": died_at, "time": 0.0, "kind": "applied", "message": message}) + "\n"
+            )
     resumed = Engine(small_config(epochs=2), engine.run_dir, resume=True).setup()
     resumed.start()
     try:
         snap = wait_for(resumed, lambda s: any("not in it" in e.message for e in s.events))
         warning = next(e for e in snap.events if "not in it" in e.message)
-        assert warning.kind == "warning" and f"checkpoint at step {step}: 2 change(s) applied after it" in warning.message
+        assert (
+            warning.kind == "warning" and f"checkpoint at step {step}: 2 change(s) applied after it" in warning.message
+        )
         assert "τ: 0.1 → 0.25" in warning.message and "set them again" in warning.message
     finally:
         assert resumed.stop(timeout=30)
@@ -289,8 +303,8 @@ def test_a_resume_after_the_engine_died_names_the_changes_its_checkpoint_predate
 
 
 def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
-    from rlr_engine.core.atomic_files import atomic_file, write_text_atomic
     from rlr_engine.control.run_dirs import read_run_config, write_config
+    from rlr_engine.core.atomic_files import atomic_file, write_text_atomic
 
     path = tmp_path / "summary.json"
     write_text_atomic(path, '{"state": "stopped"}')
@@ -305,8 +319,7 @@ def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
 
 
 def test_a_failing_setup_reports_a_message_instead_of_dying(tmp_path):
-    engine = start_engine(tmp_path, dataset="mnist", model="lenet5", data_dir=str(tmp_path / "nothing"),
-                          download=False)
+    engine = start_engine(tmp_path, dataset="mnist", model="lenet5", data_dir=str(tmp_path / "nothing"), download=False)
     snap = run_to_end(engine, timeout=30)
     assert snap.state == "failed"
     assert "mnist" in snap.message and "quickstart" in snap.message and str(tmp_path / "nothing") in snap.message
@@ -332,7 +345,7 @@ def test_a_resumed_run_shows_its_earlier_events_and_numbers_on(tmp_path):
     resumed = start_engine(tmp_path, resume_dir=engine.run_dir, epochs=100)
     snap = wait_for(resumed, lambda s: s.state == "running" and s.step > stopped.step)
     seqs = [e.seq for e in snap.events]
-    assert seqs[:len(earlier)] == earlier, "the events before the stop are shown after the resume"
+    assert seqs[: len(earlier)] == earlier, "the events before the stop are shown after the resume"
     assert seqs == sorted(set(seqs)) and seqs[-1] > earlier[-1]
     assert any(e.message.startswith("stopped at step") for e in snap.events)
     resumed.stop(30)
@@ -358,11 +371,19 @@ def test_a_dashboard_note_is_recorded_as_an_event_and_a_bad_level_is_rejected(tm
 def test_a_window_no_float_holds_is_rejected_and_the_rank_adaptive_run_goes_on(tmp_path):
     from rlr_engine.control.records import SetAdaptation
 
-    engine = start_engine(tmp_path, method="robust-dlrt", beta=0.01, epochs=100, rank_fraction=0.25,
-                          max_rank_fraction=0.75, adapt_every=5, truncate_theta=0.2)
+    engine = start_engine(
+        tmp_path,
+        method="robust-dlrt",
+        beta=0.01,
+        epochs=100,
+        rank_fraction=0.25,
+        max_rank_fraction=0.75,
+        adapt_every=5,
+        truncate_theta=0.2,
+    )
     before = wait_for(engine, lambda s: s.state == "running" and s.step > 3)
-    engine.send(SetAdaptation(adapt_every=10 ** 400), request_id="huge")
-    engine.send(SetAdaptation(beta=10 ** 400), request_id="huge-beta")
+    engine.send(SetAdaptation(adapt_every=10**400), request_id="huge")
+    engine.send(SetAdaptation(beta=10**400), request_id="huge-beta")
     wait_for(engine, lambda s: {a.request_id for a in engine.acks} >= {"huge", "huge-beta"})
     acks = {a.request_id: a for a in engine.acks}
     assert acks["huge"].status == "rejected" and "adapt_every must be an integer in [2, 100000]" in acks["huge"].message

@@ -6,22 +6,53 @@ import json
 import math
 
 import pytest
-
 from helpers import run_to_end, small_config, start_engine
+
 from rlr_engine.cli import main
 from rlr_engine.core.presets import dump_toml
 
 RECORDS = [
-    {"type": "train", "step": 10, "epoch": 0, "train_loss": 2.1, "train_acc": 0.25, "lr": 0.05, "tau": 0.1,
-     "samples_per_s": 1200.5, "seconds": 0.5},
-    {"type": "train", "step": 20, "epoch": 1, "train_loss": float("nan"), "train_acc": 0.0, "lr": 0.05,
-     "tau": float("inf"), "samples_per_s": 1100.0, "seconds": 0.6},
+    {
+        "type": "train",
+        "step": 10,
+        "epoch": 0,
+        "train_loss": 2.1,
+        "train_acc": 0.25,
+        "lr": 0.05,
+        "tau": 0.1,
+        "samples_per_s": 1200.5,
+        "seconds": 0.5,
+    },
+    {
+        "type": "train",
+        "step": 20,
+        "epoch": 1,
+        "train_loss": float("nan"),
+        "train_acc": 0.0,
+        "lr": 0.05,
+        "tau": float("inf"),
+        "samples_per_s": 1100.0,
+        "seconds": 0.6,
+    },
     {"type": "eval", "step": 20, "epoch": 1, "val_loss": 1.9, "val_acc": 0.4, "test_acc": 0.38},
-    {"type": "layers", "step": 20, "compression": 0.75, "layers": [
-        {"name": "conv1", "rank": 4, "full_rank": 8, "kappa": 1.08, "sigma_max": 2.5},
-        {"name": "fc2", "rank": 10, "full_rank": 10, "kappa": 3.5, "sigma_max": 1.25}]},
-    {"type": "attack", "step": 20, "epoch": 1, "attack": "fgsm", "eps": [0.0, 0.02, 0.05],
-     "accuracy": [0.4, 0.3, 0.125], "samples": 100},
+    {
+        "type": "layers",
+        "step": 20,
+        "compression": 0.75,
+        "layers": [
+            {"name": "conv1", "rank": 4, "full_rank": 8, "kappa": 1.08, "sigma_max": 2.5},
+            {"name": "fc2", "rank": 10, "full_rank": 10, "kappa": 3.5, "sigma_max": 1.25},
+        ],
+    },
+    {
+        "type": "attack",
+        "step": 20,
+        "epoch": 1,
+        "attack": "fgsm",
+        "eps": [0.0, 0.02, 0.05],
+        "accuracy": [0.4, 0.3, 0.125],
+        "samples": 100,
+    },
 ]
 
 
@@ -34,7 +65,7 @@ def make_run(path, records=RECORDS):
 
 def read_csv(text):
     rows = list(csv.DictReader(io.StringIO(text)))
-    return rows, list(csv.reader(io.StringIO(text)))[0]
+    return rows, next(iter(csv.reader(io.StringIO(text))))
 
 
 def test_a_row_per_record_and_nested_fields_in_named_columns(tmp_path, capsys):
@@ -78,15 +109,21 @@ def test_the_csv_of_a_real_run_holds_every_value_of_its_metrics(tmp_path, capsys
     assert f"kappa/{layer['name']}" in header and "adv/fgsm/0.05" in header
 
 
-@pytest.mark.parametrize("setup, csv_arg, expected", [
-    (lambda tmp: tmp / "absent", "-", "no such run directory"),
-    (lambda tmp: (tmp / "file.txt").write_text("x") and tmp / "file.txt", "-", "is not a run directory"),
-    (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "-", "no config.toml"),
-    (lambda tmp: make_run(tmp / "fresh", records=[]).joinpath("metrics.jsonl").unlink() or tmp / "fresh", "-",
-     "has no metrics.jsonl"),
-    (lambda tmp: make_run(tmp / "run"), "{tmp}/no/such/dir/out.csv", "does not exist"),
-    (lambda tmp: make_run(tmp / "run"), "{tmp}", "is a directory"),
-])
+@pytest.mark.parametrize(
+    "setup, csv_arg, expected",
+    [
+        (lambda tmp: tmp / "absent", "-", "no such run directory"),
+        (lambda tmp: (tmp / "file.txt").write_text("x") and tmp / "file.txt", "-", "is not a run directory"),
+        (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "-", "no config.toml"),
+        (
+            lambda tmp: make_run(tmp / "fresh", records=[]).joinpath("metrics.jsonl").unlink() or tmp / "fresh",
+            "-",
+            "has no metrics.jsonl",
+        ),
+        (lambda tmp: make_run(tmp / "run"), "{tmp}/no/such/dir/out.csv", "does not exist"),
+        (lambda tmp: make_run(tmp / "run"), "{tmp}", "is a directory"),
+    ],
+)
 def test_bad_run_dirs_and_outputs_give_one_clear_line(tmp_path, capsys, setup, csv_arg, expected):
     run = setup(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from rlr_engine import LowRankConv2d, LowRankLinear, low_rank_layers, parameter_report, to_low_rank
@@ -11,13 +12,26 @@ from rlr_engine import LowRankConv2d, LowRankLinear, low_rank_layers, parameter_
 
 def small_cnn() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 20, 3, stride=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(20 * 3 * 3, 30), nn.ReLU(), nn.Linear(30, 5))
+        nn.Conv2d(3, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(12, 20, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(20 * 3 * 3, 30),
+        nn.ReLU(),
+        nn.Linear(30, 5),
+    )
 
 
 @settings(max_examples=25, deadline=None)
-@given(stride=st.integers(1, 3), padding=st.integers(0, 2), dilation=st.integers(1, 2),
-       kernel=st.sampled_from([1, 3, (3, 1), 5]), bias=st.booleans(), rank=st.integers(1, 6))
+@given(
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    kernel=st.sampled_from([1, 3, (3, 1), 5]),
+    bias=st.booleans(),
+    rank=st.integers(1, 6),
+)
 def test_low_rank_conv_equals_dense_conv_with_its_weight(stride, padding, dilation, kernel, bias, rank):
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     rank = min(rank, 3 * kh * kw)
@@ -77,12 +91,15 @@ def test_explicit_ranks_override_fraction_and_may_convert_the_last_layer():
     assert model[7].rank == 5 and model[0].rank == 2 and model[2].rank == 10
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"rank_fraction": 0.0}, "rank_fraction"),
-    ({"rank_fraction": 1.5}, "rank_fraction"),
-    ({"ranks": {"nope": 2}}, "unknown layers"),
-    ({"ranks": {"0": 99}}, "rank for layer '0'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rank_fraction": 0.0}, "rank_fraction"),
+        ({"rank_fraction": 1.5}, "rank_fraction"),
+        ({"ranks": {"nope": 2}}, "unknown layers"),
+        ({"ranks": {"0": 99}}, "rank for layer '0'"),
+    ],
+)
 def test_bad_conversion_arguments_are_rejected_with_the_field_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         to_low_rank(small_cnn(), **kwargs)
@@ -98,8 +115,10 @@ def test_parameter_report_counts_true_compression():
     assert report.rank_fraction == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("make", [lambda: LowRankLinear(17, 9, rank=3, max_rank=6),
-                                  lambda: LowRankConv2d(3, 8, 3, rank=3, padding=1, max_rank=6)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: LowRankLinear(17, 9, rank=3, max_rank=6), lambda: LowRankConv2d(3, 8, 3, rank=3, padding=1, max_rank=6)],
+)
 def test_a_layer_with_spare_storage_computes_with_its_live_block_only(make):
     layer = make()
     assert (layer.rank, layer.max_rank) == (3, 6) and layer.S.shape == (6, 6)
@@ -134,8 +153,9 @@ def test_live_rank_round_trips_through_the_state_dict_and_old_checkpoints_still_
 
 
 def test_storage_fraction_allocates_the_maximum_rank_and_the_report_counts_live_parameters():
-    model = to_low_rank(nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10)), rank_fraction=0.1,
-                        max_rank_fraction=0.35)
+    model = to_low_rank(
+        nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10)), rank_fraction=0.1, max_rank_fraction=0.35
+    )
     layer = model[0]
     assert (layer.rank, layer.max_rank) == (10, 35)
     report = parameter_report(model)

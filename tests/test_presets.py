@@ -4,13 +4,21 @@ from pathlib import Path
 import pytest
 
 from rlr_engine.core.errors import PresetError
-
 from rlr_engine.core.presets import apply_overrides, available_presets, load_preset
 
-REQUIRED = ["quickstart", "fmnist-lenet5-dense", "fmnist-lenet5-vanilla-cr50", "fmnist-lenet5-vanilla-cr80",
-            "fmnist-lenet5-tau0-cr50", "fmnist-lenet5-tau0-cr80", "fmnist-lenet5-tau0.1-cr50",
-            "fmnist-lenet5-tau0.1-cr80", "mnist-lenet5-dense", "cifar10-vgg16-tau0.5-cr80",
-            "cifar10-wrn16-4-vanilla-cr50"]
+REQUIRED = [
+    "quickstart",
+    "fmnist-lenet5-dense",
+    "fmnist-lenet5-vanilla-cr50",
+    "fmnist-lenet5-vanilla-cr80",
+    "fmnist-lenet5-tau0-cr50",
+    "fmnist-lenet5-tau0-cr80",
+    "fmnist-lenet5-tau0.1-cr50",
+    "fmnist-lenet5-tau0.1-cr80",
+    "mnist-lenet5-dense",
+    "cifar10-vgg16-tau0.5-cr80",
+    "cifar10-wrn16-4-vanilla-cr50",
+]
 
 
 def test_every_shipped_preset_is_valid():
@@ -24,7 +32,13 @@ def test_every_shipped_preset_is_valid():
 def test_paper_presets_carry_the_reference_hyperparameters():
     vgg = load_preset("cifar10-vgg16-tau0.5-cr80")
     assert (vgg.lr, vgg.momentum, vgg.batch_size, vgg.epochs, vgg.milestones, vgg.gamma) == (
-        0.05, 0.45, 128, 120, (70, 100), 0.3)
+        0.05,
+        0.45,
+        128,
+        120,
+        (70, 100),
+        0.3,
+    )
     assert vgg.rank_fraction == 0.2 and vgg.tau == 0.5 and vgg.last_layer == "full-rank"
     assert vgg.eps == (0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006)
     assert math.isinf(load_preset("mnist-lenet5-vanilla-cr80").tau)
@@ -37,17 +51,20 @@ def write(tmp_path, text, name="mine.toml"):
     return str(path)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('tau = -1\n', "tau = -1 is not allowed: must be a number in [0, inf]"),
-    ('epochs = "ten"\n', "epochs = 'ten' is not allowed: must be an integer in [1, 100000]"),
-    ('learning_rate = 0.1\n', "unknown key 'learning_rate'"),
-    ('dataset = "imagenet"\n', "dataset = 'imagenet' is not allowed: must be one of digits"),
-    ('eps = [0, 0.5, 3]\n', "eps = [0, 0.5, 3] is not allowed"),
-    ('download = "yes"\n', "download = 'yes' is not allowed: must be true or false"),
-    ('model = "vgg16"\n', "model 'vgg16' needs 32×32 images; data set 'digits' has 8×8"),
-    ('model = "lenet5"\n', "model 'lenet5' needs images of at least 16×16"),
-    ('tau = [\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("tau = -1\n", "tau = -1 is not allowed: must be a number in [0, inf]"),
+        ('epochs = "ten"\n', "epochs = 'ten' is not allowed: must be an integer in [1, 100000]"),
+        ("learning_rate = 0.1\n", "unknown key 'learning_rate'"),
+        ('dataset = "imagenet"\n', "dataset = 'imagenet' is not allowed: must be one of digits"),
+        ("eps = [0, 0.5, 3]\n", "eps = [0, 0.5, 3] is not allowed"),
+        ('download = "yes"\n', "download = 'yes' is not allowed: must be true or false"),
+        ('model = "vgg16"\n', "model 'vgg16' needs 32×32 images; data set 'digits' has 8×8"),
+        ('model = "lenet5"\n', "model 'lenet5' needs images of at least 16×16"),
+        ("tau = [\n", "not valid TOML"),
+    ],
+)
 def test_bad_preset_files_name_file_key_value_and_what_is_allowed(tmp_path, text, expected):
     required = {"dataset": 'dataset = "digits"', "model": 'model = "digits-cnn"', "method": 'method = "lowrank"'}
     header = "".join(line + "\n" for key, line in required.items() if not text.startswith(f"{key} ="))
@@ -65,11 +82,16 @@ def test_user_file_with_inf_and_overrides(tmp_path):
     assert config.dataset == "synthetic" and config.epochs == 2
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("tau", "expected key=value"), ("colour=red", "unknown key 'colour'"),
-    ("tau=-3", "tau = -3 is not allowed"), ("rank_fraction=0", "rank_fraction = 0 is not allowed"),
-    ("milestones=[5, -1]", "milestones"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("tau", "expected key=value"),
+        ("colour=red", "unknown key 'colour'"),
+        ("tau=-3", "tau = -3 is not allowed"),
+        ("rank_fraction=0", "rank_fraction = 0 is not allowed"),
+        ("milestones=[5, -1]", "milestones"),
+    ],
+)
 def test_bad_overrides_are_rejected_and_change_nothing(override, expected):
     config = load_preset("quickstart")
     with pytest.raises(PresetError, match=None) as info:
@@ -78,16 +100,19 @@ def test_bad_overrides_are_rejected_and_change_nothing(override, expected):
     assert load_preset("quickstart") == config
 
 
-HUGE = 10 ** 400  # an integer no float holds
+HUGE = 10**400  # an integer no float holds
 
 
-@pytest.mark.parametrize("key, check, values", [
-    ("tau", "check_tau", [-1, 0, 0.5, math.inf, HUGE]),
-    ("lr", "check_lr", [0, 1e-3, 100, 101, HUGE]),
-    ("truncate_theta", "check_theta", [-0.1, 0, 0.5, 1, HUGE]),
-    ("beta", "check_beta", [-1, 0, 1, math.inf, HUGE]),
-    ("adapt_every", "check_adapt_every", [1, 2, 100_000, 100_001, HUGE]),
-])
+@pytest.mark.parametrize(
+    "key, check, values",
+    [
+        ("tau", "check_tau", [-1, 0, 0.5, math.inf, HUGE]),
+        ("lr", "check_lr", [0, 1e-3, 100, 101, HUGE]),
+        ("truncate_theta", "check_theta", [-0.1, 0, 0.5, 1, HUGE]),
+        ("beta", "check_beta", [-1, 0, 1, math.inf, HUGE]),
+        ("adapt_every", "check_adapt_every", [1, 2, 100_000, 100_001, HUGE]),
+    ],
+)
 def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
     from rlr_engine.core import validation
 
@@ -103,19 +128,26 @@ def test_a_preset_and_a_live_command_accept_the_same_values(key, check, values):
             preset = True
         except PresetError:
             preset = False
-        assert preset == live, f"{key} = {value!r}: preset {'accepts' if preset else 'refuses'} it, " \
-                               f"{check} {'accepts' if live else 'refuses'} it"
+        assert preset == live, (
+            f"{key} = {value!r}: preset {'accepts' if preset else 'refuses'} it, "
+            f"{check} {'accepts' if live else 'refuses'} it"
+        )
 
 
 @pytest.mark.parametrize("field", ["tau", "lr", "theta", "beta", "adapt_every"])
-@pytest.mark.parametrize("value", [HUGE, -HUGE, str(HUGE), "1e400", "9" * 5000, "nan", "", "fast"],
-                         ids=["huge-int", "huge-negative-int", "400-digits", "1e400", "5000-digits", "nan", "empty",
-                              "text"])
+@pytest.mark.parametrize(
+    "value",
+    [HUGE, -HUGE, str(HUGE), "1e400", "9" * 5000, "nan", "", "fast"],
+    ids=["huge-int", "huge-negative-int", "400-digits", "1e400", "5000-digits", "nan", "empty", "text"],
+)
 def test_a_live_value_no_float_holds_is_refused_naming_the_field_and_the_range(field, value):
     from rlr_engine.core import validation
 
-    allowed = (validation.ADAPT_EVERY.allowed("an integer") if field == "adapt_every"
-               else getattr(validation, field.upper()).allowed())
+    allowed = (
+        validation.ADAPT_EVERY.allowed("an integer")
+        if field == "adapt_every"
+        else getattr(validation, field.upper()).allowed()
+    )
     with pytest.raises(ValueError) as refused:
         getattr(validation, f"check_{field}")(value)
     message = str(refused.value)
@@ -139,10 +171,16 @@ def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refu
         load_preset("quickstart", ["tau=1e400"])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("tau=1" + "0" * 400, "tau"), ("epochs=1" + "0" * 400, "epochs"), ("eps=[0, 1" + "0" * 400 + "]", "eps"),
-    ("seed=" + "9" * 5000, "seed"),
-], ids=["tau-400-digits", "epochs-400-digits", "eps-400-digits", "seed-5000-digits"])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("tau=1" + "0" * 400, "tau"),
+        ("epochs=1" + "0" * 400, "epochs"),
+        ("eps=[0, 1" + "0" * 400 + "]", "eps"),
+        ("seed=" + "9" * 5000, "seed"),
+    ],
+    ids=["tau-400-digits", "epochs-400-digits", "eps-400-digits", "seed-5000-digits"],
+)
 def test_a_number_too_large_for_a_float_in_an_override_is_a_preset_error_naming_the_key(override, key):
     with pytest.raises(PresetError) as refused:
         load_preset("quickstart", [override])
@@ -171,8 +209,10 @@ def test_a_preset_and_the_attack_itself_accept_the_same_budgets(attack):
             preset = True
         except PresetError:
             preset = False
-        assert preset == live, f"{attack} eps = {eps}: preset {'accepts' if preset else 'refuses'} it, " \
-                               f"the attack {'accepts' if live else 'refuses'} it"
+        assert preset == live, (
+            f"{attack} eps = {eps}: preset {'accepts' if preset else 'refuses'} it, "
+            f"the attack {'accepts' if live else 'refuses'} it"
+        )
         if preset:
             assert config.attack_spec().eps == tuple(eps)
 
@@ -180,8 +220,9 @@ def test_a_preset_and_the_attack_itself_accept_the_same_budgets(attack):
 def test_an_l_inf_budget_over_1_names_eps_the_value_and_the_attacks_range():
     with pytest.raises(PresetError) as refused:
         load_preset("quickstart", ["eps=[0, 2.0]"])  # quickstart attacks with fgsm
-    assert "eps = [0, 2] is not allowed with attack = 'fgsm': must be a non-empty list of numbers in [0, 1]" \
-        in str(refused.value)
+    assert "eps = [0, 2] is not allowed with attack = 'fgsm': must be a non-empty list of numbers in [0, 1]" in str(
+        refused.value
+    )
     assert load_preset("quickstart", ["attack=cw-l2", "eps=[0, 2.0]"]).eps == (0.0, 2.0)
 
 
@@ -217,7 +258,7 @@ def test_a_run_written_before_names_were_checked_stays_readable_and_resumable(tm
 
 
 def test_missing_preset_lists_the_available_ones():
-    with pytest.raises(PresetError, match="unknown preset 'nope'.*quickstart"):
+    with pytest.raises(PresetError, match=r"unknown preset 'nope'.*quickstart"):
         load_preset("nope")
     with pytest.raises(PresetError, match="does not exist"):
         load_preset("/no/such/file.toml")
@@ -225,8 +266,11 @@ def test_missing_preset_lists_the_available_ones():
 
 @pytest.mark.parametrize("missing", ["dataset", "model", "method"])
 def test_a_preset_file_must_name_its_dataset_model_and_method(tmp_path, missing):
-    lines = [line for line in (Path(available_presets()["fmnist-lenet5-tau0.1-cr80"]).read_text().splitlines())
-             if not line.startswith(f"{missing} =")]
+    lines = [
+        line
+        for line in (Path(available_presets()["fmnist-lenet5-tau0.1-cr80"]).read_text().splitlines())
+        if not line.startswith(f"{missing} =")
+    ]
     path = write(tmp_path, "\n".join(lines) + "\n")
     with pytest.raises(PresetError) as info:
         load_preset(path)
@@ -271,17 +315,28 @@ def test_rank_adaptive_presets_carry_their_method_settings():
         assert load_preset(name).model == "vgg16"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('method = "dlrt"\n', "method = 'dlrt' is not allowed: must be one of dense, lowrank, robust-dlrt, condlr-adaptive"),
-    ('adapt_every = 1\n', "adapt_every = 1 is not allowed: must be an integer in [2, 100000]"),
-    ('beta = -0.5\n', "beta = -0.5 is not allowed: must be a number in [0, inf)"),
-    ('beta = inf\n', "beta = inf is not allowed"),
-    ('core_optimizer = "lamb"\n', "core_optimizer = 'lamb' is not allowed: must be one of sgd, adamw"),
-    ('max_rank_fraction = 0\n', "max_rank_fraction = 0 is not allowed: must be a number in (0, 1]"),
-    ('method = "robust-dlrt"\nrank_fraction = 0.5\nmax_rank_fraction = 0.3\n',
-     "max_rank_fraction = 0.3 is not allowed: must be >= rank_fraction = 0.5"),
-    ('method = "condlr-adaptive"\ntruncate_every = 2\n', "truncate_every = 2 is not allowed with method = 'condlr-adaptive'"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            'method = "dlrt"\n',
+            "method = 'dlrt' is not allowed: must be one of dense, lowrank, robust-dlrt, condlr-adaptive",
+        ),
+        ("adapt_every = 1\n", "adapt_every = 1 is not allowed: must be an integer in [2, 100000]"),
+        ("beta = -0.5\n", "beta = -0.5 is not allowed: must be a number in [0, inf)"),
+        ("beta = inf\n", "beta = inf is not allowed"),
+        ('core_optimizer = "lamb"\n', "core_optimizer = 'lamb' is not allowed: must be one of sgd, adamw"),
+        ("max_rank_fraction = 0\n", "max_rank_fraction = 0 is not allowed: must be a number in (0, 1]"),
+        (
+            'method = "robust-dlrt"\nrank_fraction = 0.5\nmax_rank_fraction = 0.3\n',
+            "max_rank_fraction = 0.3 is not allowed: must be >= rank_fraction = 0.5",
+        ),
+        (
+            'method = "condlr-adaptive"\ntruncate_every = 2\n',
+            "truncate_every = 2 is not allowed with method = 'condlr-adaptive'",
+        ),
+    ],
+)
 def test_bad_rank_adaptive_settings_name_the_key_the_value_and_what_is_allowed(tmp_path, text, expected):
     header = 'dataset = "digits"\nmodel = "digits-cnn"\n' + ("" if "method" in text else 'method = "robust-dlrt"\n')
     path = write(tmp_path, header + text)

@@ -18,8 +18,20 @@ from rlr_engine.control.protocol import MAX_LINE, PROTOCOL_VERSION, decode, enco
 from rlr_engine.control.records import SetTau
 from rlr_engine.control.run_dirs import engine_alive, read_jsonl, run_info
 
-FAST = ["--set", "dataset=synthetic", "--set", "epochs=500", "--set", "snapshot_interval=0.05",
-        "--set", "attack_every=0", "--set", "checkpoint_every=1", "--set", "eval_every=5"]
+FAST = [
+    "--set",
+    "dataset=synthetic",
+    "--set",
+    "epochs=500",
+    "--set",
+    "snapshot_interval=0.05",
+    "--set",
+    "attack_every=0",
+    "--set",
+    "checkpoint_every=1",
+    "--set",
+    "eval_every=5",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
@@ -40,8 +52,23 @@ def wait_until(predicate, timeout=60.0, what="condition"):
 
 
 def test_detach_prints_how_to_attach_and_the_engine_survives_sighup(tmp_path, engine_processes):
-    result = subprocess.run([sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", *FAST, "--runs",
-                             str(tmp_path / "runs"), "--detach"], capture_output=True, text=True, timeout=300, env=ENV)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlr_engine.cli",
+            "train",
+            "quickstart",
+            *FAST,
+            "--runs",
+            str(tmp_path / "runs"),
+            "--detach",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert result.returncode == 0, result.stderr
     run_dir = next((tmp_path / "runs").iterdir())
     engine_processes.append(run_dir)
@@ -63,8 +90,7 @@ def test_detach_prints_how_to_attach_and_the_engine_survives_sighup(tmp_path, en
     client.close()
 
 
-def test_two_clients_see_one_application_of_each_command_and_rejections_reach_the_sender(tmp_path,
-                                                                                       engine_processes):
+def test_two_clients_see_one_application_of_each_command_and_rejections_reach_the_sender(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
     a, b = EngineClient.connect(run_dir, "a"), EngineClient.connect(run_dir, "b")
     assert a.session != b.session
@@ -77,10 +103,13 @@ def test_two_clients_see_one_application_of_each_command_and_rejections_reach_th
         acks_a.extend(a.take_acks())
         acks_b.extend(b.take_acks())
         return len(acks_a) >= 2 and len(acks_b) >= 2
+
     wait_until(both_answered, what="acknowledgements")
     for acks in (acks_a, acks_b):  # both dashboards see both answers, in order
         assert [(x.session, x.request_id, x.status) for x in acks] == [
-            (a.session, request, "applied"), (b.session, bad, "rejected")]
+            (a.session, request, "applied"),
+            (b.session, bad, "rejected"),
+        ]
     assert "tau must be" in acks_b[1].message and "τ: 0.1 → 0.5" in acks_a[0].message
     for client in (a, b):
         snap = client.wait(lambda s: s.tau == 0.5, 10)
@@ -193,8 +222,8 @@ def test_a_huge_number_or_deep_nesting_gets_an_error_and_the_server_goes_on_serv
 
 
 def test_an_unexpected_error_on_one_line_is_answered_and_logged_and_the_server_lives(tmp_path, monkeypatch):
-    from rlr_engine.run import server as server_module
     from rlr_engine.control.records import Snapshot, command_from_dict
+    from rlr_engine.run import server as server_module
 
     class Engine:
         run_dir = tmp_path
@@ -227,7 +256,10 @@ def test_an_unexpected_error_on_one_line_is_answered_and_logged_and_the_server_l
         sock.sendall(encode({"type": "command", "id": "1", "command": {"kind": "pause"}}))
         error = read_until(sock, lambda m: m["type"] == "error")[-1]
         assert not error["fatal"] and "could not handle this line (RuntimeError: a bug)" in error["error"]
-        assert ("error", "control: client 1: the engine could not handle this line (RuntimeError: a bug)") in engine.logged
+        assert (
+            "error",
+            "control: client 1: the engine could not handle this line (RuntimeError: a bug)",
+        ) in engine.logged
         sock.sendall(encode({"type": "command", "id": "2", "command": {"kind": "set_tau", "tau": 0.5}}))
         other = greeted_socket(tmp_path / "control.sock")
         assert read_until(other, lambda m: m["type"] == "welcome")[-1]["session"] == 2
@@ -272,19 +304,25 @@ def test_socket_and_run_directory_are_private(tmp_path, engine_processes):
 
 
 def test_the_dashboard_imports_no_torch():
-    code = ("import sys, rlr_tui.app, rlr_tui.screens.dashboard, rlr_tui.screens.picker, rlr_engine.control.client, "
-            "rlr_engine.control.run_dirs, rlr_engine.control.protocol, rlr_engine.control.records; rlr_tui.app.RlrApp(); "
-            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, rlr_tui.app, rlr_tui.screens.dashboard, rlr_tui.screens.picker, rlr_engine.control.client, "
+        "rlr_engine.control.run_dirs, rlr_engine.control.protocol, rlr_engine.control.records; rlr_tui.app.RlrApp(); "
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
-    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", *FAST, "--runs",
-                             str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", *FAST, "--runs", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         run_dir = wait_until(lambda: next((tmp_path / "runs").glob("*/control.sock"), None), 300, "the socket").parent
         client = EngineClient.connect(run_dir)
@@ -301,16 +339,18 @@ def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
     events = list(read_jsonl(run_dir / "events.jsonl"))
     assert any(e["kind"] == "info" and e["message"].startswith("stopped at step") for e in events)
     # dashboards are told what stopped the run
-    assert any(f"({signal.Signals(signum).name} received): writing a final checkpoint" in e["message"]
-               for e in events), [e["message"] for e in events]
+    assert any(
+        f"({signal.Signals(signum).name} received): writing a final checkpoint" in e["message"] for e in events
+    ), [e["message"] for e in events]
     assert not (run_dir / "control.sock").exists() and not engine_alive(run_dir)
 
 
 def test_a_failed_start_leaves_no_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LaunchError, match="not available"):
-        start_detached(["mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false",
-                        "--runs", "runs"])
+        start_detached(
+            ["mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false", "--runs", "runs"]
+        )
     with pytest.raises(LaunchError, match="no CUDA GPU"):
         start_detached(["quickstart", "--device", "cuda", "--runs", "runs"])
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
@@ -325,8 +365,13 @@ def test_a_resumed_run_reports_the_tau_set_while_it_ran_not_the_presets(tmp_path
     client.close()
     os.kill(pid, signal.SIGTERM)  # the final checkpoint holds τ = 0.5
     wait_until(lambda: not engine_alive(run_dir) and (run_dir / "summary.json").is_file(), 60, "the stop")
-    proc = subprocess.Popen([sys.executable, "-m", "rlr_engine.cli", "train", "--resume", str(run_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlr_engine.cli", "train", "--resume", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         wait_until(lambda: engine_alive(run_dir) and (run_dir / "control.sock").exists(), 300, "the resume")
         resumed = EngineClient.connect(run_dir)

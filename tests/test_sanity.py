@@ -6,8 +6,21 @@ import sys
 
 import pytest
 
-from rlr_engine.core.sanity import (ACCURACY_RISES, BLACK_BOX, BLACK_BOX_WINS, ENSEMBLE, HIGH_AT_LARGE_EPS, ITERATIVE,
-                               ITERATIVE_ABOVE_FGSM, L2, LINF, SINGLE_STEP, AttackRecord, Component, sanity_report)
+from rlr_engine.core.sanity import (
+    ACCURACY_RISES,
+    BLACK_BOX,
+    BLACK_BOX_WINS,
+    ENSEMBLE,
+    HIGH_AT_LARGE_EPS,
+    ITERATIVE,
+    ITERATIVE_ABOVE_FGSM,
+    L2,
+    LINF,
+    SINGLE_STEP,
+    AttackRecord,
+    Component,
+    sanity_report,
+)
 
 EPS = (0.0, 0.1, 0.3)
 
@@ -25,13 +38,21 @@ def square(*acc, samples=200):
 
 
 def autoattack(white, after_square, samples=200):
-    parts = (Component("apgd-ce", ITERATIVE, white), Component("apgd-t", ITERATIVE, white),
-             Component("fab-t", ITERATIVE, white), Component("square", BLACK_BOX, after_square))
+    parts = (
+        Component("apgd-ce", ITERATIVE, white),
+        Component("apgd-t", ITERATIVE, white),
+        Component("fab-t", ITERATIVE, white),
+        Component("square", BLACK_BOX, after_square),
+    )
     return AttackRecord("autoattack", ENSEMBLE, LINF, EPS, after_square, samples, parts)
 
 
-HEALTHY = [fgsm(0.95, 0.4, 0.08), pgd(0.95, 0.2, 0.0), square(0.95, 0.5, 0.1),
-           autoattack((0.95, 0.15, 0.0), (0.95, 0.15, 0.0))]
+HEALTHY = [
+    fgsm(0.95, 0.4, 0.08),
+    pgd(0.95, 0.2, 0.0),
+    square(0.95, 0.5, 0.1),
+    autoattack((0.95, 0.15, 0.0), (0.95, 0.15, 0.0)),
+]
 
 
 def codes(records, dataset="digits"):
@@ -45,7 +66,7 @@ def test_healthy_records_raise_no_flag_and_every_check_runs():
 
 
 def test_accuracy_rising_with_eps_is_flagged():
-    assert codes([pgd(0.95, 0.2, 0.3)]) .count(ACCURACY_RISES) == 1
+    assert codes([pgd(0.95, 0.2, 0.3)]).count(ACCURACY_RISES) == 1
     assert ACCURACY_RISES not in codes([pgd(0.95, 0.2, 0.2)])
 
 
@@ -117,13 +138,14 @@ def test_mismatched_record_is_rejected():
 
 
 def test_sanity_module_imports_without_torch():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from rlr_engine.core import sanity, catalog\n"
-            "print(sanity.sanity_report([], 'digits').skipped[0])")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from rlr_engine.core import sanity, catalog\n"
+        "print(sanity.sanity_report([], 'digits').skipped[0])"
+    )
     from pathlib import Path
 
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(__file__).parents[1])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr
 
 
@@ -146,8 +168,8 @@ def test_attack_dialog_returns_a_registry_name_the_engine_accepts():
 
     from textual.app import App
 
-    from rlr_engine.workload.attacks import ATTACKS
     from rlr_engine.core.config import RunConfig
+    from rlr_engine.workload.attacks import ATTACKS
     from rlr_tui.screens.attack_dialog import AttackDialog
 
     chosen = []

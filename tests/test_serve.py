@@ -76,24 +76,57 @@ async def received_text(debug_port: int, url: str, wanted: list[str], timeout: f
 
 
 def test_the_dashboard_is_served_to_a_browser(tmp_path, engine_processes):
-    run_dir, _ = start_detached(["quickstart", "--set", "dataset=synthetic", "--set", "epochs=500",
-                                 "--set", "attack_every=0", "--runs", str(tmp_path / "runs")])
+    run_dir, _ = start_detached(
+        [
+            "quickstart",
+            "--set",
+            "dataset=synthetic",
+            "--set",
+            "epochs=500",
+            "--set",
+            "attack_every=0",
+            "--runs",
+            str(tmp_path / "runs"),
+        ]
+    )
     engine_processes.append(run_dir)
     port, debug_port = free_port(), free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "rlr_tui.app", "--serve", "--port", str(port), "--attach",
-                               str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rlr_tui.app", "--serve", "--port", str(port), "--attach", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     browser = None
     try:
         wait_for_port(port, 60)
-        browser = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                                    "--disable-background-networking", "--no-first-run",
-                                    f"--user-data-dir={tmp_path / 'chromium'}", f"--remote-debugging-port={debug_port}",
-                                    "--window-size=1200,800", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        browser = subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                f"--remote-debugging-port={debug_port}",
+                "--window-size=1200,800",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(debug_port, 60)
-        text = asyncio.run(received_text(debug_port, f"http://127.0.0.1:{port}", ["RUNNING", "quickstart", "epoch"],
-                                         120, tmp_path / "browser.png"))
+        text = asyncio.run(
+            received_text(
+                debug_port,
+                f"http://127.0.0.1:{port}",
+                ["RUNNING", "quickstart", "epoch"],
+                120,
+                tmp_path / "browser.png",
+            )
+        )
         assert "RUNNING" in text and "quickstart" in text and "epoch" in text, text[-2000:]
         assert (tmp_path / "browser.png").stat().st_size > 1000
     finally:

@@ -6,28 +6,37 @@ import threading
 import time
 
 import pytest
+from helpers import STARTED, run_to_end, small_config, start_engine, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from helpers import STARTED, run_to_end, small_config, start_engine, wait_for
 from rlr_engine.cli import main
-from rlr_engine.run.engine import Engine
-from rlr_engine.run.recorder import Recorder
-from rlr_engine.core.errors import PresetError
-from rlr_engine.core.presets import dump_toml, load_preset
 from rlr_engine.control.records import Pause, RefreshLayers, Stop
 from rlr_engine.control.run_dirs import new_run_dir, read_jsonl
+from rlr_engine.core.errors import PresetError
+from rlr_engine.core.presets import dump_toml, load_preset
+from rlr_engine.run.engine import Engine
+from rlr_engine.run.recorder import Recorder
 from rlr_engine.run.tensorboard_log import open_event_file, record_scalars
 
 # The name every metrics field has in TensorBoard (the nested ones keep their column names).
-EXPECTED_TAGS = {"train_loss": "loss/train", "train_acc": "accuracy/train", "lr": "optimizer/lr",
-                 "tau": "optimizer/tau", "samples_per_s": "speed/samples_per_s", "val_loss": "loss/val",
-                 "val_acc": "accuracy/val", "test_acc": "accuracy/test", "compression": "parameters/compression"}
+EXPECTED_TAGS = {
+    "train_loss": "loss/train",
+    "train_acc": "accuracy/train",
+    "lr": "optimizer/lr",
+    "tau": "optimizer/tau",
+    "samples_per_s": "speed/samples_per_s",
+    "val_loss": "loss/val",
+    "val_acc": "accuracy/val",
+    "test_acc": "accuracy/test",
+    "compression": "parameters/compression",
+}
 
 
 def read_events(run_dir) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run_dir / "tensorboard"),
-                                   size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
+    accumulator = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
+    )
     return accumulator.Reload()
 
 
@@ -62,14 +71,21 @@ def test_event_files_hold_every_metric_of_metrics_jsonl_at_its_step(tmp_path):
     scalars = set(events.Tags()["scalars"])
     assert scalars == set(expected)
     layers = [layer.name for layer in snap.layers]
-    assert set(EXPECTED_TAGS.values()) | {f"rank/{n}" for n in layers} | {f"kappa/{n}" for n in layers} | {
-        "adv/fgsm/0", "adv/fgsm/0.02"} <= scalars
+    assert (
+        set(EXPECTED_TAGS.values())
+        | {f"rank/{n}" for n in layers}
+        | {f"kappa/{n}" for n in layers}
+        | {"adv/fgsm/0", "adv/fgsm/0.02"}
+        <= scalars
+    )
     records = list(read_jsonl(run_dir / "metrics.jsonl"))
     for field, tag in EXPECTED_TAGS.items():
-        assert_same_points(scalar_points(events, tag),
-                           [(r["step"], r[field]) for r in records if field in r], tag)
-    kappa = [(r["step"], next(l["kappa"] for l in r["layers"] if l["name"] == layers[0]))
-             for r in records if r["type"] == "layers"]
+        assert_same_points(scalar_points(events, tag), [(r["step"], r[field]) for r in records if field in r], tag)
+    kappa = [
+        (r["step"], next(l["kappa"] for l in r["layers"] if l["name"] == layers[0]))
+        for r in records
+        if r["type"] == "layers"
+    ]
     assert_same_points(scalar_points(events, f"kappa/{layers[0]}"), kappa, "kappa")
     adversarial = [(r["step"], r["accuracy"][1]) for r in records if r["type"] == "attack"]
     assert len(adversarial) == 2  # the attack after epoch 1 and the final one
@@ -98,8 +114,11 @@ def test_events_are_written_as_text_under_their_kind(tmp_path):
     engine = start_engine(tmp_path, tensorboard=True, epochs=1)
     run_to_end(engine)
     events = read_events(engine.run_dir)
-    written = sorted((tag.split("/")[1], e.step, e.tensor_proto.string_val[0].decode())
-                     for tag in events.Tags()["tensors"] for e in events.Tensors(tag))
+    written = sorted(
+        (tag.split("/")[1], e.step, e.tensor_proto.string_val[0].decode())
+        for tag in events.Tags()["tensors"]
+        for e in events.Tensors(tag)
+    )
     logged = sorted((e["kind"], e["step"], e["message"]) for e in read_jsonl(engine.run_dir / "events.jsonl"))
     assert written == logged and any(kind == "evaluation" for kind, _, _ in written)
 

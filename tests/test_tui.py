@@ -7,9 +7,9 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import pytest
+from fake_client import FakeClient, FakeLauncher, scripted_snapshot
 from textual.pilot import Pilot
 
-from fake_client import FakeClient, FakeLauncher, scripted_snapshot
 from rlr_engine.control.records import Pause, Resume, SetTau, Stop, Truncate
 from rlr_tui.app import RlrApp
 from rlr_tui.screens.dashboard import DashboardScreen
@@ -75,7 +75,6 @@ async def dashboard(tmp_path, client=None, size=(80, 24), overrides=()):
     assert not (tmp_path / "runs").exists(), "the dashboard created a run directory of its own"
 
 
-
 async def test_keys_send_commands_to_the_engine(tmp_path):
     async with dashboard(tmp_path) as d:
         await d.pilot.press("space")
@@ -103,8 +102,10 @@ async def test_an_acknowledgement_from_another_dashboard_is_shown(tmp_path):
         await until(d.pilot, lambda: any("τ: 0.1 → 0.7 (from another client)" in n for n in notifications(d.app)))
         # session 0 is the engine's own process: a stop on a signal came from no client
         d.client.ack_from_other("stop", "stopping at step 9 (SIGTERM received): writing a final checkpoint", session=0)
-        await until(d.pilot, lambda: any(n.endswith("(SIGTERM received): writing a final checkpoint")
-                                         for n in notifications(d.app)))
+        await until(
+            d.pilot,
+            lambda: any(n.endswith("(SIGTERM received): writing a final checkpoint") for n in notifications(d.app)),
+        )
 
 
 async def test_while_paused_the_footer_offers_resume_and_the_header_shows_no_rate_or_eta(tmp_path):
@@ -231,12 +232,19 @@ def test_dashboard_layout(snap_compare, tmp_path, size, tab):
         await pilot.pause(0.3)
         await pilot.press(tab)
         await pilot.pause(0.7)
+
     assert snap_compare(fake_app(tmp_path, attach=True)[0], run_before=show_tab, terminal_size=size)
 
 
 # -- end to end: a real engine process on synthetic data ----------------------------------------
-FAST = ["dataset=synthetic", "epochs=400", "snapshot_interval=0.05", "attack_every=0", "checkpoint_every=1",
-        "rank_fraction=0.5"]
+FAST = [
+    "dataset=synthetic",
+    "epochs=400",
+    "snapshot_interval=0.05",
+    "attack_every=0",
+    "checkpoint_every=1",
+    "rank_fraction=0.5",
+]
 EARLY_EVENT = "[info] started quickstart"  # after the time stamp "HH:MM:SS "
 
 
@@ -249,8 +257,11 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=120)
         engine_processes.append(app.run_dir)
-        await until(pilot, lambda: (app.client.latest() or scripted_snapshot()).step > 5
-                    and app.client.latest().state == "running", timeout=60)
+        await until(
+            pilot,
+            lambda: (app.client.latest() or scripted_snapshot()).step > 5 and app.client.latest().state == "running",
+            timeout=60,
+        )
         await pilot.press("t")
         await type_value(pilot, "0.5")
         await until(pilot, lambda: app.client.latest().tau == 0.5 and "τ 0.5" in status_text(app))
@@ -259,6 +270,7 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
     run_dir = app.run_dir
     assert app.detached
     from rlr_engine.control.run_dirs import run_info
+
     assert run_info(run_dir).state == "running"  # training went on without the dashboard
 
     app = RlrApp(None, [], tmp_path / "runs")
@@ -330,7 +342,9 @@ async def test_a_value_the_dialog_refuses_and_a_screenshot_go_into_the_runs_even
         await d.pilot.press("s")
         await until(d.pilot, lambda: len(d.client.commands) == 2)
         rejected, shot = d.client.commands
-        assert rejected == Note("rejected", rejected.message) and "'-1'" in rejected.message and "tau" in rejected.message
+        assert (
+            rejected == Note("rejected", rejected.message) and "'-1'" in rejected.message and "tau" in rejected.message
+        )
         assert shot.level == "info" and "screenshot saved" in shot.message
         assert not any(isinstance(c, SetTau) for c in d.client.commands)
 
@@ -373,12 +387,16 @@ async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):
 
 @pytest.mark.parametrize("key, field", [("t", "tau"), ("r", "theta"), ("l", "lr"), ("b", "beta"), ("k", "adapt_every")])
 async def test_every_value_dialog_refuses_a_huge_number_nan_inf_negative_empty_and_text_and_sends_nothing(
-        tmp_path, key, field):
-    from rlr_engine.core import validation
+    tmp_path, key, field
+):
     from rlr_engine.control.records import Note
+    from rlr_engine.core import validation
 
-    allowed = (validation.ADAPT_EVERY.allowed("an integer") if field == "adapt_every"
-               else getattr(validation, field.upper()).allowed())
+    allowed = (
+        validation.ADAPT_EVERY.allowed("an integer")
+        if field == "adapt_every"
+        else getattr(validation, field.upper()).allowed()
+    )
     adaptive = FakeClient(replace(scripted_snapshot(), method="robust-dlrt β=0.01", beta=0.01, adapt_every=10))
     typed = ["1" + "0" * 400, "9" * 5000, "1e400", "nan", "inf", "-1", "", "fast"]
     if field == "tau":
@@ -400,7 +418,6 @@ async def test_every_value_dialog_refuses_a_huge_number_nan_inf_negative_empty_a
         assert not [c for c in d.client.commands if not isinstance(c, Note)], "a refused value was sent"
         notes = [c for c in d.client.commands if isinstance(c, Note)]
         assert len(notes) == len(typed) and all(n.level == "rejected" and field in n.message for n in notes)
-
 
 
 async def test_space_toggles_from_the_last_pause_or_resume_sent_until_the_engine_answers(tmp_path):
@@ -493,9 +510,9 @@ def test_detaching_from_a_paused_run_says_it_stays_paused(tmp_path):
     from rlr_tui.app import farewell
 
     paused = replace(scripted_snapshot(), state="paused", step=720)
-    (line, error), = farewell(paused, False, tmp_path / "fake-run")
+    ((line, error),) = farewell(paused, False, tmp_path / "fake-run")
     assert "detached at step 720; the run stays paused" in line and "training continues" not in line and not error
-    (line, _), = farewell(replace(paused, state="running"), False, tmp_path / "fake-run")
+    ((line, _),) = farewell(replace(paused, state="running"), False, tmp_path / "fake-run")
     assert "detached at step 720; training continues" in line
 
 
@@ -536,12 +553,13 @@ async def test_at_80x24_the_picker_opens_with_the_preselected_quickstart_row_in_
 
 
 async def test_at_80_columns_a_long_preset_name_keeps_the_progress_line_in_the_status_bar(tmp_path):
-    client = FakeClient(replace(scripted_snapshot(), preset="fmnist-lenet5-condlr-adaptive",
-                                method="robust-dlrt β=0.01 τ=0.1"))
+    client = FakeClient(
+        replace(scripted_snapshot(), preset="fmnist-lenet5-condlr-adaptive", method="robust-dlrt β=0.01 τ=0.1")
+    )
     async with dashboard(tmp_path, client) as d:
         await d.pilot.pause(0.3)
         bar = d.app.screen.query_one(StatusBar)
         top = bar.region.y
-        first, second = (strip.text for strip in d.app.screen._compositor.render_strips()[top:top + 2])
+        first, second = (strip.text for strip in d.app.screen._compositor.render_strips()[top : top + 2])
         assert "fmnist-lenet5-condlr-adaptive" in first and first.rstrip().endswith("…"), first
         assert second.startswith(" epoch 5/20  step 2000/7040") and "τ 0.1" in second, second

@@ -4,10 +4,10 @@ readable without colour, dialogs that show their whole prompt at 80×24."""
 import re
 from pathlib import Path
 
+from fake_client import scripted_snapshot
 from textual.app import App
 from textual.geometry import Region
 
-from fake_client import scripted_snapshot
 import rlr_tui
 from rlr_engine.control.records import Event
 from rlr_engine.core.validation import check_theta
@@ -75,8 +75,10 @@ async def test_without_colour_train_val_and_test_curves_get_their_own_markers(mo
 
 
 async def test_the_truncation_dialog_shows_its_whole_prompt_at_80_columns():
-    prompt = ("Relative tolerance θ in [0, 1): keep the smallest rank whose discarded σ have norm ≤ θ‖σ‖, "
-              "then apply the τ projection.")
+    prompt = (
+        "Relative tolerance θ in [0, 1): keep the smallest rank whose discarded σ have norm ≤ θ‖σ‖, "
+        "then apply the τ projection."
+    )
 
     class DialogApp(App):
         CSS_PATH = str(Path(rlr_tui.__file__).parent / "app.tcss")
@@ -117,8 +119,10 @@ class EpsApp(App):
 
 async def test_the_accuracy_vs_eps_plot_has_a_title_that_fits_its_width():
     # At 80 columns the plot is 40 wide: the full title does not fit, a shorter one is shown.
-    for width, title in [(40, "fgsm @ 1600  checks: no flags"),
-                         (100, "fgsm at step 1600: accuracy (%) vs ε  checks: no flags")]:
+    for width, title in [
+        (40, "fgsm @ 1600  checks: no flags"),
+        (100, "fgsm at step 1600: accuracy (%) vs ε  checks: no flags"),
+    ]:
         app = EpsApp()
         async with app.run_test(size=(width, 20)) as pilot:
             plot = app.query_one(AccuracyVsEps)
@@ -135,9 +139,11 @@ async def test_accuracy_over_the_run_follows_one_attack_and_never_joins_another(
     from rlr_tui.widgets.robustness import scheduled_attack_history
 
     eps = (0.0, 0.02, 0.04)
-    history = (AttackResult(170, 1, "fgsm", eps, (0.9, 0.7, 0.5)),
-               AttackResult(213, 1, "pgd-linf", eps, (0.9, 0.4, 0.1)),  # started by hand
-               AttackResult(340, 2, "fgsm", eps, (0.92, 0.72, 0.52)))
+    history = (
+        AttackResult(170, 1, "fgsm", eps, (0.9, 0.7, 0.5)),
+        AttackResult(213, 1, "pgd-linf", eps, (0.9, 0.4, 0.1)),  # started by hand
+        AttackResult(340, 2, "fgsm", eps, (0.92, 0.72, 0.52)),
+    )
     snap = replace(scripted_snapshot(), adversarial=history[-1], adversarial_history=history)
     assert [(r.step, r.attack) for r in scheduled_attack_history(snap)] == [(170, "fgsm"), (340, "fgsm")]
     snap = replace(snap, adversarial=history[1], adversarial_history=history[:2])  # a tie: the latest attack

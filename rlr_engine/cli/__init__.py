@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from rlr_engine import __version__
 from rlr_engine.cli import compare, eval, export, presets, runs, train

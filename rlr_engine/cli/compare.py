@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rlr_engine.cli.console import console, watch
 from rlr_engine.control import comparison_files
@@ -27,8 +28,9 @@ def per_attack(values: Sequence[str], attacks: Sequence[str], flag: str, parse) 
     for text in values:
         name, sep, value = text.partition("=")
         if sep and name.strip() not in attacks:
-            raise UserError(f"{flag} {text!r}: {name.strip()!r} is not one of the attacks asked for "
-                            f"({', '.join(attacks)})")
+            raise UserError(
+                f"{flag} {text!r}: {name.strip()!r} is not one of the attacks asked for ({', '.join(attacks)})"
+            )
         try:
             parsed = parse(value if sep else text)
         except ValueError as error:
@@ -61,24 +63,45 @@ def cmd_compare(args: argparse.Namespace) -> int:
     default_samples, own_samples = per_attack(args.attack_samples, attacks, "--attack-samples", parse_samples)
     every_attack_eps, own_eps = per_attack(args.attack_eps, attacks, "--attack-eps", parse_eps_text)
     if every_attack_eps is not None:
-        raise UserError(f"--attack-eps {args.attack_eps[0]!r}: name the attack (ATTACK=E1,E2); the presets' "
-                        f"eps list is every other attack's")
+        raise UserError(
+            f"--attack-eps {args.attack_eps[0]!r}: name the attack (ATTACK=E1,E2); the presets' "
+            f"eps list is every other attack's"
+        )
     for attack, eps in own_eps.items():
         try:
             AttackSpec(attack, eps)
         except ValueError as error:
             raise UserError(f"--attack-eps {attack}={','.join(map(str, eps))}: {error}") from None
-    from rlr_engine.run.comparison import (RunResult, RunStopped, aggregate, ensure_run, plan,
-                                           robustness, run_dir_for, write_report)
+    from rlr_engine.run.comparison import (
+        RunResult,
+        RunStopped,
+        aggregate,
+        ensure_run,
+        plan,
+        robustness,
+        run_dir_for,
+        write_report,
+    )
 
     jobs = plan(args.presets, args.seeds, args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "rlr compare " + " ".join(args.presets) + f" --seeds {args.seeds}" + "".join(
-        f" --set {s}" for s in args.set) + f" --attacks {','.join(attacks)}" + "".join(
-        f" --attack-samples {s}" for s in args.attack_samples) + "".join(f" --attack-eps {e}" for e in args.attack_eps)
-    write_text_atomic(out / comparison_files.SPEC, json.dumps({"presets": args.presets, "seeds": args.seeds, "set": args.set,
-                                             "attacks": attacks, "command": command}, indent=1))
+    command = (
+        "rlr compare "
+        + " ".join(args.presets)
+        + f" --seeds {args.seeds}"
+        + "".join(f" --set {s}" for s in args.set)
+        + f" --attacks {','.join(attacks)}"
+        + "".join(f" --attack-samples {s}" for s in args.attack_samples)
+        + "".join(f" --attack-eps {e}" for e in args.attack_eps)
+    )
+    write_text_atomic(
+        out / comparison_files.SPEC,
+        json.dumps(
+            {"presets": args.presets, "seeds": args.seeds, "set": args.set, "attacks": attacks, "command": command},
+            indent=1,
+        ),
+    )
     results = []
     for i, (name, seed, config) in enumerate(jobs, 1):
         run_dir = run_dir_for(out, name, seed)
@@ -106,15 +129,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="run presets over seeds and tabulate them side by side")
     p.add_argument("presets", nargs="+", help="preset names or files")
     p.add_argument("--seeds", type=int, default=1, help="runs per preset, seeds preset.seed + 0..N-1")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key in every preset (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every preset (repeatable)"
+    )
     p.add_argument("--attacks", default="fgsm", help=f"comma-separated: {', '.join(ATTACKS)} (default fgsm)")
     slow = ", ".join(f"{name} {info.default_samples}" for name, info in ATTACKS.items() if info.default_samples)
-    p.add_argument("--attack-samples", action="append", default=[], metavar="[ATTACK=]N",
-                   help="test images for attacks other than each run's own, and for the sanity probes "
-                        f"(0: all; default all, except {slow}); ATTACK=N for one attack (repeatable)")
-    p.add_argument("--attack-eps", action="append", default=[], metavar="ATTACK=E1,E2",
-                   help="the ε list of one attack instead of the presets' eps (repeatable)")
+    p.add_argument(
+        "--attack-samples",
+        action="append",
+        default=[],
+        metavar="[ATTACK=]N",
+        help="test images for attacks other than each run's own, and for the sanity probes "
+        f"(0: all; default all, except {slow}); ATTACK=N for one attack (repeatable)",
+    )
+    p.add_argument(
+        "--attack-eps",
+        action="append",
+        default=[],
+        metavar="ATTACK=E1,E2",
+        help="the ε list of one attack instead of the presets' eps (repeatable)",
+    )
     p.add_argument("--out", default="comparisons/latest", help="comparison directory (default comparisons/latest)")
     p.add_argument("--device", choices=DEVICES)
     p.set_defaults(func=cmd_compare)

@@ -3,14 +3,13 @@ that follows an engine (``rlr train``, ``rlr compare``) and the summary of a run
 
 from __future__ import annotations
 
-from rlr_engine.core.formatting import pct
-
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from rlr_engine.control.records import Snapshot
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rlr_engine.core.formatting import pct
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,8 +46,14 @@ def watch(engine, title: str, show: bool = True):
                 for event in new_events(engine.latest()):
                     print(f"step {event.step} [{event.kind}] {event.message}", flush=True)
             return engine.latest()
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console) as progress:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
             task = progress.add_task(title, total=None, info="")
             while not done:
                 done = engine.join(timeout=0.25)
@@ -57,10 +62,13 @@ def watch(engine, title: str, show: bool = True):
                     if event.kind != "checkpoint":
                         progress.console.print(f"[dim]step {event.step}[/dim] {escape(event.message)}", highlight=False)
                 loss = "–" if snap.train_loss is None else f"{snap.train_loss:.3f}"
-                progress.update(task, total=snap.total_steps or None, completed=snap.step,
-                                description=f"{title} epoch {snap.epoch}/{snap.epochs}",
-                                info=f"loss {loss}  acc {fmt_pct(snap.train_acc)}  "
-                                     f"{snap.samples_per_s:,.0f} samples/s")
+                progress.update(
+                    task,
+                    total=snap.total_steps or None,
+                    completed=snap.step,
+                    description=f"{title} epoch {snap.epoch}/{snap.epochs}",
+                    info=f"loss {loss}  acc {fmt_pct(snap.train_acc)}  {snap.samples_per_s:,.0f} samples/s",
+                )
     except OSError:
         pass  # the terminal is gone (SIGHUP follows): keep waiting without a display
     engine.join()
@@ -73,23 +81,31 @@ def print_summary(snap: Snapshot) -> None:
     if result is not None:
         # Headings are lines of their own (a table title wraps at the table's width and would
         # break the preset's name); the attack says when it ran, since the model is later.
-        console.print(f"[bold]{snap.preset}[/bold]: accuracy under {result.attack} at step {result.step}"
-                      f"{'' if result.step == snap.step else f' (the model is at step {snap.step})'}",
-                      highlight=False)
+        console.print(
+            f"[bold]{snap.preset}[/bold]: accuracy under {result.attack} at step {result.step}"
+            f"{'' if result.step == snap.step else f' (the model is at step {snap.step})'}",
+            highlight=False,
+        )
         table = Table()
         table.add_column("ε", justify="right")
         table.add_column("accuracy", justify="right")
         for eps, acc in zip(result.eps, result.accuracy):
             table.add_row(f"{eps:g}", fmt_pct(acc))
         console.print(table)
-    console.print(f"layers — {snap.params:,} parameters, {snap.compression:.1%} fewer than dense, "
-                  f"{snap.rank_fraction:.0%} of the rank kept", highlight=False)
+    console.print(
+        f"layers — {snap.params:,} parameters, {snap.compression:.1%} fewer than dense, "
+        f"{snap.rank_fraction:.0%} of the rank kept",
+        highlight=False,
+    )
     layers = Table()
     for column in ("layer", "shape", "rank", "κ", "σ_max"):
         layers.add_column(column, justify="right" if column != "layer" else "left")
     for s in snap.layers:
-        layers.add_row(s.name, f"{s.shape[0]}×{s.shape[1]}", f"{s.rank}/{s.full_rank}",
-                       f"{s.kappa:.3g}", f"{s.sigma_max:.3g}")
+        layers.add_row(
+            s.name, f"{s.shape[0]}×{s.shape[1]}", f"{s.rank}/{s.full_rank}", f"{s.kappa:.3g}", f"{s.sigma_max:.3g}"
+        )
     console.print(layers)
-    console.print(f"validation accuracy {fmt_pct(snap.val_acc)}, test accuracy {fmt_pct(snap.test_acc)}, "
-                  f"{snap.step} steps; run directory {snap.run_dir}")
+    console.print(
+        f"validation accuracy {fmt_pct(snap.val_acc)}, test accuracy {fmt_pct(snap.test_acc)}, "
+        f"{snap.step} steps; run directory {snap.run_dir}"
+    )

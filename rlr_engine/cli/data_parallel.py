@@ -31,17 +31,16 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
-from rlr_engine.core.errors import RunFailed
-
 from rlr_engine.cli.console import console, err_console, print_error, print_summary, watch
-from rlr_engine.run.distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
-from rlr_engine.core.config import RunConfig
-from rlr_engine.core.presets import restored_keys_set
-from rlr_engine.run.recorder import write_summary
-from rlr_engine.core.atomic_files import write_text_atomic
-from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY
 from rlr_engine.control.run_dirs import create_run_dir, discard_run_dir, read_jsonl, read_run_config, write_config
+from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY
 from rlr_engine.control.run_plan import prepare_run, run_config
+from rlr_engine.core.atomic_files import write_text_atomic
+from rlr_engine.core.config import RunConfig
+from rlr_engine.core.errors import RunFailed
+from rlr_engine.core.presets import restored_keys_set
+from rlr_engine.run.distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
+from rlr_engine.run.recorder import write_summary
 
 
 # -- the launcher ---------------------------------------------------------------------------
@@ -55,11 +54,24 @@ def launch(args: argparse.Namespace) -> int:
     if args.resume:  # the resume's settings: rank 0 writes them into config.toml once they are taken
         worker += [item for text in args.set for item in ("--set", text)]
         worker += ["--device", args.device] if args.device else []
-    torchrun_args = torchrun.parse_args(["--standalone", "--nnodes", "1", "--nproc-per-node", str(args.nproc),
-                                         "--max-restarts", "0", "-m", "rlr_engine.cli", *worker])
+    torchrun_args = torchrun.parse_args(
+        [
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            str(args.nproc),
+            "--max-restarts",
+            "0",
+            "-m",
+            "rlr_engine.cli",
+            *worker,
+        ]
+    )
     announce = _Announcer(run_dir) if args.engine_child else None  # before anything is printed
-    console.print(f"[bold]{config.name}[/bold] on {args.nproc} processes (torch.distributed) → {run_dir}",
-                  highlight=False)
+    console.print(
+        f"[bold]{config.name}[/bold] on {args.nproc} processes (torch.distributed) → {run_dir}", highlight=False
+    )
     try:
         torchrun.run(torchrun_args)
     except ChildFailedError as error:
@@ -75,8 +87,10 @@ def launch(args: argparse.Namespace) -> int:
             announce.fail(reason)
         return 1
     except SignalException as error:  # Ctrl+C: the agent passed it on; rank 0 stopped cleanly
-        err_console.print(f"interrupted ({error.sigval.name}); resume with: rlr train --nproc {args.nproc} "
-                          f"--resume {run_dir}", highlight=False)
+        err_console.print(
+            f"interrupted ({error.sigval.name}); resume with: rlr train --nproc {args.nproc} --resume {run_dir}",
+            highlight=False,
+        )
         return 130
     return 0
 
@@ -118,8 +132,14 @@ class _Announcer:
 
 
 #: What a rank says when another rank went away first: the collective it was in lost its peer.
-PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl communicator was aborted",
-             "socket timeout", "connection refused")
+PEER_LOST = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "nccl communicator was aborted",
+    "socket timeout",
+    "connection refused",
+)
 
 
 def root_failure(failures: dict) -> tuple[int, Any]:
@@ -131,6 +151,7 @@ def root_failure(failures: dict) -> tuple[int, Any]:
     A failure is a consequence when the rank was stopped by SIGTERM (the agent's own clean-up)
     or its message says it lost a peer; the root is the earliest failure that is not one, and
     among equals the lowest rank."""
+
     def consequence(failure) -> bool:
         if failure.signal_name() == "SIGTERM":
             return True
@@ -175,8 +196,16 @@ def record_failure(config: RunConfig, run_dir: Path, reason: str) -> None:
         write_text_atomic(path, json.dumps(summary, indent=2))
         return
     checkpoints = [r.get("step") for r in read_jsonl(run_dir / EVENTS) if r.get("kind") == "checkpoint"]
-    write_summary(run_dir, config, "failed", config.method_label, config.tau, {"error": reason}, {},
-                  checkpoints[-1] if checkpoints else None)
+    write_summary(
+        run_dir,
+        config,
+        "failed",
+        config.method_label,
+        config.tau,
+        {"error": reason},
+        {},
+        checkpoints[-1] if checkpoints else None,
+    )
 
 
 # -- every worker ---------------------------------------------------------------------------
@@ -200,8 +229,13 @@ def train_worker(args: argparse.Namespace) -> int:
     try:
         created = _rank0_run_dir(args) if ranks.is_main else None
         run_dir = ranks.broadcast(str(created[0]) if created else None)
-        engine = Engine(config, run_dir, resume=bool(args.resume), ranks=ranks,
-                        resume_settings=restored_keys_set(args.set) if args.resume else ())
+        engine = Engine(
+            config,
+            run_dir,
+            resume=bool(args.resume),
+            ranks=ranks,
+            resume_settings=restored_keys_set(args.set) if args.resume else (),
+        )
         try:
             engine.setup()
         except BaseException:
@@ -247,17 +281,26 @@ def _run_main(engine, config: RunConfig, ranks: Ranks) -> int:
     from rlr_engine.run.host import serve_run
 
     def on_ready(path: Path) -> None:
-        console.print(f"[bold]{config.name}[/bold] — {engine.method_label}, {config.model} on {config.dataset}, "
-                      f"{ranks.world_size} processes → {path}  (attach: rlr-tui --attach {path})", highlight=False)
+        console.print(
+            f"[bold]{config.name}[/bold] — {engine.method_label}, {config.model} on {config.dataset}, "
+            f"{ranks.world_size} processes → {path}  (attach: rlr-tui --attach {path})",
+            highlight=False,
+        )
 
-    snap, _ = serve_run(engine, detached=False, follow=lambda e: watch(e, config.name), on_ready=on_ready,
-                        abort_on_second_interrupt=False)
+    snap, _ = serve_run(
+        engine,
+        detached=False,
+        follow=lambda e: watch(e, config.name),
+        on_ready=on_ready,
+        abort_on_second_interrupt=False,
+    )
     if snap.state == "failed":
         raise RunFailed(snap.message)
     print_summary(snap)
     if snap.state == "stopped":
-        console.print(f"stopped at step {snap.step}; resume with: rlr train --nproc {ranks.world_size} "
-                      f"--resume {engine.run_dir}")
+        console.print(
+            f"stopped at step {snap.step}; resume with: rlr train --nproc {ranks.world_size} --resume {engine.run_dir}"
+        )
     return 0
 
 

@@ -30,8 +30,13 @@ def _eval_spec(args: argparse.Namespace):
     if samples < 0:
         raise UserError(f"--samples {samples}: must be >= 0 (0: the whole test set)")
     try:
-        AttackSpec(args.attack, tuple(args.eps) if args.eps else (0.0,), 1 if args.steps is None else args.steps,
-                   args.step_size, args.restarts)
+        AttackSpec(
+            args.attack,
+            tuple(args.eps) if args.eps else (0.0,),
+            1 if args.steps is None else args.steps,
+            args.step_size,
+            args.restarts,
+        )
         require_attack(args.attack)
     except ValueError as error:
         raise UserError(str(error)) from None
@@ -47,9 +52,15 @@ def eval_json(config, step: int, checked) -> dict:
     result = checked.result
     spec = result.spec
     return {
-        "preset": config.name, "dataset": config.dataset, "step": step,
-        "attack": spec.name, "norm": spec.info.norm, "eps": list(spec.eps), "accuracy": list(result.accuracy),
-        "samples": result.samples, "steps": spec.steps if spec.info.uses_steps else None,
+        "preset": config.name,
+        "dataset": config.dataset,
+        "step": step,
+        "attack": spec.name,
+        "norm": spec.info.norm,
+        "eps": list(spec.eps),
+        "accuracy": list(result.accuracy),
+        "samples": result.samples,
+        "steps": spec.steps if spec.info.uses_steps else None,
         "restarts": spec.restarts,
         "parts": [p.to_dict() for p in result.parts],
         "probes": [p.to_dict() for p in checked.probes],
@@ -58,44 +69,67 @@ def eval_json(config, step: int, checked) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rlr_engine.run.saved_model import load_evaluation_target
     from rlr_engine.workload.attacks import robustness_with_checks, work_units
     from rlr_engine.workload.data import to_float
-    from rlr_engine.run.saved_model import load_evaluation_target
 
     samples = _eval_spec(args)
-    config, step, model, images, labels = load_evaluation_target(args.checkpoint, samples, args.device or "auto",
-                                                                 args.data_dir)
+    config, step, model, images, labels = load_evaluation_target(
+        args.checkpoint, samples, args.device or "auto", args.data_dir
+    )
     try:  # what the run fills in (its eps, its PGD steps) is checked against the chosen attack too
-        spec = dataclasses.replace(config.attack_spec(args.attack, args.eps, args.steps, args.step_size),
-                                   restarts=args.restarts)
+        spec = dataclasses.replace(
+            config.attack_spec(args.attack, args.eps, args.steps, args.step_size), restarts=args.restarts
+        )
     except ValueError as error:
         hint = "" if args.eps else f" (the run's budgets: give --eps for {args.attack})"
         raise UserError(f"{error}{hint}") from None
     n = len(labels)
     shown = err_console if args.json else console
-    shown.print(f"{config.name} (step {step}): {spec.name} on {n} test images"
-                f"{'' if samples else ' (the whole test set)'}", highlight=False)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=shown, transient=True) as progress:
-        task = progress.add_task(f"{spec.name}, images × ε", total=work_units(spec, config.dataset, n,
-                                                                              not args.no_probes))
-        checked = robustness_with_checks(model, images, labels, spec, config.dataset, probes=not args.no_probes,
-                                         to_input=to_float, progress=lambda k: progress.advance(task, k))
+    shown.print(
+        f"{config.name} (step {step}): {spec.name} on {n} test images{'' if samples else ' (the whole test set)'}",
+        highlight=False,
+    )
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=shown,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(
+            f"{spec.name}, images × ε", total=work_units(spec, config.dataset, n, not args.no_probes)
+        )
+        checked = robustness_with_checks(
+            model,
+            images,
+            labels,
+            spec,
+            config.dataset,
+            probes=not args.no_probes,
+            to_input=to_float,
+            progress=lambda k: progress.advance(task, k),
+        )
     if args.json:
         print(json.dumps(eval_json(config, step, checked)))
         return 0
     # The heading is a line of its own, not the table's title: a title wraps at the table's narrow
     # width and would break the run's name.
-    console.print(f"[bold]{config.name}[/bold] (step {step}): accuracy under {spec.name}, {n} test images",
-                  highlight=False)
+    console.print(
+        f"[bold]{config.name}[/bold] (step {step}): accuracy under {spec.name}, {n} test images", highlight=False
+    )
     table = Table()
     table.add_column("ε" + (" (L2)" if spec.info.norm == "l2" else ""), justify="right")
     table.add_column("accuracy", justify="right")
     for part in checked.result.parts:
         table.add_column(f"after {part.attack}", justify="right")
     for i, eps in enumerate(spec.eps):
-        table.add_row(f"{eps:g}", fmt_pct(checked.result.accuracy[i]),
-                      *[fmt_pct(part.accuracy[i]) for part in checked.result.parts])
+        table.add_row(
+            f"{eps:g}",
+            fmt_pct(checked.result.accuracy[i]),
+            *[fmt_pct(part.accuracy[i]) for part in checked.result.parts],
+        )
     console.print(table)
     for probe in checked.probes:
         pairs = ", ".join(f"ε={e:g}: {a:.1%}" for e, a in zip(probe.spec.eps, probe.accuracy))
@@ -103,7 +137,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for line in checked.sanity.lines():
         console.print(f"[yellow]{line}[/yellow]" if line.startswith("⚠") else f"[dim]{line}[/dim]", highlight=False)
     return 0
-
 
 
 def _eps_list(text: str) -> list[float]:
@@ -115,22 +148,33 @@ def _eps_list(text: str) -> list[float]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     slow = ", ".join(f"{name} {info.default_samples}" for name, info in ATTACKS.items() if info.default_samples)
-    p = sub.add_parser("eval", help="robustness table of a saved checkpoint, with sanity checks",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="attacks:\n" + "\n".join(f"  {name:11} {info.summary}"
-                                                             for name, info in ATTACKS.items()))
+    p = sub.add_parser(
+        "eval",
+        help="robustness table of a saved checkpoint, with sanity checks",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="attacks:\n" + "\n".join(f"  {name:11} {info.summary}" for name, info in ATTACKS.items()),
+    )
     p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
     p.add_argument("--attack", choices=tuple(ATTACKS), default="fgsm")
-    p.add_argument("--eps", type=_eps_list, help="comma-separated budgets (default: the run's); L2 budgets for "
-                                                 "pgd-l2 and cw-l2")
+    p.add_argument(
+        "--eps", type=_eps_list, help="comma-separated budgets (default: the run's); L2 budgets for pgd-l2 and cw-l2"
+    )
     p.add_argument("--steps", type=int, help="PGD iterations (default: the run's pgd_steps)")
     p.add_argument("--step-size", type=float, default=0.0, help="PGD step (default 2.5·ε/steps)")
-    p.add_argument("--restarts", type=int, default=1, help="PGD random starts; an image counts as robust only if "
-                                                           "it survives all (default 1)")
-    p.add_argument("--samples", type=int, help=f"attack a seeded subset of the test set (0: all; default all, "
-                                               f"except {slow})")
-    p.add_argument("--no-probes", action="store_true",
-                   help="skip the extra measurements the sanity checks use (FGSM/PGD references, large ε)")
+    p.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        help="PGD random starts; an image counts as robust only if it survives all (default 1)",
+    )
+    p.add_argument(
+        "--samples", type=int, help=f"attack a seeded subset of the test set (0: all; default all, except {slow})"
+    )
+    p.add_argument(
+        "--no-probes",
+        action="store_true",
+        help="skip the extra measurements the sanity checks use (FGSM/PGD references, large ε)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--data-dir", help="where the data set is (default: the run's)")

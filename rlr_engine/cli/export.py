@@ -13,10 +13,10 @@ from typing import Any, TextIO
 
 from rlr_engine.cli.console import console
 from rlr_engine.control.metrics_table import metrics_table
+from rlr_engine.control.run_dirs import read_jsonl
+from rlr_engine.control.run_files import CONFIG, METRICS
 from rlr_engine.core.atomic_files import write_text_atomic
 from rlr_engine.core.errors import UserError
-from rlr_engine.control.run_files import CONFIG, METRICS
-from rlr_engine.control.run_dirs import read_jsonl
 
 
 def run_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -26,8 +26,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
             table.add_row(f"[bold]{name}[/bold]", f"[red]invalid: {error}[/red]")
             continue
         kept = f"{c.rank_fraction:.0%}" if c.is_low_rank else "100%"
-        table.add_row(f"[bold]{name}[/bold]", f"{c.dataset} · {c.model} · {c.method_label} · rank {kept}"
-                                                f"\n[dim]{c.description}[/dim]")
+        table.add_row(
+            f"[bold]{name}[/bold]",
+            f"{c.dataset} · {c.model} · {c.method_label} · rank {kept}\n[dim]{c.description}[/dim]",
+        )
     console.print(table)
     return 0
 

@@ -85,12 +85,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{READY}{path}", flush=True)
             become_detached_log(path)
         else:
-            console.print(f"[bold]{config.name}[/bold] — {engine.method_label}, {config.model} on {config.dataset} "
-                          f"→ {path}  (attach: rlr-tui --attach {path})", highlight=False)
+            console.print(
+                f"[bold]{config.name}[/bold] — {engine.method_label}, {config.model} on {config.dataset} "
+                f"→ {path}  (attach: rlr-tui --attach {path})",
+                highlight=False,
+            )
 
     try:
-        snap, signal_code = serve_run(engine, detached=args.engine_child,
-                                      follow=lambda e: watch(e, config.name, show=show), on_ready=on_ready)
+        snap, signal_code = serve_run(
+            engine, detached=args.engine_child, follow=lambda e: watch(e, config.name, show=show), on_ready=on_ready
+        )
     except CannotStart as error:
         if new:
             discard_run_dir(run_dir)  # it never trained: nothing in it to resume or inspect
@@ -121,26 +125,45 @@ def start_detached_run(args: argparse.Namespace) -> int:
     console.print(f"engine running in the background (pid {pid}), run directory {run_dir}", highlight=False)
     root = Path(run_dir).parent
     listing = "rlr runs" if root.resolve() == Path(DEFAULT_RUNS).resolve() else f"rlr runs --runs {root}"
-    console.print(f"attach: rlr-tui --attach {run_dir}\nlist:   {listing}\nstop:   kill {pid}  "
-                  f"(a final checkpoint is written)", highlight=False)
+    console.print(
+        f"attach: rlr-tui --attach {run_dir}\nlist:   {listing}\nstop:   kill {pid}  (a final checkpoint is written)",
+        highlight=False,
+    )
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a preset with a progress display")
     p.add_argument("preset", nargs="?", help="preset name (see `rlr presets`) or path of a .toml file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset key, e.g. --set tau=0.5 --set epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset key, e.g. --set tau=0.5 --set epochs=3 (repeatable)",
+    )
     p.add_argument("--device", choices=DEVICES, help="where to train (default: the preset's)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its directory")
-    p.add_argument("--runs", default=DEFAULT_RUNS, metavar="DIR",
-                   help=f"where run directories go (default: {DEFAULT_RUNS})")
-    p.add_argument("--detach", action="store_true",
-                   help="run in the background (no terminal; survives logout) and print how to attach")
+    p.add_argument(
+        "--runs", default=DEFAULT_RUNS, metavar="DIR", help=f"where run directories go (default: {DEFAULT_RUNS})"
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background (no terminal; survives logout) and print how to attach",
+    )
     p.add_argument(ENGINE_CHILD_FLAG, dest="engine_child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard event files into RUN_DIR/tensorboard/ (= --set tensorboard=true)")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="data-parallel processes started through torchrun (one GPU each on CUDA; default 1)")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files into RUN_DIR/tensorboard/ (= --set tensorboard=true)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes started through torchrun (one GPU each on CUDA; default 1)",
+    )
     p.add_argument("--run-dir", help=argparse.SUPPRESS)  # the fresh run directory the --nproc launcher made
     p.set_defaults(func=cmd_train)

@@ -15,8 +15,17 @@ from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
-from rlr_engine.control.protocol import (MAX_LINE, ProtocolError, ack_from_message, command_message, decode, encode,
-                       event_from_dict, hello, snapshot_from_dict)
+from rlr_engine.control.protocol import (
+    MAX_LINE,
+    ProtocolError,
+    ack_from_message,
+    command_message,
+    decode,
+    encode,
+    event_from_dict,
+    hello,
+    snapshot_from_dict,
+)
 from rlr_engine.control.records import RECENT_EVENTS, Ack, Command, Event, Snapshot
 from rlr_engine.control.run_files import CONTROL_SOCKET
 from rlr_engine.control.unix_socket import socket_address
@@ -56,7 +65,7 @@ class EngineClient:
         self._reader.start()
 
     @classmethod
-    def connect(cls, run_dir: str | Path, client: str = "rlr", timeout: float = 5.0) -> "EngineClient":
+    def connect(cls, run_dir: str | Path, client: str = "rlr", timeout: float = 5.0) -> EngineClient:
         """Connect and shake hands; EngineUnavailable when nobody listens, ProtocolError when the
         engine refuses (another protocol version)."""
         run_dir = Path(run_dir)
@@ -71,8 +80,9 @@ class EngineClient:
             raise EngineUnavailable(f"{run_dir}: no engine is running (no {CONTROL_SOCKET})") from None
         except (ConnectionRefusedError, OSError) as error:
             sock.close()
-            raise EngineUnavailable(f"{run_dir}: no engine answers on {CONTROL_SOCKET} ({error}); "
-                                    f"the run is not running") from None
+            raise EngineUnavailable(
+                f"{run_dir}: no engine answers on {CONTROL_SOCKET} ({error}); the run is not running"
+            ) from None
         try:
             sock.sendall(encode(hello(client)))
             buffer = bytearray()
@@ -177,7 +187,7 @@ class EngineClient:
             if end < 0:
                 return
             line = bytes(self._buffer[:end])
-            del self._buffer[:end + 1]
+            del self._buffer[: end + 1]
             try:
                 self._handle(decode(line))
             except (ProtocolError, KeyError, TypeError, ValueError) as error:

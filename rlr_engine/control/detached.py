@@ -15,8 +15,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 READY = "ready "
 ENGINE_CHILD_FLAG = "--engine-child"
@@ -33,19 +33,25 @@ def engine_command(train_args: Sequence[str]) -> list[str]:
 def start_detached(train_args: Sequence[str]) -> tuple[Path, int]:
     """Start ``rlr train TRAIN_ARGS`` as a detached engine; returns (run directory, pid) once its
     control socket listens. LaunchError with the engine's message when it cannot start."""
-    proc = subprocess.Popen(engine_command(train_args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, env=dict(os.environ),
-                            close_fds=True)
+    proc = subprocess.Popen(
+        engine_command(train_args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=dict(os.environ),
+        close_fds=True,
+    )
     line = proc.stdout.readline().decode("utf-8", "replace").strip()
     if line.startswith(READY):
         proc.stdout.close()
         proc.stderr.close()
         # Whoever started it reaps it when it ends (a long-lived dashboard would keep a zombie).
         threading.Thread(target=proc.wait, name="rlr-engine-reaper", daemon=True).start()
-        return Path(line[len(READY):]), proc.pid
+        return Path(line[len(READY) :]), proc.pid
     _, err = proc.communicate()
     message = err.decode("utf-8", "replace").strip()
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     if "error: " in text:
-        text = text[text.rindex("error: ") + len("error: "):]
+        text = text[text.rindex("error: ") + len("error: ") :]
     raise LaunchError(text or f"the engine exited with code {proc.returncode}")

@@ -12,7 +12,8 @@ A record's plain fields keep their names (``step``, ``train_loss``, ``lr``, ``va
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 LAYER_FIELDS = ("rank", "full_rank", "kappa", "sigma_max")
 LEADING_COLUMNS = ("type", "step", "epoch")

@@ -32,8 +32,8 @@ import json
 import math
 from typing import Any
 
+from rlr_engine.control.records import Ack, AttackResult, Command, Event, LayerStats, Snapshot, command_from_dict
 from rlr_engine.core.validation import parse_float
-from rlr_engine.control.records import (Ack, AttackResult, Command, Event, LayerStats, Snapshot, command_from_dict)
 
 PROTOCOL_VERSION = 1
 # The session of the commands an engine gives itself (a stop on a signal); clients' start at 1.
@@ -41,11 +41,30 @@ ENGINE_SESSION = 0
 MAX_LINE = 1 << 20  # bytes, newline included
 MAX_SNAPSHOT_HZ = 4.0
 
-__all__ = ["PROTOCOL_VERSION", "MAX_LINE", "MAX_SNAPSHOT_HZ", "ProtocolError", "encode", "decode", "hello",
-           "welcome", "check_hello", "command_message", "ack_message", "ack_from_message", "error_message",
-           "event_to_dict", "event_from_dict", "attack_result_to_dict", "attack_result_from_dict",
-           "layer_stats_to_dict", "layer_stats_from_dict", "snapshot_to_dict", "snapshot_from_dict",
-           "command_from_dict"]
+__all__ = [
+    "MAX_LINE",
+    "MAX_SNAPSHOT_HZ",
+    "PROTOCOL_VERSION",
+    "ProtocolError",
+    "ack_from_message",
+    "ack_message",
+    "attack_result_from_dict",
+    "attack_result_to_dict",
+    "check_hello",
+    "command_from_dict",
+    "command_message",
+    "decode",
+    "encode",
+    "error_message",
+    "event_from_dict",
+    "event_to_dict",
+    "hello",
+    "layer_stats_from_dict",
+    "layer_stats_to_dict",
+    "snapshot_from_dict",
+    "snapshot_to_dict",
+    "welcome",
+]
 
 
 class ProtocolError(ValueError):
@@ -79,16 +98,26 @@ def hello(client: str) -> dict[str, Any]:
 
 def check_hello(message: dict[str, Any]) -> None:
     if message.get("type") != "hello":
-        raise ProtocolError(f"the first message must be a hello naming the protocol version "
-                            f"({PROTOCOL_VERSION}), got type {message.get('type')!r}")
+        raise ProtocolError(
+            f"the first message must be a hello naming the protocol version "
+            f"({PROTOCOL_VERSION}), got type {message.get('type')!r}"
+        )
     if message.get("protocol") != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version mismatch: this engine speaks version {PROTOCOL_VERSION}, "
-                            f"the client speaks {message.get('protocol')!r}; use the same rlr version for both")
+        raise ProtocolError(
+            f"protocol version mismatch: this engine speaks version {PROTOCOL_VERSION}, "
+            f"the client speaks {message.get('protocol')!r}; use the same rlr version for both"
+        )
 
 
 def welcome(session: int, pid: int, run_dir: str, events: list[Event]) -> dict[str, Any]:
-    return {"type": "welcome", "protocol": PROTOCOL_VERSION, "session": session, "pid": pid,
-            "run_dir": run_dir, "events": [event_to_dict(e) for e in events]}
+    return {
+        "type": "welcome",
+        "protocol": PROTOCOL_VERSION,
+        "session": session,
+        "pid": pid,
+        "run_dir": run_dir,
+        "events": [event_to_dict(e) for e in events],
+    }
 
 
 def error_message(error: str, fatal: bool = False, request_id: str | None = None) -> dict[str, Any]:
@@ -104,13 +133,24 @@ def command_message(request_id: str, command: Command) -> dict[str, Any]:
 
 
 def ack_message(ack: Ack) -> dict[str, Any]:
-    return {"type": "ack", "id": ack.request_id, "session": ack.session, "kind": ack.kind,
-            "status": ack.status, "message": ack.message}
+    return {
+        "type": "ack",
+        "id": ack.request_id,
+        "session": ack.session,
+        "kind": ack.kind,
+        "status": ack.status,
+        "message": ack.message,
+    }
 
 
 def ack_from_message(message: dict[str, Any]) -> Ack:
-    return Ack(str(message["id"]), int(message["session"]), str(message["kind"]), str(message["status"]),
-               str(message["message"]))
+    return Ack(
+        str(message["id"]),
+        int(message["session"]),
+        str(message["kind"]),
+        str(message["status"]),
+        str(message["message"]),
+    )
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -123,23 +163,45 @@ def event_from_dict(raw: dict[str, Any]) -> Event:
 
 
 def attack_result_to_dict(result: AttackResult) -> dict[str, Any]:
-    return {"step": result.step, "epoch": result.epoch, "attack": result.attack, "eps": list(result.eps),
-            "accuracy": list(result.accuracy)}
+    return {
+        "step": result.step,
+        "epoch": result.epoch,
+        "attack": result.attack,
+        "eps": list(result.eps),
+        "accuracy": list(result.accuracy),
+    }
 
 
 def attack_result_from_dict(raw: dict[str, Any]) -> AttackResult:
-    return AttackResult(int(raw["step"]), int(raw["epoch"]), str(raw["attack"]),
-                        tuple(float(e) for e in raw["eps"]), tuple(float(a) for a in raw["accuracy"]))
+    return AttackResult(
+        int(raw["step"]),
+        int(raw["epoch"]),
+        str(raw["attack"]),
+        tuple(float(e) for e in raw["eps"]),
+        tuple(float(a) for a in raw["accuracy"]),
+    )
 
 
 def layer_stats_to_dict(stats: LayerStats) -> dict[str, Any]:
-    return {"name": stats.name, "shape": list(stats.shape), "rank": stats.rank, "full_rank": stats.full_rank,
-            "sigma": list(stats.sigma), "low_rank": stats.low_rank}
+    return {
+        "name": stats.name,
+        "shape": list(stats.shape),
+        "rank": stats.rank,
+        "full_rank": stats.full_rank,
+        "sigma": list(stats.sigma),
+        "low_rank": stats.low_rank,
+    }
 
 
 def layer_stats_from_dict(raw: dict[str, Any]) -> LayerStats:
-    return LayerStats(str(raw["name"]), (int(raw["shape"][0]), int(raw["shape"][1])), int(raw["rank"]),
-                      int(raw["full_rank"]), tuple(float(s) for s in raw["sigma"]), bool(raw["low_rank"]))
+    return LayerStats(
+        str(raw["name"]),
+        (int(raw["shape"][0]), int(raw["shape"][1])),
+        int(raw["rank"]),
+        int(raw["full_rank"]),
+        tuple(float(s) for s in raw["sigma"]),
+        bool(raw["low_rank"]),
+    )
 
 
 _NESTED = {"curves", "layers", "adversarial", "adversarial_history", "events"}
@@ -168,4 +230,5 @@ def snapshot_from_dict(raw: dict[str, Any]) -> Snapshot:
         layers=tuple(layer_stats_from_dict(s) for s in raw.get("layers", ())),
         adversarial=None if raw.get("adversarial") is None else attack_result_from_dict(raw["adversarial"]),
         adversarial_history=tuple(attack_result_from_dict(r) for r in raw.get("adversarial_history", ())),
-        events=tuple(event_from_dict(e) for e in raw.get("events", ())))
+        events=tuple(event_from_dict(e) for e in raw.get("events", ())),
+    )

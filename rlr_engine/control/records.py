@@ -17,8 +17,9 @@ from rlr_engine.core.validation import Setting, Unfit, shown
 def _wire(kind: type, optional: bool = False, default: Any = dataclasses.MISSING) -> Any:
     """A command field as read from the wire: its type (and whether null is allowed); the
     ranges are the handlers' (validation.check_tau and the like)."""
-    return field(default=default, metadata={"setting": Setting(kind, item=float if kind is tuple else None,
-                                                                   optional=optional)})
+    return field(
+        default=default, metadata={"setting": Setting(kind, item=float if kind is tuple else None, optional=optional)}
+    )
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,22 @@ class Stop(Command):
     reason: str = _wire(str, default="")
 
 
-COMMANDS = {cls.kind: cls for cls in (SetTau, Truncate, SetLearningRate, Pause, Resume, AttackNow,
-                                      SaveCheckpoint, RefreshLayers, SetAdaptation, Note, Stop)}
+COMMANDS = {
+    cls.kind: cls
+    for cls in (
+        SetTau,
+        Truncate,
+        SetLearningRate,
+        Pause,
+        Resume,
+        AttackNow,
+        SaveCheckpoint,
+        RefreshLayers,
+        SetAdaptation,
+        Note,
+        Stop,
+    )
+}
 
 
 def command_from_dict(raw: Any) -> Command:

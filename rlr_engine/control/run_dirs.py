@@ -14,21 +14,22 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+from rlr_engine.control.run_files import CHECKPOINT, CONFIG, DEFAULT_RUNS, ENGINE_INFO, EVENTS, METRICS, SUMMARY
 from rlr_engine.core.atomic_files import write_text_atomic
-from rlr_engine.core.errors import PresetError
 from rlr_engine.core.config import RunConfig, run_name_from, run_name_problem, validate
+from rlr_engine.core.errors import PresetError
 from rlr_engine.core.extras import require_extras
 from rlr_engine.core.presets import dump_toml
-from rlr_engine.control.run_files import CHECKPOINT, CONFIG, DEFAULT_RUNS, ENGINE_INFO, EVENTS, METRICS, SUMMARY
 
 
 def choose_run_dir(config: RunConfig, root: str | Path = DEFAULT_RUNS) -> Path:
@@ -93,8 +94,10 @@ class EngineLock:
         except BlockingIOError:
             os.close(fd)
             other = read_engine_info(run_dir)
-            raise RunBusy(f"{run_dir} is in use by a running engine (pid {other.get('pid', '?')}); "
-                          f"attach with: rlr-tui --attach {run_dir}") from None
+            raise RunBusy(
+                f"{run_dir} is in use by a running engine (pid {other.get('pid', '?')}); "
+                f"attach with: rlr-tui --attach {run_dir}"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "started": time.time(), **info}).encode("utf-8"))
         self._fd: int | None = fd

@@ -5,8 +5,8 @@ process starts. Torch-free."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rlr_engine.control.run_dirs import choose_run_dir, engine_alive, read_run_config
 from rlr_engine.control.run_files import CHECKPOINT, CONTROL_SOCKET
@@ -17,8 +17,9 @@ from rlr_engine.core.extras import require_extras
 from rlr_engine.core.presets import load_preset, resume_config
 
 
-def run_config(preset: str | None, overrides: Sequence[str], resume: str | Path | None,
-               device: str | None) -> RunConfig:
+def run_config(
+    preset: str | None, overrides: Sequence[str], resume: str | Path | None, device: str | None
+) -> RunConfig:
     """The config of a new run of ``preset``, or of the run in ``resume``, with ``overrides``
     (``key=value``) and ``device``; PresetError or UserError naming what is wrong."""
     extra = list(overrides) + ([f"device={device}"] if device else [])
@@ -29,8 +30,9 @@ def run_config(preset: str | None, overrides: Sequence[str], resume: str | Path 
     return load_preset(preset, extra)
 
 
-def prepare_run(preset: str | None, overrides: Sequence[str], resume: str | Path | None, runs_root: str | Path,
-                device: str | None) -> tuple[RunConfig, Path, bool]:
+def prepare_run(
+    preset: str | None, overrides: Sequence[str], resume: str | Path | None, runs_root: str | Path, device: str | None
+) -> tuple[RunConfig, Path, bool]:
     """The config (``run_config``) and run directory of a new run of ``preset`` (under
     ``runs_root``), or of the run in ``resume``, checked; nothing is created yet. Returns
     (config, run_dir, whether the run directory is new). UserError (or PresetError) naming what

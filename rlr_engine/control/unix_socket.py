@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 MAX_ADDRESS_BYTES = 103 if sys.platform == "darwin" else 107
 PROC_FD = Path("/proc/self/fd")
@@ -45,5 +45,7 @@ def socket_path_problem(path: str | Path) -> str | None:
     if _fits(path) or PROC_FD.is_dir():
         return None
     size = len(os.fsencode(str(path)))
-    return (f"its control socket {path} would be {size} bytes long; a Unix socket's path may have at most "
-            f"{MAX_ADDRESS_BYTES}")
+    return (
+        f"its control socket {path} would be {size} bytes long; a Unix socket's path may have at most "
+        f"{MAX_ADDRESS_BYTES}"
+    )

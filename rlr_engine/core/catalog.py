@@ -19,9 +19,11 @@ CORE_OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")  # presets also take cuda:N
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-OFFLINE_HINT = ("Presets that work offline: quickstart (scikit-learn digits), and the fashion-mnist "
-                "presets once Debian's dataset-fashion-mnist package is installed "
-                "(apt-get install dataset-fashion-mnist).")
+OFFLINE_HINT = (
+    "Presets that work offline: quickstart (scikit-learn digits), and the fashion-mnist "
+    "presets once Debian's dataset-fashion-mnist package is installed "
+    "(apt-get install dataset-fashion-mnist)."
+)
 
 
 @dataclass(frozen=True)
@@ -57,21 +59,49 @@ class DatasetInfo:
 
 IN_MEMORY_SOURCES = ("sklearn", "synthetic")
 
-DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
-    DatasetInfo("digits", 1, 8, 10, "sklearn", large_eps=0.3),
-    DatasetInfo("mnist", 1, 28, 10, "MNIST", large_eps=0.3),
-    DatasetInfo("fashion-mnist", 1, 28, 10, "FashionMNIST", large_eps=0.3, system_copy=DEBIAN_FASHION_MNIST,
-                system_package="dataset-fashion-mnist"),
-    DatasetInfo("cifar10", 3, 32, 10, "CIFAR10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
-                crop_padding=4, flip=True),
-    DatasetInfo("cifar100", 3, 32, 100, "CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                crop_padding=4, flip=True),
-    DatasetInfo("svhn", 3, 32, 10, "SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                crop_padding=4),
-    DatasetInfo("synthetic", 1, 8, 10, "synthetic"),
-    DatasetInfo("synthetic-28", 1, 28, 10, "synthetic"),
-    DatasetInfo("synthetic-32", 3, 32, 10, "synthetic"),
-)}
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo("digits", 1, 8, 10, "sklearn", large_eps=0.3),
+        DatasetInfo("mnist", 1, 28, 10, "MNIST", large_eps=0.3),
+        DatasetInfo(
+            "fashion-mnist",
+            1,
+            28,
+            10,
+            "FashionMNIST",
+            large_eps=0.3,
+            system_copy=DEBIAN_FASHION_MNIST,
+            system_package="dataset-fashion-mnist",
+        ),
+        DatasetInfo(
+            "cifar10",
+            3,
+            32,
+            10,
+            "CIFAR10",
+            (0.4914, 0.4822, 0.4465),
+            (0.2023, 0.1994, 0.2010),
+            crop_padding=4,
+            flip=True,
+        ),
+        DatasetInfo(
+            "cifar100",
+            3,
+            32,
+            100,
+            "CIFAR100",
+            (0.5071, 0.4865, 0.4409),
+            (0.2673, 0.2564, 0.2762),
+            crop_padding=4,
+            flip=True,
+        ),
+        DatasetInfo("svhn", 3, 32, 10, "SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), crop_padding=4),
+        DatasetInfo("synthetic", 1, 8, 10, "synthetic"),
+        DatasetInfo("synthetic-28", 1, 28, 10, "synthetic"),
+        DatasetInfo("synthetic-32", 3, 32, 10, "synthetic"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -106,15 +136,17 @@ def model_data_problem(model: str, dataset: str) -> str | None:
         return None
     info = DATASETS[dataset]
     fitting = [d.name for d in DATASETS.values() if MODEL_INPUTS[model].problem(d) is None]
-    return (f"model {model!r} {problem}; data set {dataset!r} has {info.image_size}×{info.image_size} "
-            f"(data sets that fit: {', '.join(fitting)})")
+    return (
+        f"model {model!r} {problem}; data set {dataset!r} has {info.image_size}×{info.image_size} "
+        f"(data sets that fit: {', '.join(fitting)})"
+    )
 
 
 # What an attack is, as far as the sanity checks care.
-SINGLE_STEP = "single-step"    # FGSM
-ITERATIVE = "iterative"        # white-box, many gradient steps: PGD, APGD, FAB, CW
-ENSEMBLE = "ensemble"          # white-box and black-box parts, per-image worst case (AutoAttack)
-BLACK_BOX = "black-box"        # no gradients: Square
+SINGLE_STEP = "single-step"  # FGSM
+ITERATIVE = "iterative"  # white-box, many gradient steps: PGD, APGD, FAB, CW
+ENSEMBLE = "ensemble"  # white-box and black-box parts, per-image worst case (AutoAttack)
+BLACK_BOX = "black-box"  # no gradients: Square
 LINF, L2 = "linf", "l2"
 
 
@@ -140,16 +172,48 @@ class AttackFacts:
         return 1.0 if self.norm == LINF else float("inf")
 
 
-ATTACKS: dict[str, AttackFacts] = {a.name: a for a in (
-    AttackFacts("fgsm", "FGSM, one gradient-sign step (L∞)", SINGLE_STEP, LINF),
-    AttackFacts("pgd-linf", "PGD with random starts (L∞), worst case over --restarts", ITERATIVE, LINF,
-                uses_steps=True, uses_restarts=True),
-    AttackFacts("pgd-l2", "PGD with random starts (L2), worst case over --restarts", ITERATIVE, L2,
-                uses_steps=True, uses_restarts=True),
-    AttackFacts("cw-l2", "Carlini-Wagner L2; robust when the found perturbation is longer than ε", ITERATIVE, L2,
-                default_samples=500),
-    AttackFacts("autoattack", "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), per-image worst case (L∞)",
-                ENSEMBLE, LINF, default_samples=1000, needs="pyautoattack"),
-    AttackFacts("square", "Square, black-box, 5000 queries (L∞)", BLACK_BOX, LINF, default_samples=1000,
-                needs="pyautoattack"),
-)}
+ATTACKS: dict[str, AttackFacts] = {
+    a.name: a
+    for a in (
+        AttackFacts("fgsm", "FGSM, one gradient-sign step (L∞)", SINGLE_STEP, LINF),
+        AttackFacts(
+            "pgd-linf",
+            "PGD with random starts (L∞), worst case over --restarts",
+            ITERATIVE,
+            LINF,
+            uses_steps=True,
+            uses_restarts=True,
+        ),
+        AttackFacts(
+            "pgd-l2",
+            "PGD with random starts (L2), worst case over --restarts",
+            ITERATIVE,
+            L2,
+            uses_steps=True,
+            uses_restarts=True,
+        ),
+        AttackFacts(
+            "cw-l2",
+            "Carlini-Wagner L2; robust when the found perturbation is longer than ε",
+            ITERATIVE,
+            L2,
+            default_samples=500,
+        ),
+        AttackFacts(
+            "autoattack",
+            "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), per-image worst case (L∞)",
+            ENSEMBLE,
+            LINF,
+            default_samples=1000,
+            needs="pyautoattack",
+        ),
+        AttackFacts(
+            "square",
+            "Square, black-box, 5000 queries (L∞)",
+            BLACK_BOX,
+            LINF,
+            default_samples=1000,
+            needs="pyautoattack",
+        ),
+    )
+}

@@ -9,14 +9,36 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
-from rlr_engine.core.catalog import (ATTACKS, CORE_OPTIMIZERS, DATASETS, DEVICES, METHODS, MODEL_INPUTS, STEP_SCALINGS,
-                                     AttackFacts, ADAPTIVE_METHODS, model_data_problem)
+from rlr_engine.core.catalog import (
+    ADAPTIVE_METHODS,
+    ATTACKS,
+    CORE_OPTIMIZERS,
+    DATASETS,
+    DEVICES,
+    METHODS,
+    MODEL_INPUTS,
+    STEP_SCALINGS,
+    AttackFacts,
+    model_data_problem,
+)
 from rlr_engine.core.errors import PresetError
-from rlr_engine.core.validation import (ADAPT_EVERY, BETA, LR, TAU, THETA, NumberRange, Rule, Setting, Unfit, eps_problem,
-                                        shown)
+from rlr_engine.core.validation import (
+    ADAPT_EVERY,
+    BETA,
+    LR,
+    TAU,
+    THETA,
+    NumberRange,
+    Rule,
+    Setting,
+    Unfit,
+    eps_problem,
+    shown,
+)
 
 
 def _number(low: float, high: float, low_open: bool = False, high_open: bool = False) -> NumberRange:
@@ -32,8 +54,7 @@ def run_name_problem(value: Any) -> str | None:
     name (runs/<stamp>-<name>/), so one plain path component."""
     if isinstance(value, str) and len(value) <= MAX_RUN_NAME and RUN_NAME.fullmatch(value):
         return None
-    return (f"1 to {MAX_RUN_NAME} letters, digits, '.', '_' or '-', not starting with '.' "
-            f"(it names the run's directory)")
+    return f"1 to {MAX_RUN_NAME} letters, digits, '.', '_' or '-', not starting with '.' (it names the run's directory)"
 
 
 def run_name_from(text: str) -> str:
@@ -72,36 +93,90 @@ class RunConfig:
     description: str = field(default="", metadata=_spec(str, help="one line of what it is for"))
     dataset: str = field(default="digits", metadata=_spec(str, tuple(DATASETS)))
     model: str = field(default="digits-cnn", metadata=_spec(str, tuple(MODEL_INPUTS)))
-    method: str = field(default="lowrank", metadata=_spec(str, tuple(METHODS),
-                        "dense: no factorisation; lowrank: CondLR (tau = inf is vanilla low-rank); "
-                        "robust-dlrt: rank-adaptive with the soft regularizer beta; condlr-adaptive: "
-                        "rank-adaptive with kappa(S) <= 1 + tau at every window boundary"))
-    tau: float = field(default=0.1, metadata=_spec(float, TAU,
-                       "conditioning tolerance: kappa(S) <= 1 + tau; inf switches it off"))
-    rank_fraction: float = field(default=0.2, metadata=_spec(float, _number(0, 1, low_open=True),
-                                 "fraction of each layer's full rank kept (rank-adaptive: the starting rank)"))
-    max_rank_fraction: float = field(default=0.5, metadata=_spec(float, _number(0, 1, low_open=True),
-                                     "rank-adaptive: storage (largest rank) of each layer as a fraction of "
-                                     "its full rank; at least rank_fraction"))
-    adapt_every: int = field(default=10, metadata=_spec(int, ADAPT_EVERY,
-                             "rank-adaptive: batches per window (augment on the first, truncate with "
-                             "truncate_theta on the last)"))
-    beta: float = field(default=0.0, metadata=_spec(float, BETA,
-                        "rank-adaptive: weight of the soft conditioning regularizer "
-                        "||S S^T - (||S||_F^2 / r) I||_F added to the loss (0: off)"))
-    core_optimizer: str = field(default="sgd", metadata=_spec(str, tuple(CORE_OPTIMIZERS),
-                                "rank-adaptive: optimizer of the cores S and the other parameters "
-                                "(sgd: with momentum; adamw: momentum is not used)"))
-    last_layer: str = field(default="dense", metadata=_spec(str, ("dense", "full-rank"),
-                            "dense: leave the classifier dense; full-rank: factorise it at full rank"))
+    method: str = field(
+        default="lowrank",
+        metadata=_spec(
+            str,
+            tuple(METHODS),
+            "dense: no factorisation; lowrank: CondLR (tau = inf is vanilla low-rank); "
+            "robust-dlrt: rank-adaptive with the soft regularizer beta; condlr-adaptive: "
+            "rank-adaptive with kappa(S) <= 1 + tau at every window boundary",
+        ),
+    )
+    tau: float = field(
+        default=0.1, metadata=_spec(float, TAU, "conditioning tolerance: kappa(S) <= 1 + tau; inf switches it off")
+    )
+    rank_fraction: float = field(
+        default=0.2,
+        metadata=_spec(
+            float,
+            _number(0, 1, low_open=True),
+            "fraction of each layer's full rank kept (rank-adaptive: the starting rank)",
+        ),
+    )
+    max_rank_fraction: float = field(
+        default=0.5,
+        metadata=_spec(
+            float,
+            _number(0, 1, low_open=True),
+            "rank-adaptive: storage (largest rank) of each layer as a fraction of "
+            "its full rank; at least rank_fraction",
+        ),
+    )
+    adapt_every: int = field(
+        default=10,
+        metadata=_spec(
+            int,
+            ADAPT_EVERY,
+            "rank-adaptive: batches per window (augment on the first, truncate with truncate_theta on the last)",
+        ),
+    )
+    beta: float = field(
+        default=0.0,
+        metadata=_spec(
+            float,
+            BETA,
+            "rank-adaptive: weight of the soft conditioning regularizer "
+            "||S S^T - (||S||_F^2 / r) I||_F added to the loss (0: off)",
+        ),
+    )
+    core_optimizer: str = field(
+        default="sgd",
+        metadata=_spec(
+            str,
+            tuple(CORE_OPTIMIZERS),
+            "rank-adaptive: optimizer of the cores S and the other parameters "
+            "(sgd: with momentum; adamw: momentum is not used)",
+        ),
+    )
+    last_layer: str = field(
+        default="dense",
+        metadata=_spec(
+            str, ("dense", "full-rank"), "dense: leave the classifier dense; full-rank: factorise it at full rank"
+        ),
+    )
     step_scaling: str = field(default="reference", metadata=_spec(str, tuple(STEP_SCALINGS)))
     reference_compat: bool = field(default=False, metadata=_spec(bool))
-    channels_last: bool = field(default=False, metadata=_spec(bool, help="run convolutions channels-last "
-                                "(much faster low-rank convs on CPU; inputs stay contiguous for attacks)"))
-    compile: bool = field(default=False, metadata=_spec(bool, help="compile the model's forward and backward "
-                          "with torch.compile (fewer kernel launches; the first steps take longer)"))
+    channels_last: bool = field(
+        default=False,
+        metadata=_spec(
+            bool,
+            help="run convolutions channels-last "
+            "(much faster low-rank convs on CPU; inputs stay contiguous for attacks)",
+        ),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_spec(
+            bool,
+            help="compile the model's forward and backward "
+            "with torch.compile (fewer kernel launches; the first steps take longer)",
+        ),
+    )
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))
-    max_steps: int = field(default=0, metadata=_spec(int, _number(0, 10**9), "stop after this many steps (0: no limit)"))
+    max_steps: int = field(
+        default=0, metadata=_spec(int, _number(0, 10**9), "stop after this many steps (0: no limit)")
+    )
     batch_size: int = field(default=128, metadata=_spec(int, _number(1, 65_536)))
     lr: float = field(default=0.1, metadata=_spec(float, LR))
     momentum: float = field(default=0.3, metadata=_spec(float, _number(0, 1, high_open=True)))
@@ -110,24 +185,41 @@ class RunConfig:
     gamma: float = field(default=0.3, metadata=_spec(float, _number(0, 1, low_open=True)))
     val_fraction: float = field(default=0.25, metadata=_spec(float, _number(0, 0.9)))
     seed: int = field(default=0, metadata=_spec(int, _number(0, 2**31 - 1)))
-    eval_every: int = field(default=1, metadata=_spec(int, _number(0, 100_000), "epochs between evaluations (0: at the end)"))
+    eval_every: int = field(
+        default=1, metadata=_spec(int, _number(0, 100_000), "epochs between evaluations (0: at the end)")
+    )
     attack: str = field(default="fgsm", metadata=_spec(str, tuple(ATTACKS)))
-    eps: tuple[float, ...] = field(default=(0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06),
-                                   metadata=_spec(tuple, _eps, item=float))
-    attack_every: int = field(default=1, metadata=_spec(int, _number(0, 100_000), "epochs between attacks (0: at the end)"))
-    attack_samples: int = field(default=1000, metadata=_spec(int, _number(0, 10**7), "test images attacked during training (0: all)"))
+    eps: tuple[float, ...] = field(
+        default=(0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06), metadata=_spec(tuple, _eps, item=float)
+    )
+    attack_every: int = field(
+        default=1, metadata=_spec(int, _number(0, 100_000), "epochs between attacks (0: at the end)")
+    )
+    attack_samples: int = field(
+        default=1000, metadata=_spec(int, _number(0, 10**7), "test images attacked during training (0: all)")
+    )
     pgd_steps: int = field(default=10, metadata=_spec(int, _number(1, 10_000)))
     pgd_step_size: float = field(default=0.0, metadata=_spec(float, _number(0, 1), "0: 2.5 eps / steps"))
-    truncate_every: int = field(default=0, metadata=_spec(int, _number(0, 100_000), "epochs between scheduled truncations (0: never)"))
+    truncate_every: int = field(
+        default=0, metadata=_spec(int, _number(0, 100_000), "epochs between scheduled truncations (0: never)")
+    )
     truncate_theta: float = field(default=0.1, metadata=_spec(float, THETA))
     min_rank: int = field(default=1, metadata=_spec(int, _number(1, 100_000)))
-    checkpoint_every: int = field(default=1, metadata=_spec(int, _number(0, 100_000), "epochs between checkpoints (0: only at the end)"))
+    checkpoint_every: int = field(
+        default=1, metadata=_spec(int, _number(0, 100_000), "epochs between checkpoints (0: only at the end)")
+    )
     data_dir: str = field(default="data", metadata=_spec(str))
     download: bool = field(default=True, metadata=_spec(bool))
     device: str = field(default="auto", metadata=_spec(str, _device))
     snapshot_interval: float = field(default=0.25, metadata=_spec(float, _number(0.01, 60)))
-    tensorboard: bool = field(default=False, metadata=_spec(bool, help="also write TensorBoard event files into "
-                              "runs/<id>/tensorboard/ (needs pip install 'rlr[tensorboard]')"))
+    tensorboard: bool = field(
+        default=False,
+        metadata=_spec(
+            bool,
+            help="also write TensorBoard event files into "
+            "runs/<id>/tensorboard/ (needs pip install 'rlr[tensorboard]')",
+        ),
+    )
 
     _source: InitVar[str] = "settings"
 
@@ -146,21 +238,25 @@ class RunConfig:
             raise PresetError(f"{source}: {problem}")
         problem = eps_problem(config.eps, ATTACKS[config.attack].max_eps)
         if problem:
-            raise PresetError(f"{source}: eps = {'[' + ', '.join(f'{e:g}' for e in config.eps) + ']'} is not allowed with attack = "
-                              f"{config.attack!r}: must be {problem}")
+            raise PresetError(
+                f"{source}: eps = {'[' + ', '.join(f'{e:g}' for e in config.eps) + ']'} is not allowed with attack = "
+                f"{config.attack!r}: must be {problem}"
+            )
         if config.is_rank_adaptive and config.max_rank_fraction < config.rank_fraction:
-            raise PresetError(f"{source}: max_rank_fraction = {config.max_rank_fraction!r} is not allowed: must be "
-                              f">= rank_fraction = {config.rank_fraction!r} (the starting rank must fit the storage)")
+            raise PresetError(
+                f"{source}: max_rank_fraction = {config.max_rank_fraction!r} is not allowed: must be "
+                f">= rank_fraction = {config.rank_fraction!r} (the starting rank must fit the storage)"
+            )
         if config.is_rank_adaptive and config.truncate_every:
-            raise PresetError(f"{source}: truncate_every = {config.truncate_every!r} is not allowed with method = "
-                              f"{config.method!r}: must be 0 (it truncates every adapt_every batches)")
-
-
+            raise PresetError(
+                f"{source}: truncate_every = {config.truncate_every!r} is not allowed with method = "
+                f"{config.method!r}: must be 0 (it truncates every adapt_every batches)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes``, checked as a new config is."""
         return validate(dict(self.to_dict(), **changes), source="settings")
 
@@ -172,12 +268,16 @@ class RunConfig:
     def is_rank_adaptive(self) -> bool:
         return self.method in ADAPTIVE_METHODS
 
-    def attack_spec(self, attack: str | None = None, eps=None, steps: int | None = None,
-                    step_size: float | None = None) -> AttackSpec:
+    def attack_spec(
+        self, attack: str | None = None, eps=None, steps: int | None = None, step_size: float | None = None
+    ) -> AttackSpec:
         """The run's attack, with any of its settings replaced (None keeps the run's own)."""
-        return AttackSpec(attack or self.attack, tuple(eps) if eps else self.eps,
-                          self.pgd_steps if steps is None else steps,
-                          self.pgd_step_size if step_size is None else step_size)
+        return AttackSpec(
+            attack or self.attack,
+            tuple(eps) if eps else self.eps,
+            self.pgd_steps if steps is None else steps,
+            self.pgd_step_size if step_size is None else step_size,
+        )
 
     @property
     def method_label(self) -> str:
@@ -246,8 +346,9 @@ class AttackSpec:
         if self.restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {self.restarts}")
         if self.restarts > 1 and not self.info.uses_restarts:
-            raise ValueError(f"restarts apply to {', '.join(n for n, a in ATTACKS.items() if a.uses_restarts)}, "
-                             f"not to {self.name}")
+            raise ValueError(
+                f"restarts apply to {', '.join(n for n, a in ATTACKS.items() if a.uses_restarts)}, not to {self.name}"
+            )
 
     @property
     def info(self) -> AttackFacts:

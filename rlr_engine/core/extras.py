@@ -37,15 +37,18 @@ def installed(package: str) -> bool:
 def attack_unavailable(attack: str) -> ExtraUnavailable:
     """The error for an attack whose package is missing."""
     users = ", ".join(name for name, facts in ATTACKS.items() if facts.needs == ATTACKS[attack].needs)
-    return ExtraUnavailable(f"{users.replace(', ', ' and ')} need the optional package {ATTACKS[attack].needs}: "
-                            f"{ATTACKS_HINT}")
+    return ExtraUnavailable(
+        f"{users.replace(', ', ' and ')} need the optional package {ATTACKS[attack].needs}: {ATTACKS_HINT}"
+    )
 
 
 def tensorboard_unavailable(detail: str = "") -> ExtraUnavailable:
     """The error for event files without the tensorboard package."""
     why = f" ({detail})" if detail else ""
-    return ExtraUnavailable(f"tensorboard = true needs the tensorboard package, which is not installed{why}; "
-                            f"install it with: {TENSORBOARD_HINT}")
+    return ExtraUnavailable(
+        f"tensorboard = true needs the tensorboard package, which is not installed{why}; "
+        f"install it with: {TENSORBOARD_HINT}"
+    )
 
 
 def require_attack(attack: str) -> None:

@@ -6,8 +6,15 @@ from __future__ import annotations
 import math
 
 # The colour a run's state is shown in (rich and Textual read the same names).
-STATE_STYLES = {"running": "green", "paused": "yellow", "starting": "", "stopped": "yellow", "finished": "cyan",
-                "failed": "red", "dead": "bold red"}
+STATE_STYLES = {
+    "running": "green",
+    "paused": "yellow",
+    "starting": "",
+    "stopped": "yellow",
+    "finished": "cyan",
+    "failed": "red",
+    "dead": "bold red",
+}
 
 
 def pct(value: float | None, digits: int = 1) -> str:

@@ -33,8 +33,12 @@ class DecimatingSeries:
         return len(self._points)
 
     def state_dict(self) -> dict:
-        return {"capacity": self.capacity, "stride": self.stride, "seen": self._seen,
-                "points": [list(p) for p in self._points]}
+        return {
+            "capacity": self.capacity,
+            "stride": self.stride,
+            "seen": self._seen,
+            "points": [list(p) for p in self._points],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.capacity, self.stride, self._seen = state["capacity"], state["stride"], state["seen"]

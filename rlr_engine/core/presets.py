@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +44,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _override_source(text: str) -> str:
     """An override as its messages name it: ``--set key=value``, a long value cut."""
-    return f"--set {text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 1] + '…'}"
+    return f"--set {text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + '…'}"
 
 
 def preset_dirs() -> list[Path]:
@@ -67,15 +68,18 @@ def resolve_preset_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix == ".toml" or path.exists():
         if path.is_dir():
-            raise PresetError(f"{str(path)!r} is a directory, not a preset file (a .toml file or a preset name; "
-                              f"see `rlr presets`)")
+            raise PresetError(
+                f"{str(path)!r} is a directory, not a preset file (a .toml file or a preset name; see `rlr presets`)"
+            )
         if not path.is_file():
             raise PresetError(f"preset file {str(path)!r} does not exist")
         return path
     presets = available_presets()
     if name_or_path not in presets:
-        raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(presets) or 'none'} "
-                          f"(or pass the path of a .toml file)")
+        raise PresetError(
+            f"unknown preset {name_or_path!r}; available: {', '.join(presets) or 'none'} "
+            f"(or pass the path of a .toml file)"
+        )
     return presets[name_or_path]
 
 
@@ -93,10 +97,12 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> RunConfig:
     overridden = {parse_override(text)[0] for text in overrides}
     missing = [key for key in REQUIRED_IN_FILE if key not in raw and key not in overridden]
     if missing:
-        raise PresetError(f"preset {path}: missing required key{'s' if len(missing) > 1 else ''} "
-                          f"{', '.join(missing)} (a preset file must name its "
-                          f"{', '.join(REQUIRED_IN_FILE)}; e.g. {missing[0]} = "
-                          f"{_toml_value(getattr(RunConfig(), missing[0]))})")
+        raise PresetError(
+            f"preset {path}: missing required key{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)} (a preset file must name its "
+            f"{', '.join(REQUIRED_IN_FILE)}; e.g. {missing[0]} = "
+            f"{_toml_value(getattr(RunConfig(), missing[0]))})"
+        )
     for text in overrides:
         key, value = parse_override(text)
         raw[key] = coerce_setting(key, value, _override_source(text))
@@ -115,10 +121,29 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
 # FIXED_ON_RESUME, which a resume refuses to change. It restores RESTORED_ON_RESUME as they were
 # last set (from a dashboard, or by the schedule); a resume sets one anew when told to (--set,
 # or a config.toml changed since the checkpoint). Every other key is read afresh.
-FIXED_ON_RESUME = ("dataset", "model", "method", "rank_fraction", "max_rank_fraction", "last_layer",
-                   "core_optimizer", "seed", "val_fraction")
-RESTORED_ON_RESUME = ("tau", "lr", "momentum", "weight_decay", "milestones", "gamma", "truncate_theta", "beta",
-                      "adapt_every", "min_rank")
+FIXED_ON_RESUME = (
+    "dataset",
+    "model",
+    "method",
+    "rank_fraction",
+    "max_rank_fraction",
+    "last_layer",
+    "core_optimizer",
+    "seed",
+    "val_fraction",
+)
+RESTORED_ON_RESUME = (
+    "tau",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "milestones",
+    "gamma",
+    "truncate_theta",
+    "beta",
+    "adapt_every",
+    "min_rank",
+)
 
 
 def resume_config(saved: RunConfig, overrides: Iterable[str]) -> RunConfig:
@@ -128,8 +153,10 @@ def resume_config(saved: RunConfig, overrides: Iterable[str]) -> RunConfig:
     for key in FIXED_ON_RESUME:
         if getattr(config, key) != getattr(saved, key):
             text = next(t for t in overrides if parse_override(t)[0] == key)
-            raise PresetError(f"{_override_source(text)}: {key} cannot change when a run resumes (its checkpoint was trained "
-                              f"with {key} = {_toml_value(saved.to_dict()[key])}); start a new run to change it")
+            raise PresetError(
+                f"{_override_source(text)}: {key} cannot change when a run resumes (its checkpoint was trained "
+                f"with {key} = {_toml_value(saved.to_dict()[key])}); start a new run to change it"
+            )
     return config
 
 

@@ -20,8 +20,10 @@ never flagged.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from rlr_engine.core.catalog import BLACK_BOX, DATASETS, ENSEMBLE, ITERATIVE, L2, LINF, SINGLE_STEP  # noqa: F401 (L2 for callers)
 
@@ -56,7 +58,7 @@ class Component:
         return {"attack": self.attack, "kind": self.kind, "accuracy": list(self.accuracy)}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Component":
+    def from_dict(cls, raw: dict[str, Any]) -> Component:
         return cls(str(raw["attack"]), str(raw["kind"]), tuple(float(a) for a in raw["accuracy"]))
 
 
@@ -103,8 +105,10 @@ class SanityReport:
 
     def to_dict(self) -> dict[str, list]:
         """Plain JSON-able form: the flags' codes and messages, and the checks not run."""
-        return {"flags": [{"code": f.code, "message": f.message} for f in self.flags],
-                "not_checked": list(self.skipped)}
+        return {
+            "flags": [{"code": f.code, "message": f.message} for f in self.flags],
+            "not_checked": list(self.skipped),
+        }
 
     def lines(self) -> list[str]:
         """Human-readable: every flag, then every skipped check; 'no flags' when clean."""
@@ -124,9 +128,11 @@ def check_monotone(record: AttackRecord) -> list[Flag]:
     """Accuracy must not rise with ε."""
     pairs = sorted(zip(record.eps, record.accuracy))
     tol = _tol(record)
-    return [Flag(ACCURACY_RISES, f"{record.attack}: accuracy rises with ε, {a:.1%} at ε={e:g} → "
-                                 f"{b:.1%} at ε={f:g}")
-            for (e, a), (f, b) in zip(pairs, pairs[1:]) if b > a + tol]
+    return [
+        Flag(ACCURACY_RISES, f"{record.attack}: accuracy rises with ε, {a:.1%} at ε={e:g} → {b:.1%} at ε={f:g}")
+        for (e, a), (f, b) in itertools.pairwise(pairs)
+        if b > a + tol
+    ]
 
 
 def _common_eps(a: AttackRecord, b: AttackRecord) -> Iterable[tuple[float, float, float]]:
@@ -153,8 +159,12 @@ def check_iterative_vs_fgsm(records: Sequence[AttackRecord]) -> tuple[list[Flag]
             for e, acc, fgsm_acc in _common_eps(r, f):
                 compared = True
                 if acc > fgsm_acc + _tol(r, f):
-                    flags.append(Flag(ITERATIVE_ABOVE_FGSM, f"{r.attack} leaves {acc:.1%} correct at ε={e:g}, "
-                                                            f"more than FGSM's {fgsm_acc:.1%}"))
+                    flags.append(
+                        Flag(
+                            ITERATIVE_ABOVE_FGSM,
+                            f"{r.attack} leaves {acc:.1%} correct at ε={e:g}, more than FGSM's {fgsm_acc:.1%}",
+                        )
+                    )
     return flags, compared
 
 
@@ -172,9 +182,14 @@ def check_black_box(records: Sequence[AttackRecord]) -> tuple[list[Flag], bool]:
             for e, acc, white_acc in _common_eps(b, w):
                 compared = True
                 if acc < white_acc - _tol(b, w):
-                    flags.append(Flag(BLACK_BOX_WINS, f"black-box {b.attack} leaves {acc:.1%} correct at ε={e:g}, "
-                                                      f"fewer than white-box {w.attack}'s {white_acc:.1%}: "
-                                                      "gradients may be masked"))
+                    flags.append(
+                        Flag(
+                            BLACK_BOX_WINS,
+                            f"black-box {b.attack} leaves {acc:.1%} correct at ε={e:g}, "
+                            f"fewer than white-box {w.attack}'s {white_acc:.1%}: "
+                            "gradients may be masked",
+                        )
+                    )
     for r in records:
         before: Component | None = None
         for part in r.components:
@@ -182,9 +197,14 @@ def check_black_box(records: Sequence[AttackRecord]) -> tuple[list[Flag], bool]:
                 compared = True
                 for e, was, now in zip(r.eps, before.accuracy, part.accuracy):
                     if e > 0 and now < was - _tol(r):
-                        flags.append(Flag(BLACK_BOX_WINS, f"{r.attack}: black-box {part.attack} broke "
-                                                          f"{was - now:.1%} of the images the white-box parts "
-                                                          f"left correct at ε={e:g}: gradients may be masked"))
+                        flags.append(
+                            Flag(
+                                BLACK_BOX_WINS,
+                                f"{r.attack}: black-box {part.attack} broke "
+                                f"{was - now:.1%} of the images the white-box parts "
+                                f"left correct at ε={e:g}: gradients may be masked",
+                            )
+                        )
             before = part
     return flags, compared
 
@@ -208,11 +228,19 @@ def check_large_eps(records: Sequence[AttackRecord], dataset: str | None) -> tup
     clean = [a for r in records for e, a in zip(r.eps, r.accuracy) if e == 0]
     chance = 1.0 / DATASETS[dataset].classes
     if clean and max(clean) <= AT_CHANCE * chance:
-        return [], (f"large-ε accuracy: the clean accuracy {max(clean):.1%} is at chance ({chance:.0%} for "
-                    f"{DATASETS[dataset].classes} classes): the model has learned nothing to attack")
-    return [Flag(HIGH_AT_LARGE_EPS, f"{attack} leaves {a:.1%} correct at ε={e:g} (> {LARGE_EPS_MAX_ACCURACY:.0%} "
-                                    f"expected at most for {dataset}): the attack fails or gradients are masked")
-            for e, (a, attack) in sorted(best.items()) if a > LARGE_EPS_MAX_ACCURACY], None
+        return [], (
+            f"large-ε accuracy: the clean accuracy {max(clean):.1%} is at chance ({chance:.0%} for "
+            f"{DATASETS[dataset].classes} classes): the model has learned nothing to attack"
+        )
+    return [
+        Flag(
+            HIGH_AT_LARGE_EPS,
+            f"{attack} leaves {a:.1%} correct at ε={e:g} (> {LARGE_EPS_MAX_ACCURACY:.0%} "
+            f"expected at most for {dataset}): the attack fails or gradients are masked",
+        )
+        for e, (a, attack) in sorted(best.items())
+        if a > LARGE_EPS_MAX_ACCURACY
+    ], None
 
 
 def sanity_report(records: Sequence[AttackRecord], dataset: str | None) -> SanityReport:
@@ -228,8 +256,7 @@ def sanity_report(records: Sequence[AttackRecord], dataset: str | None) -> Sanit
     found, compared = check_black_box(records)
     flags += found
     if not compared:
-        skipped.append("black-box vs white-box: no Square attack next to a white-box iterative one on the "
-                       "same images")
+        skipped.append("black-box vs white-box: no Square attack next to a white-box iterative one on the same images")
     found, why = check_large_eps(records, dataset)
     flags += found
     if why:

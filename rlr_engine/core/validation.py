@@ -17,9 +17,9 @@ Plain Python only, so any front end can validate before it sends a command.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
-
+from typing import Any
 
 INFINITY_WORDS = ("inf", "infinity", "∞")
 SHOWN_CHARS = 40  # of a value quoted in a message; a longer one is cut, with its length said
@@ -36,7 +36,7 @@ def shown(value: Any) -> str:
         return "a value too long to show"
     if len(text) <= SHOWN_CHARS:
         return text
-    return f"{text[:SHOWN_CHARS - 1]}… ({len(text)} characters)"
+    return f"{text[: SHOWN_CHARS - 1]}… ({len(text)} characters)"
 
 
 def names_infinity(text: str) -> bool:
@@ -63,15 +63,15 @@ class NumberRange:
     note: str = ""
 
     def allowed(self, noun: str = "a number") -> str:
-        interval = (f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                    f"{')' if self.high_open else ']'}")
+        interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         return f"{noun} in {interval}" + (f" ({self.note})" if self.note else "")
 
     def __contains__(self, value: float) -> bool:
         if isinstance(value, float) and math.isnan(value):  # an int is compared exactly, however large
             return False
         return (value > self.low if self.low_open else value >= self.low) and (
-            value < self.high if self.high_open else value <= self.high)
+            value < self.high if self.high_open else value <= self.high
+        )
 
 
 TAU = NumberRange(0, math.inf, note="inf switches conditioning off")
@@ -188,7 +188,7 @@ class Unfit(ValueError):
     [0, inf]", "one of sgd, adamw"), for the caller to frame with the field's name and source."""
 
 
-Rule = Union[NumberRange, tuple, Callable[[Any], Union[str, None]], None]
+Rule = NumberRange | tuple | Callable[[Any], str | None] | None
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,26 @@ use it.
 
 from rlr_engine.method.adaptive import RankAdaptation, core_optimizer
 from rlr_engine.method.condlr import CondLR, RankChange
-from rlr_engine.method.lowrank import (LowRankConv2d, LowRankLayer, LowRankLinear, ParameterReport, low_rank_layers,
-                                       parameter_report, to_low_rank)
+from rlr_engine.method.lowrank import (
+    LowRankConv2d,
+    LowRankLayer,
+    LowRankLinear,
+    ParameterReport,
+    low_rank_layers,
+    parameter_report,
+    to_low_rank,
+)
 
-__all__ = ["CondLR", "RankAdaptation", "RankChange", "core_optimizer", "LowRankConv2d", "LowRankLayer", "LowRankLinear",
-           "ParameterReport", "low_rank_layers", "parameter_report", "to_low_rank"]
+__all__ = [
+    "CondLR",
+    "LowRankConv2d",
+    "LowRankLayer",
+    "LowRankLinear",
+    "ParameterReport",
+    "RankAdaptation",
+    "RankChange",
+    "core_optimizer",
+    "low_rank_layers",
+    "parameter_report",
+    "to_low_rank",
+]

@@ -69,11 +69,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rlr_engine.core.catalog import ADAPTIVE_METHODS, CORE_OPTIMIZERS
+from rlr_engine.core.validation import check_adapt_every, check_beta, check_tau, check_theta
 from rlr_engine.method.condlr import RankChange
 from rlr_engine.method.lowrank import LowRankLayer, low_rank_layers
 from rlr_engine.method.manifold import project_condition, retract_qr, transport_core_state, truncation_rank
-from rlr_engine.core.catalog import ADAPTIVE_METHODS, CORE_OPTIMIZERS
-from rlr_engine.core.validation import check_adapt_every, check_beta, check_tau, check_theta
 
 METHODS = ADAPTIVE_METHODS
 CRITERIA = ("frobenius", "relative", "nearest")
@@ -81,8 +81,9 @@ DEFAULT_CRITERION = {"robust-dlrt": "frobenius", "condlr-adaptive": "frobenius"}
 KAPPA_SLACK = 1e-5  # relative float slack before a core counts as violating κ ≤ 1 + τ
 
 
-def core_optimizer(model: nn.Module, kind: str, lr: float, momentum: float = 0.0,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def core_optimizer(
+    model: nn.Module, kind: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """torch.optim.SGD (with momentum) or AdamW over every trainable parameter except the bases
     U, V of low-rank layers, which move only by augmentation and truncation."""
     if kind not in CORE_OPTIMIZERS:
@@ -133,7 +134,7 @@ def criterion_rank(sigma: Tensor, criterion: str, theta: float, min_rank: int, t
         new = int((sigma >= theta * sigma[0]).sum()) if r else 0
     else:
         lower = min(min_rank, r)
-        new = lower + int(torch.argmin(conditioned_distances(sigma, tau)[lower - 1:]))
+        new = lower + int(torch.argmin(conditioned_distances(sigma, tau)[lower - 1 :]))
     return max(min(new, r), min(min_rank, r))
 
 
@@ -162,9 +163,19 @@ class RankAdaptation:
             from a checkpoint, saved conditioned with the τ live then.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: str,
-                 adapt_every: int = 10, theta: float = 0.1, beta: float = 0.0, tau: float = 0.1,
-                 min_rank: int = 1, criterion: str | None = None, project_initial: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        method: str,
+        adapt_every: int = 10,
+        theta: float = 0.1,
+        beta: float = 0.0,
+        tau: float = 0.1,
+        min_rank: int = 1,
+        criterion: str | None = None,
+        project_initial: bool = True,
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         criterion = DEFAULT_CRITERION[method] if criterion is None else criterion
@@ -193,8 +204,10 @@ class RankAdaptation:
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         for name, layer in self.layers:
             if id(layer.U) in held or id(layer.V) in held:
-                raise ValueError(f"the optimizer holds the bases of layer {name!r}; they move only by "
-                                 f"augmentation and truncation (build it with core_optimizer)")
+                raise ValueError(
+                    f"the optimizer holds the bases of layer {name!r}; they move only by "
+                    f"augmentation and truncation (build it with core_optimizer)"
+                )
             if id(layer.S) not in held:
                 raise ValueError(f"the optimizer does not hold the core S of layer {name!r}")
 
@@ -252,8 +265,10 @@ class RankAdaptation:
         below = [(name, layer.rank) for name, layer in self.layers if layer.rank < min(min_rank, layer.max_rank)]
         if below:
             allowed = min(rank for _, rank in below)
-            raise ValueError(f"min_rank = {min_rank} is not allowed: layer {below[0][0]!r} holds rank {below[0][1]}; "
-                             f"must be <= {allowed} (or raise rank_fraction)")
+            raise ValueError(
+                f"min_rank = {min_rank} is not allowed: layer {below[0][0]!r} holds rank {below[0][1]}; "
+                f"must be <= {allowed} (or raise rank_fraction)"
+            )
 
     def lower_rank(self, layer: LowRankLayer) -> int:
         """r_min for this layer (never above its allocated rank)."""
@@ -384,9 +399,17 @@ class RankAdaptation:
 
     # -- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "criterion": self.criterion, "position": self.position,
-                "windows": self.windows, "adapt_every": self._adapt_every, "theta": self._theta,
-                "beta": self._beta, "tau": self._tau, "min_rank": self.min_rank}
+        return {
+            "method": self.method,
+            "criterion": self.criterion,
+            "position": self.position,
+            "windows": self.windows,
+            "adapt_every": self._adapt_every,
+            "theta": self._theta,
+            "beta": self._beta,
+            "tau": self._tau,
+            "min_rank": self.min_rank,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the window position and hyperparameters (the live ranks come with the model)."""

@@ -34,17 +34,26 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from rlr_engine.method.lowrank import LowRankLayer, low_rank_layers
 from rlr_engine.core.catalog import STEP_SCALINGS
-from rlr_engine.method.manifold import (CORE_PROJECTIONS, RETRACTIONS, project_cores, project_orthogonal_complement,
-                       retract_cholesky_qr, retract_qr, runs_on_host, transport_core_state, truncation_rank)
 from rlr_engine.core.validation import check_tau, check_theta
+from rlr_engine.method.lowrank import LowRankLayer, low_rank_layers
+from rlr_engine.method.manifold import (
+    CORE_PROJECTIONS,
+    RETRACTIONS,
+    project_cores,
+    project_orthogonal_complement,
+    retract_cholesky_qr,
+    retract_qr,
+    runs_on_host,
+    transport_core_state,
+    truncation_rank,
+)
 
 
 @dataclass(frozen=True)
@@ -87,10 +96,19 @@ class CondLR(torch.optim.Optimizer):
         core_projection: "svd" or "newton" (how step 4 is computed); "auto" as for retraction.
     """
 
-    def __init__(self, model: nn.Module, lr: float, momentum: float = 0.0, tau: float = 0.1,
-                 weight_decay: float = 0.0, step_scaling: str = "reference",
-                 reference_compat: bool = False, store_scaled_direction: bool = True,
-                 retraction: str = "auto", core_projection: str = "auto") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        momentum: float = 0.0,
+        tau: float = 0.1,
+        weight_decay: float = 0.0,
+        step_scaling: str = "reference",
+        reference_compat: bool = False,
+        store_scaled_direction: bool = True,
+        retraction: str = "auto",
+        core_projection: str = "auto",
+    ) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         if not 0.0 <= momentum < 1.0:
@@ -122,8 +140,9 @@ class CondLR(torch.optim.Optimizer):
             core.append(layer.S)
             factor_ids |= {id(layer.U), id(layer.V), id(layer.S)}
         other = [p for p in model.parameters() if id(p) not in factor_ids and p.requires_grad]
-        groups = [{"params": ps, "name": name} for name, ps in
-                  (("stiefel", stiefel), ("core", core), ("other", other)) if ps]
+        groups = [
+            {"params": ps, "name": name} for name, ps in (("stiefel", stiefel), ("core", core), ("other", other)) if ps
+        ]
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "tau": tau}
         super().__init__(groups, defaults)
 
@@ -225,8 +244,9 @@ class CondLR(torch.optim.Optimizer):
             retraction = self._resolved(self.retraction, RETRACTIONS, P.device)
             retract = retract_cholesky_qr if retraction == "cholesky-qr2" else retract_qr
             # new_full fills on the device; as_tensor of a float would be a synchronising copy.
-            c = torch.stack([s.to(P.dtype) if isinstance(s, Tensor) else P.new_full((), s)
-                             for s in (factors[i][1] for i in idx)])
+            c = torch.stack(
+                [s.to(P.dtype) if isinstance(s, Tensor) else P.new_full((), s) for s in (factors[i][1] for i in idx)]
+            )
             projected = project_orthogonal_complement(P, M)
             D = c.view(-1, 1, 1) * projected
             Q = retract(P - stiefel["lr"] * D)
@@ -250,8 +270,13 @@ class CondLR(torch.optim.Optimizer):
 
     # -- rank truncation ---------------------------------------------------------------------
     @torch.no_grad()
-    def truncate(self, theta: float | None = None, rank: int | None = None,
-                 layers: Iterable[str] | None = None, min_rank: int = 1) -> list[RankChange]:
+    def truncate(
+        self,
+        theta: float | None = None,
+        rank: int | None = None,
+        layers: Iterable[str] | None = None,
+        min_rank: int = 1,
+    ) -> list[RankChange]:
         """Truncate the cores of the named layers (all when None) with relative tolerance θ
         (smallest r' ≥ min_rank with sqrt(Σ_{i>r'} σ_i²) ≤ θ‖σ‖₂) or to an explicit rank.
 
@@ -294,7 +319,11 @@ class CondLR(torch.optim.Optimizer):
         momentum buffers along; parameters keep their identity so param groups stay valid."""
         new_values = {"U": layer.U @ P, "V": layer.V @ Q, "S": torch.diag(sigma)}
         new_bufs = {}
-        for name, rotate in (("U", lambda m: m @ P), ("V", lambda m: m @ Q), ("S", lambda m: transport_core_state("momentum_buffer", m, P.mT, Q))):
+        for name, rotate in (
+            ("U", lambda m: m @ P),
+            ("V", lambda m: m @ Q),
+            ("S", lambda m: transport_core_state("momentum_buffer", m, P.mT, Q)),
+        ):
             buf = self.state[getattr(layer, name)].get("momentum_buffer")
             if buf is not None:
                 new_bufs[name] = rotate(buf)

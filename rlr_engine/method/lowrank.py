@@ -13,8 +13,8 @@ part of S is kept zero. With R = r (the default) the layer is exactly the plain 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +35,16 @@ class LowRankLayer(nn.Module):
     V: nn.Parameter
     bias: nn.Parameter | None
 
-    def _init_factors(self, m: int, n: int, rank: int, bias: bool, device, dtype,
-                      max_rank: int | None = None) -> None:
+    def _init_factors(self, m: int, n: int, rank: int, bias: bool, device, dtype, max_rank: int | None = None) -> None:
         self.out_dim, self.in_dim = m, n
         full = self.full_rank
         if not 1 <= rank <= full:
             raise ValueError(f"rank must be in [1, {full}] for a {m}×{n} weight, got {rank}")
         max_rank = rank if max_rank is None else max_rank
         if not rank <= max_rank <= full:
-            raise ValueError(f"max_rank must be in [{rank}, {full}] (rank to full rank) for a {m}×{n} "
-                             f"weight, got {max_rank}")
+            raise ValueError(
+                f"max_rank must be in [{rank}, {full}] (rank to full rank) for a {m}×{n} weight, got {max_rank}"
+            )
         kw = {"device": device, "dtype": dtype}
         self.U = nn.Parameter(torch.empty(m, max_rank, **kw))
         self.S = nn.Parameter(torch.empty(max_rank, max_rank, **kw))
@@ -147,8 +147,16 @@ class LowRankLayer(nn.Module):
 class LowRankLinear(LowRankLayer):
     """y = x V Sᵀ Uᵀ + b, i.e. a linear layer with weight W = U S Vᵀ (out × in)."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
-                 device=None, dtype=None, max_rank: int | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        max_rank: int | None = None,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self._init_factors(out_features, in_features, rank, bias, device, dtype, max_rank)
@@ -172,8 +180,10 @@ class LowRankLinear(LowRankLayer):
         return F.linear(F.linear(x, V.T), U @ S, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"rank={self.rank}/{self.full_rank}{self._storage_repr()}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}/{self.full_rank}{self._storage_repr()}, bias={self.bias is not None}"
+        )
 
 
 class LowRankConv2d(LowRankLayer):
@@ -187,9 +197,20 @@ class LowRankConv2d(LowRankLayer):
     told. Without it the first layer of a channels-last LeNet5 returned NCHW, and the max-pool
     after it ran ~10× slower on the CPU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=1,
-                 padding=0, dilation=1, bias: bool = True, device=None, dtype=None,
-                 max_rank: int | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        rank: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        max_rank: int | None = None,
+    ) -> None:
         super().__init__()
         pair = nn.modules.utils._pair
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -223,9 +244,11 @@ class LowRankConv2d(LowRankLayer):
         return F.conv2d(z, mix, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-                f"rank={self.rank}/{self.full_rank}{self._storage_repr()}, bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"rank={self.rank}/{self.full_rank}{self._storage_repr()}, bias={self.bias is not None}"
+        )
 
 
 def low_rank_layers(model: nn.Module) -> Iterator[tuple[str, LowRankLayer]]:
@@ -246,7 +269,7 @@ def full_rank_of(module: nn.Module) -> int:
 def _convertible(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
-    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros")
+    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
 
 
 def rank_for_fraction(rank_fraction: float, full_rank: int) -> int:
@@ -254,8 +277,13 @@ def rank_for_fraction(rank_fraction: float, full_rank: int) -> int:
     return max(1, min(full_rank, math.ceil(rank_fraction * full_rank - 1e-9)))
 
 
-def to_low_rank(model: nn.Module, rank_fraction: float = 1.0, ranks: Mapping[str, int] | None = None,
-                skip_last: bool = True, max_rank_fraction: float | None = None) -> nn.Module:
+def to_low_rank(
+    model: nn.Module,
+    rank_fraction: float = 1.0,
+    ranks: Mapping[str, int] | None = None,
+    skip_last: bool = True,
+    max_rank_fraction: float | None = None,
+) -> nn.Module:
     """Replace every nn.Linear / nn.Conv2d (groups = 1, zero padding) in place by its low-rank
     version initialised from the truncated SVD of its dense weight, and return the model.
 
@@ -302,8 +330,17 @@ def to_low_rank(model: nn.Module, rank_fraction: float = 1.0, ranks: Mapping[str
         if isinstance(module, nn.Linear):
             new = LowRankLinear(module.in_features, module.out_features, rank, has_bias, **kw)
         else:
-            new = LowRankConv2d(module.in_channels, module.out_channels, module.kernel_size, rank,
-                                module.stride, module.padding, module.dilation, has_bias, **kw)
+            new = LowRankConv2d(
+                module.in_channels,
+                module.out_channels,
+                module.kernel_size,
+                rank,
+                module.stride,
+                module.padding,
+                module.dilation,
+                has_bias,
+                **kw,
+            )
         new.set_from_dense(module.weight.detach(), module.bias.detach() if has_bias else None)
         _set_submodule(model, name, new)
     return model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -80,8 +80,9 @@ def conditioning_bounds(tau: float) -> float:
     return tau / (2.0 + tau)
 
 
-def project_condition(S: Tensor, tau: float, reference_compat: bool = False,
-                      method: str = "svd") -> tuple[Tensor, Tensor | None]:
+def project_condition(
+    S: Tensor, tau: float, reference_compat: bool = False, method: str = "svd"
+) -> tuple[Tensor, Tensor | None]:
     """Project the cores S (..., r, r) onto {κ(S) ≤ 1 + τ}; return (projected S, (σ_min/σ_max)²
     of each projected core) — at τ = ∞, (S unchanged, None).
 
@@ -114,8 +115,9 @@ def project_condition(S: Tensor, tau: float, reference_compat: bool = False,
     return (P * clamped.unsqueeze(-2)) @ Qh, ratio.square()
 
 
-def project_cores(cores: Sequence[Tensor], tau: float, reference_compat: bool = False,
-                  method: str = "svd") -> list[tuple[Tensor, Tensor | None]]:
+def project_cores(
+    cores: Sequence[Tensor], tau: float, reference_compat: bool = False, method: str = "svd"
+) -> list[tuple[Tensor, Tensor | None]]:
     """``project_condition`` of every core in a list of square cores of any ranks, in as few
     batched calls as the method allows: "svd" makes one call per distinct rank, "newton" a single
     call for all of them (see _project_padded)."""
@@ -126,8 +128,9 @@ def project_cores(cores: Sequence[Tensor], tau: float, reference_compat: bool = 
     return _project_by_rank(cores, tau, reference_compat, method)
 
 
-def _project_by_rank(cores: Sequence[Tensor], tau: float, reference_compat: bool,
-                     method: str) -> list[tuple[Tensor, Tensor | None]]:
+def _project_by_rank(
+    cores: Sequence[Tensor], tau: float, reference_compat: bool, method: str
+) -> list[tuple[Tensor, Tensor | None]]:
     results: list[tuple[Tensor, Tensor | None]] = [(core, None) for core in cores]
     by_rank: dict[int, list[int]] = defaultdict(list)
     for i, S in enumerate(cores):
@@ -147,10 +150,9 @@ def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool)
     size, device, dtype = max(ranks), cores[0].device, _newton_dtype(cores[0].device)
     padded = cores[0].new_zeros((len(cores), size, size), dtype=dtype)
     for i, S in enumerate(cores):
-        padded[i, :ranks[i], :ranks[i]] = S
+        padded[i, : ranks[i], : ranks[i]] = S
     projected, ratio = _project_condition_newton(padded, _padding(ranks, device, dtype), tau, reference_compat)
-    return [(projected[i, :S.shape[-1], :S.shape[-1]].to(S.dtype), ratio[i].to(S.dtype))
-            for i, S in enumerate(cores)]
+    return [(projected[i, : S.shape[-1], : S.shape[-1]].to(S.dtype), ratio[i].to(S.dtype)) for i, S in enumerate(cores)]
 
 
 @functools.lru_cache(maxsize=16)

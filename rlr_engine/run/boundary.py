@@ -20,15 +20,16 @@ also compare a checksum of their weights (``distributed.repair_drift``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from rlr_engine.run.distributed import Ranks, repair_drift
 from rlr_engine.control.records import Command, Event, command_from_dict
+from rlr_engine.run.distributed import Ranks, repair_drift
 from rlr_engine.run.recorder import Recorder
 
-COMMAND_EVERY = 8   # steps between command exchanges: ≤ 8 steps of latency for a command
-CHECK_EVERY = 64    # steps between weight checksums
+COMMAND_EVERY = 8  # steps between command exchanges: ≤ 8 steps of latency for a command
+CHECK_EVERY = 64  # steps between weight checksums
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class StepBoundary:
         self.command_every = command_every
         self.check_every = check_every
 
-    def exchange(self, trainer, take_requests: Callable[[bool], Iterable[Any]], flush_due: Callable[[], bool],
-                 block: bool) -> Exchange | None:
+    def exchange(
+        self, trainer, take_requests: Callable[[bool], Iterable[Any]], flush_due: Callable[[], bool], block: bool
+    ) -> Exchange | None:
         """A collective on the boundaries every rank agrees on (step multiples of
         ``command_every``, or every call while paused: ``block``); None elsewhere, without
         communicating. ``take_requests(block)`` (rank 0 only) drains the command queue; its items
@@ -62,17 +64,23 @@ class StepBoundary:
             return None
         record = None
         if self.ranks.is_main:
-            record = {"commands": [{"command": r.command.to_dict(), "id": r.request_id, "session": r.session}
-                                   for r in take_requests(block)],
-                      "flush": bool(flush_due())}
+            record = {
+                "commands": [
+                    {"command": r.command.to_dict(), "id": r.request_id, "session": r.session}
+                    for r in take_requests(block)
+                ],
+                "flush": bool(flush_due()),
+            }
         record = self.ranks.broadcast(record)
         requests = tuple((command_from_dict(dict(r["command"])), r["id"], r["session"]) for r in record["commands"])
         warnings = ()
         if not block and trainer.step % self.check_every == 0:
             spread = repair_drift(self.ranks, trainer.model, trainer.optimizer)
             if spread:
-                warnings = (f"weights drifted apart between ranks (checksum spread {spread:.3g}); "
-                            f"rank 0's weights and optimizer state were copied to every rank",)
+                warnings = (
+                    f"weights drifted apart between ranks (checksum spread {spread:.3g}); "
+                    f"rank 0's weights and optimizer state were copied to every rank",
+                )
         return Exchange(requests, record["flush"], warnings)
 
 

@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 
-from rlr_engine.core.atomic_files import atomic_file
 from rlr_engine.control.run_files import CHECKPOINT
+from rlr_engine.core.atomic_files import atomic_file
 from rlr_engine.core.errors import CheckpointError
-
 
 FORMAT = "rlr-checkpoint-1"
 
@@ -34,9 +33,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, pickle error, wrong file type ...
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else 'no detail'}); "
-                              f"it may be truncated or not an rlr checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); "
+            f"it may be truncated or not an rlr checkpoint"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an rlr checkpoint (no '{FORMAT}' marker)")
     return payload
@@ -50,5 +51,6 @@ def load_model_state(model: torch.nn.Module, payload: dict[str, Any], source: st
     except (RuntimeError, KeyError) as error:
         first = str(error).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
-        raise CheckpointError(f"checkpoint {source} does not fit the model its config describes: "
-                              f"{detail[:300]}") from None
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model its config describes: {detail[:300]}"
+        ) from None

@@ -5,8 +5,8 @@ each handed to its handler (commands.py), each acknowledged and recorded as an e
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from rlr_engine.control.records import Command, Note
 from rlr_engine.run.boundary import StepBoundary
@@ -36,9 +36,14 @@ class CommandIntake:
         publish: ``publish(with_layers)`` publishes a snapshot after each command.
     """
 
-    def __init__(self, requests: "queue.Queue[Request]", boundary: StepBoundary | None,
-                 acknowledge: Callable[[Request, str, str], None], event: Callable[[str, str], None],
-                 publish: Callable[[bool], None]) -> None:
+    def __init__(
+        self,
+        requests: queue.Queue[Request],
+        boundary: StepBoundary | None,
+        acknowledge: Callable[[Request, str, str], None],
+        event: Callable[[str, str], None],
+        publish: Callable[[bool], None],
+    ) -> None:
         self.requests = requests
         self.boundary = boundary
         self.acknowledge = acknowledge

@@ -8,10 +8,23 @@ on the engine thread, between steps.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from rlr_engine.control.records import (AttackNow, Command, Note, Pause, RefreshLayers, Resume, SaveCheckpoint,
-                                        SetAdaptation, SetLearningRate, SetTau, Stop, Truncate)
+from rlr_engine.control.records import (
+    AttackNow,
+    Command,
+    Note,
+    Pause,
+    RefreshLayers,
+    Resume,
+    SaveCheckpoint,
+    SetAdaptation,
+    SetLearningRate,
+    SetTau,
+    Stop,
+    Truncate,
+)
 
 
 class RunControl(Protocol):
@@ -84,8 +97,11 @@ def resume(run: RunControl, command: Resume) -> str:
     if run.state != "paused":
         raise ValueError(f"cannot resume: the run is {run.state}")
     rolled_back = run.resume()
-    return (f"rolled back to the checkpoint at step {run.step} and resumed" if rolled_back
-            else f"resumed at step {run.step}")
+    return (
+        f"rolled back to the checkpoint at step {run.step} and resumed"
+        if rolled_back
+        else f"resumed at step {run.step}"
+    )
 
 
 def attack_now(run: RunControl, command: AttackNow) -> str:

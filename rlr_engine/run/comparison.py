@@ -10,10 +10,11 @@ import io
 import json
 import math
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, pstdev
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rlr_engine.control import comparison_files
 from rlr_engine.control.records import Snapshot
@@ -29,9 +30,9 @@ from rlr_engine.core.sanity import AttackRecord, Component, sanity_report
 from rlr_engine.run.engine import Engine
 from rlr_engine.run.host import serve_run
 from rlr_engine.run.saved_model import load_evaluation_target
-from rlr_engine.workload.attacks import probe_specs, robustness as measure, robustness_with_checks
+from rlr_engine.workload.attacks import probe_specs, robustness_with_checks
+from rlr_engine.workload.attacks import robustness as measure
 from rlr_engine.workload.data import to_float
-
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ class RunStopped(Exception):
     """A run of the comparison was stopped (Ctrl+C) before it finished; it can be resumed."""
 
 
-def ensure_run(config: RunConfig, run_dir: Path, device: str | None,
-               watch: Callable[[Engine, str], Snapshot]) -> dict[str, Any]:
+def ensure_run(
+    config: RunConfig, run_dir: Path, device: str | None, watch: Callable[[Engine, str], Snapshot]
+) -> dict[str, Any]:
     """Finish one run: reuse it when finished, resume it when it has a checkpoint, else start it.
     Its engine is hosted as ``rlr train`` hosts one (run lock, control socket, clean stop on
     Ctrl+C or SIGTERM), so ``rlr runs`` lists it and ``rlr-tui --attach`` steers it while it
@@ -77,8 +79,7 @@ def ensure_run(config: RunConfig, run_dir: Path, device: str | None,
     if run_dir.is_dir():
         stored = read_run_config(run_dir)
         if _comparable(stored) != _comparable(config):
-            raise PresetError(f"{run_dir} holds a run with different settings; remove it or choose "
-                              f"another --out")
+            raise PresetError(f"{run_dir} holds a run with different settings; remove it or choose another --out")
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
             if summary.get("state") == "finished":
@@ -95,8 +96,7 @@ def ensure_run(config: RunConfig, run_dir: Path, device: str | None,
         else:
             create_run_dir(run_dir, config)
         try:
-            snap, _ = serve_run(engine, detached=False,
-                                follow=lambda e: watch(e, f"{config.name} seed {config.seed}"))
+            snap, _ = serve_run(engine, detached=False, follow=lambda e: watch(e, f"{config.name} seed {config.seed}"))
         except CannotStart:
             if not resume:
                 discard_run_dir(run_dir)
@@ -118,8 +118,15 @@ def _comparable(config: RunConfig) -> dict[str, Any]:
     return raw
 
 
-def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack: str, samples: int,
-               device: str | None, eps: Sequence[float] | None = None) -> dict[str, Any]:
+def robustness(
+    config: RunConfig,
+    run_dir: Path,
+    summary: dict[str, Any],
+    attack: str,
+    samples: int,
+    device: str | None,
+    eps: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """Accuracy per ε (``eps``, or the preset's) under ``attack`` for a finished run, with the
     parts of an ensemble attack and the probes the sanity checks need, computed once from its
     checkpoint and cached in the run directory. The run's own final attack (whole test set) is
@@ -130,8 +137,7 @@ def robustness(config: RunConfig, run_dir: Path, summary: dict[str, Any], attack
         cached = json.loads(cache.read_text(encoding="utf-8"))
         if cached["eps"] == eps:
             return cached
-    _, _, model, images, labels = load_evaluation_target(run_dir / CHECKPOINT, samples,
-                                                         device=device or config.device)
+    _, _, model, images, labels = load_evaluation_target(run_dir / CHECKPOINT, samples, device=device or config.device)
     spec = config.attack_spec(attack, eps=eps)
     if attack == summary.get("attack") and list(summary["eps"]) == eps:
         probes = [measure(model, images, labels, p, to_input=to_float) for p in probe_specs(spec, config.dataset)]
@@ -151,13 +157,29 @@ def row_sanity(row: dict[str, Any], attacks: Sequence[str], dataset: str | None)
     for attack in attacks:
         entry = row[attack]
         info = ATTACKS[attack]
-        records.append(AttackRecord(attack, info.kind, info.norm, tuple(entry["eps"]),
-                                    tuple(m for m, _ in entry["accuracy"]), entry["samples"],
-                                    tuple(Component.from_dict(p) for p in entry.get("parts", []))))
+        records.append(
+            AttackRecord(
+                attack,
+                info.kind,
+                info.norm,
+                tuple(entry["eps"]),
+                tuple(m for m, _ in entry["accuracy"]),
+                entry["samples"],
+                tuple(Component.from_dict(p) for p in entry.get("parts", [])),
+            )
+        )
         for probe in entry.get("probes", []):
             pinfo = ATTACKS[probe["attack"]]
-            records.append(AttackRecord(probe["attack"], pinfo.kind, pinfo.norm, tuple(probe["eps"]),
-                                        tuple(probe["accuracy"]), probe["samples"]))
+            records.append(
+                AttackRecord(
+                    probe["attack"],
+                    pinfo.kind,
+                    pinfo.norm,
+                    tuple(probe["eps"]),
+                    tuple(probe["accuracy"]),
+                    probe["samples"],
+                )
+            )
     report = sanity_report(records, dataset)
     return report.to_dict()
 
@@ -187,7 +209,9 @@ def aggregate(results: Sequence[RunResult], attacks: Sequence[str]) -> list[dict
     for name, runs in by_preset.items():
         config = runs[0].config
         row: dict[str, Any] = {
-            "preset": name, "method": config.method_label, "seeds": len(runs),
+            "preset": name,
+            "method": config.method_label,
+            "seeds": len(runs),
             # A rank-adaptive run ends at ranks of its own: the mean over seeds (fixed ranks: the same).
             "rank_fraction": mean(r.summary["rank_fraction"] for r in runs),
             "compression": mean(r.summary["compression"] for r in runs),
@@ -196,22 +220,29 @@ def aggregate(results: Sequence[RunResult], attacks: Sequence[str]) -> list[dict
             "kappa_mean": _mean_std([mean(_kappas(r.summary)) for r in runs]),
             "kappa_max": _mean_std([max(_kappas(r.summary)) for r in runs]),
             "train_seconds": _mean_std([r.summary.get("train_seconds", math.nan) for r in runs]),
-            "kappa_layers": {layer["name"]: _mean_std([next(l["kappa"] for l in r.summary["layers"]
-                                                           if l["name"] == layer["name"]) for r in runs])[0]
-                             for layer in runs[0].summary["layers"]},
+            "kappa_layers": {
+                layer["name"]: _mean_std(
+                    [next(l["kappa"] for l in r.summary["layers"] if l["name"] == layer["name"]) for r in runs]
+                )[0]
+                for layer in runs[0].summary["layers"]
+            },
         }
         for attack in attacks:
             first = runs[0].robustness[attack]
             eps = first["eps"]
-            row[attack] = {"eps": eps, "accuracy": [_mean_std([r.robustness[attack]["accuracy"][i] for r in runs])
-                                                    for i in range(len(eps))],
-                           "samples": first["samples"],
-                           "parts": [dict(part, accuracy=_mean_columns([r.robustness[attack]["parts"][j]["accuracy"]
-                                                                         for r in runs]))
-                                     for j, part in enumerate(first.get("parts", []))],
-                           "probes": [dict(probe, accuracy=_mean_columns([r.robustness[attack]["probes"][j]["accuracy"]
-                                                                           for r in runs]))
-                                      for j, probe in enumerate(first.get("probes", []))]}
+            row[attack] = {
+                "eps": eps,
+                "accuracy": [_mean_std([r.robustness[attack]["accuracy"][i] for r in runs]) for i in range(len(eps))],
+                "samples": first["samples"],
+                "parts": [
+                    dict(part, accuracy=_mean_columns([r.robustness[attack]["parts"][j]["accuracy"] for r in runs]))
+                    for j, part in enumerate(first.get("parts", []))
+                ],
+                "probes": [
+                    dict(probe, accuracy=_mean_columns([r.robustness[attack]["probes"][j]["accuracy"] for r in runs]))
+                    for j, probe in enumerate(first.get("probes", []))
+                ],
+            }
         row["sanity"] = row_sanity(row, attacks, config.dataset)
         rows.append(row)
     return rows
@@ -225,14 +256,16 @@ def _pm(value: tuple[float, float]) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]], attack: str) -> str:
     eps = rows[0][attack]["eps"]
-    head = (["method", "preset", "rank kept", "param. compression"] +
-            [("clean" if e == 0 else f"ε={e:g}") for e in eps] + ["mean κ", "max κ", "train time (s)", "flags"])
+    head = (
+        ["method", "preset", "rank kept", "param. compression"]
+        + [("clean" if e == 0 else f"ε={e:g}") for e in eps]
+        + ["mean κ", "max κ", "train time (s)", "flags"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["method"], row["preset"], f"{row['rank_fraction']:.0%}", f"{row['compression']:.1%}"]
         cells += [pct_pm(*a) for a in row[attack]["accuracy"]]
-        cells += [_pm(row["kappa_mean"]), _pm(row["kappa_max"]),
-                  f"{row['train_seconds'][0]:.1f}", _flag_cell(row)]
+        cells += [_pm(row["kappa_mean"]), _pm(row["kappa_max"]), f"{row['train_seconds'][0]:.1f}", _flag_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -244,10 +277,12 @@ def _flag_cell(row: dict[str, Any]) -> str:
 
 def sanity_section(rows: Sequence[dict[str, Any]]) -> str:
     """Every flag and every check that could not run, per method."""
-    lines = ["## Sanity checks\n",
-             "Flags (see rlr_engine/core/sanity.py): accuracy rising with ε; an iterative attack above FGSM; the "
-             "black-box Square attack beating the white-box ones (gradient masking); more than 10 % correct at "
-             "a large ε. Probes (FGSM/PGD references, the large ε) are measured on the attack subset.\n"]
+    lines = [
+        "## Sanity checks\n",
+        "Flags (see rlr_engine/core/sanity.py): accuracy rising with ε; an iterative attack above FGSM; the "
+        "black-box Square attack beating the white-box ones (gradient masking); more than 10 % correct at "
+        "a large ε. Probes (FGSM/PGD references, the large ε) are measured on the attack subset.\n",
+    ]
     for row in rows:
         lines.append(f"- **{row['method']}** ({row['preset']}):")
         lines += [f"  - ⚠ {f['message']}" for f in row["sanity"]["flags"]] or ["  - no flags"]
@@ -257,11 +292,13 @@ def sanity_section(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_report(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str], command: str) -> None:
     seeds = rows[0]["seeds"] if rows else 0
-    parts = [f"# Comparison\n\nMade with:\n\n```\n{command}\n```\n",
-             f"Accuracy in % on the test set, mean ± std over {seeds} seed(s). "
-             "Parameter compression = 1 − params / params of the dense model, and rank kept, at the end "
-             "of training (rank-adaptive methods: mean over the seeds); κ over the compressible layers "
-             "(κ of S for low-rank layers).\n"]
+    parts = [
+        f"# Comparison\n\nMade with:\n\n```\n{command}\n```\n",
+        f"Accuracy in % on the test set, mean ± std over {seeds} seed(s). "
+        "Parameter compression = 1 − params / params of the dense model, and rank kept, at the end "
+        "of training (rank-adaptive methods: mean over the seeds); κ over the compressible layers "
+        "(κ of S for low-rank layers).\n",
+    ]
     for attack in attacks:
         samples = rows[0][attack]["samples"]
         where = "the whole test set" if not samples else f"a seeded subset of {samples} test images"
@@ -272,15 +309,43 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[st
     write_text_atomic(out / comparison_files.RESULTS_MD, "\n".join(parts))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["preset", "method", "seeds", "rank_fraction", "compression", "attack", "eps",
-                     "accuracy_mean", "accuracy_std", "kappa_mean", "kappa_max", "train_seconds", "flags"])
+    writer.writerow(
+        [
+            "preset",
+            "method",
+            "seeds",
+            "rank_fraction",
+            "compression",
+            "attack",
+            "eps",
+            "accuracy_mean",
+            "accuracy_std",
+            "kappa_mean",
+            "kappa_max",
+            "train_seconds",
+            "flags",
+        ]
+    )
     for row in rows:
         for attack in attacks:
             for e, (m, s) in zip(row[attack]["eps"], row[attack]["accuracy"]):
-                writer.writerow([row["preset"], row["method"], row["seeds"], row["rank_fraction"],
-                                 row["compression"], attack, e, m, s, row["kappa_mean"][0],
-                                 row["kappa_max"][0], row["train_seconds"][0],
-                                 ";".join(sorted({f["code"] for f in row["sanity"]["flags"]}))])
+                writer.writerow(
+                    [
+                        row["preset"],
+                        row["method"],
+                        row["seeds"],
+                        row["rank_fraction"],
+                        row["compression"],
+                        attack,
+                        e,
+                        m,
+                        s,
+                        row["kappa_mean"][0],
+                        row["kappa_max"][0],
+                        row["train_seconds"][0],
+                        ";".join(sorted({f["code"] for f in row["sanity"]["flags"]})),
+                    ]
+                )
     write_text_atomic(out / comparison_files.RESULTS_CSV, buffer.getvalue())
     write_text_atomic(out / comparison_files.RESULTS_JSON, json.dumps(list(rows), indent=1))
     write_plots(out, rows, attacks)
@@ -298,8 +363,9 @@ def write_plots(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str
             eps = row[attack]["eps"]
             means = [100 * m for m, _ in row[attack]["accuracy"]]
             stds = [100 * s for _, s in row[attack]["accuracy"]]
-            ax.errorbar(eps, means, yerr=stds, marker="o", capsize=3,
-                        label=f"{row['method']} ({row['rank_fraction']:.0%} rank)")
+            ax.errorbar(
+                eps, means, yerr=stds, marker="o", capsize=3, label=f"{row['method']} ({row['rank_fraction']:.0%} rank)"
+            )
         ax.set_xlabel("ε (pixel units)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy under {attack}")
@@ -313,8 +379,12 @@ def write_plots(out: Path, rows: Sequence[dict[str, Any]], attacks: Sequence[str
     width = 0.8 / max(len(rows), 1)
     for i, row in enumerate(rows):
         xs = [j + i * width for j in range(len(layer_names))]
-        ax.bar(xs, [row["kappa_layers"].get(n, math.nan) for n in layer_names], width,
-               label=f"{row['method']} ({row['rank_fraction']:.0%} rank)")
+        ax.bar(
+            xs,
+            [row["kappa_layers"].get(n, math.nan) for n in layer_names],
+            width,
+            label=f"{row['method']} ({row['rank_fraction']:.0%} rank)",
+        )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layer_names))], layer_names)
     ax.set_yscale("log")
     ax.set_xlabel("layer")

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+
 @dataclass(frozen=True)
 class Ranks:
     """This process's place in the job: global ``rank``, ``world_size`` and ``local_rank`` (its

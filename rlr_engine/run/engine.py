@@ -14,8 +14,9 @@ import queue
 import threading
 import traceback
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from rlr_engine.control.protocol import ENGINE_SESSION
 from rlr_engine.control.records import Ack, Command, Event, Snapshot, Stop
@@ -23,9 +24,9 @@ from rlr_engine.control.run_files import ERROR_LOG
 from rlr_engine.core.config import RunConfig
 from rlr_engine.core.errors import CannotStart, CheckpointError
 from rlr_engine.run.boundary import FollowerRecorder
+from rlr_engine.run.command_intake import Request
 from rlr_engine.run.distributed import SINGLE, Ranks
 from rlr_engine.run.recorder import Recorder
-from rlr_engine.run.command_intake import Request
 from rlr_engine.run.run_loop import RunLoop
 from rlr_engine.run.trainer import Trainer
 
@@ -53,8 +54,14 @@ class Engine:
     boundary (boundary.py).
     """
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False, ranks: Ranks = SINGLE,
-                 resume_settings: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        resume: bool = False,
+        ranks: Ranks = SINGLE,
+        resume_settings: Iterable[str] = (),
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.recorder = (Recorder if ranks.is_main else FollowerRecorder)(config, self.run_dir)
@@ -62,16 +69,17 @@ class Engine:
         self.acks: deque[Ack] = deque(maxlen=MAX_ACKS)
         self.listener: EngineListener | None = None
         self._requests: queue.Queue[Request] = queue.Queue()
-        self._loop = RunLoop(config, self.run_dir, self.recorder, ranks, resume, resume_settings, self._requests,
-                             self._acknowledge)
+        self._loop = RunLoop(
+            config, self.run_dir, self.recorder, ranks, resume, resume_settings, self._requests, self._acknowledge
+        )
         self._thread: threading.Thread | None = None
 
-    def setup(self) -> "Engine":
+    def setup(self) -> Engine:
         """Load everything the run needs (see RunLoop.setup); CheckpointError or CannotStart."""
         self._loop.setup()
         return self
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         self._thread = threading.Thread(target=self._run, name=f"rlr-engine-{self.config.name}", daemon=True)
         self._thread.start()
         return self

@@ -13,23 +13,27 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from rlr_engine.run.engine import Engine
-from rlr_engine.core.errors import CannotStart
 from rlr_engine.control.protocol import PROTOCOL_VERSION
 from rlr_engine.control.records import Snapshot, Stop
-from rlr_engine.control.run_files import CONTROL_SOCKET, ENGINE_LOG
 from rlr_engine.control.run_dirs import EngineLock
+from rlr_engine.control.run_files import CONTROL_SOCKET, ENGINE_LOG
+from rlr_engine.core.errors import CannotStart
+from rlr_engine.run.engine import Engine
 from rlr_engine.run.server import ControlServer
 
 STOP_SIGNALS = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGHUP: 129}
 
 
-def serve_run(engine: Engine, detached: bool, follow: Callable[[Engine], Snapshot],
-              on_ready: Callable[[Path], None] = lambda run_dir: None,
-              abort_on_second_interrupt: bool = True) -> tuple[Snapshot, int | None]:
+def serve_run(
+    engine: Engine,
+    detached: bool,
+    follow: Callable[[Engine], Snapshot],
+    on_ready: Callable[[Path], None] = lambda run_dir: None,
+    abort_on_second_interrupt: bool = True,
+) -> tuple[Snapshot, int | None]:
     """Run ``engine`` (already set up, its run directory created) with its control server until it
     ends; ``follow(engine)`` shows it meanwhile and returns the last snapshot. Returns that
     snapshot and the stop signal's exit code (None when no signal stopped it); CannotStart, with
@@ -37,9 +41,15 @@ def serve_run(engine: Engine, detached: bool, follow: Callable[[Engine], Snapsho
     aborts unless ``abort_on_second_interrupt`` is false (under torchrun, whose agent repeats
     the terminal's Ctrl+C)."""
     run_dir = engine.run_dir
-    lock = EngineLock(run_dir, {"protocol": PROTOCOL_VERSION, "preset": engine.config.name,
-                                "total_steps": engine.trainer.total_steps if engine.trainer else None,
-                                "detached": detached})
+    lock = EngineLock(
+        run_dir,
+        {
+            "protocol": PROTOCOL_VERSION,
+            "preset": engine.config.name,
+            "total_steps": engine.trainer.total_steps if engine.trainer else None,
+            "detached": detached,
+        },
+    )
     server = ControlServer(engine, run_dir / CONTROL_SOCKET)
     engine.listener = server
     stopped_by: list[int] = []

@@ -35,9 +35,17 @@ class Publisher:
         self._window_start = time.monotonic()
         self._throughput = 0.0
         self._version = 0
-        self._latest = Snapshot(preset=config.name, method=config.method_label, dataset=config.dataset,
-                                model=config.model, run_dir=run_dir, epochs=config.epochs, tau=config.tau,
-                                theta=config.truncate_theta, lr=config.lr)
+        self._latest = Snapshot(
+            preset=config.name,
+            method=config.method_label,
+            dataset=config.dataset,
+            model=config.model,
+            run_dir=run_dir,
+            epochs=config.epochs,
+            tau=config.tau,
+            theta=config.truncate_theta,
+            lr=config.lr,
+        )
 
     def latest(self) -> Snapshot:
         return self._latest
@@ -57,8 +65,9 @@ class Publisher:
         elapsed = max(time.monotonic() - self._window_start, 1e-9)
         loss, acc, n = trainer.read_window()
         self._throughput = n / elapsed
-        self.recorder.train_window(trainer.step, trainer.epoch, loss, acc, trainer.lr, trainer.tau,
-                                   self._throughput, elapsed)
+        self.recorder.train_window(
+            trainer.step, trainer.epoch, loss, acc, trainer.lr, trainer.tau, self._throughput, elapsed
+        )
         self._window_start = time.monotonic()
 
     def exclude_from_window(self, seconds: float) -> None:
@@ -82,8 +91,9 @@ class Publisher:
         return time.monotonic() - self._layers_at >= self._spectra_interval and trainer.at_window_boundary
 
     # -- snapshots --------------------------------------------------------------------------------
-    def publish(self, trainer: Trainer | None, state: str, message: str, method: str, device: str,
-                with_layers: bool = False) -> None:
+    def publish(
+        self, trainer: Trainer | None, state: str, message: str, method: str, device: str, with_layers: bool = False
+    ) -> None:
         """Swap in a new snapshot of the run in ``state``; ``with_layers``: with fresh spectra."""
         if trainer is not None and with_layers:
             started = time.monotonic()
@@ -100,17 +110,35 @@ class Publisher:
             eta = max(trainer.total_steps - trainer.step, 0) * self.config.batch_size / rate
         self._version += 1
         changes: dict[str, Any] = dict(
-            state=state, message=message, device=device, samples_per_s=rate, eta_s=eta,
+            state=state,
+            message=message,
+            device=device,
+            samples_per_s=rate,
+            eta_s=eta,
             curves={name: series.points() for name, series in recorder.curves.items()},
             adversarial=recorder.attack_history[-1] if recorder.attack_history else None,
-            adversarial_history=tuple(recorder.attack_history), events=tuple(recorder.recent_events()),
-            last_checkpoint_step=recorder.last_checkpoint_step, version=self._version, **recorder.last_values)
+            adversarial_history=tuple(recorder.attack_history),
+            events=tuple(recorder.recent_events()),
+            last_checkpoint_step=recorder.last_checkpoint_step,
+            version=self._version,
+            **recorder.last_values,
+        )
         if trainer is not None:
             report = trainer.report
             changes.update(
-                method=method, step=trainer.step, epoch=trainer.epoch, total_steps=trainer.total_steps,
-                tau=trainer.tau, theta=trainer.theta, lr=trainer.lr, beta=trainer.beta,
-                adapt_every=trainer.adapt_every, layers=self.layer_stats, params=report.params,
-                dense_params=report.dense_params, compression=report.compression,
-                rank_fraction=report.rank_fraction)
+                method=method,
+                step=trainer.step,
+                epoch=trainer.epoch,
+                total_steps=trainer.total_steps,
+                tau=trainer.tau,
+                theta=trainer.theta,
+                lr=trainer.lr,
+                beta=trainer.beta,
+                adapt_every=trainer.adapt_every,
+                layers=self.layer_stats,
+                params=report.params,
+                dense_params=report.dense_params,
+                compression=report.compression,
+                rank_fraction=report.rank_fraction,
+            )
         self._latest = replace(self._latest, **changes)

@@ -5,8 +5,8 @@ changed nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
 
 from rlr_engine.method.condlr import RankChange
 

@@ -10,17 +10,18 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from rlr_engine.core.atomic_files import write_text_atomic
-from rlr_engine.run.checkpoint import load_checkpoint, save_atomic
-from rlr_engine.core.history import DecimatingSeries
-from rlr_engine.core.config import RunConfig
 from rlr_engine.control.protocol import attack_result_from_dict, attack_result_to_dict, event_from_dict, event_to_dict
 from rlr_engine.control.records import RECENT_EVENTS, AttackResult, Event, LayerStats
-from rlr_engine.control.run_files import CHECKPOINT, EVENTS, METRICS, SUMMARY, TENSORBOARD
 from rlr_engine.control.run_dirs import append_jsonl, read_jsonl, trim_jsonl
+from rlr_engine.control.run_files import CHECKPOINT, EVENTS, METRICS, SUMMARY, TENSORBOARD
+from rlr_engine.core.atomic_files import write_text_atomic
+from rlr_engine.core.config import RunConfig
+from rlr_engine.core.history import DecimatingSeries
+from rlr_engine.run.checkpoint import load_checkpoint, save_atomic
 from rlr_engine.run.tensorboard_log import TensorBoardLog
 
 CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc")
@@ -37,16 +38,20 @@ class Recorder:
         self.last_values: dict[str, float | None] = {name: None for name in CURVES}
         self.attack_history: list[AttackResult] = []
         # A resumed run shows the events of its earlier life too, and numbers on from them.
-        self.events: deque[Event] = deque((event_from_dict(r) for r in read_jsonl(self.run_dir / EVENTS)),
-                                          maxlen=RECENT_EVENTS)
+        self.events: deque[Event] = deque(
+            (event_from_dict(r) for r in read_jsonl(self.run_dir / EVENTS)), maxlen=RECENT_EVENTS
+        )
         self.event_seq = self.events[-1].seq if self.events else 0
         self.last_checkpoint_step: int | None = None
         self._events_lock = threading.Lock()  # the control server logs client trouble from its thread
         # Told of every event as it is recorded (the engine passes them on to attached dashboards).
         self.on_event: Callable[[Event], None] | None = None
         # TensorBoard mirror (tensorboard = true): fed at the same points as metrics.jsonl.
-        self.tensorboard = (TensorBoardLog(self.run_dir / TENSORBOARD, on_failure=self._tensorboard_failed)
-                            if config.tensorboard else None)
+        self.tensorboard = (
+            TensorBoardLog(self.run_dir / TENSORBOARD, on_failure=self._tensorboard_failed)
+            if config.tensorboard
+            else None
+        )
 
     def clear_summary(self) -> None:
         """A resumed run is no longer stopped or finished."""
@@ -78,26 +83,76 @@ class Recorder:
             return list(self.events)
 
     # -- metrics --------------------------------------------------------------------------------
-    def train_window(self, step: int, epoch: int, loss: float, acc: float, lr: float, tau: float,
-                     samples_per_s: float, seconds: float) -> None:
+    def train_window(
+        self,
+        step: int,
+        epoch: int,
+        loss: float,
+        acc: float,
+        lr: float,
+        tau: float,
+        samples_per_s: float,
+        seconds: float,
+    ) -> None:
         if math.isfinite(loss):
             self.curves["train_loss"].append(step, loss)
             self.curves["train_acc"].append(step, acc)
             self.last_values["train_loss"], self.last_values["train_acc"] = loss, acc
-        self._metric({"type": "train", "step": step, "epoch": epoch, "train_loss": loss, "train_acc": acc, "lr": lr,
-                      "tau": tau, "samples_per_s": samples_per_s, "seconds": seconds})
+        self._metric(
+            {
+                "type": "train",
+                "step": step,
+                "epoch": epoch,
+                "train_loss": loss,
+                "train_acc": acc,
+                "lr": lr,
+                "tau": tau,
+                "samples_per_s": samples_per_s,
+                "seconds": seconds,
+            }
+        )
 
-    def evaluation(self, step: int, epoch: int, val_loss: float, val_acc: float, test_acc: float,
-                   layers: tuple[LayerStats, ...], compression: float | None = None) -> None:
+    def evaluation(
+        self,
+        step: int,
+        epoch: int,
+        val_loss: float,
+        val_acc: float,
+        test_acc: float,
+        layers: tuple[LayerStats, ...],
+        compression: float | None = None,
+    ) -> None:
         for name, value in (("val_loss", val_loss), ("val_acc", val_acc), ("test_acc", test_acc)):
             if not math.isnan(value):
                 self.curves[name].append(step, value)
                 self.last_values[name] = value
-        self._metric({"type": "eval", "step": step, "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
-                      "test_acc": test_acc})
-        self._metric({"type": "layers", "step": step, **({} if compression is None else {"compression": compression}),
-                      "layers": [{"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa,
-                                  "sigma_max": s.sigma_max} for s in layers]})
+        self._metric(
+            {
+                "type": "eval",
+                "step": step,
+                "epoch": epoch,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_acc": test_acc,
+            }
+        )
+        self._metric(
+            {
+                "type": "layers",
+                "step": step,
+                **({} if compression is None else {"compression": compression}),
+                "layers": [
+                    {
+                        "name": s.name,
+                        "rank": s.rank,
+                        "full_rank": s.full_rank,
+                        "kappa": s.kappa,
+                        "sigma_max": s.sigma_max,
+                    }
+                    for s in layers
+                ],
+            }
+        )
         self.event(step, "evaluation", f"epoch {epoch}: val acc {val_acc:.2%}, test acc {test_acc:.2%}")
 
     def attack(self, result: AttackResult, samples: int) -> None:
@@ -125,12 +180,14 @@ class Recorder:
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, trainer_state: dict[str, Any], config: RunConfig) -> Path:
         payload = dict(trainer_state)
-        payload.update({
-            "curves": {name: series.state_dict() for name, series in self.curves.items()},
-            "last_values": dict(self.last_values),
-            "attack_history": [attack_result_to_dict(r) for r in self.attack_history],
-            "config": config.to_dict(),
-        })
+        payload.update(
+            {
+                "curves": {name: series.state_dict() for name, series in self.curves.items()},
+                "last_values": dict(self.last_values),
+                "attack_history": [attack_result_to_dict(r) for r in self.attack_history],
+                "config": config.to_dict(),
+            }
+        )
         path = save_atomic(payload, self.checkpoint_path)
         self.last_checkpoint_step = trainer_state["step"]
         self.event(trainer_state["step"], "checkpoint", f"checkpoint at step {trainer_state['step']} → {path}")
@@ -156,8 +213,7 @@ class Recorder:
     # -- the end --------------------------------------------------------------------------------
     def write_summary(self, state: str, method: str, tau: float, facts: dict[str, Any]) -> None:
         """summary.json of this run (see ``write_summary``)."""
-        write_summary(self.run_dir, self.config, state, method, tau, facts, self.last_values,
-                      self.last_checkpoint_step)
+        write_summary(self.run_dir, self.config, state, method, tau, facts, self.last_values, self.last_checkpoint_step)
 
     def close(self) -> None:
         """The run's thread ends: flush what is buffered (TensorBoard event files)."""
@@ -170,12 +226,29 @@ def train_seconds(run_dir: Path) -> float:
     return sum(r.get("seconds", 0.0) for r in read_jsonl(run_dir / METRICS) if r.get("type") == "train")
 
 
-def write_summary(run_dir: Path, config: RunConfig, state: str, method: str, tau: float, facts: dict[str, Any],
-                  last_values: dict[str, float | None], last_checkpoint_step: int | None) -> None:
+def write_summary(
+    run_dir: Path,
+    config: RunConfig,
+    state: str,
+    method: str,
+    tau: float,
+    facts: dict[str, Any],
+    last_values: dict[str, float | None],
+    last_checkpoint_step: int | None,
+) -> None:
     """summary.json: ``state`` (finished, stopped or failed), the method as it ended (its label
     names the τ and β set live), the τ it ended with and the run's final numbers."""
-    summary = {"state": state, "preset": config.name, "method": method, "tau": tau, "dataset": config.dataset,
-               "model": config.model, **facts, "val_acc": last_values.get("val_acc"),
-               "test_acc": last_values.get("test_acc"), "last_checkpoint_step": last_checkpoint_step,
-               "train_seconds": train_seconds(run_dir)}
+    summary = {
+        "state": state,
+        "preset": config.name,
+        "method": method,
+        "tau": tau,
+        "dataset": config.dataset,
+        "model": config.model,
+        **facts,
+        "val_acc": last_values.get("val_acc"),
+        "test_acc": last_values.get("test_acc"),
+        "last_checkpoint_step": last_checkpoint_step,
+        "train_seconds": train_seconds(run_dir),
+    }
     write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from rlr_engine.control.records import AttackResult
 from rlr_engine.core.config import AttackSpec, RunConfig, method_label
@@ -31,9 +32,17 @@ class RunLoop:
     ``requests`` is the queue the thread-safe side fills; ``acknowledge(request, status,
     message)`` reports each command's outcome (command_intake.py)."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, recorder: Recorder, ranks: Ranks, resume: bool,
-                 resume_settings: Iterable[str], requests: "queue.Queue[Request]",
-                 acknowledge: Callable[[Request, str, str], None]) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        recorder: Recorder,
+        ranks: Ranks,
+        resume: bool,
+        resume_settings: Iterable[str],
+        requests: queue.Queue[Request],
+        acknowledge: Callable[[Request, str, str], None],
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.recorder = recorder
@@ -60,8 +69,9 @@ class RunLoop:
         ready = set_up(self.config, self.ranks, self.recorder, self.resume_requested, self.resume_settings)
         self.trainer, self.device_name = ready.trainer, ready.device_name
         self._resume_payload, self._resume_notes = ready.resume_payload, ready.resume_notes
-        self._rank_reports = RankReports(ready.trainer.adaptation.ranks() if ready.trainer.adaptation is not None
-                                         else {})
+        self._rank_reports = RankReports(
+            ready.trainer.adaptation.ranks() if ready.trainer.adaptation is not None else {}
+        )
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -82,8 +92,11 @@ class RunLoop:
         self.publisher.reset_window(trainer)
         self.publisher.refresh_layers(trainer)
         self.state = "running"
-        self.event("info", f"{'resumed' if self.resume_requested else 'started'} {self.config.name} "
-                           f"({self.method_label}) on {self.device_name} at step {trainer.step}")
+        self.event(
+            "info",
+            f"{'resumed' if self.resume_requested else 'started'} {self.config.name} "
+            f"({self.method_label}) on {self.device_name} at step {trainer.step}",
+        )
         for kind, message in self._resume_notes:
             self.event(kind, message)
 
@@ -140,9 +153,17 @@ class RunLoop:
             if self.recorder.last_checkpoint_step != trainer.step:
                 self.checkpoint()
             self.state = "finished"
-            self.recorder.write_summary("finished", self.method_label, trainer.tau, {
-                **self._facts(), "attack": result.attack, "eps": list(result.eps),
-                "adversarial_accuracy": list(result.accuracy)})
+            self.recorder.write_summary(
+                "finished",
+                self.method_label,
+                trainer.tau,
+                {
+                    **self._facts(),
+                    "attack": result.attack,
+                    "eps": list(result.eps),
+                    "adversarial_accuracy": list(result.accuracy),
+                },
+            )
             self.event("info", f"finished after {trainer.step} steps")
         self.publish()
 
@@ -162,11 +183,19 @@ class RunLoop:
         trainer, report = self._trainer, self._trainer.report
         if trainer.at_window_boundary:
             self.publisher.refresh_layers(trainer)  # the run's final ranks and κ
-        return {"steps": trainer.step, "total_steps": trainer.total_steps, "epochs": trainer.epoch,
-                "rank_fraction": report.rank_fraction, "params": report.params, "dense_params": report.dense_params,
-                "compression": report.compression,
-                "layers": [{"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa}
-                           for s in self.publisher.layer_stats]}
+        return {
+            "steps": trainer.step,
+            "total_steps": trainer.total_steps,
+            "epochs": trainer.epoch,
+            "rank_fraction": report.rank_fraction,
+            "params": report.params,
+            "dense_params": report.dense_params,
+            "compression": report.compression,
+            "layers": [
+                {"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa}
+                for s in self.publisher.layer_stats
+            ],
+        }
 
     # -- what the run reports ---------------------------------------------------------------------
     @property
@@ -190,8 +219,7 @@ class RunLoop:
         self.recorder.event(self.step, kind, message)
 
     def publish(self, with_layers: bool = False) -> None:
-        self.publisher.publish(self.trainer, self.state, self.message, self.method_label, self.device_name,
-                               with_layers)
+        self.publisher.publish(self.trainer, self.state, self.message, self.method_label, self.device_name, with_layers)
 
     def _maybe_publish(self) -> None:
         # Under torch.distributed reading the window is a collective: rank 0 decides, at a boundary.
@@ -207,12 +235,17 @@ class RunLoop:
     def _report_rank_changes(self) -> None:
         """One event per window that changed ranks (a summary, not a line per layer)."""
         trainer = self._trainer
-        moves = [f"{c.layer} {c.old_rank}→{c.new_rank}" for c in self._rank_reports.rebase(trainer.take_rank_changes())
-                 if c.new_rank != c.old_rank]
+        moves = [
+            f"{c.layer} {c.old_rank}→{c.new_rank}"
+            for c in self._rank_reports.rebase(trainer.take_rank_changes())
+            if c.new_rank != c.old_rank
+        ]
         if not moves:
             return
-        self.event("truncation", f"window ended: {', '.join(moves)}; {trainer.report.compression:.1%} of the "
-                                 f"parameters removed")
+        self.event(
+            "truncation",
+            f"window ended: {', '.join(moves)}; {trainer.report.compression:.1%} of the parameters removed",
+        )
         # Spectra are stale: the next snapshot at a window boundary reads them (not here, every
         # window of the training loop; the compression figure is already current).
         self.publisher.layers_stale()
@@ -255,8 +288,15 @@ class RunLoop:
         val_loss, val_acc, test_acc = trainer.evaluate()
         if trainer.at_window_boundary:
             self.publisher.refresh_layers(trainer)
-        self.recorder.evaluation(trainer.step, trainer.epoch, val_loss, val_acc, test_acc,
-                                 self.publisher.layer_stats, trainer.report.compression)
+        self.recorder.evaluation(
+            trainer.step,
+            trainer.epoch,
+            val_loss,
+            val_acc,
+            test_acc,
+            self.publisher.layer_stats,
+            trainer.report.compression,
+        )
 
     def attack(self, spec: AttackSpec, full: bool) -> AttackResult:
         trainer = self._trainer
@@ -285,8 +325,10 @@ class RunLoop:
         if not changed:
             self.event("truncation", f"{what} ({rule}): no rank changed")
         for change in changed:
-            self.event("truncation", f"{change.layer}: rank {change.old_rank} → {change.new_rank} "
-                                     f"(‖ΔW‖_F = {change.discarded_norm:.3g})")
+            self.event(
+                "truncation",
+                f"{change.layer}: rank {change.old_rank} → {change.new_rank} (‖ΔW‖_F = {change.discarded_norm:.3g})",
+            )
         self.publisher.refresh_layers(trainer)
         return f"{what} ({rule}) at step {trainer.step}: {len(changed)} layer(s) changed rank"
 
@@ -301,8 +343,10 @@ class RunLoop:
         if self._diverged:
             trainer = self._trainer
             if not self.recorder.checkpoint_path.is_file():
-                raise ValueError("training diverged and there is no good checkpoint to roll back to; "
-                                 "stop and start again with a lower learning rate")
+                raise ValueError(
+                    "training diverged and there is no good checkpoint to roll back to; "
+                    "stop and start again with a lower learning rate"
+                )
             tau, lr = trainer.tau, trainer.lr
             payload = self.recorder.load_checkpoint(trainer.device)
             trainer.load_state_dict(payload, str(self.recorder.checkpoint_path))
@@ -342,9 +386,13 @@ class RunLoop:
         self._diverged = True
         self.state = "paused"
         last = self.recorder.last_checkpoint_step
-        where = (f"the last good checkpoint (step {last}) is kept" if last is not None
-                 else "no checkpoint was written yet")
-        self.event("error", f"non-finite loss near step {self.step}: training paused; {where}. "
-                            f"Lower the learning rate and resume to roll back.")
+        where = (
+            f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written yet"
+        )
+        self.event(
+            "error",
+            f"non-finite loss near step {self.step}: training paused; {where}. "
+            f"Lower the learning rate and resume to roll back.",
+        )
         self.publisher.reset_window(self.trainer)
         return True

@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 
 from rlr_engine.run.checkpoint import load_checkpoint, load_model_state
-from rlr_engine.workload.data import load_dataset
 from rlr_engine.run.trainer import build_network, resolve_device
+from rlr_engine.workload.data import load_dataset
 
 
-def load_evaluation_target(checkpoint: str | Path, samples: int = 0, device: str = "auto",
-                           data_dir: str | None = None):
+def load_evaluation_target(checkpoint: str | Path, samples: int = 0, device: str = "auto", data_dir: str | None = None):
     """Load a saved model with the config stored beside it, in eval mode, and its test set (or a
     seeded subset of ``samples`` images) for attacking.
     Returns (config, step, model, uint8 images, labels)."""
@@ -22,8 +21,9 @@ def load_evaluation_target(checkpoint: str | Path, samples: int = 0, device: str
     dev = resolve_device(device)
     payload = load_checkpoint(checkpoint, dev)
     config = validate(payload["config"], source=f"{checkpoint} (stored config)")
-    data = load_dataset(config.dataset, data_dir or config.data_dir, config.download, config.val_fraction,
-                        config.seed, dev)
+    data = load_dataset(
+        config.dataset, data_dir or config.data_dir, config.download, config.val_fraction, config.seed, dev
+    )
     model = build_network(config, data).to(dev)
     load_model_state(model, payload, checkpoint)
     images, labels = data.test.images, data.test.labels

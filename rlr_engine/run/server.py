@@ -31,8 +31,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlr_engine.control.protocol import (ENGINE_SESSION, MAX_LINE, MAX_SNAPSHOT_HZ, ProtocolError, ack_message, check_hello, command_from_dict,
-                       decode, encode, error_message, event_to_dict, snapshot_to_dict, welcome)
+from rlr_engine.control.protocol import (
+    ENGINE_SESSION,
+    MAX_LINE,
+    MAX_SNAPSHOT_HZ,
+    ProtocolError,
+    ack_message,
+    check_hello,
+    command_from_dict,
+    decode,
+    encode,
+    error_message,
+    event_to_dict,
+    snapshot_to_dict,
+    welcome,
+)
 from rlr_engine.control.records import Ack, Event
 from rlr_engine.control.unix_socket import socket_address
 
@@ -73,7 +86,7 @@ class _Client:
 class ControlServer:
     """Serves ``engine`` on the Unix socket ``path`` (created with mode 0600)."""
 
-    def __init__(self, engine: "Engine", path: str | Path) -> None:
+    def __init__(self, engine: Engine, path: str | Path) -> None:
         self.engine = engine
         self.path = Path(path)
         self._selector = selectors.DefaultSelector()
@@ -91,7 +104,7 @@ class ControlServer:
         self._end_message: dict[str, Any] | None = None
 
     # -- life ------------------------------------------------------------------------------------
-    def start(self) -> "ControlServer":
+    def start(self) -> ControlServer:
         """Bind (replacing a stale socket file: the caller holds the run's engine lock), listen,
         and serve in a daemon thread."""
         self.path.unlink(missing_ok=True)
@@ -232,8 +245,9 @@ class ControlServer:
                 self._drop(client, f"not reading (backlog over {MAX_BACKLOG_BYTES >> 20} MiB)")
             elif not client.greeted and client.closing_since is None and now - client.connected_at > HELLO_TIMEOUT_S:
                 self._refuse(client, f"no hello within {HELLO_TIMEOUT_S:g} s")
-            elif client.closing_since is not None and (not client.wants_write or
-                                                       now - client.closing_since > CLOSE_GRACE_S):
+            elif client.closing_since is not None and (
+                not client.wants_write or now - client.closing_since > CLOSE_GRACE_S
+            ):
                 self._close_client(client)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -259,7 +273,7 @@ class ControlServer:
                     self._refuse(client, f"line over the limit of {MAX_LINE} bytes")
                 return
             line = bytes(client.inbox[:end])
-            del client.inbox[:end + 1]
+            del client.inbox[: end + 1]
             if len(line) + 1 > MAX_LINE:
                 self._refuse(client, f"line over the limit of {MAX_LINE} bytes")
                 return
@@ -282,8 +296,9 @@ class ControlServer:
                 self._refuse(client, str(error))
                 return
             client.greeted = True
-            client.queue(encode(welcome(client.session, os.getpid(), str(self.engine.run_dir),
-                                        self.engine.recent_events())))
+            client.queue(
+                encode(welcome(client.session, os.getpid(), str(self.engine.run_dir), self.engine.recent_events()))
+            )
             snap = self.engine.latest()
             client.snapshot = encode({"type": "snapshot", "snapshot": snapshot_to_dict(snap, with_events=False)})
             self._want_write(client)
@@ -339,7 +354,8 @@ class ControlServer:
         if client.session not in self._clients:
             return
         events = (selectors.EVENT_READ if client.reading and client.closing_since is None else 0) | (
-            selectors.EVENT_WRITE if client.wants_write else 0)
+            selectors.EVENT_WRITE if client.wants_write else 0
+        )
         try:
             if events:
                 self._selector.modify(client.sock, events, client.session)

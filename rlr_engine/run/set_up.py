@@ -3,8 +3,9 @@ run its checkpoint and what its resume tells the user. Nothing is written."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from rlr_engine.core.config import RunConfig
 from rlr_engine.core.errors import CannotStart
@@ -27,8 +28,7 @@ class SetUp:
     resume_notes: list[tuple[str, str]]
 
 
-def set_up(config: RunConfig, ranks: Ranks, recorder: Recorder, resume: bool,
-           resume_settings: Iterable[str]) -> SetUp:
+def set_up(config: RunConfig, ranks: Ranks, recorder: Recorder, resume: bool, resume_settings: Iterable[str]) -> SetUp:
     """Load everything a run needs; raises CheckpointError or CannotStart (no data set, no such
     device, settings this model cannot take). The checkpoint of a resumed run is read first, so
     a corrupt one is reported before the data set loads.
@@ -46,8 +46,9 @@ def set_up(config: RunConfig, ranks: Ranks, recorder: Recorder, resume: bool,
         if payload is not None:
             warnings = trainer.load_state_dict(payload, str(recorder.checkpoint_path))
             saved, current = payload.get("config", {}), config.to_dict()
-            keys = frozenset(resume_settings) | {key for key in RESTORED_ON_RESUME
-                                                 if key in saved and saved[key] != current[key]}
+            keys = frozenset(resume_settings) | {
+                key for key in RESTORED_ON_RESUME if key in saved and saved[key] != current[key]
+            }
             changes = trainer.set_restored(config, keys)
             notes = resume_notes(recorder.recent_events(), payload["step"], warnings, changes)
     except ValueError as error:  # a setting this model cannot take (the message names it)

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from rlr_engine.control.metrics_table import flatten_record
-from rlr_engine.core.extras import installed, tensorboard_unavailable
-from rlr_engine.core.errors import PresetError
 from rlr_engine.control.records import Event, LayerStats
+from rlr_engine.core.errors import PresetError
+from rlr_engine.core.extras import installed, tensorboard_unavailable
 
 # Event files reach the disk at least this often while a run lives; TensorBoard re-reads its
 # logdir every few seconds.
@@ -42,9 +43,14 @@ FLUSH_SECONDS = 10
 HISTOGRAM_BINS = 30
 
 SCALAR_TAGS = {
-    "train_loss": "loss/train", "val_loss": "loss/val",
-    "train_acc": "accuracy/train", "val_acc": "accuracy/val", "test_acc": "accuracy/test",
-    "lr": "optimizer/lr", "tau": "optimizer/tau", "samples_per_s": "speed/samples_per_s",
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "train_acc": "accuracy/train",
+    "val_acc": "accuracy/val",
+    "test_acc": "accuracy/test",
+    "lr": "optimizer/lr",
+    "tau": "optimizer/tau",
+    "samples_per_s": "speed/samples_per_s",
     "compression": "parameters/compression",
 }
 NESTED_SCALAR_PREFIXES = ("rank/", "kappa/", "sigma_max/", "adv/")
@@ -102,8 +108,14 @@ class EventFile:
         self._add_event(step, [self.summary.Value(tag=tag, simple_value=value) for tag, value in points])
 
     def add_histograms(self, step: int, values_by_tag: dict[str, Any]) -> None:
-        self._add_event(step, [value for tag, array in values_by_tag.items()
-                               for value in self.histogram(tag, array, bins=HISTOGRAM_BINS).value])
+        self._add_event(
+            step,
+            [
+                value
+                for tag, array in values_by_tag.items()
+                for value in self.histogram(tag, array, bins=HISTOGRAM_BINS).value
+            ],
+        )
 
     def _add_event(self, step: int, values: list) -> None:
         """One event holding ``values`` (Summary.Value protos) at ``step``; none when empty."""
@@ -133,8 +145,12 @@ class TensorBoardLog:
     install) is passed once to ``on_failure(step, message)``, on the caller's thread at its next
     call (or at ``close()``), and nothing more is written for the rest of the run."""
 
-    def __init__(self, directory: str | Path, on_failure: Callable[[int, str], None],
-                 open_writer: Callable[[Path, int | None], EventFileLike] = open_event_file) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        on_failure: Callable[[int, str], None],
+        open_writer: Callable[[Path, int | None], EventFileLike] = open_event_file,
+    ) -> None:
         self.directory = Path(directory)
         self.on_failure = on_failure
         self.open_writer = open_writer
@@ -169,8 +185,11 @@ class TensorBoardLog:
         def write(writer: EventFileLike) -> None:
             import numpy as np
 
-            writer.add_histograms(step, {f"sigma/{layer.name}": np.asarray(layer.sigma, dtype=np.float64)
-                                         for layer in layers if layer.sigma})
+            writer.add_histograms(
+                step,
+                {f"sigma/{layer.name}": np.asarray(layer.sigma, dtype=np.float64) for layer in layers if layer.sigma},
+            )
+
         self._queue(step, write)
 
     def event(self, event: Event) -> None:

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlr_engine.workload.attacks import adversarial_correct
-from rlr_engine.run.checkpoint import load_model_state
+from rlr_engine.control.records import LayerStats
+from rlr_engine.core.config import AttackSpec, RunConfig
+from rlr_engine.core.errors import DeviceUnavailable
+from rlr_engine.core.validation import check_adapt_every, check_beta, check_lr, check_theta
 from rlr_engine.method.adaptive import RankAdaptation, core_optimizer
 from rlr_engine.method.condlr import CondLR, RankChange
-from rlr_engine.workload.data import ImageData, augment, load_dataset, to_float
-from rlr_engine.core.errors import DeviceUnavailable
-from rlr_engine.run.distributed import SINGLE, Ranks
 from rlr_engine.method.lowrank import ParameterReport, full_rank_of, parameter_report, to_low_rank
+from rlr_engine.run.checkpoint import load_model_state
+from rlr_engine.run.distributed import SINGLE, Ranks
+from rlr_engine.workload.attacks import adversarial_correct
+from rlr_engine.workload.data import ImageData, augment, load_dataset, to_float
 from rlr_engine.workload.models import build_model, compile_model, use_channels_last
-from rlr_engine.core.config import RunConfig
-from rlr_engine.core.config import AttackSpec
-from rlr_engine.control.records import LayerStats
 from rlr_engine.workload.spectra import compressible_layers, layer_stats
-from rlr_engine.core.validation import check_adapt_every, check_beta, check_lr, check_theta
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,8 +36,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable("device = 'cuda' was asked for but no CUDA GPU is available; "
-                                 "use device = 'cpu' or 'auto'")
+        raise DeviceUnavailable(
+            "device = 'cuda' was asked for but no CUDA GPU is available; use device = 'cpu' or 'auto'"
+        )
     return device
 
 
@@ -55,8 +56,13 @@ def build_network(config: RunConfig, data: ImageData) -> nn.Module:
         if config.last_layer == "full-rank":
             last_name, last = compressible_layers(model)[-1]
             ranks = {last_name: full_rank_of(last)}
-        to_low_rank(model, config.rank_fraction, ranks=ranks, skip_last=True,
-                    max_rank_fraction=config.max_rank_fraction if config.is_rank_adaptive else None)
+        to_low_rank(
+            model,
+            config.rank_fraction,
+            ranks=ranks,
+            skip_last=True,
+            max_rank_fraction=config.max_rank_fraction if config.is_rank_adaptive else None,
+        )
     if config.channels_last:
         use_channels_last(model)
     if config.compile:
@@ -94,7 +100,7 @@ class Trainer:
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         subset = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(config.seed + 1))
         if config.attack_samples:
-            subset = subset[:config.attack_samples]
+            subset = subset[: config.attack_samples]
         self.attack_indices = subset.to(device)
         self.permutation: torch.Tensor | None = None
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
@@ -126,19 +132,36 @@ class Trainer:
             self.train_module = self.ranks.wrap(self.model, self.device)
             self._wrapped = params
 
-    def _build_optimizer(self, restoring: bool = False) -> tuple[torch.optim.Optimizer,
-                                                                 torch.optim.lr_scheduler.MultiStepLR]:
+    def _build_optimizer(
+        self, restoring: bool = False
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
         """CondLR for fixed-rank methods; for rank-adaptive ones the core optimizer (SGD or AdamW
         over the cores and every other parameter) driven by a RankAdaptation (adaptive.py).
         ``restoring``: the model holds a checkpoint's weights, which stay as they were saved."""
         c = self.config
         if c.is_rank_adaptive:
             optimizer = core_optimizer(self.model, c.core_optimizer, c.lr, c.momentum, c.weight_decay)
-            self.adaptation = RankAdaptation(self.model, optimizer, c.method, c.adapt_every, self._theta, c.beta,
-                                             c.tau, c.min_rank, project_initial=not restoring)
+            self.adaptation = RankAdaptation(
+                self.model,
+                optimizer,
+                c.method,
+                c.adapt_every,
+                self._theta,
+                c.beta,
+                c.tau,
+                c.min_rank,
+                project_initial=not restoring,
+            )
         else:
-            optimizer = CondLR(self.model, lr=c.lr, momentum=c.momentum, tau=c.tau, weight_decay=c.weight_decay,
-                               step_scaling=c.step_scaling, reference_compat=c.reference_compat)
+            optimizer = CondLR(
+                self.model,
+                lr=c.lr,
+                momentum=c.momentum,
+                tau=c.tau,
+                weight_decay=c.weight_decay,
+                step_scaling=c.step_scaling,
+                reference_compat=c.reference_compat,
+            )
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(c.milestones), c.gamma)
 
     # -- hyperparameters ------------------------------------------------------------------------
@@ -163,9 +186,11 @@ class Trainer:
         changes nothing)."""
         if self.adaptation is None:
             raise ValueError(f"beta and the window apply to rank-adaptive methods only (method = {self.config.method})")
-        values = {"beta": check_beta(beta) if beta is not None else None,
-                  "adapt_every": check_adapt_every(adapt_every) if adapt_every is not None else None,
-                  "theta": check_theta(theta) if theta is not None else None}
+        values = {
+            "beta": check_beta(beta) if beta is not None else None,
+            "adapt_every": check_adapt_every(adapt_every) if adapt_every is not None else None,
+            "theta": check_theta(theta) if theta is not None else None,
+        }
         for name, value in values.items():
             if value is not None:
                 setattr(self.adaptation, name, value)
@@ -199,7 +224,7 @@ class Trainer:
         config, data = self.config, self.data
         if self.permutation is None:
             self.permutation = torch.randperm(len(data.train), device=self.device, generator=self.generator)
-        batch = self.permutation[self.position:self.position + config.batch_size]
+        batch = self.permutation[self.position : self.position + config.batch_size]
         n = len(batch)
         images = data.train.images[batch]
         if data.crop_padding or data.flip:
@@ -248,8 +273,9 @@ class Trainer:
         n = self.window_samples
         if self.ranks.distributed:
             # One all-reduce: loss sum, correct count and non-finite count over all ranks.
-            totals = self.ranks.sum(torch.stack([self._loss_sum.double(), self._correct.double(),
-                                                 (~self._finite).double()]))
+            totals = self.ranks.sum(
+                torch.stack([self._loss_sum.double(), self._correct.double(), (~self._finite).double()])
+            )
             self._finite.fill_(bool(totals[2] == 0))
             loss, correct = float(totals[0]) / max(n, 1), float(totals[1]) / max(n, 1)
         else:
@@ -278,8 +304,8 @@ class Trainer:
         mine = self.ranks.shard(len(split))
         images, labels = split.images[mine], split.labels[mine]
         for start in range(0, len(labels), 1000):
-            x = to_float(images[start:start + 1000])
-            y = labels[start:start + 1000]
+            x = to_float(images[start : start + 1000])
+            y = labels[start : start + 1000]
             logits = self.model(x)
             totals[0] += F.cross_entropy(logits, y, reduction="sum")
             totals[1] += (logits.argmax(1) == y).sum()
@@ -332,13 +358,16 @@ class Trainer:
             self._note_rank_changes(self.adaptation.before_evaluation())
 
     # -- structure ------------------------------------------------------------------------------
-    def truncate(self, theta: float | None, rank: int | None, layer: str | None) -> tuple[float | None, list[RankChange]]:
+    def truncate(
+        self, theta: float | None, rank: int | None, layer: str | None
+    ) -> tuple[float | None, list[RankChange]]:
         """Truncate with relative tolerance θ (None: the run's current θ) or to ``rank``; returns
         the θ used and every layer's change. ValueError (nothing changed) for a bad request."""
         if self.adaptation is not None:
             if rank is not None or layer is not None:
-                raise ValueError(f"{self.config.method} truncates every layer with θ at its window boundary; "
-                                 f"give θ only")
+                raise ValueError(
+                    f"{self.config.method} truncates every layer with θ at its window boundary; give θ only"
+                )
             if theta is not None:
                 self.adaptation.theta = theta
             changes = self.adaptation.end_window()
@@ -352,8 +381,9 @@ class Trainer:
             theta = self.theta
         if theta is not None:
             theta = check_theta(theta)
-        changes = self.optimizer.truncate(theta=theta, rank=rank, layers=None if layer is None else [layer],
-                                          min_rank=self.config.min_rank)
+        changes = self.optimizer.truncate(
+            theta=theta, rank=rank, layers=None if layer is None else [layer], min_rank=self.config.min_rank
+        )
         if theta is not None:
             self._theta = float(theta)
         self.report = parameter_report(self.model)
@@ -366,7 +396,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
             "permutation": None if self.permutation is None else self.permutation.cpu(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -397,9 +429,11 @@ class Trainer:
             # A generator's state is the device's own (the CPU's Mersenne Twister, CUDA's seed and
             # offset): a run moved between them draws on from a seed of its step instead.
             self.generator.manual_seed(self.config.seed + self.step)
-            warnings.append(f"the checkpoint's data-order generator belongs to another kind of device than "
-                            f"{self.device.type}: batches and augmentation from step {self.step} on are drawn "
-                            f"afresh (the current epoch keeps its order)")
+            warnings.append(
+                f"the checkpoint's data-order generator belongs to another kind of device than "
+                f"{self.device.type}: batches and augmentation from step {self.step} on are drawn "
+                f"afresh (the current epoch keeps its order)"
+            )
         torch.set_rng_state(payload["torch_rng"].cpu())
         if payload.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(payload["cuda_rng"].cpu(), self.device)

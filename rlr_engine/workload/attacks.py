@@ -19,8 +19,9 @@ authors' code the stronger; numbers in benchmarks/README.md).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,8 +95,11 @@ class AttackBudget:
             # APGD derives its step-size checkpoints from n_iter in __init__; keep them consistent.
             n = self.apgd_iterations
             apgd.n_iter = apgd.n_iter_orig = n
-            apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = (max(int(0.22 * n), 1), max(int(0.06 * n), 1),
-                                                              max(int(0.03 * n), 1))
+            apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = (
+                max(int(0.22 * n), 1),
+                max(int(0.06 * n), 1),
+                max(int(0.03 * n), 1),
+            )
         aa.fab.n_iter = self.fab_iterations
         aa.square.n_queries = self.square_queries
 
@@ -139,8 +143,17 @@ def pgd_batch(model: nn.Module, x: Tensor, y: Tensor, eps: float, spec: AttackSp
     attacks = import_advertorch()
     cls = attacks.LinfPGDAttack if spec.name == "pgd-linf" else attacks.L2PGDAttack
     step = spec.step_size or 2.5 * eps / spec.steps
-    adversary = cls(model, loss_fn=nn.CrossEntropyLoss(reduction="sum"), eps=eps, nb_iter=spec.steps,
-                    eps_iter=step, rand_init=True, clip_min=0.0, clip_max=1.0, targeted=False)
+    adversary = cls(
+        model,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        eps=eps,
+        nb_iter=spec.steps,
+        eps_iter=step,
+        rand_init=True,
+        clip_min=0.0,
+        clip_max=1.0,
+        targeted=False,
+    )
     return adversary.perturb(x, y)
 
 
@@ -168,10 +181,19 @@ def _run_cw(model, x, y, spec, budget) -> list[Outcome]:
     attacks = import_advertorch()
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
-    adversary = attacks.CarliniWagnerL2Attack(model, num_classes, confidence=0, targeted=False,
-                                              learning_rate=0.01, binary_search_steps=budget.cw_search_steps,
-                                              max_iterations=budget.cw_iterations, abort_early=True,
-                                              initial_const=1e-3, clip_min=0.0, clip_max=1.0)
+    adversary = attacks.CarliniWagnerL2Attack(
+        model,
+        num_classes,
+        confidence=0,
+        targeted=False,
+        learning_rate=0.01,
+        binary_search_steps=budget.cw_search_steps,
+        max_iterations=budget.cw_iterations,
+        abort_early=True,
+        initial_const=1e-3,
+        clip_min=0.0,
+        clip_max=1.0,
+    )
     clean = _predicts(model, x, y)
     x_adv = adversary.perturb(x, y)
     fooled = ~_predicts(model, x_adv, y)
@@ -183,8 +205,18 @@ def _square(model, eps: float, device, budget: AttackBudget):
     """Square as AutoAttack's standard version configures it."""
     from pyautoattack.square import SquareAttack
 
-    return SquareAttack(model, p_init=0.8, n_queries=budget.square_queries, eps=eps, norm="Linf", n_restarts=1,
-                        seed=0, verbose=False, device=device, resc_schedule=False)
+    return SquareAttack(
+        model,
+        p_init=0.8,
+        n_queries=budget.square_queries,
+        eps=eps,
+        norm="Linf",
+        n_restarts=1,
+        seed=0,
+        verbose=False,
+        device=device,
+        resc_schedule=False,
+    )
 
 
 def _run_square(model, x, y, spec, budget) -> list[Outcome]:
@@ -235,8 +267,14 @@ def _run_autoattack(model, x, y, spec, budget) -> list[Outcome]:
 
 Runner = Callable[[nn.Module, Tensor, Tensor, AttackSpec, AttackBudget], list[Outcome]]
 # How each attack of catalog.ATTACKS runs (its facts, torch-free, are there).
-RUNNERS: dict[str, Runner] = {"fgsm": _run_fgsm, "pgd-linf": _run_pgd, "pgd-l2": _run_pgd, "cw-l2": _run_cw,
-                              "autoattack": _run_autoattack, "square": _run_square}
+RUNNERS: dict[str, Runner] = {
+    "fgsm": _run_fgsm,
+    "pgd-linf": _run_pgd,
+    "pgd-l2": _run_pgd,
+    "cw-l2": _run_cw,
+    "autoattack": _run_autoattack,
+    "square": _run_square,
+}
 assert tuple(RUNNERS) == tuple(ATTACKS), "every attack of the catalog has a runner"
 
 
@@ -255,17 +293,31 @@ class Robustness:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form: attack, ε, accuracy, samples and the parts' accuracies."""
-        return {"attack": self.spec.name, "eps": list(self.spec.eps), "accuracy": list(self.accuracy),
-                "samples": self.samples, "parts": [part.to_dict() for part in self.parts]}
+        return {
+            "attack": self.spec.name,
+            "eps": list(self.spec.eps),
+            "accuracy": list(self.accuracy),
+            "samples": self.samples,
+            "parts": [part.to_dict() for part in self.parts],
+        }
 
     def record(self) -> AttackRecord:
         info = self.spec.info
-        return AttackRecord(info.name, info.kind, info.norm, tuple(self.spec.eps), self.accuracy, self.samples,
-                            self.parts)
+        return AttackRecord(
+            info.name, info.kind, info.norm, tuple(self.spec.eps), self.accuracy, self.samples, self.parts
+        )
 
 
-def _correct_counts(model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec, batch_size: int,
-                    to_input, progress: Callable[[int], None] | None, budget: AttackBudget) -> tuple[Tensor, Tensor]:
+def _correct_counts(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    spec: AttackSpec,
+    batch_size: int,
+    to_input,
+    progress: Callable[[int], None] | None,
+    budget: AttackBudget,
+) -> tuple[Tensor, Tensor]:
     """Images still correct at each ε (and, for an ensemble, after each of its parts), as device
     tensors: counts add up across the shards of a data-parallel run."""
     info = spec.info
@@ -277,9 +329,9 @@ def _correct_counts(model: nn.Module, images: Tensor, labels: Tensor, spec: Atta
     part_correct = torch.zeros(parts, len(spec.eps), dtype=torch.long, device=labels.device)
     try:
         for start in range(0, len(labels), batch_size):
-            x = images[start:start + batch_size]
+            x = images[start : start + batch_size]
             x = to_input(x) if to_input is not None else x.float()
-            y = labels[start:start + batch_size]
+            y = labels[start : start + batch_size]
             for i, outcome in enumerate(RUNNERS[info.name](model, x, y, spec, budget)):
                 correct[i] += outcome.robust.sum()
                 for j, (_, robust) in enumerate(outcome.parts):
@@ -291,30 +343,41 @@ def _correct_counts(model: nn.Module, images: Tensor, labels: Tensor, spec: Atta
     return correct, part_correct
 
 
-def robustness(model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec, batch_size: int = 256,
-               to_input=None, progress: Callable[[int], None] | None = None,
-               budget: AttackBudget = STANDARD) -> Robustness:
+def robustness(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    spec: AttackSpec,
+    batch_size: int = 256,
+    to_input=None,
+    progress: Callable[[int], None] | None = None,
+    budget: AttackBudget = STANDARD,
+) -> Robustness:
     """Run ``spec`` on the images batch by batch; ``progress(n)`` is told after each batch how
     many images (× ε values) were done. ``images`` may be uint8 (converted with ``to_input``) or
     float in [0, 1]. The model is put in eval mode for the duration and restored afterwards."""
     correct, part_correct = _correct_counts(model, images, labels, spec, batch_size, to_input, progress, budget)
     n = max(len(labels), 1)
-    part_names = list(AUTOATTACK_PARTS)[:part_correct.shape[0]]
-    parts = tuple(Component(name, AUTOATTACK_PARTS[name], tuple(c / n for c in part_correct[j].tolist()))
-                  for j, name in enumerate(part_names))
+    part_names = list(AUTOATTACK_PARTS)[: part_correct.shape[0]]
+    parts = tuple(
+        Component(name, AUTOATTACK_PARTS[name], tuple(c / n for c in part_correct[j].tolist()))
+        for j, name in enumerate(part_names)
+    )
     return Robustness(spec, tuple(c / n for c in correct.tolist()), len(labels), parts)
 
 
-def adversarial_correct(model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec,
-                        batch_size: int = 256, to_input=None) -> dict[float, Tensor]:
+def adversarial_correct(
+    model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec, batch_size: int = 256, to_input=None
+) -> dict[float, Tensor]:
     """Number of images still classified correctly under the attack at each ε, as device
     tensors (a data-parallel run sums them over its ranks)."""
     correct, _ = _correct_counts(model, images, labels, spec, batch_size, to_input, None, STANDARD)
     return dict(zip(spec.eps, correct))
 
 
-def adversarial_accuracy(model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec,
-                         batch_size: int = 256, to_input=None) -> dict[float, float]:
+def adversarial_accuracy(
+    model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec, batch_size: int = 256, to_input=None
+) -> dict[float, float]:
     """Accuracy (fraction) under the attack at each ε; ε = 0 is the clean accuracy."""
     return robustness(model, images, labels, spec, batch_size, to_input).by_eps()
 
@@ -353,15 +416,24 @@ class CheckedRobustness:
     sanity: SanityReport
 
 
-def robustness_with_checks(model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec,
-                           dataset: str | None, probes: bool = True, to_input=None,
-                           progress: Callable[[int], None] | None = None,
-                           budget: AttackBudget = STANDARD) -> CheckedRobustness:
+def robustness_with_checks(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    spec: AttackSpec,
+    dataset: str | None,
+    probes: bool = True,
+    to_input=None,
+    progress: Callable[[int], None] | None = None,
+    budget: AttackBudget = STANDARD,
+) -> CheckedRobustness:
     """``spec`` plus (when ``probes``) the probes of :func:`probe_specs`, and the sanity report
     over all of them."""
     kwargs = dict(to_input=to_input, progress=progress, budget=budget)
     result = robustness(model, images, labels, spec, **kwargs)
-    extra = tuple(robustness(model, images, labels, p, **kwargs) for p in (probe_specs(spec, dataset) if probes else []))
+    extra = tuple(
+        robustness(model, images, labels, p, **kwargs) for p in (probe_specs(spec, dataset) if probes else [])
+    )
     report = sanity_report([result.record()] + [p.record() for p in extra], dataset)
     return CheckedRobustness(result, extra, report)
 

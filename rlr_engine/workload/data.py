@@ -32,7 +32,7 @@ class Split:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 
@@ -102,7 +102,7 @@ def augment(images: Tensor, padding: int, flip: bool, generator: torch.Generator
 def _hold_out(images: Tensor, labels: Tensor, val_fraction: float, seed: int) -> tuple[Split, Split]:
     """Seeded random split of the training set into train and validation parts."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(val_fraction * len(labels)))
+    n_val = round(val_fraction * len(labels))
     val_idx, train_idx = order[:n_val], order[n_val:]
     return Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
 
@@ -131,8 +131,12 @@ def _synthetic(info: DatasetInfo, seed: int, samples: int = 2000) -> tuple[Split
     return Split(images[n_test:], labels[n_test:]), Split(images[:n_test], labels[:n_test])
 
 
-MNIST_RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                   "t10k-labels-idx1-ubyte")
+MNIST_RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _stage_system_copy(info: DatasetInfo, root: Path) -> None:
@@ -182,16 +186,18 @@ def _torchvision(info: DatasetInfo, root: Path, download: bool) -> tuple[Split, 
 
 
 def _unavailable(info: DatasetInfo, root: Path, download: bool, reason: BaseException) -> DatasetUnavailable:
-    how = ("The download failed (no internet?). " if download else
-           "Downloading is switched off (download = false). ")
+    how = "The download failed (no internet?). " if download else "Downloading is switched off (download = false). "
     extra = ""
     if info.system_copy is not None:
-        extra = (f" On Debian/Ubuntu `apt-get install {info.system_package}` provides it offline "
-                 f"(looked in {info.system_copy}).")
+        extra = (
+            f" On Debian/Ubuntu `apt-get install {info.system_package}` provides it offline "
+            f"(looked in {info.system_copy})."
+        )
     return DatasetUnavailable(
         f"data set {info.name!r} is not available in {root.resolve()}: {reason}. {how}"
         f"Run once with internet and download = true, or copy the torchvision files into that "
-        f"directory (set data_dir to use another).{extra} {OFFLINE_HINT}")
+        f"directory (set data_dir to use another).{extra} {OFFLINE_HINT}"
+    )
 
 
 def _directories(root: Path) -> set[Path]:
@@ -223,11 +229,18 @@ def check_data_dir(name: str, data_dir: str | Path) -> None:
         raise DatasetUnavailable(
             f"data set {name!r}: data_dir = {str(data_dir)!r} does not exist; nothing was created. "
             f"Create it first (mkdir -p {data_dir}) or leave data_dir unset to use ./{DEFAULT_DATA_DIR}. "
-            f"{OFFLINE_HINT}")
+            f"{OFFLINE_HINT}"
+        )
 
 
-def load_dataset(name: str, data_dir: str | Path = DEFAULT_DATA_DIR, download: bool = True,
-                 val_fraction: float = 0.25, seed: int = 0, device: str | torch.device = "cpu") -> ImageData:
+def load_dataset(
+    name: str,
+    data_dir: str | Path = DEFAULT_DATA_DIR,
+    download: bool = True,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> ImageData:
     """Load a data set, hold out ``val_fraction`` of its training set (seeded) for validation,
     and place all splits on ``device`` as uint8. Facts about each set (shape, classes,
     normalisation, augmentation) come from ``catalog.DATASETS``."""

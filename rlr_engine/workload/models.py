@@ -6,13 +6,13 @@ Input normalisation is the model's first module, so attacks perturb and clip raw
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from rlr_engine.method.lowrank import LowRankConv2d
 from rlr_engine.core.catalog import MODEL_INPUTS
+from rlr_engine.method.lowrank import LowRankConv2d
 
 
 class Normalize(nn.Module):
@@ -40,26 +40,33 @@ def _normalizer(mean: Sequence[float] | None, std: Sequence[float] | None) -> nn
     return Normalize(mean, std) if mean is not None and std is not None else nn.Identity()
 
 
-def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
-           mean=None, std=None) -> nn.Sequential:
+def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, mean=None, std=None) -> nn.Sequential:
     """conv(c→20, 5) LeakyReLU maxpool2, conv(20→50, 5) LeakyReLU maxpool2,
     linear(50·4·4 → 500) LeakyReLU, linear(500 → classes)."""
     side = ((image_size - 4) // 2 - 4) // 2
     if side < 1:
         raise ValueError(f"lenet5 needs images of at least 16 pixels, got {image_size}")
-    return named_sequential([
-        ("normalize", _normalizer(mean, std)),
-        ("conv1", nn.Conv2d(in_channels, 20, 5)), ("act1", nn.LeakyReLU()), ("pool1", nn.MaxPool2d(2)),
-        ("conv2", nn.Conv2d(20, 50, 5)), ("act2", nn.LeakyReLU()), ("pool2", nn.MaxPool2d(2)),
-        ("flatten", nn.Flatten()), ("fc1", nn.Linear(50 * side * side, 500)), ("act3", nn.LeakyReLU()),
-        ("fc2", nn.Linear(500, num_classes))])
+    return named_sequential(
+        [
+            ("normalize", _normalizer(mean, std)),
+            ("conv1", nn.Conv2d(in_channels, 20, 5)),
+            ("act1", nn.LeakyReLU()),
+            ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(20, 50, 5)),
+            ("act2", nn.LeakyReLU()),
+            ("pool2", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(50 * side * side, 500)),
+            ("act3", nn.LeakyReLU()),
+            ("fc2", nn.Linear(500, num_classes)),
+        ]
+    )
 
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-def vgg16(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
-          mean=None, std=None) -> nn.Sequential:
+def vgg16(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, mean=None, std=None) -> nn.Sequential:
     """CIFAR VGG16: 13 conv3×3 (+BatchNorm, LeakyReLU), 5 maxpools, dropout 0.2, then
     linear 512→512→512→classes."""
     if image_size != 32:
@@ -72,12 +79,21 @@ def vgg16(in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
             layers.append((f"pool{pool}", nn.MaxPool2d(2)))
         else:
             conv += 1
-            layers += [(f"conv{conv}", nn.Conv2d(channels, item, 3, padding=1)), (f"bn{conv}", nn.BatchNorm2d(item)),
-                       (f"act{conv}", nn.LeakyReLU())]
+            layers += [
+                (f"conv{conv}", nn.Conv2d(channels, item, 3, padding=1)),
+                (f"bn{conv}", nn.BatchNorm2d(item)),
+                (f"act{conv}", nn.LeakyReLU()),
+            ]
             channels = item
-    layers += [("flatten", nn.Flatten()), ("dropout", nn.Dropout(0.2)), ("fc1", nn.Linear(512, 512)),
-               ("act14", nn.LeakyReLU()), ("fc2", nn.Linear(512, 512)), ("act15", nn.LeakyReLU()),
-               ("fc3", nn.Linear(512, num_classes))]
+    layers += [
+        ("flatten", nn.Flatten()),
+        ("dropout", nn.Dropout(0.2)),
+        ("fc1", nn.Linear(512, 512)),
+        ("act14", nn.LeakyReLU()),
+        ("fc2", nn.Linear(512, 512)),
+        ("act15", nn.LeakyReLU()),
+        ("fc3", nn.Linear(512, num_classes)),
+    ]
     return named_sequential(layers)
 
 
@@ -106,8 +122,9 @@ class WideResNet(nn.Module):
     """WRN-depth-k (Zagoruyko & Komodakis): three groups of (depth − 4)/6 blocks with widths
     16k, 32k, 64k, global average pooling and a linear classifier."""
 
-    def __init__(self, depth: int = 16, widen: int = 4, in_channels: int = 3, num_classes: int = 10,
-                 mean=None, std=None) -> None:
+    def __init__(
+        self, depth: int = 16, widen: int = 4, in_channels: int = 3, num_classes: int = 10, mean=None, std=None
+    ) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
@@ -116,9 +133,8 @@ class WideResNet(nn.Module):
         self.normalize = _normalizer(mean, std)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         groups, planes = [], widths[0]
-        for i, (width, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
-            group = [WideBasicBlock(planes if j == 0 else width, width, stride if j == 0 else 1)
-                     for j in range(blocks)]
+        for _i, (width, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+            group = [WideBasicBlock(planes if j == 0 else width, width, stride if j == 0 else 1) for j in range(blocks)]
             groups.append(nn.Sequential(*group))
             planes = width
         self.groups = nn.Sequential(*groups)
@@ -136,24 +152,38 @@ def wrn16_4(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, m
     return WideResNet(16, 4, in_channels, num_classes, mean, std)
 
 
-def digits_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8,
-               mean=None, std=None) -> nn.Sequential:
+def digits_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, mean=None, std=None) -> nn.Sequential:
     """A small CNN for 8×8 digits: conv(c→32, 3) conv(32→64, 3) maxpool2, linear → 128 → classes."""
     side = image_size // 2
-    return named_sequential([
-        ("normalize", _normalizer(mean, std)),
-        ("conv1", nn.Conv2d(in_channels, 32, 3, padding=1)), ("act1", nn.LeakyReLU()),
-        ("conv2", nn.Conv2d(32, 64, 3, padding=1)), ("act2", nn.LeakyReLU()), ("pool", nn.MaxPool2d(2)),
-        ("flatten", nn.Flatten()), ("fc1", nn.Linear(64 * side * side, 128)), ("act3", nn.LeakyReLU()),
-        ("fc2", nn.Linear(128, num_classes))])
+    return named_sequential(
+        [
+            ("normalize", _normalizer(mean, std)),
+            ("conv1", nn.Conv2d(in_channels, 32, 3, padding=1)),
+            ("act1", nn.LeakyReLU()),
+            ("conv2", nn.Conv2d(32, 64, 3, padding=1)),
+            ("act2", nn.LeakyReLU()),
+            ("pool", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(64 * side * side, 128)),
+            ("act3", nn.LeakyReLU()),
+            ("fc2", nn.Linear(128, num_classes)),
+        ]
+    )
 
 
 def mlp(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, mean=None, std=None) -> nn.Sequential:
     """Flatten, linear → 256 → 128 → classes with LeakyReLU."""
-    return named_sequential([
-        ("normalize", _normalizer(mean, std)), ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(in_channels * image_size * image_size, 256)), ("act1", nn.LeakyReLU()),
-        ("fc2", nn.Linear(256, 128)), ("act2", nn.LeakyReLU()), ("fc3", nn.Linear(128, num_classes))])
+    return named_sequential(
+        [
+            ("normalize", _normalizer(mean, std)),
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(in_channels * image_size * image_size, 256)),
+            ("act1", nn.LeakyReLU()),
+            ("fc2", nn.Linear(256, 128)),
+            ("act2", nn.LeakyReLU()),
+            ("fc3", nn.Linear(128, num_classes)),
+        ]
+    )
 
 
 def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
@@ -195,10 +225,8 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 assert tuple(BUILDERS) == tuple(MODEL_INPUTS), "catalog.MODEL_INPUTS lists the models built here"
 
 
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
-                mean=None, std=None) -> nn.Module:
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int, mean=None, std=None) -> nn.Module:
     """Instantiate a model by name for the given input shape and class count."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODEL_INPUTS)}")
-    return BUILDERS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size,
-                        mean=mean, std=std)
+    return BUILDERS[name](in_channels=in_channels, num_classes=num_classes, image_size=image_size, mean=mean, std=std)

@@ -7,14 +7,13 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from rlr_engine.method.lowrank import LowRankLayer, full_rank_of
 from rlr_engine.control.records import LayerStats
+from rlr_engine.method.lowrank import LowRankLayer, full_rank_of
 
 
 def compressible_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every low-rank layer and every dense Linear / Conv2d, in registration order."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (LowRankLayer, nn.Linear, nn.Conv2d))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LowRankLayer, nn.Linear, nn.Conv2d))]
 
 
 @torch.no_grad()
@@ -43,4 +42,3 @@ def layer_stats(model: nn.Module) -> tuple[LayerStats, ...]:
         full = full_rank_of(module)
         stats.append(LayerStats(name, shape, module.rank if low else full, full, sigmas[name], low))
     return tuple(stats)
-

@@ -25,8 +25,9 @@ class AttackDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label("Attack the live subset now with", id="dialog-title")
-            yield OptionList(*[Option(f"{name:11} {info.summary}", id=name) for name, info in ATTACKS.items()],
-                             id="attacks")
+            yield OptionList(
+                *[Option(f"{name:11} {info.summary}", id=name) for name, info in ATTACKS.items()], id="attacks"
+            )
             yield Label("Enter: run · Esc: cancel (autoattack, cw-l2 and square are slow)", id="dialog-hint")
 
     def on_mount(self) -> None:

@@ -26,8 +26,10 @@ def load_comparison(directory: str | Path) -> tuple[list[dict], list[str]]:
     """Rows of the comparison's results and the attacks they report."""
     path = Path(directory) / comparison_files.RESULTS_JSON
     if not path.is_file():
-        raise ComparisonError(f"{directory} holds no finished comparison (no {comparison_files.RESULTS_JSON}); "
-                              f"run `rlr compare ... --out {directory}` first")
+        raise ComparisonError(
+            f"{directory} holds no finished comparison (no {comparison_files.RESULTS_JSON}); "
+            f"run `rlr compare ... --out {directory}` first"
+        )
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
         spec = json.loads((Path(directory) / comparison_files.SPEC).read_text(encoding="utf-8"))
@@ -43,8 +45,9 @@ class ComparisonScreen(Screen):
     """Per method: rank kept, parameter compression, accuracy per ε (mean ± std), κ; and a plot of
     accuracy against ε with one line per method. ``a`` switches between the attacks."""
 
-    BINDINGS = [Binding("a", "next_attack", "Next attack", id="next-attack",
-                        tooltip="Show the next attack of the comparison")]
+    BINDINGS = [
+        Binding("a", "next_attack", "Next attack", id="next-attack", tooltip="Show the next attack of the comparison")
+    ]
 
     def __init__(self, directory: str | Path, rows: list[dict], attacks: list[str]) -> None:
         super().__init__()
@@ -64,24 +67,35 @@ class ComparisonScreen(Screen):
     def show(self) -> None:
         attack = self.attacks[self.attack_index]
         self.query_one("#comparison-title", Label).update(
-            f"[b]{self.directory}[/b] — {attack}, mean ± std over {self.rows[0]['seeds']} seed(s)")
+            f"[b]{self.directory}[/b] — {attack}, mean ± std over {self.rows[0]['seeds']} seed(s)"
+        )
         table = self.query_one(DataTable)
         table.clear(columns=True)
         eps = self.rows[0][attack]["eps"]
-        table.add_columns("method", "rank", "compr.", *[("clean" if e == 0 else f"ε={e:g}") for e in eps],
-                          "mean κ", "max κ")
+        table.add_columns(
+            "method", "rank", "compr.", *[("clean" if e == 0 else f"ε={e:g}") for e in eps], "mean κ", "max κ"
+        )
         for row in self.rows:
             cells = [pct_pm(m, s) for m, s in row[attack]["accuracy"]]
-            table.add_row(row["method"], f"{row['rank_fraction']:.0%}", pct(row["compression"]), *cells,
-                          num(row["kappa_mean"][0]), num(row["kappa_max"][0]))
+            table.add_row(
+                row["method"],
+                f"{row['rank_fraction']:.0%}",
+                pct(row["compression"]),
+                *cells,
+                num(row["kappa_mean"][0]),
+                num(row["kappa_max"][0]),
+            )
         plot = self.query_one(PlotextPlot)
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
         for index, row in enumerate(self.rows):
-            plt.plot(eps, [100 * m for m, _ in row[attack]["accuracy"]],
-                     label=f"{row['method']} {row['rank_fraction']:.0%}",
-                     marker=series_marker(index, len(eps), self.app.no_color))
+            plt.plot(
+                eps,
+                [100 * m for m, _ in row[attack]["accuracy"]],
+                label=f"{row['method']} {row['rank_fraction']:.0%}",
+                marker=series_marker(index, len(eps), self.app.no_color),
+            )
         plt.title(f"accuracy (%) under {attack} vs ε")
         plt.xlabel("ε")
         plot.refresh()

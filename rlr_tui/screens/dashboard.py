@@ -18,11 +18,32 @@ from textual.widgets import DataTable, Footer, TabbedContent, TabPane, Tabs
 
 from rlr_engine.control.client import EngineUnavailable
 from rlr_engine.control.protocol import ENGINE_SESSION
-from rlr_engine.control.records import (AttackNow, Note, Pause, Resume, SaveCheckpoint, SetAdaptation, SetLearningRate, SetTau,
-                                Snapshot, Stop, Truncate)
+from rlr_engine.control.records import (
+    AttackNow,
+    Note,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    SetAdaptation,
+    SetLearningRate,
+    SetTau,
+    Snapshot,
+    Stop,
+    Truncate,
+)
 from rlr_engine.control.run_dirs import engine_alive, read_engine_info
-from rlr_engine.core.validation import (ADAPT_EVERY, BETA, LR, TAU, THETA, check_adapt_every, check_beta, check_lr,
-                                   check_tau, check_theta)
+from rlr_engine.core.validation import (
+    ADAPT_EVERY,
+    BETA,
+    LR,
+    TAU,
+    THETA,
+    check_adapt_every,
+    check_beta,
+    check_lr,
+    check_tau,
+    check_theta,
+)
 
 from ..format import num
 from ..widgets.curves import CurvesPlot
@@ -54,24 +75,49 @@ class DashboardScreen(Screen):
         Binding("r", "truncate", "Truncate", id="truncate", tooltip="Set θ and truncate every layer now"),
         Binding("space", "pause", "Pause", id="pause", tooltip="Pause training"),
         Binding("space", "resume", "Resume", id="resume", tooltip="Resume training"),
-        Binding("R", "resume_run", "Resume run", id="resume-run",
-                tooltip="Start the engine again from the last checkpoint (after it died or stopped)"),
+        Binding(
+            "R",
+            "resume_run",
+            "Resume run",
+            id="resume-run",
+            tooltip="Start the engine again from the last checkpoint (after it died or stopped)",
+        ),
         Binding("a", "attack", "Attack", id="attack", tooltip="Pick an attack and run it now on the live subset"),
-        Binding("b", "set_beta", "β", id="set-beta", show=False,
-                tooltip="Set β, the soft conditioning weight of a rank-adaptive run"),
-        Binding("k", "set_window", "Window", id="set-window", show=False,
-                tooltip="Set the window of a rank-adaptive run (batches between rank changes)"),
+        Binding(
+            "b",
+            "set_beta",
+            "β",
+            id="set-beta",
+            show=False,
+            tooltip="Set β, the soft conditioning weight of a rank-adaptive run",
+        ),
+        Binding(
+            "k",
+            "set_window",
+            "Window",
+            id="set-window",
+            show=False,
+            tooltip="Set the window of a rank-adaptive run (batches between rank changes)",
+        ),
         Binding("c", "checkpoint", "Ckpt", id="checkpoint", show=False, tooltip="Save a checkpoint now"),
         Binding("l", "set_lr", "LR", id="set-lr", show=False, tooltip="Change the learning rate"),
-        Binding("s", "screenshot", "Shot", id="screenshot", show=False,
-                tooltip="Save an SVG screenshot into the run directory"),
+        Binding(
+            "s",
+            "screenshot",
+            "Shot",
+            id="screenshot",
+            show=False,
+            tooltip="Save an SVG screenshot into the run directory",
+        ),
         Binding("left_square_bracket", "layer(-1)", "◂Layer", id="prev-layer", show=False, tooltip="Previous layer"),
         Binding("right_square_bracket", "layer(1)", "Layer▸", id="next-layer", show=False, tooltip="Next layer"),
         Binding("g", "toggle_log", "log σ", id="log-scale", show=False, tooltip="Histogram of σ or of log10 σ"),
         Binding("1", "tab('training')", "Curves", id="tab-training", show=False, tooltip="Loss and accuracy tab"),
         Binding("2", "tab('ranks')", "Ranks", id="tab-ranks", show=False, tooltip="Rank per layer tab"),
         Binding("3", "tab('spectrum')", "Spectrum", id="tab-spectrum", show=False, tooltip="Singular values and κ tab"),
-        Binding("4", "tab('robustness')", "Robust", id="tab-robustness", show=False, tooltip="Adversarial accuracy tab"),
+        Binding(
+            "4", "tab('robustness')", "Robust", id="tab-robustness", show=False, tooltip="Adversarial accuracy tab"
+        ),
         Binding("5", "tab('events')", "Events", id="tab-events", show=False, tooltip="Event log tab"),
     ]
 
@@ -143,10 +189,18 @@ class DashboardScreen(Screen):
             snap = self.snapshot
         gone = client.engine_died and snap.active
         if gone:
-            checkpoint = "no checkpoint yet" if snap.last_checkpoint_step is None else (
-                f"last good checkpoint at step {snap.last_checkpoint_step}")
-            snap = replace(snap, state="dead", eta_s=None, samples_per_s=0.0,
-                           message=f"engine process gone ({client.lost_reason}); {checkpoint}; R resumes")
+            checkpoint = (
+                "no checkpoint yet"
+                if snap.last_checkpoint_step is None
+                else (f"last good checkpoint at step {snap.last_checkpoint_step}")
+            )
+            snap = replace(
+                snap,
+                state="dead",
+                eta_s=None,
+                samples_per_s=0.0,
+                message=f"engine process gone ({client.lost_reason}); {checkpoint}; R resumes",
+            )
         elif not client.connected and snap.active and not client.closed:
             snap = replace(snap, state=client.ended_state or "stopped", eta_s=None, samples_per_s=0.0)
         if self.pending is not None and (not snap.active or (self._toggle_answered and snap.state == self.pending)):
@@ -241,8 +295,9 @@ class DashboardScreen(Screen):
         try:
             return self.client.send(command)
         except EngineUnavailable:
-            self.notify("the engine is gone; nothing was sent. R resumes the run from its last checkpoint",
-                        severity="error")
+            self.notify(
+                "the engine is gone; nothing was sent. R resumes the run from its last checkpoint", severity="error"
+            )
             return None
 
     def steering_refusal(self) -> str | None:
@@ -298,34 +353,50 @@ class DashboardScreen(Screen):
     def ask_then_send(self, title: str, prompt: str, initial: str, check, command) -> None:
         """Ask for one value in a dialog that validates it with ``check`` (a refused value is
         recorded as a note and changes nothing); send ``command(value)`` once it is accepted."""
+
         def apply(value) -> None:
             if value is not None:
                 self.send(command(value))
+
         self.app.push_screen(ValueDialog(title, prompt, initial, check, self.note_rejected), apply)
 
     def action_set_tau(self) -> None:
-        self.ask_then_send("Set τ", f"κ(S) ≤ 1 + τ for every layer; {TAU.allowed()}.",
-                           num(self.snapshot.tau, 6), check_tau, SetTau)
+        self.ask_then_send(
+            "Set τ", f"κ(S) ≤ 1 + τ for every layer; {TAU.allowed()}.", num(self.snapshot.tau, 6), check_tau, SetTau
+        )
 
     def action_truncate(self) -> None:
-        self.ask_then_send("Truncate now", "Relative tolerance θ: keep the smallest rank whose discarded σ "
-                           f"have norm ≤ θ‖σ‖; {THETA.allowed()}.", num(self.snapshot.theta, 6), check_theta,
-                           lambda theta: Truncate(theta=theta))
+        self.ask_then_send(
+            "Truncate now",
+            f"Relative tolerance θ: keep the smallest rank whose discarded σ have norm ≤ θ‖σ‖; {THETA.allowed()}.",
+            num(self.snapshot.theta, 6),
+            check_theta,
+            lambda theta: Truncate(theta=theta),
+        )
 
     def action_set_beta(self) -> None:
-        self.ask_then_send("Set β", "Weight of the soft conditioning term β‖SSᵀ − (‖S‖²/r)I‖ added to the "
-                           f"loss; {BETA.allowed()}.", num(self.snapshot.beta, 6), check_beta,
-                           lambda beta: SetAdaptation(beta=beta))
+        self.ask_then_send(
+            "Set β",
+            f"Weight of the soft conditioning term β‖SSᵀ − (‖S‖²/r)I‖ added to the loss; {BETA.allowed()}.",
+            num(self.snapshot.beta, 6),
+            check_beta,
+            lambda beta: SetAdaptation(beta=beta),
+        )
 
     def action_set_window(self) -> None:
-        self.ask_then_send("Set the window", "Augment on the first batch of each window, truncate with θ on its "
-                           f"last; {ADAPT_EVERY.allowed('an integer')}.", str(self.snapshot.adapt_every),
-                           check_adapt_every,
-                           lambda window: SetAdaptation(adapt_every=window))
+        self.ask_then_send(
+            "Set the window",
+            "Augment on the first batch of each window, truncate with θ on its "
+            f"last; {ADAPT_EVERY.allowed('an integer')}.",
+            str(self.snapshot.adapt_every),
+            check_adapt_every,
+            lambda window: SetAdaptation(adapt_every=window),
+        )
 
     def action_set_lr(self) -> None:
-        self.ask_then_send("Learning rate", f"{LR.allowed().capitalize()}.", num(self.snapshot.lr, 6), check_lr,
-                           SetLearningRate)
+        self.ask_then_send(
+            "Learning rate", f"{LR.allowed().capitalize()}.", num(self.snapshot.lr, 6), check_lr, SetLearningRate
+        )
 
     def action_pause(self) -> None:
         self.toggle(Pause(), "paused")
@@ -346,6 +417,7 @@ class DashboardScreen(Screen):
         def apply(name) -> None:
             if name is not None:
                 self.send(AttackNow(attack=name))
+
         current = self.snapshot.adversarial.attack if self.snapshot.adversarial else None
         self.app.push_screen(AttackDialog(current), apply)
 
@@ -391,8 +463,10 @@ class DashboardScreen(Screen):
                 self.app.exit()
                 return
             self._told_stopping = True
-            self.notify("stopping: the final checkpoint is being written; the dashboard closes once it is "
-                        "(q again leaves now)", timeout=10)
+            self.notify(
+                "stopping: the final checkpoint is being written; the dashboard closes once it is (q again leaves now)",
+                timeout=10,
+            )
             return
 
         def answer(choice: str | None) -> None:
@@ -404,4 +478,5 @@ class DashboardScreen(Screen):
                 self.stopping = True
             elif choice == "detach":
                 self.app.detach()
+
         self.app.push_screen(QuitScreen(), answer)

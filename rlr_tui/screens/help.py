@@ -26,8 +26,7 @@ class HelpScreen(ModalScreen[None]):
             table.add_row(keys, binding.tooltip or binding.description)
         with VerticalScroll(id="dialog"):
             yield Static(table)
-            yield Static("Esc closes this help. The command palette (Ctrl+P) lists the same actions.",
-                         id="dialog-hint")
+            yield Static("Esc closes this help. The command palette (Ctrl+P) lists the same actions.", id="dialog-hint")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -10,12 +10,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
-from rlr_engine.core.errors import PresetError
-
-from rlr_engine.core.presets import available_presets, load_preset
-
-from rlr_engine.core.config import method_label
 from rlr_engine.control.run_dirs import list_runs
+from rlr_engine.core.config import method_label
+from rlr_engine.core.errors import PresetError
+from rlr_engine.core.presets import available_presets, load_preset
 
 from ..widgets.cursor_table import CursorTable
 
@@ -56,9 +54,16 @@ class PickerScreen(Screen):
         for name in names:
             try:
                 c = load_preset(name)
-                presets.add_row(name, c.dataset, c.model, "dense" if not c.is_low_rank else c.method_label,
-                                "–" if not c.is_low_rank else f"{c.tau:g}",
-                                f"{c.rank_fraction:.0%}" if c.is_low_rank else "100%", c.description, key=name)
+                presets.add_row(
+                    name,
+                    c.dataset,
+                    c.model,
+                    "dense" if not c.is_low_rank else c.method_label,
+                    "–" if not c.is_low_rank else f"{c.tau:g}",
+                    f"{c.rank_fraction:.0%}" if c.is_low_rank else "100%",
+                    c.description,
+                    key=name,
+                )
             except PresetError as error:
                 presets.add_row(name, "", "", "invalid", "", "", str(error), key=name)
         if "quickstart" in names:

@@ -13,14 +13,19 @@ class QuitScreen(ModalScreen[str]):
     """Dismisses with "stop" (final checkpoint, the run ends), "detach" (training continues
     without this dashboard) or "cancel"."""
 
-    BINDINGS = [Binding("s", "answer('stop')", "Stop run", id="quit-stop"),
-                Binding("d", "answer('detach')", "Detach", id="quit-detach"),
-                Binding("c,escape", "answer('cancel')", "Cancel", id="quit-cancel")]
+    BINDINGS = [
+        Binding("s", "answer('stop')", "Stop run", id="quit-stop"),
+        Binding("d", "answer('detach')", "Detach", id="quit-detach"),
+        Binding("c,escape", "answer('cancel')", "Cancel", id="quit-cancel"),
+    ]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label("Leave the dashboard. Stop the run (a final checkpoint is written, it can be resumed), "
-                        "or detach (training continues; rlr-tui --attach RUN_DIR comes back)?", id="dialog-title")
+            yield Label(
+                "Leave the dashboard. Stop the run (a final checkpoint is written, it can be resumed), "
+                "or detach (training continues; rlr-tui --attach RUN_DIR comes back)?",
+                id="dialog-title",
+            )
             with Horizontal(id="buttons"):
                 yield Button("Stop run (s)", variant="error", id="stop")
                 yield Button("Detach (d)", variant="primary", id="detach")

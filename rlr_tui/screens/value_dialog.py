@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,8 +18,14 @@ class ValueDialog(ModalScreen[Any]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel")]
 
-    def __init__(self, title: str, prompt: str, initial: str, check: Callable[[str], Any],
-                 on_rejected: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        prompt: str,
+        initial: str,
+        check: Callable[[str], Any],
+        on_rejected: Callable[[str, str], None] | None = None,
+    ) -> None:
         """``on_rejected(value, reason)`` is told of every value ``check`` refused (the dashboard
         records them in the run's events)."""
         super().__init__()

@@ -7,8 +7,10 @@ from textual_plotext import PlotextPlot
 from ..format import downsample
 from .markers import series_marker
 
-SERIES = {"loss": (("train_loss", "train"), ("val_loss", "val")),
-          "accuracy": (("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test"))}
+SERIES = {
+    "loss": (("train_loss", "train"), ("val_loss", "val")),
+    "accuracy": (("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")),
+}
 
 
 class CurvesPlot(PlotextPlot):
@@ -31,8 +33,12 @@ class CurvesPlot(PlotextPlot):
         for index, (key, label) in enumerate(SERIES[self.kind]):
             points = downsample(snap.curves.get(key, ()), limit)
             if points:
-                plt.plot([p[0] for p in points], [p[1] for p in points], label=label,
-                         marker=series_marker(index, len(points), self.app.no_color))
+                plt.plot(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    label=label,
+                    marker=series_marker(index, len(points), self.app.no_color),
+                )
                 plotted = True
                 self.points_drawn[label] = len(points)
         if not plotted:

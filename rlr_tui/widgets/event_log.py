@@ -7,8 +7,17 @@ import time
 from rich.text import Text
 from textual.widgets import RichLog
 
-STYLES = {"applied": "green", "rejected": "bold red", "error": "bold red", "warning": "yellow",
-          "truncation": "magenta", "checkpoint": "cyan", "attack": "blue", "evaluation": "", "info": "dim"}
+STYLES = {
+    "applied": "green",
+    "rejected": "bold red",
+    "error": "bold red",
+    "warning": "yellow",
+    "truncation": "magenta",
+    "checkpoint": "cyan",
+    "attack": "blue",
+    "evaluation": "",
+    "info": "dim",
+}
 
 
 class EventLog(RichLog):

@@ -18,7 +18,8 @@ class KappaTable(DataTable):
     def show(self, layers, selected: int) -> None:
         self.clear()
         for layer in layers:
-            self.add_row(layer.name, f"{layer.rank}/{layer.full_rank}", num(layer.kappa), num(layer.sigma_max),
-                         key=layer.name)
+            self.add_row(
+                layer.name, f"{layer.rank}/{layer.full_rank}", num(layer.kappa), num(layer.sigma_max), key=layer.name
+            )
         if layers:
             self.move_cursor(row=min(selected, len(layers) - 1), animate=False)

@@ -24,8 +24,11 @@ class RankBars(Static):
             bar = Text("█" * filled, style="green" if layer.low_rank else "blue")
             bar.append("░" * (width - filled), style="dim")
             table.add_row(layer.name, bar, f"{layer.rank}/{layer.full_rank}" + ("" if layer.low_rank else " d"))
-        summary = Text(f"{snap.params:,} params · {100 * snap.compression:.1f}% fewer than dense · "
-                       f"{100 * snap.rank_fraction:.0f}% of rank kept", style="bold")
+        summary = Text(
+            f"{snap.params:,} params · {100 * snap.compression:.1f}% fewer than dense · "
+            f"{100 * snap.rank_fraction:.0f}% of rank kept",
+            style="bold",
+        )
         self.update(_stack(summary, table))
 
 

@@ -7,9 +7,10 @@ from collections import Counter
 
 from textual_plotext import PlotextPlot
 
-from .markers import series_marker
 from rlr_engine.core.catalog import ATTACKS
 from rlr_engine.core.sanity import AttackRecord, SanityReport, sanity_report
+
+from .markers import series_marker
 
 
 def snapshot_sanity(snap) -> SanityReport | None:
@@ -20,8 +21,11 @@ def snapshot_sanity(snap) -> SanityReport | None:
     step = snap.adversarial.step
     latest = {r.attack: r for r in snap.adversarial_history if r.step == step and r.attack in ATTACKS}
     latest.setdefault(snap.adversarial.attack, snap.adversarial)
-    records = [AttackRecord(r.attack, ATTACKS[r.attack].kind, ATTACKS[r.attack].norm, tuple(r.eps),
-                            tuple(r.accuracy)) for r in latest.values() if r.attack in ATTACKS]
+    records = [
+        AttackRecord(r.attack, ATTACKS[r.attack].kind, ATTACKS[r.attack].norm, tuple(r.eps), tuple(r.accuracy))
+        for r in latest.values()
+        if r.attack in ATTACKS
+    ]
     return sanity_report(records, snap.dataset)
 
 
@@ -41,14 +45,20 @@ def fitting_title(titles: list[str], width: int) -> str:
     """The first (longest) of ``titles`` that fits a plot ``width`` columns wide: at 80 columns a
     plot is half as wide, and plotext drops a title longer than the canvas (the width less the
     y axis ticks)."""
-    return next((title.strip() for title in titles if len(title.strip()) <= width - Y_TICKS_WIDTH),
-                titles[-1].strip())
+    return next((title.strip() for title in titles if len(title.strip()) <= width - Y_TICKS_WIDTH), titles[-1].strip())
 
 
 def eps_plot_title(attack: str, step: int, flags: str, width: int) -> str:
-    return fitting_title([f"{attack} at step {step}: accuracy (%) vs ε  {flags}",
-                          f"{attack} @ {step}: acc. % vs ε  {flags}", f"{attack} @ {step}: % vs ε  {flags}",
-                          f"{attack} @ {step}  {flags}", f"{attack} @ {step}"], width)
+    return fitting_title(
+        [
+            f"{attack} at step {step}: accuracy (%) vs ε  {flags}",
+            f"{attack} @ {step}: acc. % vs ε  {flags}",
+            f"{attack} @ {step}: % vs ε  {flags}",
+            f"{attack} @ {step}  {flags}",
+            f"{attack} @ {step}",
+        ],
+        width,
+    )
 
 
 def scheduled_attack_history(snap) -> list:
@@ -107,11 +117,23 @@ class AccuracyHistory(PlotextPlot):
         else:
             steps = [r.step for r in history]
             for i, eps in enumerate(history[-1].eps):
-                plt.plot(steps, [100 * r.accuracy[i] for r in history], label=f"ε={eps:g}",
-                         marker=series_marker(i, len(steps), self.app.no_color))
+                plt.plot(
+                    steps,
+                    [100 * r.accuracy[i] for r in history],
+                    label=f"ε={eps:g}",
+                    marker=series_marker(i, len(steps), self.app.no_color),
+                )
             attack = history[-1].attack
-            plt.title(fitting_title([f"{attack}: accuracy (%) per ε over the run", f"{attack}: accuracy (%) per ε",
-                                     f"{attack}: % per ε"], self.size.width))
+            plt.title(
+                fitting_title(
+                    [
+                        f"{attack}: accuracy (%) per ε over the run",
+                        f"{attack}: accuracy (%) per ε",
+                        f"{attack}: % per ε",
+                    ],
+                    self.size.width,
+                )
+            )
             plt.xlabel("step")
         self.refresh()
 

@@ -18,9 +18,11 @@ class SpectrumInfo(Static):
             self.update("no layer statistics yet")
             return
         kind = "low-rank" if layer.low_rank else "dense"
-        self.update(f"[b]{layer.name}[/b] {kind} {layer.shape[0]}×{layer.shape[1]}  rank {layer.rank}/"
-                    f"{layer.full_rank}  [b]κ {num(layer.kappa)}[/b]  σmin {num(layer.sigma_min)}  "
-                    f"σmax {num(layer.sigma_max)}")
+        self.update(
+            f"[b]{layer.name}[/b] {kind} {layer.shape[0]}×{layer.shape[1]}  rank {layer.rank}/"
+            f"{layer.full_rank}  [b]κ {num(layer.kappa)}[/b]  σmin {num(layer.sigma_min)}  "
+            f"σmax {num(layer.sigma_max)}"
+        )
 
 
 class SpectrumPlot(PlotextPlot):
