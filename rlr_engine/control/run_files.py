@@ -12,6 +12,8 @@ them too.
   engine.log      stdout/stderr of a detached engine
   error.log       the traceback of an unexpected engine error
   tensorboard/    TensorBoard event files (with ``tensorboard = true``)
+  undo/           states from before live changes, past the undo history's memory limit, while
+                  the engine that made them lives (run/undo.py)
 """
 
 from __future__ import annotations
@@ -27,3 +29,4 @@ CONTROL_SOCKET = "control.sock"
 ENGINE_LOG = "engine.log"
 ERROR_LOG = "error.log"
 TENSORBOARD = "tensorboard"
+UNDO = "undo"

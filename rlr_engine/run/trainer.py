@@ -74,6 +74,20 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(list(value) if isinstance(value, tuple) else value)
 
 
+def _host_copy(value: Any) -> Any:
+    """``value`` with every tensor in it copied to host memory (dicts, lists and tuples walked)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        copied = type(value)((key, _host_copy(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # a module's state_dict: its layout versions
+            copied._metadata = value._metadata  # type: ignore[attr-defined]
+        return copied
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(item) for item in value)
+    return value
+
+
 def load_run_data(config: RunConfig, device: torch.device) -> ImageData:
     return load_dataset(config.dataset, config.data_dir, config.download, config.val_fraction, config.seed, device)
 
@@ -407,17 +421,43 @@ class Trainer:
             "adaptation": None if self.adaptation is None else self.adaptation.state_dict(),
         }
 
-    def load_state_dict(self, payload: dict[str, Any], source: str) -> list[str]:
-        """Restore a checkpoint's state; returns warnings about what could not be restored as saved."""
-        warnings = []
+    def steering_state(self) -> dict[str, Any]:
+        """A copy, in host memory, of everything a live change (τ, learning rate, truncation and
+        θ, β or the window) alters: the weights at their ranks, the optimizer's state and
+        hyperparameters, θ and the rank adaptation's state. Not the step, data order, RNGs or
+        the scheduler's epoch count: restoring it (``restore_steering_state``) brings the model
+        back while training goes on from the current step."""
+        return _host_copy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "theta": self.theta,
+                "adaptation": None if self.adaptation is None else self.adaptation.state_dict(),
+            }
+        )
+
+    def restore_steering_state(self, state: dict[str, Any]) -> None:
+        """Bring back a ``steering_state()``: the same path as a checkpoint's load (the ranks, hence
+        the parameter objects, may differ), keeping the step, data order and scheduler."""
+        self._restore_weights(state, "the undo history", self.scheduler.state_dict())
+
+    def _restore_weights(self, payload: dict[str, Any], source: str, scheduler_state: dict[str, Any]) -> None:
+        """Model, optimizer (rebuilt: a truncation swaps parameter objects, which the optimizer,
+        the rank adaptation and DistributedDataParallel hold), scheduler, θ and adaptation."""
         load_model_state(self.model, payload, source)
         self.report = parameter_report(self.model)
         self.optimizer, self.scheduler = self._build_optimizer(restoring=True)  # the ranks may have changed
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scheduler.load_state_dict(scheduler_state)
         if self.adaptation is not None and payload.get("adaptation") is not None:
             self.adaptation.load_state_dict(payload["adaptation"])
         self._wrap()
+        self._theta = payload["theta"]
+
+    def load_state_dict(self, payload: dict[str, Any], source: str) -> list[str]:
+        """Restore a checkpoint's state; returns warnings about what could not be restored as saved."""
+        warnings = []
+        self._restore_weights(payload, source, payload["scheduler"])
         self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
         perm = payload["permutation"]
         self.permutation = None if perm is None else perm.to(self.device)
@@ -437,7 +477,6 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"].cpu())
         if payload.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(payload["cuda_rng"].cpu(), self.device)
-        self._theta = payload["theta"]
         self.window_samples = 0
         self._loss_sum.zero_()
         self._correct.zero_()
