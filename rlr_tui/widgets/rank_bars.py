@@ -6,34 +6,57 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from rlr_engine.control.records import Snapshot
+
+NAME_WIDTH = 14  # a layer's name, cut past it
+LABEL_WIDTH = 18  # "100/500 (dense)" next to its bar
+MIN_BAR = 8
+LEGEND = (
+    ("█", "green", " rank kept of a low-rank layer (kept/full)   "),
+    ("█", "blue", " dense layer: full rank, not compressed"),
+)
+
 
 class RankBars(Static):
-    """One bar per compressible layer; dense layers are drawn full and marked dense."""
+    """One bar per compressible layer, as wide as the widget allows, its rank (kept/full) right
+    after it; dense layers are drawn full, in their own colour, and say so. A legend says what
+    the colours and numbers mean. Drawn again at the new width when the widget is resized."""
 
     rows: tuple[tuple[str, int, int], ...] = ()
+    bar_width: int = 0
+    _snap: Snapshot | None = None
 
-    def show(self, snap) -> None:
-        table = Table.grid(padding=(0, 1), expand=True)
-        table.add_column("layer", no_wrap=True, max_width=14)
-        table.add_column("bar", ratio=1)
-        table.add_column("rank", justify="right", no_wrap=True)
-        width = max(self.size.width - 26, 8)
+    def show(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self.bar_width = width = max(self.content_size.width - NAME_WIDTH - LABEL_WIDTH - 2, MIN_BAR)
+        table = Table.grid(padding=(0, 1))
+        table.add_column("layer", no_wrap=True, width=NAME_WIDTH)
+        table.add_column("bar", no_wrap=True, width=width)
+        table.add_column("rank", no_wrap=True)
         self.rows = tuple((layer.name, layer.rank, layer.full_rank) for layer in snap.layers)
         for layer in snap.layers:
             filled = round(width * layer.rank / max(layer.full_rank, 1))
             bar = Text("█" * filled, style="green" if layer.low_rank else "blue")
             bar.append("░" * (width - filled), style="dim")
-            table.add_row(layer.name, bar, f"{layer.rank}/{layer.full_rank}" + ("" if layer.low_rank else " d"))
+            table.add_row(layer.name, bar, f"{layer.rank}/{layer.full_rank}" + ("" if layer.low_rank else " (dense)"))
         summary = Text(
             f"{snap.params:,} params · {100 * snap.compression:.1f}% fewer than dense · "
             f"{100 * snap.rank_fraction:.0f}% of rank kept",
             style="bold",
         )
-        self.update(_stack(summary, table))
+        legend = Text()
+        for mark, style, words in LEGEND:
+            legend.append(mark, style=style)
+            legend.append(words, style="dim")
+        self.update(_stack(summary, table, legend))
+
+    def on_resize(self) -> None:
+        if self._snap is not None:
+            self.show(self._snap)
 
 
 def _stack(*renderables):
-    grid = Table.grid(expand=True)
+    grid = Table.grid()
     grid.add_column()
     for item in renderables:
         grid.add_row(item)
