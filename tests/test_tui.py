@@ -464,8 +464,7 @@ async def test_after_stop_is_asked_no_command_is_sent_no_dialog_opens_and_q_does
 async def test_q_with_only_the_default_screen_left_exits_instead_of_popping_it(tmp_path):
     async with dashboard(tmp_path) as d:
         d.app.pop_screen()  # the dashboard gone (closing down), the client still set
-        await d.pilot.pause(0.05)
-        assert len(d.app.screen_stack) == 1
+        await until(d.pilot, lambda: len(d.app.screen_stack) == 1)
         await d.pilot.press("q")
         await until(d.pilot, lambda: not d.app.is_running)
 
@@ -641,13 +640,14 @@ async def test_an_engine_message_with_brackets_is_shown_whole_in_its_toast(tmp_p
 
 
 async def test_at_80_columns_a_dead_engines_header_ends_with_what_to_do_not_an_ellipsis(tmp_path):
-    client = FakeClient(replace(scripted_snapshot(), last_checkpoint_step=1600))
+    # five-digit steps, as a long run has
+    client = FakeClient(replace(scripted_snapshot(), step=18470, total_steps=40800, last_checkpoint_step=16000))
     async with dashboard(tmp_path, client, size=(80, 24)) as d:
         d.client.die()
         await until(d.pilot, lambda: "DEAD" in status_text(d.app))
         top = d.app.screen.query_one(StatusBar).region.y
         second = screen_lines(d.app)[top + 1].rstrip()
-        assert second.endswith("last checkpoint: step 1600; R resumes"), second
+        assert second.endswith("last checkpoint: step 16000; R resumes"), second
 
 
 async def test_the_engine_died_toast_goes_away_once_r_has_the_run_running_again(tmp_path):

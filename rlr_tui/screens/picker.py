@@ -110,7 +110,7 @@ class PickerScreen(Screen):
     def on_runs_listed(self, message: RunsListed) -> None:
         self._finished = message.finished
         self.query_one("#runs-title", Label).update(
-            "Runs — Enter attaches to a running one, resumes a stopped one, extends a finished one"
+            "Runs — Enter: attach (running), resume (stopped), extend (finished)"
             if message.rows
             else "Runs — none yet under " + str(self.runs_root)
         )

@@ -36,3 +36,6 @@ def legend_room(plt: Any, values: Sequence[float], entries: int, height: int) ->
     span = (high - low) or max(abs(high), 1.0)
     reserved = entries + 1
     plt.ylim(low, high + span * reserved / (rows - reserved))
+    # ticks only where the data is: no 110 % above an accuracy axis
+    ticks = [low + i * span / 4 for i in range(5)] if high > low else [low]
+    plt.yticks(ticks, [f"{tick:.4g}" for tick in ticks])

@@ -12,8 +12,8 @@ NAME_WIDTH = 14  # a layer's name, cut past it
 LABEL_WIDTH = 18  # "100/500 (dense)" next to its bar
 MIN_BAR = 8
 LEGEND = (
-    ("█", "green", " rank kept of a low-rank layer (kept/full)   "),
-    ("█", "blue", " dense layer: full rank, not compressed"),
+    ("█", "green", " kept/full rank of a low-rank layer   "),
+    ("█", "blue", " dense layer, not compressed"),
 )
 
 

@@ -22,13 +22,14 @@ class StatusBar(Static):
         first.append(f" {snap.preset}", style="bold")
         first.append(f"  {snap.method} · {snap.model} on {snap.dataset} · {snap.device or '…'}")
         second = Text()
+        if snap.message and not snap.active:  # the step it ended at and what to do, within 80 columns
+            second.append(f" step {snap.step}/{snap.total_steps or '?'}  ")
+            second.append(snap.message, style="red")
+            self.update(Text("\n").join([first, second]))
+            return
         second.append(f" epoch {snap.epoch}/{snap.epochs}  step {snap.step}/{snap.total_steps or '?'}")
         if snap.state == "running":  # a paused or ended run has no rate and no ETA
             second.append(f"  {snap.samples_per_s:,.0f}/s  ETA {duration(snap.eta_s)}")
-        if snap.message and not snap.active:
-            second.append(f"  {snap.message}", style="red")
-            self.update(Text("\n").join([first, second]))
-            return
         second.append(f"  τ {num(snap.tau)}  θ {num(snap.theta)}  lr {num(snap.lr)}", style="bold")
         if snap.message:
             second.append(f"  {snap.message}", style="red")
