@@ -328,7 +328,11 @@ def main(argv=None) -> int:
         if args.preset and not args.resume and not args.attach:
             load_preset(args.preset, args.set)
         if args.resume:
-            resume_config(read_run_config(args.resume), args.set)
+            problem = extension_problem(
+                run_info(args.resume, ask_engine=False), resume_config(read_run_config(args.resume), args.set)
+            )
+            if problem:
+                raise PresetError(f"--resume {args.resume}: {problem}")
         if args.attach:
             read_run_config(args.attach)
         if args.comparison:

@@ -706,3 +706,12 @@ async def test_the_picker_lists_the_runs_off_the_ui_thread_the_first_time_too(tm
         await until(pilot, lambda: bool(threads))
         await app.workers.wait_for_complete()
         assert threads[0] is not threading.main_thread()
+
+
+def test_rlr_tui_resume_of_a_finished_run_without_more_epochs_is_one_line_and_exit_2(tmp_path, capsys):
+    from rlr_tui.app import main
+
+    run_dir, _ = finished_run(tmp_path, epochs=20)
+    assert main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "finished after 20 epochs" in err and "--set epochs=N with N > 20" in err, err
