@@ -120,7 +120,7 @@ class EventFile:
     def _add_event(self, step: int, values: list) -> None:
         """One event holding ``values`` (Summary.Value protos) at ``step``; none when empty."""
         if values:
-            self.writer.file_writer.add_summary(self.summary(value=values), step)
+            self.writer.get_file_writer().add_summary(self.summary(value=values), step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, step)
