@@ -225,7 +225,7 @@ class RlrApp(App):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        self.push_screen(HelpScreen(DashboardScreen.BINDINGS + self.BINDINGS))
+        self.push_screen(HelpScreen([b for b in (*DashboardScreen.BINDINGS, *self.BINDINGS) if isinstance(b, Binding)]))
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)
@@ -381,8 +381,8 @@ def main(argv=None) -> int:
         return 0
     snap = app.client.latest()
     try:
-        for line, error in farewell(snap, died, app.run_dir):
-            print(line, file=sys.stderr if error else sys.stdout)
+        for line, is_error in farewell(snap, died, app.run_dir):
+            print(line, file=sys.stderr if is_error else sys.stdout)
     except OSError:
         pass
     return 1 if snap is not None and snap.state == "failed" else 0

@@ -40,7 +40,8 @@ async def type_value(pilot, text):
 
 
 def status_text(app) -> str:
-    return str(app.screen.query_one(StatusBar).render())
+    bars = app.screen.query(StatusBar)  # none while a new dashboard is being composed
+    return str(bars.first().render()) if bars else ""
 
 
 def screen_lines(app) -> list[str]:
@@ -170,7 +171,7 @@ async def test_a_dead_engine_is_reported_with_the_last_checkpoint_and_r_resumes(
     (tmp_path / "fake-run").mkdir()
     async with dashboard(tmp_path, client, size=(100, 30), overrides=["tau=0.5"]) as d:
         d.client.die()
-        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app))
         assert any("step 1600" in n and "R resumes" in n for n in notifications(d.app))
         (tmp_path / "fake-run" / "config.toml").write_text(dump_toml(load_preset("quickstart")))
         (tmp_path / "fake-run" / "checkpoint.pt").write_bytes(b"x")
@@ -500,7 +501,7 @@ async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_r
     run_dir.mkdir()
     async with dashboard(tmp_path, size=(100, 30)) as d:
         d.client.die()
-        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app))
         # Another dashboard resumed the run: a new engine holds the run's lock.
         d.launcher.client = FakeClient(replace(scripted_snapshot(), step=2100, version=5))
         d.launcher.client.pid = 4343
@@ -508,7 +509,7 @@ async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_r
         fd = os.open(run_dir / "engine.json", os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            await until(d.pilot, lambda: "RUNNING" in status_text(d.app), timeout=5.0)
+            await until(d.pilot, lambda: "RUNNING" in status_text(d.app))
         finally:
             os.close(fd)
         assert d.app.client is d.launcher.client and "step 2100/" in status_text(d.app)
@@ -680,12 +681,12 @@ async def test_after_enter_in_the_picker_starting_shows_until_the_dashboard_does
 
     app = RlrApp(None, [], tmp_path / "runs", launcher=SlowLauncher(FakeClient(), tmp_path / "fake-run"))
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, PickerScreen))
+        await until(pilot, lambda: app.focused is not None and app.focused.id == "presets")
         await pilot.press("enter")  # quickstart is preselected
         notice = app.screen.query_one(StartingNotice)
         await until(pilot, lambda: notice.display and any("starting quickstart" in line for line in screen_lines(app)))
         loaded.set()
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen) and "RUNNING" in status_text(app))
         assert not app.screen.query_one(StartingNotice).display and app.starting == ""
 
 

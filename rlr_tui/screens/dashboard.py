@@ -212,6 +212,8 @@ class DashboardScreen(Screen):
     # -- reading snapshots -------------------------------------------------------------------
     def poll(self) -> None:
         """Read the client's newest snapshot and acknowledgements and redraw what changed."""
+        if self not in self.app.screen_stack or not self.query(EventLog):
+            return  # replaced by the dashboard of a new engine, or the app is closing: its widgets are going
         client = self.client
         for ack in client.take_acks():
             self.show_ack(ack)
@@ -375,7 +377,7 @@ class DashboardScreen(Screen):
         if refusal is None:
             return
         for binding in self.BINDINGS:
-            if binding.action in STEERING and event.key in binding.key.split(","):
+            if isinstance(binding, Binding) and binding.action in STEERING and event.key in binding.key.split(","):
                 event.stop()
                 self.notify(refusal, severity="warning")
                 return
@@ -383,8 +385,10 @@ class DashboardScreen(Screen):
     def reattach_if_engine_back(self) -> None:
         """A dead or stopped run may be resumed elsewhere (another dashboard pressed R, or
         ``rlr train --resume``): attach to the new engine once one lives in the run directory."""
-        if self.snapshot.state not in ("dead", "stopped") or self.stopping or self.app.launching:
+        if self.snapshot.state not in ("dead", "stopped") or self.stopping or self not in self.app.screen_stack:
             return
+        if any(worker.group == "launch" and worker.is_running for worker in self.app.workers):
+            return  # R here (or the picker) is starting one already
         if not engine_alive(self.run_dir) or read_engine_info(self.run_dir).get("pid") == self.client.pid:
             return  # no engine, or the one this dashboard saw is still on its way out
         self.notify("an engine runs this run again; attaching", timeout=5)
