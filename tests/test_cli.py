@@ -530,10 +530,10 @@ def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_run
 
 def test_the_tensorboard_flag_reaches_data_parallel_and_detached_runs_as_a_setting(monkeypatch):
     from rlr_engine import cli
-    from rlr_engine.cli import data_parallel as distributed_launch
+    from rlr_engine.cli import data_parallel
 
     seen = []
-    monkeypatch.setattr(distributed_launch, "launch", lambda args: seen.append(list(args.set)) or 0)
+    monkeypatch.setattr(data_parallel, "launch", lambda args: seen.append(list(args.set)) or 0)
     monkeypatch.setattr(cli.train, "start_detached_run", lambda args: seen.append(list(args.set)) or 0)
     assert main(["train", "quickstart", "--tensorboard", "--nproc", "2"]) == 0
     assert main(["train", "quickstart", "--tensorboard", "--detach"]) == 0
