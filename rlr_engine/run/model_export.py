@@ -89,7 +89,9 @@ def export_program(source: ExportSource, target: Path, merged: bool) -> ExportRe
 
 def export_onnx(source: ExportSource, target: Path, merged: bool) -> ExportReport:
     """Write ``source.model`` as an ONNX file to ``target`` (torch's dynamo-based exporter),
-    checked with onnxruntime."""
+    checked with onnx's checker and run with onnxruntime. The weights are stored inside the one
+    file (no external data file beside it), which holds models up to protobuf's 2 GB."""
+    import onnx
     import onnxruntime
 
     def write(path: Path) -> Callable[[Tensor], Tensor]:
@@ -98,11 +100,13 @@ def export_onnx(source: ExportSource, target: Path, merged: bool) -> ExportRepor
             (source.example(),),
             str(path),
             dynamo=True,
+            external_data=False,
             dynamic_shapes=_dynamic_batch(),
             input_names=["pixels"],
             output_names=["logits"],
             verbose=False,
         )
+        onnx.checker.check_model(str(path), full_check=True)
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from rlr_engine.core.catalog import TORCHVISION, ModelSource, model_source
 from rlr_engine.core.errors import ModelError
+from rlr_engine.workload.data import directories, remove_empty_directories_since
 from rlr_engine.workload.models import build_model
 
 # The buffers of the input normalisation added to a model of the user's (see add_input_normalization).
@@ -215,10 +216,13 @@ def torchvision_state_dict(model_name: str, weights_name: str, label: str) -> di
     """torchvision's weights, from torch.hub's cache (downloaded there when missing and online).
     Offline, the ModelError names the file to place and where."""
     entry = torchvision_weights_entry(model_name, weights_name, label)
-    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(entry.url)
+    hub = Path(torch.hub.get_dir())
+    target = hub / "checkpoints" / os.path.basename(entry.url)
+    before = directories(hub)
     try:
         return entry.get_state_dict(progress=False)
     except Exception as error:  # URLError, OSError, a truncated download (RuntimeError)
+        remove_empty_directories_since(hub, before)  # the cache folders the attempt made
         raise ModelError(
             f"{label}: torchvision's {model_name} weights are not in {target.parent} and could not be "
             f"downloaded ({_first_line(error)}); place {target.name} there (from {entry.url})"
