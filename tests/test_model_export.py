@@ -130,7 +130,7 @@ def test_a_file_that_computes_something_else_is_refused_and_nothing_is_written(
     def tampered(path):
         program = real_load(path)
         module = program.module()
-        return type("Loaded", (), {"module": lambda self: (lambda x: module(x) + 0.5)})()
+        return type("Loaded", (), {"module": lambda self: lambda x: module(x) + 0.5})()
 
     monkeypatch.setattr(model_export.torch.export, "load", tampered)
     assert main(["export", str(trained_run), "--model", str(tmp_path / "bad.pt2")]) == 2

@@ -18,7 +18,7 @@ from torch import nn
 from rlr_engine import low_rank_layers, to_low_rank
 from rlr_engine.cli import main
 from rlr_engine.core.config import RunConfig
-from rlr_engine.core.errors import DataError, ModelError, PresetError
+from rlr_engine.core.errors import DataError, DatasetUnavailable, ModelError, PresetError
 from rlr_engine.core.presets import load_preset, resume_config
 from rlr_engine.run.checkpoint import save_atomic
 from rlr_engine.run.network import build_network, load_run_data
@@ -149,8 +149,11 @@ def test_at_full_energy_the_converted_model_computes_what_the_pretrained_one_doe
 
 def test_at_energy_0_9_each_layer_keeps_the_fewest_singular_values_holding_90_percent():
     dense = torchvision.models.resnet18(num_classes=3).eval()
-    sigmas = {n: torch.linalg.svdvals(m.weight.detach().flatten(1).double()) for n, m in dense.named_modules()
-              if isinstance(m, nn.Conv2d) and n.startswith("layer4")}
+    sigmas = {
+        n: torch.linalg.svdvals(m.weight.detach().flatten(1).double())
+        for n, m in dense.named_modules()
+        if isinstance(m, nn.Conv2d) and n.startswith("layer4")
+    }
     model = to_low_rank(dense, rank_energy=0.9, include=["layer4.*"])
     converted = dict(low_rank_layers(model))
     assert set(converted) == set(sigmas)
@@ -295,3 +298,89 @@ def test_model_output_that_does_not_fit_the_classes_says_which_model_args_would(
     c = config(tmp_path, model_args={})  # torchvision's default: 1000 classes
     with pytest.raises(ModelError, match=r"returns 2×1000 .* 3 classes .*model_args = \{num_classes = 3\}"):
         build_network(c, load_run_data(c, "cpu"))
+
+
+def write_idx(raw: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """The MNIST file format (big-endian header, then the bytes) that torchvision's MNIST reads."""
+    n, h, w = images.shape
+    raw.mkdir(parents=True, exist_ok=True)
+    header = (0x803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (n, h, w))
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.numpy().tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        (0x801).to_bytes(4, "big") + n.to_bytes(4, "big") + labels.numpy().tobytes()
+    )
+
+
+def test_a_torchvision_data_set_class_is_read_from_data_dir_and_normalisation_measured(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (30, 28, 28), generator=g, dtype=torch.uint8)
+    labels = (torch.arange(30) % 10).to(torch.uint8)
+    write_idx(tmp_path / "FashionMNIST" / "raw", "train", images[:20], labels[:20])
+    write_idx(tmp_path / "FashionMNIST" / "raw", "t10k", images[20:], labels[20:])
+    c = RunConfig(
+        dataset="torchvision:FashionMNIST",
+        model="mlp",
+        data_dir=str(tmp_path),
+        download=False,
+        val_fraction=0.0,
+        image_size=16,
+    )
+    data = load_run_data(c, "cpu")
+    assert (len(data.train), len(data.test), data.num_classes, data.channels) == (20, 10, 10, 1)
+    assert tuple(data.test.images.shape[1:]) == (1, 16, 16) and torch.equal(data.test.labels, labels[20:].long())
+    assert data.normalization_measured and len(data.mean) == 1
+    missing = c.replace(dataset="torchvision:KMNIST")
+    with pytest.raises(DatasetUnavailable, match=r"'torchvision:KMNIST' is not available in .*download = false"):
+        load_run_data(missing, "cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FashionMNIST"]  # nothing left of the attempt
+
+
+def test_torchvision_weights_offline_name_the_file_to_place_and_leave_no_cache_folders(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, *args, **kwargs):
+        (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)  # as torch.hub does first
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    c = config(tmp_path, weights="torchvision:DEFAULT", weights_skip_mismatched=True)
+    with pytest.raises(ModelError) as caught:
+        build_network(c, load_run_data(c, "cpu"))
+    message = str(caught.value)
+    assert "place resnet18-f37072fd.pth there" in message and str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+    assert not (tmp_path / "torch").exists()
+    # The mean and std come from the weights' own transforms (ImageNet's), not measured.
+    assert load_run_data(c, "cpu").mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+BAD_SETTINGS = {
+    "model": (["model=resnet18"], "model = 'resnet18'", "torchvision:NAME"),
+    "dataset": (["dataset=folder:images"], "dataset = 'folder:images'", "imagefolder:PATH"),
+    "rank_energy": (["rank_energy=1.5"], "rank_energy = 1.5", "[0, 1]"),
+    "model_args": (["model=mlp", "model_args={width = 3}"], "model_args = {'width': 3}", "not allowed"),
+    "include": (["lowrank_include=layer9.*"], "lowrank_include pattern 'layer9.*'", "matches no Linear or Conv2d"),
+    "grouped": (["model=torchvision:mobilenet_v2", "lowrank_include=features.1.conv.0.0"], "groups = 32", "exclude it"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETTINGS)
+def test_bad_settings_through_set_are_one_line_exit_2_and_create_nothing(tmp_path, monkeypatch, capsys, case):
+    write_image_folder(tmp_path / "images")
+    preset = tmp_path / "own.toml"
+    preset.write_text(
+        'dataset = "imagefolder:images"\nmodel = "torchvision:resnet18"\nmodel_args = {num_classes = 3}\n'
+        'method = "lowrank"\nepochs = 1\nval_fraction = 0.0\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    overrides, value, allowed = BAD_SETTINGS[case]
+    args = ["train", str(preset), "--runs", str(tmp_path / "runs")]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert value in err and allowed in err, err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

@@ -218,11 +218,12 @@ def torchvision_state_dict(model_name: str, weights_name: str, label: str) -> di
     entry = torchvision_weights_entry(model_name, weights_name, label)
     hub = Path(torch.hub.get_dir())
     target = hub / "checkpoints" / os.path.basename(entry.url)
-    before = directories(hub)
+    home = hub.parent  # TORCH_HOME: torch.hub makes it with the cache folders
+    before = directories(home)
     try:
         return entry.get_state_dict(progress=False)
     except Exception as error:  # URLError, OSError, a truncated download (RuntimeError)
-        remove_empty_directories_since(hub, before)  # the cache folders the attempt made
+        remove_empty_directories_since(home, before)  # the cache folders the attempt made
         raise ModelError(
             f"{label}: torchvision's {model_name} weights are not in {target.parent} and could not be "
             f"downloaded ({_first_line(error)}); place {target.name} there (from {entry.url})"
