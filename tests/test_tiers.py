@@ -38,21 +38,41 @@ def loads(packages: list[str], forbidden: list[str]) -> subprocess.CompletedProc
 def test_the_core_and_the_control_surface_load_no_torch_and_nothing_above_them():
     result = loads(
         ["rlr_engine.core", "rlr_engine.control"],
-        ["torch.", "numpy.", "textual.", "rlr_engine.run.", "rlr_engine.method.", "rlr_engine.workload.",
-         "rlr_engine.cli.", "rlr_tui."],
+        [
+            "torch.",
+            "numpy.",
+            "textual.",
+            "rlr_engine.run.",
+            "rlr_engine.method.",
+            "rlr_engine.workload.",
+            "rlr_engine.cli.",
+            "rlr_tui.",
+        ],
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_dashboard_loads_only_the_control_surface_and_the_core():
-    result = loads(["rlr_tui"], ["torch.", "numpy.", "rlr_engine.run.", "rlr_engine.method.",
-                                 "rlr_engine.workload.", "rlr_engine.cli."])
+    result = loads(
+        ["rlr_tui"],
+        ["torch.", "numpy.", "rlr_engine.run.", "rlr_engine.method.", "rlr_engine.workload.", "rlr_engine.cli."],
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_method_library_loads_nothing_of_runs():
-    result = loads(["rlr_engine.method"], ["rlr_engine.run.", "rlr_engine.cli.", "rlr_engine.control.",
-                                           "rlr_engine.workload.", "rlr_tui.", "textual.", "rich."])
+    result = loads(
+        ["rlr_engine.method"],
+        [
+            "rlr_engine.run.",
+            "rlr_engine.cli.",
+            "rlr_engine.control.",
+            "rlr_engine.workload.",
+            "rlr_tui.",
+            "textual.",
+            "rich.",
+        ],
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

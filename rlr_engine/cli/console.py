@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlr_engine.control.records import Snapshot
-from rlr_engine.core.formatting import pct
+from rlr_engine.core.formatting import pct, versus_dense
 
 console = Console()
 err_console = Console(stderr=True)
@@ -95,7 +95,7 @@ def print_summary(snap: Snapshot) -> None:
     factorised = sum(1 for s in snap.layers if s.low_rank)
     console.print(
         f"layers — {factorised} of {len(snap.layers)} factorised; {snap.params:,} parameters, "
-        f"{snap.compression:.1%} fewer than dense, {snap.rank_fraction:.0%} of the factorised rank kept",
+        f"{versus_dense(snap.compression)}, {snap.rank_fraction:.0%} of the factorised rank kept",
         highlight=False,
     )
     # Every Linear / Conv2d: a factorised one with its rank, a dense one marked so; the shape is

@@ -11,6 +11,7 @@ pixels, like the run's model (the normalisation is inside), with any batch size.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ def export_program(source: ExportSource, target: Path, merged: bool) -> ExportRe
 
     def write(path: Path) -> Callable[[Tensor], Tensor]:
         program = torch.export.export(source.model, (source.example(),), dynamic_shapes=_dynamic_batch())
+        program.example_inputs = None  # the check batch is not part of the model
         torch.export.save(program, str(path))
         module = torch.export.load(str(path)).module()
         return lambda x: module(x)
@@ -124,9 +126,10 @@ def _write_checked(
 ) -> ExportReport:
     """Write through ``write`` (which returns the written file's forward) to a temporary file
     beside ``target``, compare, measure, and only then rename it over ``target``."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # A folder of its own beside the target, holding a file of the target's name: torch.export
+    # names the archive's inner folder after the file.
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = folder / target.name
     try:
         forward = write(tmp)
         x = source.example()
@@ -143,7 +146,7 @@ def _write_checked(
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
     return ExportReport(
         target,
         kind,

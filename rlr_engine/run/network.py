@@ -18,6 +18,7 @@ from torch import nn
 from rlr_engine.core.catalog import MODEL_INPUTS, TORCHVISION, model_source, torchvision_weights
 from rlr_engine.core.config import RunConfig, validate
 from rlr_engine.core.errors import ModelError
+from rlr_engine.core.formatting import versus_dense
 from rlr_engine.method.lowrank import full_rank_of, low_rank_layers, parameter_report, to_dense, to_low_rank
 from rlr_engine.run.checkpoint import FORMAT, load_checkpoint, load_model_state
 from rlr_engine.workload.data import ImageData, to_float
@@ -179,8 +180,8 @@ def warm_start(model: nn.Module, config: RunConfig, data: ImageData, path: Path)
     low_rank = bool(list(low_rank_layers(previous)))
     to_dense(previous)
     notes = load_state(model, previous.state_dict(), label)
-    how = "its low-rank layers multiplied out" if low_rank else "dense"
-    return [*notes, f"{label}: warm start from step {payload['step']} of {source.name} ({source.method_label}; {how})"]
+    how = "; its low-rank layers multiplied out" if low_rank else ""
+    return [*notes, f"{label}: warm start from step {payload['step']} of {source.name} ({source.method_label}{how})"]
 
 
 def _conversion_note(model: nn.Module, config: RunConfig) -> str:
@@ -188,6 +189,7 @@ def _conversion_note(model: nn.Module, config: RunConfig) -> str:
     report = parameter_report(model)
     how = f"rank_energy {config.rank_energy:g}" if config.rank_energy else f"rank_fraction {config.rank_fraction:g}"
     return (
-        f"{len(layers)} layers factorised ({how}): {report.params:,} parameters, {report.compression:.1%} fewer "
-        f"than dense; " + ", ".join(f"{n} {layer.out_dim}×{layer.in_dim} rank {layer.rank}" for n, layer in layers)
+        f"{len(layers)} layers factorised ({how}): {report.params:,} parameters, "
+        f"{versus_dense(report.compression)}; "
+        + ", ".join(f"{n} {layer.out_dim}×{layer.in_dim} rank {layer.rank}" for n, layer in layers)
     )

@@ -6,6 +6,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from rlr_engine.core.formatting import versus_dense
+
 
 class RankBars(Static):
     """One bar per compressible layer; dense layers are drawn full and marked dense. Each row
@@ -29,8 +31,7 @@ class RankBars(Static):
             bar.append("░" * (width - filled), style="dim")
             table.add_row(layer.name, bar, f"{layer.rank}/{layer.full_rank}" + ("" if layer.low_rank else " d"), shape)
         summary = Text(
-            f"{snap.params:,} params · {100 * snap.compression:.1f}% fewer than dense · "
-            f"{100 * snap.rank_fraction:.0f}% of rank kept",
+            f"{snap.params:,} params · {versus_dense(snap.compression)} · {100 * snap.rank_fraction:.0f}% of rank kept",
             style="bold",
         )
         self.update(_stack(summary, table))
