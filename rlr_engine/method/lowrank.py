@@ -317,11 +317,13 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 def _select(
     model: nn.Module, include: Sequence[str], exclude: Sequence[str], ranks: Mapping[str, int]
-) -> tuple[list[tuple[str, nn.Module]], str | None]:
+) -> tuple[list[tuple[str, nn.Linear | nn.Conv2d]], str | None]:
     """The Linear / Conv2d modules to convert (patterns applied, explicit ranks added) and the
     name of the last convertible one; ValueError for a pattern that matches nothing or a layer
     that an include pattern names but cannot be factorised."""
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    layers: list[tuple[str, nn.Linear | nn.Conv2d]] = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
     names = [n for n, _ in layers]
     for kind, patterns in (("include", include), ("exclude", exclude)):
         for pattern in patterns:
@@ -334,7 +336,7 @@ def _select(
     unknown = sorted(set(ranks) - known)
     if unknown:
         raise ValueError(f"ranks names unknown layers {unknown}; convertible layers are {sorted(known)}")
-    chosen = []
+    chosen: list[tuple[str, nn.Linear | nn.Conv2d]] = []
     for name, module in layers:
         wanted = name in ranks or ((not include or _matches(name, include)) and not _matches(name, exclude))
         if not wanted:
@@ -412,11 +414,14 @@ def to_low_rank(
         max_rank = rank
         if max_rank_fraction is not None and name not in ranks:
             max_rank = max(rank, rank_for_fraction(max_rank_fraction, full))
-        kw = {"device": module.weight.device, "dtype": module.weight.dtype, "max_rank": max_rank}
-        has_bias = module.bias is not None
+        device, dtype = module.weight.device, module.weight.dtype
+        bias = module.bias
+        has_bias = bias is not None
         new: LowRankLayer
         if isinstance(module, nn.Linear):
-            new: LowRankLayer = LowRankLinear(module.in_features, module.out_features, rank, has_bias, **kw)
+            new = LowRankLinear(
+                module.in_features, module.out_features, rank, has_bias, device, dtype, max_rank=max_rank
+            )
         else:
             new = LowRankConv2d(
                 module.in_channels,
@@ -427,9 +432,11 @@ def to_low_rank(
                 module.padding,
                 module.dilation,
                 has_bias,
-                **kw,
+                device,
+                dtype,
+                max_rank=max_rank,
             )
-        new.set_from_dense(module.weight.detach(), module.bias.detach() if has_bias else None)
+        new.set_from_dense(module.weight.detach(), bias.detach() if bias is not None else None)
         new.train(module.training)
         _set_submodule(model, name, new)
     return model
@@ -449,26 +456,28 @@ def to_dense(model: nn.Module) -> nn.Module:
         The same model.
     """
     for name, layer in list(low_rank_layers(model)):
-        has_bias = layer.bias is not None
-        kw = {"device": layer.S.device, "dtype": layer.S.dtype}
+        bias = layer.bias
+        device, dtype = layer.S.device, layer.S.dtype
+        dense: nn.Linear | nn.Conv2d
         if isinstance(layer, LowRankConv2d):
-            dense: nn.Module = nn.Conv2d(
+            dense = nn.Conv2d(
                 layer.in_channels,
                 layer.out_channels,
                 layer.kernel_size,
                 layer.stride,
                 layer.padding,
                 layer.dilation,
-                bias=has_bias,
-                **kw,
+                bias=bias is not None,
+                device=device,
+                dtype=dtype,
             )
             dense.weight.copy_(layer.dense_weight())
             dense.weight.data = dense.weight.data.contiguous(memory_format=layer.memory_format)
         else:
-            dense = nn.Linear(layer.in_dim, layer.out_dim, bias=has_bias, **kw)
+            dense = nn.Linear(layer.in_dim, layer.out_dim, bias=bias is not None, device=device, dtype=dtype)
             dense.weight.copy_(layer.dense_weight_matrix())
-        if has_bias:
-            dense.bias.copy_(layer.bias)
+        if bias is not None and dense.bias is not None:
+            dense.bias.copy_(bias)
         dense.train(layer.training)
         _set_submodule(model, name, dense)
     return model

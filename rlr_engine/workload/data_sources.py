@@ -273,9 +273,10 @@ def _torchvision_class(
     import torchvision.datasets as tvd
 
     label = f"{TORCHVISION}:{name}"
-    cls = getattr(tvd, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.utils.data.Dataset)):
+    found = getattr(tvd, name, None)
+    if not (isinstance(found, type) and issubclass(found, torch.utils.data.Dataset)):
         raise DataError(f"dataset = {label!r}: torchvision.datasets has no data set class {name!r}")
+    cls: Any = found  # a class of its own signature, called as its documentation says
     params = inspect.signature(cls).parameters
     reserved = {"root", "download", "transform", "target_transform", "train" if "train" in params else "split"}
     taken = sorted(reserved & set(extra))
