@@ -296,7 +296,7 @@ def test_a_bad_factory_through_the_command_line_is_exit_2_without_traceback_or_r
 
 def test_model_output_that_does_not_fit_the_classes_says_which_model_args_would(tmp_path):
     c = config(tmp_path, model_args={})  # torchvision's default: 1000 classes
-    with pytest.raises(ModelError, match=r"returns 2×1000 .* 3 classes .*model_args = \{num_classes = 3\}"):
+    with pytest.raises(ModelError, match=r"returns 2×1000 .* 3 classes.*model_args = \{num_classes = 3\}"):
         build_network(c, load_run_data(c, "cpu"))
 
 
