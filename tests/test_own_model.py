@@ -384,3 +384,48 @@ def test_bad_settings_through_set_are_one_line_exit_2_and_create_nothing(tmp_pat
     assert value in err and allowed in err, err
     assert err.count("error:") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+# -- what the summary and the rank tab show --------------------------------------------------------
+def converted_layer_stats():
+    from rlr_engine.workload.spectra import layer_stats
+
+    model = to_low_rank(torchvision.models.resnet18(num_classes=3), 0.25, include=["layer4.1.*"])
+    return layer_stats(model)
+
+
+def test_the_summary_lists_every_converted_layer_with_its_dense_shape(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from rlr_engine.cli import console
+    from rlr_engine.control.records import Snapshot
+
+    out = io.StringIO()
+    monkeypatch.setattr(console, "console", Console(file=out, width=120, no_color=True))
+    console.print_summary(Snapshot(state="finished", preset="own", layers=converted_layer_stats()))
+    rows = {line.split("│")[1].strip(): line for line in out.getvalue().splitlines() if line.count("│") > 3}
+    assert "2 of 21 factorised" in " ".join(out.getvalue().split())
+    assert "512×4608" in rows["layer4.1.conv1"] and "128/512" in rows["layer4.1.conv1"]
+    assert "64×147" in rows["conv1"] and "dense" in rows["conv1"]  # a 7×7 convolution as a matrix
+
+
+async def test_the_rank_tab_lists_every_converted_layer_with_its_dense_shape():
+    from textual.app import App
+
+    from rlr_engine.control.records import Snapshot
+    from rlr_tui.widgets.rank_bars import RankBars
+
+    class BarsApp(App):
+        def compose(self):
+            yield RankBars()
+
+    app = BarsApp()
+    async with app.run_test(size=(100, 40)) as pilot:
+        bars = app.query_one(RankBars)
+        bars.show(Snapshot(state="running", preset="own", layers=converted_layer_stats()))
+        await pilot.pause()
+        screen = app.export_screenshot()
+    assert ("layer4.1.conv1", 128, 512) in bars.rows and len(bars.rows) == 21
+    assert "512×4608" in screen and "64×147" in screen
