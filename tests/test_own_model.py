@@ -436,3 +436,16 @@ async def test_the_rank_tab_lists_every_converted_layer_with_its_dense_shape():
         screen = app.export_screenshot()
     assert ("layer4.1.conv1", 128, 512) in bars.rows and len(bars.rows) == 21
     assert "512×4608" in screen and "64×147" in screen
+
+
+def test_a_new_classifier_head_is_left_as_initialised_only_when_asked(tmp_path):
+    imagenet = torchvision.models.resnet18()  # a 1000-class head, as torchvision's weights have
+    torch.save(imagenet.state_dict(), tmp_path / "imagenet.pt")
+    c = config(tmp_path, weights=str(tmp_path / "imagenet.pt"), mean=[0.5], std=[0.25])
+    data = load_run_data(c, "cpu")
+    with pytest.raises(ModelError, match=r"shapes differ: fc.weight 3×512 in the model, 1000×512 in the weights"):
+        build_network(c, data)
+    notes: list[str] = []
+    model = build_network(c.replace(weights_skip_mismatched=True), data, notes=notes)
+    assert torch.equal(model.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
+    assert any("left as initialised (shapes differ): fc.weight, fc.bias" in n for n in notes), notes
