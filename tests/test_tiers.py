@@ -81,3 +81,18 @@ def test_the_method_is_importable_from_the_package_top(name):
     import rlr_engine
 
     assert getattr(rlr_engine, name).__module__.startswith("rlr_engine.method.")
+
+
+def test_the_readmes_layout_names_every_module_in_its_own_tier():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(" `/"): line for line in layout.splitlines() if line.startswith("| `")}
+    tiers = sorted(p.name for p in (ROOT / "rlr_engine").iterdir() if (p / "__init__.py").exists())
+    assert sorted(rows) == tiers, "one row per tier of rlr_engine"
+    missing = [
+        f"{tier}/{module.stem}"
+        for tier in tiers
+        for module in sorted((ROOT / "rlr_engine" / tier).glob("*.py"))
+        if not module.stem.startswith("__") and f"`{module.stem}`" not in rows[tier]
+    ]
+    assert not missing, f"modules the README's layout does not name in their tier's row: {missing}"
