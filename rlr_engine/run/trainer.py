@@ -39,6 +39,11 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceUnavailable(
             "device = 'cuda' was asked for but no CUDA GPU is available; use device = 'cpu' or 'auto'"
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"device = {name!r} was asked for but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
     return device
 
 
