@@ -317,3 +317,25 @@ def test_step_on_cuda_never_synchronises_with_the_host():
     torch.cuda.synchronize()
     assert returned_before_the_gpu_was_free
     assert_orthonormal_and_conditioned(model, 0.1)
+
+
+def test_padded_batch_of_every_factor_is_orthonormal_entry_by_entry_and_its_blocks_are_the_factors():
+    """The device path steps every U and V as one padded batch: each whole entry, padding
+    included, must stay orthonormal (so no solver in the chain meets a singular matrix, which a
+    GPU's batched Cholesky may leave undefined), and its live block must be the layer's factor."""
+    x, y = synthetic_task()
+    model = mlp()
+    opt = CondLR(model, lr=0.1, momentum=0.3, tau=0.1, **DEVICE_PATH)
+    for step in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:64]), y[:64]).backward()
+        opt.step()
+    batch = opt._padded
+    assert len({shape for shape in batch.shapes}) > 2  # shapes of several sizes share the batch
+    eye = torch.eye(batch.result.shape[-1])
+    for entry in batch.result:
+        assert torch.isfinite(entry).all()
+        assert (entry.T @ entry - eye).abs().max() <= 1e-5
+    factors = [p for _, layer in low_rank_layers(model) for p in (layer.U, layer.V)]
+    for block, factor in zip(batch.result_blocks, factors):
+        assert torch.equal(block, factor)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rlr_engine.method.matrix_functions import largest_eigenvalue_psd, polar, trace
+from rlr_engine.method.matrix_functions import identity, largest_eigenvalue_psd, polar, trace
 
 RETRACTIONS = ("householder", "cholesky-qr2")
 CORE_PROJECTIONS = ("svd", "newton")
@@ -77,6 +77,44 @@ def retract_cholesky_qr(X: Tensor, out: Tensor | None = None) -> Tensor:
     Q = torch.linalg.solve_triangular(R, Q, upper=True, left=False)
     R, _ = torch.linalg.cholesky_ex(Q.mT @ Q, upper=True)
     return torch.linalg.solve_triangular(R, Q, upper=True, left=False, out=out)
+
+
+class PaddedFactors:
+    """Factors of different shapes X_i (m_i × r_i) as one batch (N, M, R), R = max r_i,
+    M = max(m_i + R − r_i), so that one chain of batched kernels steps them all.
+
+    Entry i holds X_i in its block [:m_i, :r_i], the identity in [m_i : m_i + R − r_i, r_i:] and
+    zeros elsewhere: up to zero rows it is block-diag(X_i, I). Every operation of the step keeps
+    the blocks apart — (I − P Pᵀ) G of such a P and a G zero outside X_i's block is zero outside it,
+    and qf(block-diag(X, I)) = block-diag(qf(X), I) — so entry i's block is what the step computes
+    for X_i alone, up to rounding (the CholeskyQR shift is taken over the whole entry). The zero
+    rows cost arithmetic (a 512×13 factor padded to 4608×103 does 70× the work of its own) but no
+    kernel launches; where launches dominate (small layers on a GPU) that is the trade wanted.
+
+    The buffers are allocated once per set of shapes; ``factor_blocks``, ``moment_blocks`` and
+    ``result_blocks`` are views of the live blocks, for ``torch._foreach_copy_`` in and out.
+
+    Args:
+        shapes: (m_i, r_i) of every factor, in batch order.
+        dtype, device: those of the factors.
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> None:
+        self.shapes = tuple(shapes)
+        rank = max(r for _, r in self.shapes)
+        rows = max(m + rank - r for m, r in self.shapes)
+        self.factors = torch.zeros((len(self.shapes), rows, rank), dtype=dtype, device=device)
+        for i, (m, r) in enumerate(self.shapes):
+            if r < rank:
+                self.factors[i, m : m + rank - r, r:].fill_diagonal_(1.0)
+        self.moments = torch.zeros_like(self.factors)
+        self.result = torch.zeros_like(self.factors)
+        self.factor_blocks = self._blocks(self.factors)
+        self.moment_blocks = self._blocks(self.moments)
+        self.result_blocks = self._blocks(self.result)
+
+    def _blocks(self, batch: Tensor) -> list[Tensor]:
+        return [batch[i, :m, :r] for i, (m, r) in enumerate(self.shapes)]
 
 
 def conditioning_bounds(tau: float) -> float:
@@ -149,14 +187,15 @@ def _project_by_rank(
 def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool) -> list[tuple[Tensor, Tensor]]:
     """Every core S of rank r in one batch at the largest rank R, padded to block-diag(S, c I),
     where c is chosen so that the padding leaves S's block of every intermediate — polar factor,
-    clamp, extreme singular values — as it would be alone (see _project_condition_newton)."""
+    clamp, extreme singular values — as it would be alone (see _project_condition_newton).
+    Copies in and out are one ``_foreach_copy_`` and one cast each, whatever the number of cores."""
     ranks = tuple(S.shape[-1] for S in cores)
     size, device, dtype = max(ranks), cores[0].device, _newton_dtype(cores[0].device)
     padded = cores[0].new_zeros((len(cores), size, size), dtype=dtype)
-    for i, S in enumerate(cores):
-        padded[i, : ranks[i], : ranks[i]] = S
+    torch._foreach_copy_([padded[i, :r, :r] for i, r in enumerate(ranks)], list(cores))
     projected, ratio = _project_condition_newton(padded, _padding(ranks, device, dtype), tau, reference_compat)
-    return [(projected[i, : S.shape[-1], : S.shape[-1]].to(S.dtype), ratio[i].to(S.dtype)) for i, S in enumerate(cores)]
+    projected, ratio = projected.to(cores[0].dtype), ratio.to(cores[0].dtype)
+    return [(projected[i, :r, :r], ratio[i]) for i, r in enumerate(ranks)]
 
 
 @functools.lru_cache(maxsize=16)
@@ -201,7 +240,7 @@ def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_
     from the powering plus ≈ u·(1 + τ) from forming clamp(H) at the scale of hi.
     """
     size = S.shape[-1]
-    eye = torch.eye(size, dtype=S.dtype, device=S.device)
+    eye = identity(size, S.dtype, S.device)
     padded_count = trace(padding)[..., None, None]
     rank = size - padded_count
     rms = torch.linalg.matrix_norm(S, keepdim=True) / rank.sqrt()

@@ -237,7 +237,11 @@ class Trainer:
             images = augment(images, data.crop_padding, data.flip, self.generator)
         mine = self.ranks.shard(n)
         x, y = to_float(images[mine]), data.train.labels[batch[mine]]
-        logits = self.train_module(x)
+        # bf16: the forward (and so the backward) in bfloat16 where autocast allows it; the loss
+        # from float32 logits, the parameters, gradients and the optimizer step in float32.
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            logits = self.train_module(x)
+        logits = logits.float()
         # W/n · Σ_shard ℓ: DDP's average over the W ranks makes it the global batch mean (distributed.py).
         loss_sum = F.cross_entropy(logits, y, reduction="sum")
         loss = loss_sum * (self.ranks.world_size / n)
