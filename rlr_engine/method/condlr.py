@@ -312,8 +312,14 @@ class CondLR(torch.optim.Optimizer):
         method = self._resolved(self.core_projection, CORE_PROJECTIONS, cores[0].device)
         results = project_cores(cores, tau, self.reference_compat, method)
         torch._foreach_copy_(list(cores), [projected for projected, _ in results])
-        for S, (_, ratio) in zip(cores, results):
-            self.state[S]["inv_kappa_sq"] = ratio
+        ratios = [ratio for _, ratio in results]
+        recorded = [self.state[S].get("inv_kappa_sq") for S in cores]
+        if all(isinstance(r, Tensor) and r.dtype == new.dtype for r, new in zip(recorded, ratios)):
+            # in place, so the next step reads the same memory (a captured step depends on it)
+            torch._foreach_copy_(recorded, ratios)
+        else:
+            for S, ratio in zip(cores, ratios):
+                self.state[S]["inv_kappa_sq"] = ratio
 
     # -- rank truncation ---------------------------------------------------------------------
     @torch.no_grad()
