@@ -167,7 +167,7 @@ def main() -> None:
             if "graph" in option:
                 runners[label] = captured(model, optimizer, x, y, bf16)
             else:
-                runners[label] = lambda m=model, o=optimizer, b=bf16: step(m, o, x, y, b)
+                runners[label] = lambda m=model, o=optimizer, b=bf16, x=x, y=y: step(m, o, x, y, b)
         times: dict[str, list[float]] = {label: [] for label, *_ in found}
         for _ in range(args.warmup):
             for run in runners.values():

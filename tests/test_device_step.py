@@ -326,12 +326,12 @@ def test_padded_batch_of_every_factor_is_orthonormal_entry_by_entry_and_its_bloc
     x, y = synthetic_task()
     model = mlp()
     opt = CondLR(model, lr=0.1, momentum=0.3, tau=0.1, **DEVICE_PATH)
-    for step in range(3):
+    for _ in range(3):
         opt.zero_grad()
         F.cross_entropy(model(x[:64]), y[:64]).backward()
         opt.step()
     batch = opt._padded
-    assert len({shape for shape in batch.shapes}) > 2  # shapes of several sizes share the batch
+    assert len(set(batch.shapes)) > 2  # shapes of several sizes share the batch
     eye = torch.eye(batch.result.shape[-1])
     for entry in batch.result:
         assert torch.isfinite(entry).all()

@@ -227,9 +227,11 @@ class CondLR(torch.optim.Optimizer):
             return torch.where(a > 0, a.reciprocal(), 1.0)
         ratios = [self.state[layer.S].get("inv_kappa_sq") for layer in layers]
         if any(ratio is None for ratio in ratios):  # the first step: c = 1 until one is recorded
-            return 1.0 if all(r is None for r in ratios) else torch.stack([
-                layer.S.new_ones(()) if r is None else r for layer, r in zip(layers, ratios)
-            ])
+            return (
+                1.0
+                if all(r is None for r in ratios)
+                else torch.stack([layer.S.new_ones(()) if r is None else r for layer, r in zip(layers, ratios)])
+            )
         return torch.stack(ratios)
 
     def _low_rank_step(self) -> None:
@@ -259,7 +261,11 @@ class CondLR(torch.optim.Optimizer):
         """Steps 2–3 for every U and V at once, as one padded batch (manifold.PaddedFactors) and
         CholeskyQR: one chain of kernels whatever the number of layers and shapes."""
         shapes = [tuple(p.shape) for p in params]
-        if self._padded is None or self._padded.shapes != tuple(shapes) or self._padded.factors.device != params[0].device:
+        if (
+            self._padded is None
+            or self._padded.shapes != tuple(shapes)
+            or self._padded.factors.device != params[0].device
+        ):
             self._padded = PaddedFactors(shapes, params[0].dtype, params[0].device)
         batch = self._padded
         torch._foreach_copy_(batch.factor_blocks, params)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 
 def tau_regime(tau: float) -> str:
-    """"zero", "finite" or "inf": the branch of the CondLR step τ selects."""
+    """ "zero", "finite" or "inf": the branch of the CondLR step τ selects."""
     return "inf" if math.isinf(tau) else "zero" if tau == 0.0 else "finite"
 
 
@@ -62,7 +62,9 @@ class StepGraph:
         warmup: eager steps before a capture.
     """
 
-    def __init__(self, step: Callable[[Tensor, Tensor], tuple[Tensor, ...]], zero_grad: Callable[[], None], warmup: int = 2) -> None:
+    def __init__(
+        self, step: Callable[[Tensor, Tensor], tuple[Tensor, ...]], zero_grad: Callable[[], None], warmup: int = 2
+    ) -> None:
         self.step, self.zero_grad, self.warmup = step, zero_grad, warmup
         self.captures = 0
         self._key: tuple | None = None
