@@ -31,7 +31,7 @@ check() {  # check NAME SECONDS COMMAND...: run it, its output to $out/NAME.txt,
     shift 2
     echo "== $name: $*" | tee "$out/$name.txt"
     local start=$SECONDS
-    timeout "$limit" "$@" >>"$out/$name.txt" 2>&1
+    timeout -k 15 "$limit" "$@" >>"$out/$name.txt" 2>&1
     local rc=$?
     echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$out/$name.txt" "$out/summary.txt"
     [ $rc -eq 0 ] || status=1
