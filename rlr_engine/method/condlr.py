@@ -24,8 +24,10 @@ batch 128, 300 steps, full-set loss, mean of seeds 0–2): τ = 0: 0.157 scaled 
 
 Every other parameter takes a plain SGD-with-momentum step. Nothing in ``step`` reads a tensor
 on the host. On an accelerator the defaults are also free of solvers that check their status on
-the host: the retraction is CholeskyQR2 and the core projection is made of Newton iterations for
-polar decompositions (``manifold.project_cores``), so the step never synchronises (except with
+the host: the retraction is shifted CholeskyQR3 over every U and V at once, padded into one batch
+(``manifold.PaddedFactors``: one chain of kernels whatever the number of layers), and the core
+projection is made of Newton iterations for polar decompositions (``manifold.project_cores``), so
+the step never synchronises (except with
 ``reference_compat``, which keeps the paper's Householder QR). On the CPU they are Householder QR
 and the SVD of the cores, the faster there; both pairs compute the same step up to rounding.
 """
@@ -260,7 +262,7 @@ class CondLR(torch.optim.Optimizer):
     ) -> None:
         """Steps 2–3 for every U and V at once, as one padded batch (manifold.PaddedFactors) and
         CholeskyQR: one chain of kernels whatever the number of layers and shapes."""
-        shapes = [tuple(p.shape) for p in params]
+        shapes = [(p.shape[0], p.shape[1]) for p in params]
         if (
             self._padded is None
             or self._padded.shapes != tuple(shapes)
@@ -318,9 +320,9 @@ class CondLR(torch.optim.Optimizer):
         method = self._resolved(self.core_projection, CORE_PROJECTIONS, cores[0].device)
         results = project_cores(cores, tau, self.reference_compat, method)
         torch._foreach_copy_(list(cores), [projected for projected, _ in results])
-        ratios = [ratio for _, ratio in results]
-        recorded = [self.state[S].get("inv_kappa_sq") for S in cores]
-        if all(isinstance(r, Tensor) and r.dtype == new.dtype for r, new in zip(recorded, ratios)):
+        ratios = [ratio for _, ratio in results if ratio is not None]
+        recorded = [r for S in cores if isinstance(r := self.state[S].get("inv_kappa_sq"), Tensor)]
+        if len(recorded) == len(ratios) == len(cores) and all(r.dtype == q.dtype for r, q in zip(recorded, ratios)):
             # in place, so the next step reads the same memory (a captured step depends on it)
             torch._foreach_copy_(recorded, ratios)
         else:
