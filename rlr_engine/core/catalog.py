@@ -20,6 +20,11 @@ ADAPTIVE_METHODS = ("robust-dlrt", "condlr-adaptive")
 METHODS = ("dense", "lowrank", *ADAPTIVE_METHODS)
 CORE_OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")  # presets also take cuda:N
+# float32: everything in float32. bf16: forward and backward under autocast to bfloat16; the
+# factors, momentum, retraction and core projection stay float32.
+PRECISIONS = ("float32", "bf16")
+# Capturing the whole training step as a CUDA graph: on, off, or auto (on where CUDA runs it).
+CUDA_GRAPHS = ("auto", "on", "off")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 OFFLINE_HINT = (

@@ -17,8 +17,10 @@ from rlr_engine.core.catalog import (
     ADAPTIVE_METHODS,
     ATTACKS,
     CORE_OPTIMIZERS,
+    CUDA_GRAPHS,
     DEVICES,
     METHODS,
+    PRECISIONS,
     STEP_SCALINGS,
     TORCHVISION,
     AttackFacts,
@@ -305,6 +307,24 @@ class RunConfig:
             bool,
             help="compile the model's forward and backward "
             "with torch.compile (fewer kernel launches; the first steps take longer)",
+        ),
+    )
+    precision: str = field(
+        default="float32",
+        metadata=_spec(
+            str,
+            PRECISIONS,
+            "bf16: forward and backward under autocast to bfloat16; factors, momentum, "
+            "retraction and core projection stay float32",
+        ),
+    )
+    cuda_graphs: str = field(
+        default="auto",
+        metadata=_spec(
+            str,
+            CUDA_GRAPHS,
+            "capture forward, backward and optimizer step as one CUDA graph, captured again "
+            "when shapes or tau's regime change (auto: on CUDA; ignored elsewhere)",
         ),
     )
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))

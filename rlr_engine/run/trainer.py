@@ -26,6 +26,7 @@ from rlr_engine.method.lowrank import ParameterReport, parameter_report
 from rlr_engine.run.checkpoint import load_model_state
 from rlr_engine.run.distributed import SINGLE, Ranks
 from rlr_engine.run.network import build_network, load_run_data
+from rlr_engine.run.step_graph import StepGraph, capture_key, graphs_wanted
 from rlr_engine.workload.attacks import adversarial_correct
 from rlr_engine.workload.data import ImageData, augment, to_float
 from rlr_engine.workload.spectra import layer_stats
@@ -40,6 +41,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable(
             "device = 'cuda' was asked for but no CUDA GPU is available; use device = 'cpu' or 'auto'"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"device = {name!r} was asked for but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
         )
     return device
 
@@ -117,6 +123,15 @@ class Trainer:
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.window_samples = 0
         self._wrap()
+        # The step as a CUDA graph (step_graph.py): fixed-rank methods in one process only, where
+        # nothing in the step decides on the host.
+        eligible = self.adaptation is None and not ranks.distributed
+        self.step_graph: StepGraph | None = None
+        if graphs_wanted(config.cuda_graphs, device) and eligible:
+            self.step_graph = StepGraph(
+                lambda x, y: self._forward_backward_step(x, y, 1.0 / len(y)),
+                lambda: self.model.zero_grad(set_to_none=True),
+            )
 
     def _wrap(self) -> None:
         """(Re)build DistributedDataParallel when the parameter objects changed (a truncation or
@@ -237,21 +252,15 @@ class Trainer:
             images = augment(images, data.crop_padding, data.flip, self.generator)
         mine = self.ranks.shard(n)
         x, y = to_float(images[mine]), data.train.labels[batch[mine]]
-        logits = self.train_module(x)
-        # W/n · Σ_shard ℓ: DDP's average over the W ranks makes it the global batch mean (distributed.py).
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        loss = loss_sum * (self.ranks.world_size / n)
-        if self.adaptation is not None:
-            loss = loss + self.adaptation.regularizer()  # soft conditioning β (reported loss: cross-entropy)
-        # The model's, not only the optimizer's: a rank-adaptive optimizer does not hold U and V,
-        # whose gradients (left by an attack's backward passes too) the augmentation reads.
-        self.model.zero_grad(set_to_none=True)
-        loss.backward()
         try:
-            if self.adaptation is not None:
-                self._note_rank_changes(self.adaptation.step())
+            if self.step_graph is not None:
+                loss_sum, logits = self.step_graph(x, y, capture_key(self.model, self.optimizer, tuple(x.shape)))
             else:
-                self.optimizer.step()
+                # The model's, not only the optimizer's: a rank-adaptive optimizer does not hold U
+                # and V, whose gradients (left by an attack's backward passes too) the augmentation reads.
+                self.model.zero_grad(set_to_none=True)
+                # W/n · Σ_shard ℓ: DDP's average over the W ranks makes it the global batch mean (distributed.py).
+                loss_sum, logits = self._forward_backward_step(x, y, self.ranks.world_size / n)
         except torch.linalg.LinAlgError:
             # The SVD of a core fails on non-finite values: divergence detected early, not a crash.
             self._finite.fill_(False)
@@ -265,6 +274,27 @@ class Trainer:
         self.position += n
         self.step += 1
         return True
+
+    def _forward_backward_step(
+        self, x: torch.Tensor, y: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss Σℓ·``scale``, backward and optimizer step on gradients set to None by the
+        caller; returns (Σℓ, logits), detached. What ``step_graph`` captures."""
+        # bf16: the forward (and so the backward) in bfloat16 where autocast allows it; the loss
+        # from float32 logits, the parameters, gradients and the optimizer step in float32.
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16"):
+            logits = self.train_module(x)
+        logits = logits.float()
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        loss = loss_sum * scale
+        if self.adaptation is not None:
+            loss = loss + self.adaptation.regularizer()  # soft conditioning β (reported loss: cross-entropy)
+        loss.backward()
+        if self.adaptation is not None:
+            self._note_rank_changes(self.adaptation.step())
+        else:
+            self.optimizer.step()
+        return loss_sum.detach(), logits.detach()
 
     def end_epoch(self) -> None:
         self.epoch += 1
