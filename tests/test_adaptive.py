@@ -513,11 +513,16 @@ def test_a_truncation_mid_window_reports_ranks_against_those_shown_not_the_augme
     from rlr_engine.control.records import Pause, Truncate
 
     engine = start_engine(
-        tmp_path, method="condlr-adaptive", rank_fraction=0.3, max_rank_fraction=0.6, adapt_every=10, epochs=50
+        tmp_path,
+        commands=[Pause(at_step=35)],  # inside a window; the epoch end at step 38 would end it
+        method="condlr-adaptive",
+        rank_fraction=0.3,
+        max_rank_fraction=0.6,
+        adapt_every=10,
+        epochs=50,
     )
-    wait_for(engine, lambda s: s.step > 33)
-    engine.send(Pause())
     wait_for(engine, lambda s: s.state == "paused")
+    assert engine.trainer.step == 35
     assert engine.trainer.adaptation.position != 0  # mid-window: the bases are augmented
     shown = {layer.name: layer.rank for layer in engine.latest().layers}
     engine.send(Truncate(theta=0.5))

@@ -82,6 +82,28 @@ def test_pause_stops_the_step_counter_and_resume_restarts_it(tmp_path):
     engine.stop(30)
 
 
+def test_a_pause_asked_for_at_a_step_stops_the_run_at_that_step_and_past_steps_are_refused(tmp_path):
+    engine = start_engine(tmp_path, commands=[Pause(at_step=40), Pause(at_step=7)], epochs=100)
+    paused = wait_for(engine, lambda s: s.state == "paused")
+    assert paused.step == engine.trainer.step == 7  # the later request replaced the earlier one
+    assert [e.message for e in paused.events if e.kind == "info"][-1] == "paused at step 7, as asked"
+    scheduled = [e.message for e in paused.events if e.kind == "applied"]
+    assert scheduled == ["will pause at step 40", "will pause at step 7"]
+    total = engine.trainer.total_steps
+    for request_id, step in (("past", 7), ("beyond", total + 1), ("bool", True)):
+        engine.send(Pause(at_step=step), request_id=request_id)
+    engine.send(Pause(at_step=12), request_id="next")
+    engine.send(Resume())
+    again = wait_for(engine, lambda s: s.state == "paused" and s.step > 7)
+    assert again.step == 12
+    acks = {a.request_id: a for a in engine.acks}
+    for request_id in ("past", "beyond", "bool"):
+        assert acks[request_id].status == "rejected", request_id
+        assert f"the run is at step 7; expected an integer in [8, {total}]" in acks[request_id].message
+    assert acks["next"].status == "applied"
+    engine.stop(30)
+
+
 @pytest.mark.parametrize(
     "command, reason",
     [
