@@ -2,13 +2,16 @@
 keys, acknowledgements, a dead engine), and one end to end against a real engine process."""
 
 import time
+import weakref
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import NamedTuple
 
 import pytest
 from fake_client import FakeClient, FakeLauncher, scripted_snapshot
+from textual.app import App
 from textual.pilot import Pilot
+from textual.widgets import TabbedContent, Tabs
 
 from rlr_engine.control.records import Pause, Resume, SetTau, Stop, Truncate
 from rlr_tui.app import RlrApp
@@ -21,7 +24,8 @@ from rlr_tui.widgets.event_log import EventLog
 from rlr_tui.widgets.status_bar import StatusBar
 
 
-async def until(pilot, predicate, timeout=30.0):
+async def until(pilot, predicate, timeout=60.0):
+    """Let the app run until ``predicate()`` holds (the timeout is a safety net, not a pace)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -30,21 +34,62 @@ async def until(pilot, predicate, timeout=30.0):
     raise AssertionError("condition not reached in time")
 
 
+async def settle(pilot):
+    """Let the app handle everything already sent to it (messages, refreshes, animations): for
+    asserting that something did not happen."""
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+
+
 async def type_value(pilot, text):
+    """Type ``text`` into the open value dialog and press Enter; returns once the dialog has
+    closed (and its value was handed on) or shows why it refused the value."""
     dialog = pilot.app.screen
     assert isinstance(dialog, ValueDialog)
     dialog.query_one("Input").value = ""
     await pilot.press(*text)
     await pilot.press("enter")
-    await pilot.pause(0.1)
+    await until(pilot, lambda: pilot.app.screen is not dialog or str(dialog.query_one("#error").render()))
+    await settle(pilot)
 
 
 def status_text(app) -> str:
     return str(app.screen.query_one(StatusBar).render())
 
 
+# Every notification each app showed, as "title: message", kept after its toast has timed out
+# (a loaded machine can take longer than a toast's timeout to get to the assertion).
+SHOWN: weakref.WeakKeyDictionary[App, list[str]] = weakref.WeakKeyDictionary()
+
+
+@pytest.fixture(autouse=True)
+def _keep_notifications(monkeypatch):
+    notify = App.notify
+
+    def keeping(self, message, *, title="", **options):
+        SHOWN.setdefault(self, []).append(f"{title}: {message}")
+        return notify(self, message, title=title, **options)
+
+    monkeypatch.setattr(App, "notify", keeping)
+
+
 def notifications(app) -> list[str]:
-    return [f"{n.title}: {n.message}" for n in app._notifications]
+    return list(SHOWN.get(app, ()))
+
+
+def active_tab(app) -> str | None:
+    return app.screen.query_one(TabbedContent).active
+
+
+def dashboard_ready(app) -> bool:
+    """The dashboard is the screen and done mounting: its tab strip has mounted and chosen a
+    tab, and its status bar shows a snapshot."""
+    screen = app.screen
+    if not isinstance(screen, DashboardScreen):
+        return False
+    tabs = screen.query(Tabs)
+    return bool(tabs) and all(t.is_mounted and t.active for t in tabs) and bool(status_text(app).strip())
 
 
 def fake_app(tmp_path, client=None, attach=False, overrides=()):
@@ -70,7 +115,7 @@ async def dashboard(tmp_path, client=None, size=(80, 24), overrides=()):
     nothing, so the runs root must never be created."""
     app, client, launcher = fake_app(tmp_path, client, overrides=overrides)
     async with app.run_test(size=size) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await until(pilot, lambda: dashboard_ready(app))
         yield Dashboard(app, pilot, client, launcher)
     assert not (tmp_path / "runs").exists(), "the dashboard created a run directory of its own"
 
@@ -113,7 +158,7 @@ async def test_while_paused_the_footer_offers_resume_and_the_header_shows_no_rat
     # show them while nothing trains.
     client = FakeClient(replace(scripted_snapshot(), state="paused", samples_per_s=4321.0, eta_s=754.0))
     async with dashboard(tmp_path, client, size=(100, 24)) as d:
-        await d.pilot.pause(0.3)
+        await until(d.pilot, lambda: "PAUSED" in status_text(d.app))
         footer = {b.binding.description for b in d.app.active_bindings.values() if b.enabled}
         assert "Resume" in footer and "Pause" not in footer
         status = status_text(d.app)
@@ -159,7 +204,7 @@ async def test_a_dead_engine_is_reported_with_the_last_checkpoint_and_r_resumes(
     (tmp_path / "fake-run").mkdir()
     async with dashboard(tmp_path, client, size=(100, 30), overrides=["tau=0.5"]) as d:
         d.client.die()
-        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app))
         assert any("step 1600" in n and "R resumes" in n for n in notifications(d.app))
         (tmp_path / "fake-run" / "config.toml").write_text(dump_toml(load_preset("quickstart")))
         (tmp_path / "fake-run" / "checkpoint.pt").write_bytes(b"x")
@@ -189,7 +234,9 @@ async def test_screenshot_help_and_layer_keys(tmp_path):
         await d.pilot.press("s")
         await until(d.pilot, lambda: list((tmp_path / "fake-run").glob("dashboard-*.svg")))
         await d.pilot.press("3")
-        await d.pilot.pause(0.3)
+        table, layers = d.app.screen.query_one("#kappa-table"), d.client.snapshot.layers
+        await until(d.pilot, lambda: active_tab(d.app) == "spectrum" and table.row_count == len(layers))
+        await settle(d.pilot)
         await d.pilot.press("right_square_bracket")
         assert d.app.screen.selected_layer == 1
         await d.pilot.press("left_square_bracket", "left_square_bracket")
@@ -216,7 +263,7 @@ async def test_the_events_tab_scrolls_back_by_keyboard_while_events_arrive(tmp_p
         await until(d.pilot, lambda: log.scroll_y == 0)
         d.client.snapshot = with_events(80, 3)  # the engine keeps sending
         await until(d.pilot, lambda: log.last_seq == 80)
-        await d.pilot.pause(0.3)
+        await settle(d.pilot)
         assert log.scroll_y == 0, "new events pulled the view away from what the user reads"
         await d.pilot.press("end")
         d.client.snapshot = with_events(90, 4)
@@ -224,14 +271,19 @@ async def test_the_events_tab_scrolls_back_by_keyboard_while_events_arrive(tmp_p
         await until(d.pilot, lambda: log.is_vertical_scroll_end)
 
 
+TABS = {"1": "training", "3": "spectrum", "4": "robustness"}
+
+
 @pytest.mark.parametrize("size", [(80, 24), (200, 50)])
 @pytest.mark.parametrize("tab", ["1", "3", "4"])
 def test_dashboard_layout(snap_compare, tmp_path, size, tab):
     async def show_tab(pilot):
-        await until(pilot, lambda: isinstance(pilot.app.screen, DashboardScreen))
-        await pilot.pause(0.3)
+        app = pilot.app
+        await until(pilot, lambda: dashboard_ready(app) and "step 2000/7040" in status_text(app))
+        await settle(pilot)
         await pilot.press(tab)
-        await pilot.pause(0.7)
+        await until(pilot, lambda: active_tab(app) == TABS[tab])
+        await settle(pilot)
 
     assert snap_compare(fake_app(tmp_path, attach=True)[0], run_before=show_tab, terminal_size=size)
 
@@ -278,7 +330,7 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         runs = app.screen.query_one("#runs")
         assert runs.row_count == 1 and runs.get_row_at(0)[1] == "running"
         await pilot.press("tab", "enter")  # a running run: attach
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=120)
         await until(pilot, lambda: app.client.latest() is not None and app.client.latest().tau == 0.5)
         assert "CondLR τ=0.5" in status_text(app)  # the current τ, not the preset's
         await pilot.press("5")  # the events from before this dashboard attached
@@ -291,7 +343,8 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
 
 async def test_at_80_columns_the_footer_shows_quit_help_tau_truncate_pause_and_attack(tmp_path):
     async with dashboard(tmp_path) as d:
-        await d.pilot.pause(0.3)
+        await until(d.pilot, lambda: "step 2000/7040" in status_text(d.app))
+        await settle(d.pilot)
         bottom_line = d.app.screen._compositor.render_strips()[-1].text  # what the terminal shows
         for key in ("t τ", "r Truncate", "space Pause", "a Attack", "q Quit", "? Help"):
             assert key in bottom_line, bottom_line
@@ -326,7 +379,7 @@ async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_oth
 
     async with dashboard(tmp_path / "fixed-rank", size=(100, 30)) as d:
         await d.pilot.press("b", "k")
-        await d.pilot.pause(0.2)
+        await settle(d.pilot)
         assert d.client.commands == [] and isinstance(d.app.screen, DashboardScreen)
 
 
@@ -358,7 +411,7 @@ async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt_with_the_vali
     async with dashboard(tmp_path) as d:
         await d.pilot.press(key)
         await until(d.pilot, lambda: isinstance(d.app.screen, ValueDialog))
-        await d.pilot.pause(0.1)
+        await settle(d.pilot)
         dialog = d.app.screen
         label, box = dialog.query_one("#dialog-prompt"), dialog.query_one("#dialog")
         assert label.region.right <= box.content_region.right, "the prompt runs past the dialog's edge"
@@ -380,9 +433,9 @@ async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):
     (run_dir / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 40, "tau": 5.0}) + "\n")
     app = RlrApp(None, [], tmp_path / "runs")
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.1)
         runs = app.screen.query_one("#runs")
-        assert runs.row_count == 1 and runs.get_row_at(0)[-1] == "CondLR τ=5"
+        await until(pilot, lambda: runs.row_count == 1)
+        assert runs.get_row_at(0)[-1] == "CondLR τ=5"
 
 
 @pytest.mark.parametrize("key, field", [("t", "tau"), ("r", "theta"), ("l", "lr"), ("b", "beta"), ("k", "adapt_every")])
@@ -408,13 +461,13 @@ async def test_every_value_dialog_refuses_a_huge_number_nan_inf_negative_empty_a
         for text in typed:
             dialog.query_one("Input").value = text  # pasted: typing 5000 keys is slow
             await d.pilot.press("enter")
-            await d.pilot.pause(0.05)
+            await settle(d.pilot)
             assert d.app.screen is dialog, f"{text[:20]!r} closed the dialog"
             error = str(dialog.query_one("#error").render())
             assert error.startswith(f"{field} must be {allowed}, got "), (text[:20], error)
             assert len(error) < 200, "a long value is cut in the message"
         await d.pilot.press("escape")
-        await d.pilot.pause(0.1)
+        await settle(d.pilot)
         assert not [c for c in d.client.commands if not isinstance(c, Note)], "a refused value was sent"
         notes = [c for c in d.client.commands if isinstance(c, Note)]
         assert len(notes) == len(typed) and all(n.level == "rejected" and field in n.message for n in notes)
@@ -426,7 +479,8 @@ async def test_space_toggles_from_the_last_pause_or_resume_sent_until_the_engine
     async with dashboard(tmp_path, client) as d:
         await d.pilot.press("space", "space")
         assert d.client.commands == [Resume(), Pause()]
-        await d.pilot.pause(0.6)  # both answered; the engine's snapshot shows paused again
+        # both answered; the engine's snapshot shows paused again
+        await until(d.pilot, lambda: d.app.screen.pending is None)
         # A rejected resume leaves the run paused: space resumes again, it does not pause.
         d.client.reply = lambda c: ("rejected", "cannot resume: busy")
         await d.pilot.press("space")
@@ -441,7 +495,7 @@ async def test_after_stop_is_asked_no_command_is_sent_no_dialog_opens_and_q_does
         assert d.client.commands == [Stop()]
         for key in ("t", "r", "a", "space", "l", "c", "q"):
             await d.pilot.press(key)
-            await d.pilot.pause(0.05)
+            await settle(d.pilot)
             assert isinstance(d.app.screen, DashboardScreen), key
         assert d.client.commands == [Stop()] and d.app.is_running
         assert any("stopping" in n for n in notifications(d.app))
@@ -454,8 +508,7 @@ async def test_after_stop_is_asked_no_command_is_sent_no_dialog_opens_and_q_does
 async def test_q_with_only_the_default_screen_left_exits_instead_of_popping_it(tmp_path):
     async with dashboard(tmp_path) as d:
         d.app.pop_screen()  # the dashboard gone (closing down), the client still set
-        await d.pilot.pause(0.05)
-        assert len(d.app.screen_stack) == 1
+        await until(d.pilot, lambda: len(d.app.screen_stack) == 1)
         await d.pilot.press("q")
         await until(d.pilot, lambda: not d.app.is_running)
 
@@ -468,14 +521,14 @@ async def test_on_a_dead_or_stopped_run_the_steering_keys_are_disabled_and_say_w
             d.client.die()
         else:
             d.client.snapshot = replace(d.client.snapshot, state="stopped", version=2)
-        await until(d.pilot, lambda: ended.upper() in status_text(d.app), timeout=2.0)
+        await until(d.pilot, lambda: ended.upper() in status_text(d.app))
         bindings = {b.binding.description: b for b in d.app.active_bindings.values()}
         for name in ("τ", "Truncate", "Pause", "Attack"):
             assert not bindings[name].enabled, name
         assert bindings["Resume run"].enabled
         for key in ("t", "r", "a", "space", "l", "c"):
             await d.pilot.press(key)
-            await d.pilot.pause(0.05)
+            await settle(d.pilot)
             assert isinstance(d.app.screen, DashboardScreen), key
         assert d.client.commands == []
         assert any(f"the run is {ended}; R resumes" in n for n in notifications(d.app))
@@ -491,7 +544,7 @@ async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_r
     run_dir.mkdir()
     async with dashboard(tmp_path, size=(100, 30)) as d:
         d.client.die()
-        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app))
         # Another dashboard resumed the run: a new engine holds the run's lock.
         d.launcher.client = FakeClient(replace(scripted_snapshot(), step=2100, version=5))
         d.launcher.client.pid = 4343
@@ -499,7 +552,7 @@ async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_r
         fd = os.open(run_dir / "engine.json", os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            await until(d.pilot, lambda: "RUNNING" in status_text(d.app), timeout=5.0)
+            await until(d.pilot, lambda: "RUNNING" in status_text(d.app))
         finally:
             os.close(fd)
         assert d.app.client is d.launcher.client and "step 2100/" in status_text(d.app)
@@ -534,19 +587,18 @@ async def test_the_picker_lists_the_runs_again_and_a_finished_run_is_not_resumed
         assert runs.get_row_at(0)[1:3] == ["stopped (resume)", "407/1020"]
         # Resumed elsewhere and run to its end while the picker shows.
         (run_dir / "summary.json").write_text(json.dumps({"state": "finished", "steps": 1020, "total_steps": 1020}))
-        await until(pilot, lambda: runs.row_count == 0, timeout=5.0)
+        await until(pilot, lambda: runs.row_count == 0)
         app.resume_run(run_dir)  # what Enter on the row did while it was still listed
-        await pilot.pause(0.2)
-        assert any("finished at step 1020; nothing to resume" in n for n in notifications(app))
+        await until(pilot, lambda: any("finished at step 1020; nothing to resume" in n for n in notifications(app)))
         assert app.launcher.calls == [] and isinstance(app.screen, PickerScreen)
 
 
 async def test_at_80x24_the_picker_opens_with_the_preselected_quickstart_row_in_view(tmp_path):
     app = RlrApp(None, [], tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
         table = app.screen.query_one("#presets")
-        assert table.get_row_at(table.cursor_row)[0] == "quickstart"
+        await until(pilot, lambda: table.row_count and table.get_row_at(table.cursor_row)[0] == "quickstart")
+        await settle(pilot)
         top, bottom = table.content_region.y, table.content_region.bottom
         shown = [strip.text for strip in app.screen._compositor.render_strips()[top:bottom]]
         assert any(line.startswith(" quickstart ") for line in shown), "\n".join(shown)
@@ -557,7 +609,8 @@ async def test_at_80_columns_a_long_preset_name_keeps_the_progress_line_in_the_s
         replace(scripted_snapshot(), preset="fmnist-lenet5-condlr-adaptive", method="robust-dlrt β=0.01 τ=0.1")
     )
     async with dashboard(tmp_path, client) as d:
-        await d.pilot.pause(0.3)
+        await until(d.pilot, lambda: "step 2000/7040" in status_text(d.app))
+        await settle(d.pilot)
         bar = d.app.screen.query_one(StatusBar)
         top = bar.region.y
         first, second = (strip.text for strip in d.app.screen._compositor.render_strips()[top : top + 2])
