@@ -1,7 +1,6 @@
 """Pilot tests of the dashboard against a scripted client (fast, deterministic: layout snapshots,
 keys, acknowledgements, a dead engine), and one end to end against a real engine process."""
 
-import time
 import weakref
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -9,6 +8,7 @@ from typing import NamedTuple
 
 import pytest
 from fake_client import FakeClient, FakeLauncher, scripted_snapshot
+from pilot_waits import settle, until
 from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import TabbedContent, Tabs
@@ -22,24 +22,6 @@ from rlr_tui.screens.quit import QuitScreen
 from rlr_tui.screens.value_dialog import ValueDialog
 from rlr_tui.widgets.event_log import EventLog
 from rlr_tui.widgets.status_bar import StatusBar
-
-
-async def until(pilot, predicate, timeout=60.0):
-    """Let the app run until ``predicate()`` holds (the timeout is a safety net, not a pace)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("condition not reached in time")
-
-
-async def settle(pilot):
-    """Let the app handle everything already sent to it (messages, refreshes, animations): for
-    asserting that something did not happen."""
-    await pilot.pause()
-    await pilot.wait_for_scheduled_animations()
-    await pilot.pause()
 
 
 async def type_value(pilot, text):
@@ -268,7 +250,8 @@ async def test_the_events_tab_scrolls_back_by_keyboard_while_events_arrive(tmp_p
         await d.pilot.press("end")
         d.client.snapshot = with_events(90, 4)
         await until(d.pilot, lambda: log.last_seq == 90)
-        await until(d.pilot, lambda: log.is_vertical_scroll_end)
+        await settle(d.pilot)
+        assert log.is_vertical_scroll_end
 
 
 TABS = {"1": "training", "3": "spectrum", "4": "robustness"}
