@@ -30,6 +30,7 @@ def small_config(**changes) -> RunConfig:
         snapshot_interval=0.05,
         eps=(0.0, 0.05, 0.1),
         seed=0,
+        device="cpu",  # also on a machine with a GPU: the tests that are about CUDA say so
     )
     base.update(changes)
     return RunConfig(**base)

@@ -431,12 +431,11 @@ def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_pa
     settings = dict(method="robust-dlrt", beta=0.01, epochs=2, max_steps=40, **ADAPTIVE)
     reference = start_engine(tmp_path / "a", **settings)
     assert run_to_end(reference).state == "finished"
-    interrupted = start_engine(tmp_path / "b", **settings)
-    wait_for(interrupted, lambda s: s.step >= 7)
-    interrupted.send(Pause())
+    interrupted = start_engine(tmp_path / "b", commands=[Pause(at_step=7)], **settings)  # mid-window
     wait_for(interrupted, lambda s: s.state == "paused")
     interrupted.send(Stop())
     stopped = run_to_end(interrupted)
+    assert stopped.state == "stopped" and stopped.step == 7
     assert (stopped.state == "stopped" and stopped.step % 5 != 0) or stopped.step < 40
     resumed = start_engine(tmp_path / "b", resume_dir=interrupted.run_dir, **settings)
     assert run_to_end(resumed).state == "finished"

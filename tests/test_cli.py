@@ -12,6 +12,8 @@ import pytest
 from rlr_engine.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}  # the test's settings win
+# Where a command trains or evaluates: the CPU, also on a machine with a GPU (the presets say auto).
+CPU = ("--device", "cpu")
 
 
 def rlr(*args, cwd=None, env=None):
@@ -32,7 +34,7 @@ def test_presets_lists_name_dataset_model_method_and_purpose(capsys):
 
 
 def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
-    result = rlr("train", "quickstart", "--set", "epochs=2", "--set", "eps=[0, 0.1]", "--runs", str(tmp_path))
+    result = rlr("train", "quickstart", *CPU, "--set", "epochs=2", "--set", "eps=[0, 0.1]", "--runs", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "fgsm" in result.stdout and "accuracy" in result.stdout and "Traceback" not in result.stderr
     run_dir = next(tmp_path.iterdir())
@@ -42,7 +44,7 @@ def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
         assert (run_dir / name).is_file()
     # As in a terminal (rich draws its live display only there): the attack shows its progress.
     terminal = {**ENV, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
-    result = rlr("eval", str(run_dir), "--attack", "pgd-linf", "--eps", "0,0.05", "--samples", "50", env=terminal)
+    result = rlr("eval", str(run_dir), *CPU, "--attack", "pgd-linf", "--eps", "0,0.05", "--samples", "50", env=terminal)
     assert result.returncode == 0, result.stderr
     assert "pgd-linf on 50 test images" in result.stdout and "0.05" in result.stdout
     progress = re.findall(r"pgd-linf, images × ε.*?(\d+)/(\d+)", result.stdout)
@@ -59,6 +61,7 @@ def test_resume_continues_a_run_stopped_midway(tmp_path):
             "rlr_engine.cli",
             "train",
             "quickstart",
+            *CPU,
             "--set",
             "epochs=200",
             "--set",
@@ -82,7 +85,7 @@ def test_resume_continues_a_run_stopped_midway(tmp_path):
     run_dir = next(tmp_path.iterdir())
     stopped = json.loads((run_dir / "summary.json").read_text())
     assert stopped["state"] == "stopped" and 0 < stopped["steps"] < 6 * 34, stopped
-    result = rlr("train", "--resume", str(run_dir), "--set", "epochs=6")
+    result = rlr("train", "--resume", str(run_dir), *CPU, "--set", "epochs=6")
     assert result.returncode == 0, result.stderr
     assert "resumed quickstart (CondLR τ=0.3)" in result.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -160,7 +163,7 @@ def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_
 
 
 def test_runs_lists_states(tmp_path):
-    rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
+    rlr("train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path))
     result = rlr("runs", "--root", str(tmp_path))
     assert "no live or resumable runs" in result.stdout and "--all" in result.stdout
     result = rlr("runs", "--all", "--root", str(tmp_path))
@@ -189,12 +192,12 @@ def test_checkpoint_of_another_model_is_reported_not_raised(tmp_path):
 
     from rlr_engine.run.checkpoint import save_atomic
 
-    result = rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
+    result = rlr("train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path))
     run_dir = next(tmp_path.iterdir())
     payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     payload["model"] = {"1." + k: v for k, v in payload["model"].items()}  # an older layer layout
     save_atomic(payload, run_dir / "checkpoint.pt")
-    result = rlr("eval", str(run_dir), "--samples", "10")
+    result = rlr("eval", str(run_dir), *CPU, "--samples", "10")
     assert result.returncode == 2 and "does not fit the model" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -253,7 +256,16 @@ def test_a_run_deeper_than_a_unix_socket_address_serves_and_is_attached_to(tmp_p
 
     root = tmp_path / ("r" * 100)
     result = rlr(
-        "train", "quickstart", "--set", "dataset=synthetic", "--set", "epochs=500", "--runs", str(root), "--detach"
+        "train",
+        "quickstart",
+        *CPU,
+        "--set",
+        "dataset=synthetic",
+        "--set",
+        "epochs=500",
+        "--runs",
+        str(root),
+        "--detach",
     )
     assert result.returncode == 0, result.stderr
     run_dir = next(root.iterdir())
@@ -288,7 +300,7 @@ def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_
         raise OSError(98, "Address already in use")
 
     monkeypatch.setattr(server.ControlServer, "start", cannot_listen)
-    assert main(["train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path)]) == 1
+    assert main(["train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path)]) == 1
     assert "cannot listen on" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -297,6 +309,7 @@ def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
     result = rlr(
         "train",
         "mnist-lenet5-dense",
+        *CPU,
         "--nproc",
         "2",
         "--set",
@@ -404,6 +417,7 @@ def _stopped_quickstart_run(tmp_path):
     result = rlr(
         "train",
         "quickstart",
+        *CPU,
         "--set",
         "max_steps=3",
         "--set",
@@ -489,6 +503,7 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
             "rlr_engine.cli",
             "eval",
             str(run_dir),
+            *CPU,
             "--attack",
             "pgd-linf",
             "--steps",
@@ -505,7 +520,9 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
         env=ENV,
         cwd=tmp_path,
     )
-    time.sleep(6.0)  # past the imports, inside the attack
+    # The heading is printed once the model and data are loaded, as the attack starts.
+    heading = proc.stdout.readline()
+    assert "pgd-linf on" in heading, heading
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)

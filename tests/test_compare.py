@@ -10,7 +10,18 @@ from rlr_engine.cli import main
 from rlr_tui.app import RlrApp
 from rlr_tui.screens.comparison import ComparisonScreen
 
-SETTINGS = ["--set", "dataset=synthetic", "--set", "epochs=2", "--set", "eps=[0, 0.05, 0.1]", "--set", "attack_every=0"]
+SETTINGS = [
+    "--device",
+    "cpu",
+    "--set",
+    "dataset=synthetic",
+    "--set",
+    "epochs=2",
+    "--set",
+    "eps=[0, 0.05, 0.1]",
+    "--set",
+    "attack_every=0",
+]
 
 
 def compare(out, *extra):

@@ -115,8 +115,9 @@ def test_commands_take_effect_on_every_rank_at_the_same_step(steered):
         for rank in (zero, one)
     ]
     assert applied[0] and applied[0] == applied[1]
-    assert zero["paused_step"] is not None
+    assert zero["paused_step"] == 60
     assert ("applied", zero["paused_step"]) in {(kind, step) for step, kind, _ in one["events"]}
+    assert (60, "info", "paused at step 60, as asked") in one["events"]
 
 
 def test_truncation_keeps_ranks_identical_and_training_going(steered):
@@ -258,7 +259,7 @@ def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = env_path
-    client = EngineClient.connect(run_dir)
+    client = EngineClient.connect(run_dir, timeout=60)
     try:
         deadline = time.monotonic() + 120
         while (client.latest() is None or client.latest().step < 5) and time.monotonic() < deadline:

@@ -28,7 +28,7 @@ from rlr_engine.run.engine import Engine
 
 
 def test_quickstart_trains_well_above_chance(tmp_path):
-    config = load_preset("quickstart").replace(snapshot_interval=0.2)
+    config = load_preset("quickstart").replace(snapshot_interval=0.2, device="cpu")
     from rlr_engine.control.run_dirs import new_run_dir
 
     engine = Engine(config, new_run_dir(config, tmp_path)).start()
@@ -75,8 +75,11 @@ def test_pause_stops_the_step_counter_and_resume_restarts_it(tmp_path):
     wait_for(engine, lambda s: s.state == "running" and s.step > 3)
     engine.send(Pause())
     paused = wait_for(engine, lambda s: s.state == "paused")
-    time.sleep(0.5)
-    assert engine.latest().step == paused.step
+    # While paused the engine still goes round its loop and answers commands, without a step.
+    for request_id in ("a", "b"):
+        engine.send(RefreshLayers(), request_id=request_id)
+        wait_for(engine, lambda s, request_id=request_id: any(a.request_id == request_id for a in engine.acks))
+    assert engine.latest().step == engine.trainer.step == paused.step
     engine.send(Resume())
     wait_for(engine, lambda s: s.state == "running" and s.step > paused.step + 2)
     engine.stop(30)
@@ -168,10 +171,9 @@ def final_state(run_dir):
 def test_resume_continues_the_same_curve(tmp_path):
     reference = start_engine(tmp_path / "a", epochs=3, max_steps=50)
     assert run_to_end(reference).state == "finished"
-    interrupted = start_engine(tmp_path / "b", epochs=3, max_steps=50)
-    wait_for(interrupted, lambda s: s.step >= 7)
-    interrupted.send(Pause())
+    interrupted = start_engine(tmp_path / "b", commands=[Pause(at_step=7)], epochs=3, max_steps=50)
     paused = wait_for(interrupted, lambda s: s.state == "paused")
+    assert paused.step == 7
     interrupted.send(Stop())
     stopped = run_to_end(interrupted)
     assert stopped.state == "stopped" and 7 <= stopped.step < 50
@@ -247,16 +249,19 @@ def test_a_checkpoint_taken_mid_epoch_holds_the_training_curve_up_to_its_step(tm
     # no window is read on its own (snapshots), and no epoch ends or checkpoints on its own
     engine = start_engine(tmp_path, epochs=100, snapshot_interval=60.0, batch_size=4, checkpoint_every=0)
 
-    def wait_for_event(kind):
+    def wait_until(predicate, what):
         deadline = time.monotonic() + 60
-        while not any(r["kind"] == kind for r in read_jsonl(engine.run_dir / "events.jsonl")):
-            assert time.monotonic() < deadline, f"no {kind} event"
+        while not predicate():
+            assert time.monotonic() < deadline, f"no {what}"
             time.sleep(0.05)
 
-    wait_for_event("info")  # started
-    time.sleep(0.5)
+    def has_event(kind):
+        return any(r["kind"] == kind for r in read_jsonl(engine.run_dir / "events.jsonl"))
+
+    wait_until(lambda: has_event("info"), "start event")
+    wait_until(lambda: engine.trainer.step >= 3, "training steps")  # the step counter, not the window
     engine.send(SaveCheckpoint())
-    wait_for_event("checkpoint")
+    wait_until(lambda: has_event("checkpoint"), "checkpoint event")
     payload = load_checkpoint(engine.run_dir)
     assert payload["step"] > 0
     train = [r for r in read_jsonl(engine.run_dir / "metrics.jsonl") if r["type"] == "train"]

@@ -79,6 +79,8 @@ def test_the_dashboard_is_served_to_a_browser(tmp_path, engine_processes):
     run_dir, _ = start_detached(
         [
             "quickstart",
+            "--device",
+            "cpu",
             "--set",
             "dataset=synthetic",
             "--set",

@@ -273,6 +273,7 @@ def test_dashboard_layout(snap_compare, tmp_path, size, tab):
 
 # -- end to end: a real engine process on synthetic data ----------------------------------------
 FAST = [
+    "device=cpu",
     "dataset=synthetic",
     "epochs=400",
     "snapshot_interval=0.05",
