@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -343,6 +344,30 @@ def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
     write_config(tmp_path, small_config(tau=0.7))
     assert read_run_config(tmp_path).tau == 0.7
+
+
+def test_trimming_a_jsonl_file_replaces_it_whole_or_leaves_it_as_it_was(tmp_path, monkeypatch):
+    from rlr_engine.control.run_dirs import trim_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    before = "".join(f'{{"type": "train", "step": {step}, "loss": {step / 10}}}\n' for step in range(1, 9))
+    path.write_text(before + '{"type": "train", "st')  # a torn last line, as a kill leaves it
+    replaced = []
+
+    def failing_replace(src, dst):
+        replaced.append(Path(dst).name)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        trim_jsonl(path, 4)
+    assert replaced == ["metrics.jsonl"]  # the rewrite went through the atomic rename
+    assert path.read_text() == before + '{"type": "train", "st'  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left
+    monkeypatch.undo()
+    trim_jsonl(path, 4)
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3, 4]
+    assert path.read_text().endswith("\n")
 
 
 def test_a_failing_setup_reports_a_message_instead_of_dying(tmp_path):
