@@ -210,6 +210,40 @@ async def test_resume_on_the_command_line_passes_its_settings_once(tmp_path):
     assert launcher.resume_overrides == [["tau=0.3"]]
 
 
+@pytest.mark.parametrize("ticks", range(8))
+async def test_a_dashboard_closed_while_it_mounts_exits_cleanly(tmp_path, monkeypatch, ticks):
+    """Closing the app (q at the picker, SIGTERM, a closed terminal) in the moments after the
+    dashboard was pushed, while its widgets mount, ends the app without an error."""
+    import asyncio
+
+    (tmp_path / "fake-run").mkdir()
+    app = RlrApp(
+        None,
+        [],
+        tmp_path / "runs",
+        attach=tmp_path / "fake-run",
+        launcher=FakeLauncher(FakeClient(), tmp_path / "fake-run"),
+    )
+    push_screen = RlrApp.push_screen
+
+    def push_then_exit(self, screen, *args, **kwargs):
+        pushed = push_screen(self, screen, *args, **kwargs)
+        if isinstance(screen, DashboardScreen):
+
+            async def exit_after_ticks():
+                for _ in range(ticks):
+                    await asyncio.sleep(0)
+                self.exit()
+
+            self.run_worker(exit_after_ticks())
+        return pushed
+
+    monkeypatch.setattr(RlrApp, "push_screen", push_then_exit)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app._exit)
+    assert app.return_code == 0
+
+
 async def test_screenshot_help_and_layer_keys(tmp_path):
     (tmp_path / "fake-run").mkdir()
     async with dashboard(tmp_path) as d:

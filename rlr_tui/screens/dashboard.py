@@ -144,7 +144,9 @@ class DashboardScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
-        with TabbedContent(initial="training", id="tabs"):
+        # The first tab is the initial one without naming it: a tab strip told its initial tab
+        # raises when the app closes while the strip mounts (its tabs are gone by then).
+        with TabbedContent(id="tabs"):
             with TabPane("1 Curves", id="training"):
                 with Horizontal():
                     yield CurvesPlot("loss", id="loss-plot")
@@ -179,6 +181,8 @@ class DashboardScreen(Screen):
     # -- reading snapshots -------------------------------------------------------------------
     def poll(self) -> None:
         """Read the client's newest snapshot and acknowledgements and redraw what changed."""
+        if not self.is_attached:
+            return  # the app is closing (maybe before this screen finished mounting): nothing to draw
         client = self.client
         for ack in client.take_acks():
             self.show_ack(ack)
