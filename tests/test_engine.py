@@ -1,3 +1,5 @@
+import itertools
+import json
 import math
 import os
 import signal
@@ -189,6 +191,74 @@ def test_resume_continues_the_same_curve(tmp_path):
     assert snap.curves["train_loss"][0][0] <= paused.step  # the curve before the stop is kept
     steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "train"]
     assert steps == sorted(steps)
+
+
+def test_a_run_that_died_past_its_checkpoint_resumes_without_the_dead_runs_records(tmp_path):
+    settings = dict(epochs=3, max_steps=30)
+    engine = start_engine(tmp_path, commands=[Pause(at_step=7)], **settings)
+    wait_for(engine, lambda s: s.state == "paused")
+    engine.send(Stop())
+    assert run_to_end(engine).state == "stopped"
+    run_dir = engine.run_dir
+    checkpoint_step = load_checkpoint(run_dir)["step"]
+    assert checkpoint_step == 7
+    # The run went on after its checkpoint and was killed: what it logged since is in the file.
+    logged = list(read_jsonl(run_dir / "metrics.jsonl"))
+    dead = [
+        {**record, "step": step, "loss": 99.0, "acc": 0.0}
+        for step in range(checkpoint_step + 1, checkpoint_step + 6)
+        for record in logged[-1:]
+        if record["type"] == "train"
+    ]
+    assert dead, logged[-1]
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in dead)
+    resumed = start_engine(tmp_path, resume_dir=run_dir, **settings)
+    assert run_to_end(resumed).state == "finished"
+    records = list(read_jsonl(run_dir / "metrics.jsonl"))
+    for kind in {r["type"] for r in records}:
+        steps = [r["step"] for r in records if r["type"] == kind]
+        assert all(a < b for a, b in itertools.pairwise(steps)), (kind, steps)  # increasing, each once
+    assert max(r["step"] for r in records) == 30
+    assert not any(r.get("loss") == 99.0 for r in records)  # none of the dead run's values
+
+
+@pytest.mark.slow
+def test_a_resumed_run_with_dropout_and_random_attack_starts_is_bit_identical(tmp_path, monkeypatch):
+    """The global RNG (dropout masks, PGD's random starts in the evaluations at each epoch's end)
+    is restored with the checkpoint: the resumed run draws what the uninterrupted one drew."""
+    from rlr_engine.workload import models
+
+    # VGG16's builder (BatchNorm, LeakyReLU, max-pools, dropout before the classifier), narrower.
+    monkeypatch.setattr(models, "VGG16_LAYOUT", (8, "M", 16, "M", 16, "M", 32, "M", 512, "M"))
+    settings = dict(
+        dataset="synthetic-32",
+        model="vgg16",
+        rank_fraction=0.3,
+        batch_size=100,
+        epochs=3,
+        attack="pgd-linf",
+        pgd_steps=2,
+        attack_every=1,
+        attack_samples=20,
+        eps=(0.0, 0.05),
+    )
+    reference = start_engine(tmp_path / "a", **settings)
+    assert run_to_end(reference, timeout=300).state == "finished"
+    interrupted = start_engine(tmp_path / "b", commands=[Pause(at_step=20)], **settings)
+    wait_for(interrupted, lambda s: s.state == "paused", timeout=300)
+    interrupted.send(Stop())
+    stopped = run_to_end(interrupted, timeout=300)
+    assert (
+        stopped.state == "stopped" and stopped.step == 20 and stopped.adversarial_history
+    )  # mid-run, attacked already
+    resumed = start_engine(tmp_path / "b", resume_dir=interrupted.run_dir, **settings)
+    snap = run_to_end(resumed, timeout=300)
+    assert snap.state == "finished"
+    a, b = final_state(reference.run_dir), final_state(interrupted.run_dir)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert snap.adversarial_history == reference.latest().adversarial_history
 
 
 def test_non_finite_loss_pauses_keeps_the_checkpoint_and_rolls_back(tmp_path):

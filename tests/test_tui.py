@@ -325,7 +325,7 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         table = app.screen.query_one("#presets")
         assert table.get_row_at(table.cursor_row)[0] == "quickstart"
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=120)
+        await until(pilot, lambda: dashboard_ready(app), timeout=120)
         engine_processes.append(app.run_dir)
         await until(
             pilot,
@@ -348,9 +348,9 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         runs = app.screen.query_one("#runs")
         assert runs.row_count == 1 and runs.get_row_at(0)[1] == "running"
         await pilot.press("tab", "enter")  # a running run: attach
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=120)
+        await until(pilot, lambda: dashboard_ready(app), timeout=120)
         await until(pilot, lambda: app.client.latest() is not None and app.client.latest().tau == 0.5)
-        assert "CondLR τ=0.5" in status_text(app)  # the current τ, not the preset's
+        await until(pilot, lambda: "CondLR τ=0.5" in status_text(app))  # the current τ, not the preset's
         await pilot.press("5")  # the events from before this dashboard attached
         log = app.screen.query_one(EventLog)
         await until(pilot, lambda: any(line.text.startswith(EARLY_EVENT, 9) for line in log.lines))
