@@ -59,6 +59,7 @@ def wait_until(predicate, timeout=60.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_detach_prints_how_to_attach_and_the_engine_survives_sighup(tmp_path, engine_processes):
     result = subprocess.run(
         [
@@ -98,6 +99,7 @@ def test_detach_prints_how_to_attach_and_the_engine_survives_sighup(tmp_path, en
     client.close()
 
 
+@pytest.mark.slow
 def test_two_clients_see_one_application_of_each_command_and_rejections_reach_the_sender(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
     a, b = connect(run_dir, "a"), connect(run_dir, "b")
@@ -128,6 +130,7 @@ def test_two_clients_see_one_application_of_each_command_and_rejections_reach_th
     b.close()
 
 
+@pytest.mark.slow
 def test_bad_clients_get_errors_and_training_goes_on(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
     path = str(run_dir / "control.sock")
@@ -201,6 +204,7 @@ def greeted_socket(path):
     return sock
 
 
+@pytest.mark.slow
 def test_a_huge_number_or_deep_nesting_gets_an_error_and_the_server_goes_on_serving(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
     good = connect(run_dir)
@@ -279,6 +283,7 @@ def test_an_unexpected_error_on_one_line_is_answered_and_logged_and_the_server_l
         control.close()
 
 
+@pytest.mark.slow
 def test_kill_9_is_reported_runs_says_dead_and_resume_continues(tmp_path, engine_processes):
     run_dir, pid = start(tmp_path, engine_processes)
     client = connect(run_dir)
@@ -306,6 +311,7 @@ def test_kill_9_is_reported_runs_says_dead_and_resume_continues(tmp_path, engine
     resumed.close()
 
 
+@pytest.mark.slow
 def test_socket_and_run_directory_are_private(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
     assert stat.S_IMODE(os.stat(run_dir / "control.sock").st_mode) == 0o600
@@ -324,6 +330,7 @@ def test_the_dashboard_imports_no_torch():
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+@pytest.mark.slow
 def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", *FAST, "--runs", str(tmp_path / "runs")],
@@ -372,6 +379,7 @@ def test_a_start_on_cuda_without_a_gpu_fails_and_leaves_no_run_directory(tmp_pat
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_a_resumed_run_reports_the_tau_set_while_it_ran_not_the_presets(tmp_path, engine_processes):
     run_dir, pid = start(tmp_path, engine_processes)  # the preset's τ is 0.1
     client = connect(run_dir)

@@ -318,6 +318,7 @@ FAST = [
 EARLY_EVENT = "[info] started quickstart"  # after the time stamp "HH:MM:SS "
 
 
+@pytest.mark.slow
 async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path, engine_processes):
     app = RlrApp(None, FAST, tmp_path / "runs")
     async with app.run_test(size=(100, 30)) as pilot:
