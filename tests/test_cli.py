@@ -520,11 +520,16 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
         env=ENV,
         cwd=tmp_path,
     )
-    # The heading is printed once the model and data are loaded, as the attack starts.
-    heading = proc.stdout.readline()
-    assert "pgd-linf on" in heading, heading
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        # The heading is printed once the model and data are loaded, as the attack starts.
+        heading = proc.stdout.readline()
+        assert "pgd-linf on" in heading, heading
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # failed: the attack would otherwise run on for hours
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert "error: interrupted" in err and "Traceback" not in out + err
 
