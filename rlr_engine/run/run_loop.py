@@ -101,6 +101,21 @@ class RunLoop:
         )
         for kind, message in self._resume_notes:
             self.event(kind, message)
+        if not self.resume_requested:
+            self._report_start(trainer)
+
+    def _report_start(self, trainer: Trainer) -> None:
+        """What a new run's network started from (weights, warm start, conversion) and the input
+        normalisation measured for it, as events: the run's record of how it began."""
+        data = trainer.data
+        if data.normalization_measured and data.mean is not None and data.std is not None:
+            self.event(
+                "info",
+                f"input normalisation measured on the training split ({len(data.train)} images): "
+                f"mean {_rounded(data.mean)}, std {_rounded(data.std)} (set mean and std to fix them)",
+            )
+        for note in trainer.build_notes:
+            self.event("info", note)
 
     def _loop(self) -> None:
         trainer = self._trainer
@@ -421,3 +436,7 @@ class RunLoop:
         )
         self.publisher.reset_window(self.trainer)
         return True
+
+
+def _rounded(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from rlr_engine.run.checkpoint import load_checkpoint, load_model_state
-from rlr_engine.run.trainer import build_network, resolve_device
-from rlr_engine.workload.data import load_dataset
+from rlr_engine.run.network import build_network, load_run_data
+from rlr_engine.run.trainer import resolve_device
 
 
 def load_evaluation_target(checkpoint: str | Path, samples: int = 0, device: str = "auto", data_dir: str | None = None):
@@ -21,10 +21,10 @@ def load_evaluation_target(checkpoint: str | Path, samples: int = 0, device: str
     dev = resolve_device(device)
     payload = load_checkpoint(checkpoint, dev)
     config = validate(payload["config"], source=f"{checkpoint} (stored config)")
-    data = load_dataset(
-        config.dataset, data_dir or config.data_dir, config.download, config.val_fraction, config.seed, dev
-    )
-    model = build_network(config, data).to(dev)
+    if data_dir:
+        config = config.replace(data_dir=data_dir)
+    data = load_run_data(config, dev)
+    model = build_network(config, data, pretrained=False).to(dev)  # the checkpoint holds the weights
     load_model_state(model, payload, checkpoint)
     images, labels = data.test.images, data.test.labels
     if samples:

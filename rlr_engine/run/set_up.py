@@ -42,7 +42,7 @@ def set_up(config: RunConfig, ranks: Ranks, recorder: Recorder, resume: bool, re
     data = load_run_data(config, device)
     notes: list[tuple[str, str]] = []
     try:
-        trainer = Trainer(config, data, device, ranks)
+        trainer = Trainer(config, data, device, ranks, pretrained=payload is None)
         if payload is not None:
             warnings = trainer.load_state_dict(payload, str(recorder.checkpoint_path))
             saved, current = payload.get("config", {}), config.to_dict()

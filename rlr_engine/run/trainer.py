@@ -22,13 +22,15 @@ from rlr_engine.core.errors import DeviceUnavailable
 from rlr_engine.core.validation import check_adapt_every, check_beta, check_lr, check_theta
 from rlr_engine.method.adaptive import RankAdaptation, core_optimizer
 from rlr_engine.method.condlr import CondLR, RankChange
-from rlr_engine.method.lowrank import ParameterReport, full_rank_of, parameter_report, to_low_rank
+from rlr_engine.method.lowrank import ParameterReport, parameter_report
 from rlr_engine.run.checkpoint import load_model_state
 from rlr_engine.run.distributed import SINGLE, Ranks
+from rlr_engine.run.network import build_network, load_run_data
 from rlr_engine.workload.attacks import adversarial_correct
-from rlr_engine.workload.data import ImageData, augment, load_dataset, to_float
-from rlr_engine.workload.models import build_model, compile_model, use_channels_last
-from rlr_engine.workload.spectra import compressible_layers, layer_stats
+from rlr_engine.workload.data import ImageData, augment, to_float
+from rlr_engine.workload.spectra import layer_stats
+
+__all__ = ["Trainer", "build_network", "describe_device", "load_run_data", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,34 +50,8 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
-def build_network(config: RunConfig, data: ImageData) -> nn.Module:
-    """The preset's model for this data, converted to low rank when the method asks for it."""
-    model = build_model(config.model, data.channels, data.num_classes, data.image_size, data.mean, data.std)
-    if config.is_low_rank:
-        ranks = None
-        if config.last_layer == "full-rank":
-            last_name, last = compressible_layers(model)[-1]
-            ranks = {last_name: full_rank_of(last)}
-        to_low_rank(
-            model,
-            config.rank_fraction,
-            ranks=ranks,
-            skip_last=True,
-            max_rank_fraction=config.max_rank_fraction if config.is_rank_adaptive else None,
-        )
-    if config.channels_last:
-        use_channels_last(model)
-    if config.compile:
-        compile_model(model)
-    return model
-
-
 def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(list(value) if isinstance(value, tuple) else value)
-
-
-def load_run_data(config: RunConfig, device: torch.device) -> ImageData:
-    return load_dataset(config.dataset, config.data_dir, config.download, config.val_fraction, config.seed, device)
 
 
 class Trainer:
@@ -84,6 +60,9 @@ class Trainer:
     A *window* accumulates the loss, correct count and finiteness of the steps since it was last
     read, on the device: ``read_window()`` is the one host synchronisation.
 
+    ``pretrained``: the network gets its starting weights (network.build_network); a run that
+    resumes loads its checkpoint instead.
+
     Under torch.distributed (``ranks``, see distributed.py) every rank holds the whole model and
     data, trains on its shard of each global batch through DistributedDataParallel, and shards
     evaluation and attacks; the window, evaluation and attack counts are summed over ranks, so
@@ -91,10 +70,14 @@ class Trainer:
     depend on the number of processes); ``train_module`` is what the training forward uses.
     """
 
-    def __init__(self, config: RunConfig, data: ImageData, device: torch.device, ranks: Ranks = SINGLE) -> None:
+    def __init__(
+        self, config: RunConfig, data: ImageData, device: torch.device, ranks: Ranks = SINGLE, pretrained: bool = True
+    ) -> None:
         self.config, self.data, self.device, self.ranks = config, data, device, ranks
         torch.manual_seed(config.seed)
-        self.model = build_network(config, data).to(device)
+        # What the network started from (weights, warm start, conversion): the run's first events.
+        self.build_notes: list[str] = []
+        self.model = build_network(config, data, pretrained, self.build_notes).to(device)
         self.train_module: nn.Module = self.model
         self._wrapped: tuple[int, ...] = ()
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -166,8 +149,16 @@ class Trainer:
 
     # -- hyperparameters ------------------------------------------------------------------------
     @property
+    def condlr(self) -> CondLR:
+        """The optimizer of a fixed-rank run (dense included: a CondLR without low-rank layers).
+        Rank-adaptive runs step a core optimizer instead and have none."""
+        if not isinstance(self.optimizer, CondLR):
+            raise TypeError(f"a {self.config.method} run steps {type(self.optimizer).__name__}, not CondLR")
+        return self.optimizer
+
+    @property
     def tau(self) -> float:
-        return self.adaptation.tau if self.adaptation is not None else self.optimizer.tau
+        return self.adaptation.tau if self.adaptation is not None else self.condlr.tau
 
     @property
     def theta(self) -> float:
@@ -203,7 +194,7 @@ class Trainer:
         if self.adaptation is not None:
             self.adaptation.tau = tau  # condlr-adaptive: from the next window boundary on
         else:
-            self.optimizer.set_tau(tau)
+            self.condlr.set_tau(tau)
 
     def set_lr(self, lr: Any) -> None:
         lr = check_lr(lr)
@@ -373,7 +364,7 @@ class Trainer:
             changes = self.adaptation.end_window()
             self.report = parameter_report(self.model)
             return self.adaptation.theta, changes
-        if not self.optimizer.layers:
+        if not self.condlr.layers:
             raise ValueError("this model has no low-rank layers to truncate (method = dense)")
         if theta is not None and rank is not None:
             raise ValueError("give either theta or rank, not both")
@@ -381,7 +372,7 @@ class Trainer:
             theta = self.theta
         if theta is not None:
             theta = check_theta(theta)
-        changes = self.optimizer.truncate(
+        changes = self.condlr.truncate(
             theta=theta, rank=rank, layers=None if layer is None else [layer], min_rank=self.config.min_rank
         )
         if theta is not None:
