@@ -30,6 +30,7 @@ from rlr_engine.run.checkpoint import load_checkpoint
 from rlr_engine.run.engine import Engine
 
 
+@pytest.mark.slow
 def test_quickstart_trains_well_above_chance(tmp_path):
     config = load_preset("quickstart").replace(snapshot_interval=0.2, device="cpu")
     from rlr_engine.control.run_dirs import new_run_dir
@@ -304,6 +305,7 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     path = tmp_path / "checkpoint.pt"
     for delay in (0.05, 0.13, 0.29):
