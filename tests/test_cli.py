@@ -33,6 +33,7 @@ def test_presets_lists_name_dataset_model_method_and_purpose(capsys):
     assert "quickstart" in out and "digits" in out and "CondLR" in out and "fashion-mnist" in out
 
 
+@pytest.mark.slow
 def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
     result = rlr("train", "quickstart", *CPU, "--set", "epochs=2", "--set", "eps=[0, 0.1]", "--runs", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -51,6 +52,7 @@ def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
     assert progress and progress[-1][0] == progress[-1][1], result.stdout  # counted up to its total
 
 
+@pytest.mark.slow
 def test_resume_continues_a_run_stopped_midway(tmp_path):
     from rlr_engine.control.run_dirs import read_jsonl
 
@@ -162,6 +164,7 @@ def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_
     assert {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_runs_lists_states(tmp_path):
     rlr("train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path))
     result = rlr("runs", "--root", str(tmp_path))
@@ -187,6 +190,7 @@ def test_run_names_never_wrap_in_rlr_runs_at_80_columns(tmp_path, monkeypatch):
     assert any(line.startswith(run_dir.name) for line in out.getvalue().splitlines()), out.getvalue()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_reported_not_raised(tmp_path):
     import torch
 
@@ -251,6 +255,7 @@ def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_
     assert ci in commands  # CI runs the README's test command verbatim
 
 
+@pytest.mark.slow
 def test_a_run_deeper_than_a_unix_socket_address_serves_and_is_attached_to(tmp_path, engine_processes):
     from rlr_engine.control.client import EngineClient
     from rlr_engine.control.records import Stop
@@ -306,6 +311,7 @@ def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
     result = rlr(
         "train",
@@ -398,6 +404,7 @@ def test_a_resume_keeps_what_was_set_live_unless_it_sets_it_itself(tmp_path):
         told.stop(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_resume_refuses_to_change_what_its_checkpoint_was_trained_with(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
     before = (run_dir / "config.toml").read_text()
@@ -445,6 +452,7 @@ def test_a_setting_the_model_cannot_take_is_reported_without_a_traceback_and_lea
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning(tmp_path):
     import torch
 
@@ -495,6 +503,7 @@ def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_wri
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
     proc = subprocess.Popen(
@@ -535,6 +544,7 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
     assert "error: interrupted" in err and "Traceback" not in out + err
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_runs_flag(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
     proc = subprocess.Popen(
