@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -100,12 +99,13 @@ def _join():
 
 def steered_run(root: str, drift: float) -> dict:
     """A 2-rank engine run steered from rank 0: rank 1's factors are pushed off by ``drift``
-    after DDP's initial broadcast; at step ≥ 20 rank 0 receives set τ and truncate, at step ≥ 60
-    pause, then resume. Returns what each rank ended with, plus sharded and (rank 0) unsharded
+    after DDP's initial broadcast; paused at step 20 (asked before the start), rank 0 receives
+    set τ, truncate and a pause at step 60, then resume; paused at step 60 it answers a command,
+    then resumes. Returns what each rank ended with, plus sharded and (rank 0) unsharded
     evaluation and attack of the final weights."""
     from helpers import small_config, wait_for
 
-    from rlr_engine.control.records import Pause, Resume, SetTau, Truncate
+    from rlr_engine.control.records import Pause, RefreshLayers, Resume, SetTau, Truncate
     from rlr_engine.control.run_dirs import new_run_dir
     from rlr_engine.run.distributed import SINGLE, factor_checksum, leave_process_group
     from rlr_engine.run.engine import Engine
@@ -120,16 +120,18 @@ def steered_run(root: str, drift: float) -> dict:
         if ranks.rank == 1 and drift:
             with torch.no_grad():
                 engine.trainer.optimizer.layers[0][1].U.add_(drift)
+        if ranks.is_main:
+            engine.send(Pause(at_step=20))  # queued before the start: applied before the first step
         engine.start()
         paused_step = None
         if ranks.is_main:
-            wait_for(engine, lambda s: s.step >= 20)
-            engine.send(SetTau(0.3))
-            engine.send(Truncate(rank=3))
-            wait_for(engine, lambda s: s.step >= 60)
-            engine.send(Pause())
-            paused_step = wait_for(engine, lambda s: s.state == "paused").step
-            time.sleep(0.5)
+            wait_for(engine, lambda s: s.state == "paused" and s.step == 20)
+            for command in (SetTau(0.3), Truncate(rank=3), Pause(at_step=60), Resume()):
+                engine.send(command)
+            paused_step = wait_for(engine, lambda s: s.state == "paused" and s.step >= 60).step
+            # Paused, the ranks still agree on commands: one sent now is answered before the resume.
+            engine.send(RefreshLayers(), request_id="while-paused")
+            wait_for(engine, lambda s: any(a.request_id == "while-paused" for a in engine.acks))
             engine.send(Resume())
         assert engine.join(120), "engine did not finish"
         trainer, snap = engine.trainer, engine.latest()

@@ -30,6 +30,7 @@ def small_config(**changes) -> RunConfig:
         snapshot_interval=0.05,
         eps=(0.0, 0.05, 0.1),
         seed=0,
+        device="cpu",  # also on a machine with a GPU: the tests that are about CUDA say so
     )
     base.update(changes)
     return RunConfig(**base)
@@ -65,10 +66,16 @@ def train_digits_cnn(model, epochs=15):
 STARTED: list[Engine] = []
 
 
-def start_engine(tmp_path, resume_dir=None, **changes) -> Engine:
+def start_engine(tmp_path, resume_dir=None, commands=(), **changes) -> Engine:
+    """An engine on ``small_config(**changes)``, started. ``commands`` are queued before it starts,
+    so they are applied before its first step, whatever the machine's speed: a
+    ``Pause(at_step=N)`` there stops the run at exactly step N."""
     config = small_config(**changes)
     run_dir = resume_dir or new_run_dir(config, tmp_path / "runs")
-    engine = Engine(config, run_dir, resume=resume_dir is not None).start()
+    engine = Engine(config, run_dir, resume=resume_dir is not None)
+    for command in commands:
+        engine.send(command)
+    engine.start()
     STARTED.append(engine)
     return engine
 

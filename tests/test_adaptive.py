@@ -431,12 +431,11 @@ def test_a_rank_adaptive_run_stopped_mid_window_resumes_on_the_same_curve(tmp_pa
     settings = dict(method="robust-dlrt", beta=0.01, epochs=2, max_steps=40, **ADAPTIVE)
     reference = start_engine(tmp_path / "a", **settings)
     assert run_to_end(reference).state == "finished"
-    interrupted = start_engine(tmp_path / "b", **settings)
-    wait_for(interrupted, lambda s: s.step >= 7)
-    interrupted.send(Pause())
+    interrupted = start_engine(tmp_path / "b", commands=[Pause(at_step=7)], **settings)  # mid-window
     wait_for(interrupted, lambda s: s.state == "paused")
     interrupted.send(Stop())
     stopped = run_to_end(interrupted)
+    assert stopped.state == "stopped" and stopped.step == 7
     assert (stopped.state == "stopped" and stopped.step % 5 != 0) or stopped.step < 40
     resumed = start_engine(tmp_path / "b", resume_dir=interrupted.run_dir, **settings)
     assert run_to_end(resumed).state == "finished"
@@ -513,11 +512,16 @@ def test_a_truncation_mid_window_reports_ranks_against_those_shown_not_the_augme
     from rlr_engine.control.records import Pause, Truncate
 
     engine = start_engine(
-        tmp_path, method="condlr-adaptive", rank_fraction=0.3, max_rank_fraction=0.6, adapt_every=10, epochs=50
+        tmp_path,
+        commands=[Pause(at_step=35)],  # inside a window; the epoch end at step 38 would end it
+        method="condlr-adaptive",
+        rank_fraction=0.3,
+        max_rank_fraction=0.6,
+        adapt_every=10,
+        epochs=50,
     )
-    wait_for(engine, lambda s: s.step > 33)
-    engine.send(Pause())
     wait_for(engine, lambda s: s.state == "paused")
+    assert engine.trainer.step == 35
     assert engine.trainer.adaptation.position != 0  # mid-window: the bases are augmented
     shown = {layer.name: layer.rank for layer in engine.latest().layers}
     engine.send(Truncate(theta=0.5))

@@ -247,6 +247,8 @@ def test_eval_json_prints_one_object_with_accuracy_per_eps_and_the_flags(digits_
             [
                 "eval",
                 str(digits_run),
+                "--device",
+                "cpu",
                 "--attack",
                 "pgd-linf",
                 "--eps",
@@ -273,7 +275,7 @@ def test_eval_json_prints_one_object_with_accuracy_per_eps_and_the_flags(digits_
 def test_eval_table_says_how_many_images_and_shows_the_checks(digits_run, capsys):
     from rlr_engine.cli import main
 
-    assert main(["eval", str(digits_run), "--eps", "0,0.1", "--samples", "25"]) == 0
+    assert main(["eval", str(digits_run), "--device", "cpu", "--eps", "0,0.1", "--samples", "25"]) == 0
     captured = capsys.readouterr()
     assert "fgsm on 25 test images" in captured.out + captured.err
     assert "not checked: black-box vs white-box" in captured.out

@@ -12,6 +12,8 @@ import pytest
 from rlr_engine.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}  # the test's settings win
+# Where a command trains or evaluates: the CPU, also on a machine with a GPU (the presets say auto).
+CPU = ("--device", "cpu")
 
 
 def rlr(*args, cwd=None, env=None):
@@ -31,8 +33,9 @@ def test_presets_lists_name_dataset_model_method_and_purpose(capsys):
     assert "quickstart" in out and "digits" in out and "CondLR" in out and "fashion-mnist" in out
 
 
+@pytest.mark.slow
 def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
-    result = rlr("train", "quickstart", "--set", "epochs=2", "--set", "eps=[0, 0.1]", "--runs", str(tmp_path))
+    result = rlr("train", "quickstart", *CPU, "--set", "epochs=2", "--set", "eps=[0, 0.1]", "--runs", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "fgsm" in result.stdout and "accuracy" in result.stdout and "Traceback" not in result.stderr
     run_dir = next(tmp_path.iterdir())
@@ -42,13 +45,14 @@ def test_train_then_eval_on_the_saved_checkpoint(tmp_path):
         assert (run_dir / name).is_file()
     # As in a terminal (rich draws its live display only there): the attack shows its progress.
     terminal = {**ENV, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
-    result = rlr("eval", str(run_dir), "--attack", "pgd-linf", "--eps", "0,0.05", "--samples", "50", env=terminal)
+    result = rlr("eval", str(run_dir), *CPU, "--attack", "pgd-linf", "--eps", "0,0.05", "--samples", "50", env=terminal)
     assert result.returncode == 0, result.stderr
     assert "pgd-linf on 50 test images" in result.stdout and "0.05" in result.stdout
     progress = re.findall(r"pgd-linf, images × ε.*?(\d+)/(\d+)", result.stdout)
     assert progress and progress[-1][0] == progress[-1][1], result.stdout  # counted up to its total
 
 
+@pytest.mark.slow
 def test_resume_continues_a_run_stopped_midway(tmp_path):
     from rlr_engine.control.run_dirs import read_jsonl
 
@@ -59,6 +63,7 @@ def test_resume_continues_a_run_stopped_midway(tmp_path):
             "rlr_engine.cli",
             "train",
             "quickstart",
+            *CPU,
             "--set",
             "epochs=200",
             "--set",
@@ -82,7 +87,7 @@ def test_resume_continues_a_run_stopped_midway(tmp_path):
     run_dir = next(tmp_path.iterdir())
     stopped = json.loads((run_dir / "summary.json").read_text())
     assert stopped["state"] == "stopped" and 0 < stopped["steps"] < 6 * 34, stopped
-    result = rlr("train", "--resume", str(run_dir), "--set", "epochs=6")
+    result = rlr("train", "--resume", str(run_dir), *CPU, "--set", "epochs=6")
     assert result.returncode == 0, result.stderr
     assert "resumed quickstart (CondLR τ=0.3)" in result.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -159,8 +164,9 @@ def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_
     assert {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_runs_lists_states(tmp_path):
-    rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
+    rlr("train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path))
     result = rlr("runs", "--root", str(tmp_path))
     assert "no live or resumable runs" in result.stdout and "--all" in result.stdout
     result = rlr("runs", "--all", "--root", str(tmp_path))
@@ -184,17 +190,18 @@ def test_run_names_never_wrap_in_rlr_runs_at_80_columns(tmp_path, monkeypatch):
     assert any(line.startswith(run_dir.name) for line in out.getvalue().splitlines()), out.getvalue()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_reported_not_raised(tmp_path):
     import torch
 
     from rlr_engine.run.checkpoint import save_atomic
 
-    result = rlr("train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path))
+    result = rlr("train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path))
     run_dir = next(tmp_path.iterdir())
     payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     payload["model"] = {"1." + k: v for k, v in payload["model"].items()}  # an older layer layout
     save_atomic(payload, run_dir / "checkpoint.pt")
-    result = rlr("eval", str(run_dir), "--samples", "10")
+    result = rlr("eval", str(run_dir), *CPU, "--samples", "10")
     assert result.returncode == 2 and "does not fit the model" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -248,13 +255,23 @@ def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_
     assert ci in commands  # CI runs the README's test command verbatim
 
 
+@pytest.mark.slow
 def test_a_run_deeper_than_a_unix_socket_address_serves_and_is_attached_to(tmp_path, engine_processes):
     from rlr_engine.control.client import EngineClient
     from rlr_engine.control.records import Stop
 
     root = tmp_path / ("r" * 100)
     result = rlr(
-        "train", "quickstart", "--set", "dataset=synthetic", "--set", "epochs=500", "--runs", str(root), "--detach"
+        "train",
+        "quickstart",
+        *CPU,
+        "--set",
+        "dataset=synthetic",
+        "--set",
+        "epochs=500",
+        "--runs",
+        str(root),
+        "--detach",
     )
     assert result.returncode == 0, result.stderr
     run_dir = next(root.iterdir())
@@ -289,15 +306,17 @@ def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_
         raise OSError(98, "Address already in use")
 
     monkeypatch.setattr(server.ControlServer, "start", cannot_listen)
-    assert main(["train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path)]) == 1
+    assert main(["train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path)]) == 1
     assert "cannot listen on" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
     result = rlr(
         "train",
         "mnist-lenet5-dense",
+        *CPU,
         "--nproc",
         "2",
         "--set",
@@ -385,6 +404,7 @@ def test_a_resume_keeps_what_was_set_live_unless_it_sets_it_itself(tmp_path):
         told.stop(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_resume_refuses_to_change_what_its_checkpoint_was_trained_with(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
     before = (run_dir / "config.toml").read_text()
@@ -405,6 +425,7 @@ def _stopped_quickstart_run(tmp_path):
     result = rlr(
         "train",
         "quickstart",
+        *CPU,
         "--set",
         "max_steps=3",
         "--set",
@@ -431,6 +452,7 @@ def test_a_setting_the_model_cannot_take_is_reported_without_a_traceback_and_lea
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning(tmp_path):
     import torch
 
@@ -481,6 +503,7 @@ def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_wri
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
     proc = subprocess.Popen(
@@ -490,6 +513,7 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
             "rlr_engine.cli",
             "eval",
             str(run_dir),
+            *CPU,
             "--attack",
             "pgd-linf",
             "--steps",
@@ -506,13 +530,21 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
         env=ENV,
         cwd=tmp_path,
     )
-    time.sleep(6.0)  # past the imports, inside the attack
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        # The heading is printed once the model and data are loaded, as the attack starts.
+        heading = proc.stdout.readline()
+        assert "pgd-linf on" in heading, heading
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # failed: the attack would otherwise run on for hours
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert "error: interrupted" in err and "Traceback" not in out + err
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_runs_flag(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
     proc = subprocess.Popen(

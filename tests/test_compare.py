@@ -4,12 +4,24 @@ import json
 import os
 
 import pytest
+from pilot_waits import settle, until
 
 from rlr_engine.cli import main
 from rlr_tui.app import RlrApp
 from rlr_tui.screens.comparison import ComparisonScreen
 
-SETTINGS = ["--set", "dataset=synthetic", "--set", "epochs=2", "--set", "eps=[0, 0.05, 0.1]", "--set", "attack_every=0"]
+SETTINGS = [
+    "--device",
+    "cpu",
+    "--set",
+    "dataset=synthetic",
+    "--set",
+    "epochs=2",
+    "--set",
+    "eps=[0, 0.05, 0.1]",
+    "--set",
+    "attack_every=0",
+]
 
 
 def compare(out, *extra):
@@ -66,9 +78,11 @@ def test_compare_tabulates_seeds_reuses_finished_runs_and_resumes_interrupted_on
     async def show():
         app = RlrApp(comparison=out)
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause(0.2)
-            assert isinstance(app.screen, ComparisonScreen)
-            assert app.screen.query_one("#comparison-table").row_count == 1
+            await until(pilot, lambda: isinstance(app.screen, ComparisonScreen))
+            table = app.screen.query_one("#comparison-table")
+            await until(pilot, lambda: table.row_count > 0)
+            await settle(pilot)
+            assert table.row_count == 1
             await pilot.press("a")
             assert app.screen.attacks[app.screen.attack_index] == "pgd-linf"
 

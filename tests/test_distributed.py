@@ -74,6 +74,7 @@ def test_shards_cover_the_batch_once_and_differ_by_at_most_one():
             assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_weights_as_one(tmp_path, one_process_run):
     _train(["train", _preset(tmp_path, **EQUIVALENCE), "--runs", str(tmp_path / "runs")], nproc=2)
     run = _only_run(tmp_path / "runs")
@@ -89,6 +90,7 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path, one_process_run):
 
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+@pytest.mark.slow
 def test_resuming_with_another_number_of_processes_continues_the_same_run(tmp_path, one_process_run, first, then):
     runs = tmp_path / "runs"
     _train(["train", _preset(tmp_path, **dict(EQUIVALENCE, max_steps=25)), "--runs", str(runs)], nproc=first)
@@ -105,6 +107,7 @@ def steered(tmp_path_factory) -> dict:
     return run_ranks(steered_run, str(tmp_path_factory.mktemp("steered")), 1e-3)
 
 
+@pytest.mark.slow
 def test_commands_take_effect_on_every_rank_at_the_same_step(steered):
     zero, one = steered[0], steered[1]
     assert zero["state"] == one["state"] == "finished", (zero["message"], one["message"])
@@ -115,10 +118,12 @@ def test_commands_take_effect_on_every_rank_at_the_same_step(steered):
         for rank in (zero, one)
     ]
     assert applied[0] and applied[0] == applied[1]
-    assert zero["paused_step"] is not None
+    assert zero["paused_step"] == 60
     assert ("applied", zero["paused_step"]) in {(kind, step) for step, kind, _ in one["events"]}
+    assert (60, "info", "paused at step 60, as asked") in one["events"]
 
 
+@pytest.mark.slow
 def test_truncation_keeps_ranks_identical_and_training_going(steered):
     zero, one = steered[0], steered[1]
     truncated_at = min(step for step, kind, _ in zero["events"] if kind == "truncation")
@@ -126,6 +131,7 @@ def test_truncation_keeps_ranks_identical_and_training_going(steered):
     assert zero["checksum"] == one["checksum"]
 
 
+@pytest.mark.slow
 def test_factor_drift_is_repaired_from_rank_0_with_a_warning(steered):
     zero, one = steered[0], steered[1]
     warnings = [message for _, kind, message in zero["events"] if kind == "warning"]
@@ -133,6 +139,7 @@ def test_factor_drift_is_repaired_from_rank_0_with_a_warning(steered):
     assert zero["checksum"] == one["checksum"]
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_and_attack_count_every_image_once(steered):
     zero, one = steered[0], steered[1]
     assert zero["sharded_attack"] == one["sharded_attack"]
@@ -160,6 +167,7 @@ def _failure(tmp_path: Path, rank: int, exitcode: int, message: str | None = Non
     return failure
 
 
+@pytest.mark.slow
 def test_the_killed_rank_is_named_not_the_peer_that_lost_it_in_the_same_second(tmp_path):
     """Timestamps have one-second resolution: rank 0 failing in its all-reduce, or stopped by the
     agent's SIGTERM, in the same second as rank 1's SIGKILL is a consequence, not the cause."""
@@ -185,6 +193,7 @@ def test_the_killed_rank_is_named_not_the_peer_that_lost_it_in_the_same_second(t
     )
 
 
+@pytest.mark.slow
 def test_a_crashed_rank_ends_the_run_as_failed_and_keeps_the_checkpoint(tmp_path):
     """SIGKILL rank 1 mid-run: the launcher exits non-zero, the other rank is gone, the last
     checkpoint loads and summary.json says failed and why."""
@@ -236,6 +245,7 @@ def test_a_crashed_rank_ends_the_run_as_failed_and_keeps_the_checkpoint(tmp_path
     assert processes_mentioning(str(run)) == []
 
 
+@pytest.mark.slow
 def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path):
     """rlr train --detach --nproc 2 (what rlr-tui --nproc 2 starts): it returns once rank 0
     listens; a client sees the step move, its command is applied on every rank, and a stop
@@ -258,7 +268,7 @@ def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = env_path
-    client = EngineClient.connect(run_dir)
+    client = EngineClient.connect(run_dir, timeout=60)
     try:
         deadline = time.monotonic() + 120
         while (client.latest() is None or client.latest().step < 5) and time.monotonic() < deadline:
@@ -280,6 +290,7 @@ def test_a_detached_data_parallel_run_is_steered_through_rank_0s_socket(tmp_path
     assert load_checkpoint(run_dir)["optimizer"]["param_groups"][0]["tau"] == 0.4
 
 
+@pytest.mark.slow
 def test_a_data_parallel_resume_refused_at_its_start_leaves_the_run_as_it_was(tmp_path):
     runs = tmp_path / "runs"
     _train(

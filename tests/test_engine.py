@@ -1,3 +1,5 @@
+import itertools
+import json
 import math
 import os
 import signal
@@ -5,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,8 +30,9 @@ from rlr_engine.run.checkpoint import load_checkpoint
 from rlr_engine.run.engine import Engine
 
 
+@pytest.mark.slow
 def test_quickstart_trains_well_above_chance(tmp_path):
-    config = load_preset("quickstart").replace(snapshot_interval=0.2, epochs=30)  # its first 30 epochs
+    config = load_preset("quickstart").replace(snapshot_interval=0.2, epochs=30, device="cpu")  # its first 30 epochs
     from rlr_engine.control.run_dirs import new_run_dir
 
     engine = Engine(config, new_run_dir(config, tmp_path)).start()
@@ -75,10 +79,35 @@ def test_pause_stops_the_step_counter_and_resume_restarts_it(tmp_path):
     wait_for(engine, lambda s: s.state == "running" and s.step > 3)
     engine.send(Pause())
     paused = wait_for(engine, lambda s: s.state == "paused")
-    time.sleep(0.5)
-    assert engine.latest().step == paused.step
+    # While paused the engine still goes round its loop and answers commands, without a step.
+    for request_id in ("a", "b"):
+        engine.send(RefreshLayers(), request_id=request_id)
+        wait_for(engine, lambda s, request_id=request_id: any(a.request_id == request_id for a in engine.acks))
+    assert engine.latest().step == engine.trainer.step == paused.step
     engine.send(Resume())
     wait_for(engine, lambda s: s.state == "running" and s.step > paused.step + 2)
+    engine.stop(30)
+
+
+def test_a_pause_asked_for_at_a_step_stops_the_run_at_that_step_and_past_steps_are_refused(tmp_path):
+    engine = start_engine(tmp_path, commands=[Pause(at_step=40), Pause(at_step=7)], epochs=100)
+    paused = wait_for(engine, lambda s: s.state == "paused")
+    assert paused.step == engine.trainer.step == 7  # the later request replaced the earlier one
+    assert [e.message for e in paused.events if e.kind == "info"][-1] == "paused at step 7, as asked"
+    scheduled = [e.message for e in paused.events if e.kind == "applied"]
+    assert scheduled == ["will pause at step 40", "will pause at step 7"]
+    total = engine.trainer.total_steps
+    for request_id, step in (("past", 7), ("beyond", total + 1), ("bool", True)):
+        engine.send(Pause(at_step=step), request_id=request_id)
+    engine.send(Pause(at_step=12), request_id="next")
+    engine.send(Resume())
+    again = wait_for(engine, lambda s: s.state == "paused" and s.step > 7)
+    assert again.step == 12
+    acks = {a.request_id: a for a in engine.acks}
+    for request_id in ("past", "beyond", "bool"):
+        assert acks[request_id].status == "rejected", request_id
+        assert f"the run is at step 7; expected an integer in [8, {total}]" in acks[request_id].message
+    assert acks["next"].status == "applied"
     engine.stop(30)
 
 
@@ -146,10 +175,9 @@ def final_state(run_dir):
 def test_resume_continues_the_same_curve(tmp_path):
     reference = start_engine(tmp_path / "a", epochs=3, max_steps=50)
     assert run_to_end(reference).state == "finished"
-    interrupted = start_engine(tmp_path / "b", epochs=3, max_steps=50)
-    wait_for(interrupted, lambda s: s.step >= 7)
-    interrupted.send(Pause())
+    interrupted = start_engine(tmp_path / "b", commands=[Pause(at_step=7)], epochs=3, max_steps=50)
     paused = wait_for(interrupted, lambda s: s.state == "paused")
+    assert paused.step == 7
     interrupted.send(Stop())
     stopped = run_to_end(interrupted)
     assert stopped.state == "stopped" and 7 <= stopped.step < 50
@@ -164,6 +192,74 @@ def test_resume_continues_the_same_curve(tmp_path):
     assert snap.curves["train_loss"][0][0] <= paused.step  # the curve before the stop is kept
     steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "train"]
     assert steps == sorted(steps)
+
+
+def test_a_run_that_died_past_its_checkpoint_resumes_without_the_dead_runs_records(tmp_path):
+    settings = dict(epochs=3, max_steps=30)
+    engine = start_engine(tmp_path, commands=[Pause(at_step=7)], **settings)
+    wait_for(engine, lambda s: s.state == "paused")
+    engine.send(Stop())
+    assert run_to_end(engine).state == "stopped"
+    run_dir = engine.run_dir
+    checkpoint_step = load_checkpoint(run_dir)["step"]
+    assert checkpoint_step == 7
+    # The run went on after its checkpoint and was killed: what it logged since is in the file.
+    logged = list(read_jsonl(run_dir / "metrics.jsonl"))
+    dead = [
+        {**record, "step": step, "loss": 99.0, "acc": 0.0}
+        for step in range(checkpoint_step + 1, checkpoint_step + 6)
+        for record in logged[-1:]
+        if record["type"] == "train"
+    ]
+    assert dead, logged[-1]
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in dead)
+    resumed = start_engine(tmp_path, resume_dir=run_dir, **settings)
+    assert run_to_end(resumed).state == "finished"
+    records = list(read_jsonl(run_dir / "metrics.jsonl"))
+    for kind in {r["type"] for r in records}:
+        steps = [r["step"] for r in records if r["type"] == kind]
+        assert all(a < b for a, b in itertools.pairwise(steps)), (kind, steps)  # increasing, each once
+    assert max(r["step"] for r in records) == 30
+    assert not any(r.get("loss") == 99.0 for r in records)  # none of the dead run's values
+
+
+@pytest.mark.slow
+def test_a_resumed_run_with_dropout_and_random_attack_starts_is_bit_identical(tmp_path, monkeypatch):
+    """The global RNG (dropout masks, PGD's random starts in the evaluations at each epoch's end)
+    is restored with the checkpoint: the resumed run draws what the uninterrupted one drew."""
+    from rlr_engine.workload import models
+
+    # VGG16's builder (BatchNorm, LeakyReLU, max-pools, dropout before the classifier), narrower.
+    monkeypatch.setattr(models, "VGG16_LAYOUT", (8, "M", 16, "M", 16, "M", 32, "M", 512, "M"))
+    settings = dict(
+        dataset="synthetic-32",
+        model="vgg16",
+        rank_fraction=0.3,
+        batch_size=100,
+        epochs=3,
+        attack="pgd-linf",
+        pgd_steps=2,
+        attack_every=1,
+        attack_samples=20,
+        eps=(0.0, 0.05),
+    )
+    reference = start_engine(tmp_path / "a", **settings)
+    assert run_to_end(reference, timeout=300).state == "finished"
+    interrupted = start_engine(tmp_path / "b", commands=[Pause(at_step=20)], **settings)
+    wait_for(interrupted, lambda s: s.state == "paused", timeout=300)
+    interrupted.send(Stop())
+    stopped = run_to_end(interrupted, timeout=300)
+    assert (
+        stopped.state == "stopped" and stopped.step == 20 and stopped.adversarial_history
+    )  # mid-run, attacked already
+    resumed = start_engine(tmp_path / "b", resume_dir=interrupted.run_dir, **settings)
+    snap = run_to_end(resumed, timeout=300)
+    assert snap.state == "finished"
+    a, b = final_state(reference.run_dir), final_state(interrupted.run_dir)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert snap.adversarial_history == reference.latest().adversarial_history
 
 
 def test_non_finite_loss_pauses_keeps_the_checkpoint_and_rolls_back(tmp_path):
@@ -209,6 +305,7 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     path = tmp_path / "checkpoint.pt"
     for delay in (0.05, 0.13, 0.29):
@@ -225,16 +322,19 @@ def test_a_checkpoint_taken_mid_epoch_holds_the_training_curve_up_to_its_step(tm
     # no window is read on its own (snapshots), and no epoch ends or checkpoints on its own
     engine = start_engine(tmp_path, epochs=100, snapshot_interval=60.0, batch_size=4, checkpoint_every=0)
 
-    def wait_for_event(kind):
+    def wait_until(predicate, what):
         deadline = time.monotonic() + 60
-        while not any(r["kind"] == kind for r in read_jsonl(engine.run_dir / "events.jsonl")):
-            assert time.monotonic() < deadline, f"no {kind} event"
+        while not predicate():
+            assert time.monotonic() < deadline, f"no {what}"
             time.sleep(0.05)
 
-    wait_for_event("info")  # started
-    time.sleep(0.5)
+    def has_event(kind):
+        return any(r["kind"] == kind for r in read_jsonl(engine.run_dir / "events.jsonl"))
+
+    wait_until(lambda: has_event("info"), "start event")
+    wait_until(lambda: engine.trainer.step >= 3, "training steps")  # the step counter, not the window
     engine.send(SaveCheckpoint())
-    wait_for_event("checkpoint")
+    wait_until(lambda: has_event("checkpoint"), "checkpoint event")
     payload = load_checkpoint(engine.run_dir)
     assert payload["step"] > 0
     train = [r for r in read_jsonl(engine.run_dir / "metrics.jsonl") if r["type"] == "train"]
@@ -316,6 +416,30 @@ def test_a_text_file_written_atomically_is_whole_or_as_before(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
     write_config(tmp_path, small_config(tau=0.7))
     assert read_run_config(tmp_path).tau == 0.7
+
+
+def test_trimming_a_jsonl_file_replaces_it_whole_or_leaves_it_as_it_was(tmp_path, monkeypatch):
+    from rlr_engine.control.run_dirs import trim_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    before = "".join(f'{{"type": "train", "step": {step}, "loss": {step / 10}}}\n' for step in range(1, 9))
+    path.write_text(before + '{"type": "train", "st')  # a torn last line, as a kill leaves it
+    replaced = []
+
+    def failing_replace(src, dst):
+        replaced.append(Path(dst).name)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        trim_jsonl(path, 4)
+    assert replaced == ["metrics.jsonl"]  # the rewrite went through the atomic rename
+    assert path.read_text() == before + '{"type": "train", "st'  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left
+    monkeypatch.undo()
+    trim_jsonl(path, 4)
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3, 4]
+    assert path.read_text().endswith("\n")
 
 
 def test_a_failing_setup_reports_a_message_instead_of_dying(tmp_path):

@@ -185,3 +185,32 @@ def test_a_channels_last_low_rank_model_keeps_every_convolution_output_channels_
     assert set(outputs) == {"conv1", "conv2"}
     for name, out in outputs.items():
         assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous(), name
+
+
+def _scramble_factors(layer) -> None:
+    """Random, non-orthonormal U and V and a random non-symmetric S (a fresh layer's S is
+    diagonal, so S and Sᵀ would compute the same thing)."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in (layer.U, layer.S, layer.V):
+            p.copy_(torch.randn(p.shape, generator=g))
+    assert not torch.allclose(layer.S, layer.S.T, atol=0.1)
+
+
+@pytest.mark.parametrize("stride, padding, dilation, bias", [(1, 1, 1, True), (2, 0, 2, False)])
+def test_a_conv_with_a_non_symmetric_core_computes_with_its_own_dense_weight(stride, padding, dilation, bias):
+    layer = LowRankConv2d(3, 7, (3, 2), rank=4, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    _scramble_factors(layer)
+    weight = (layer.U @ layer.S @ layer.V.T).reshape(7, 3, 3, 2)
+    torch.testing.assert_close(layer.dense_weight(), weight)
+    x = torch.randn(2, 3, 11, 9, generator=torch.Generator().manual_seed(1))
+    expected = F.conv2d(x, layer.dense_weight(), layer.bias, stride, padding, dilation)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_linear_layer_with_a_non_symmetric_core_computes_with_its_own_dense_weight():
+    layer = LowRankLinear(13, 6, rank=5)
+    _scramble_factors(layer)
+    torch.testing.assert_close(layer.dense_weight(), layer.U @ layer.S @ layer.V.T)
+    x = torch.randn(4, 13, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(layer(x), F.linear(x, layer.dense_weight(), layer.bias), rtol=1e-5, atol=1e-4)

@@ -65,7 +65,7 @@ def trained_run(tmp_path_factory) -> Path:
     (tmp / "p.toml").write_text(
         'name = "export-me"\ndataset = "tensors:d.pt"\nmodel = "nets.py:build"\nmethod = "lowrank"\ntau = 0.1\n'
         "rank_fraction = 0.5\nepochs = 6\nbatch_size = 16\nlr = 0.05\nval_fraction = 0.0\nattack_every = 0\n"
-        "eps = [0.0]\n"
+        'eps = [0.0]\ndevice = "cpu"\n'  # also on a machine with a GPU
     )
     assert main(["train", str(tmp / "p.toml"), "--runs", str(tmp / "runs")]) == 0
     (run,) = (tmp / "runs").iterdir()

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from rlr_engine.control.client import EngineClient
 from rlr_engine.control.detached import LaunchError, start_detached
@@ -19,6 +20,8 @@ from rlr_engine.control.records import SetTau
 from rlr_engine.control.run_dirs import engine_alive, read_jsonl, run_info
 
 FAST = [
+    "--device",
+    "cpu",
     "--set",
     "dataset=synthetic",
     "--set",
@@ -41,6 +44,11 @@ def start(tmp_path, engine_processes, *extra):
     return run_dir, pid
 
 
+def connect(run_dir, client="rlr") -> EngineClient:
+    """A client of the run's engine; the handshake's limit is a safety net for a loaded machine."""
+    return EngineClient.connect(run_dir, client, timeout=60)
+
+
 def wait_until(predicate, timeout=60.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,6 +59,7 @@ def wait_until(predicate, timeout=60.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_detach_prints_how_to_attach_and_the_engine_survives_sighup(tmp_path, engine_processes):
     result = subprocess.run(
         [
@@ -75,24 +84,25 @@ def test_detach_prints_how_to_attach_and_the_engine_survives_sighup(tmp_path, en
     assert f"rlr-tui --attach {run_dir}" in result.stdout.replace("\n", "")
     pid = json.loads((run_dir / "engine.json").read_text())["pid"]
     assert os.getsid(pid) == pid and os.getpgid(pid) == pid  # its own session: no terminal's SIGHUP
-    client = EngineClient.connect(run_dir)
+    client = connect(run_dir)
     wait_until(lambda: (client.latest() or None) and client.latest().step > 10, what="training")
     client.close()
     os.kill(pid, signal.SIGHUP)
-    time.sleep(1.0)
-    assert engine_alive(run_dir)
-    client = EngineClient.connect(run_dir)
-    first = client.wait(lambda s: True, 5)
+    client = connect(run_dir)
+    first = client.wait(lambda s: True, 60)
     snap = client.wait(lambda s: s.step > first.step + 5, 60)
     assert snap.step > first.step + 5  # still training
+    assert engine_alive(run_dir) and snap.state == "running"
+    assert not any("SIGHUP" in e["message"] for e in read_jsonl(run_dir / "events.jsonl"))
     assert snap.events[0].seq == 1 and "started quickstart" in snap.events[0].message  # history complete
     assert snap.curves["train_loss"][0][0] < 20
     client.close()
 
 
+@pytest.mark.slow
 def test_two_clients_see_one_application_of_each_command_and_rejections_reach_the_sender(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
-    a, b = EngineClient.connect(run_dir, "a"), EngineClient.connect(run_dir, "b")
+    a, b = connect(run_dir, "a"), connect(run_dir, "b")
     assert a.session != b.session
     wait_until(lambda: a.latest() and a.latest().state == "running", what="running")
     request = a.send(SetTau(0.5))
@@ -120,6 +130,7 @@ def test_two_clients_see_one_application_of_each_command_and_rejections_reach_th
     b.close()
 
 
+@pytest.mark.slow
 def test_bad_clients_get_errors_and_training_goes_on(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
     path = str(run_dir / "control.sock")
@@ -132,7 +143,7 @@ def test_bad_clients_get_errors_and_training_goes_on(tmp_path, engine_processes)
             sock.sendall(encode(hello("test")))
         return sock
 
-    good = EngineClient.connect(run_dir)
+    good = connect(run_dir)
     before = wait_until(lambda: good.latest() and good.latest().step > 5 and good.latest(), what="training")
     silent = raw()  # hello, then never reads a byte
     never_hello = raw(greet=False)
@@ -159,9 +170,9 @@ def test_bad_clients_get_errors_and_training_goes_on(tmp_path, engine_processes)
     half.shutdown(socket.SHUT_WR)  # half-closed: still gets the welcome and snapshots
     kinds = {m["type"] for m in read_until(half, lambda m: m["type"] == "snapshot")}
     assert {"welcome", "snapshot"} <= kinds
-    time.sleep(2.0)
-    after = good.wait(lambda s: s.step > before.step + 20, 60)
-    assert after.step > before.step + 20 and after.state == "running"
+    # Training goes on while the bad clients stay connected (the silent one never reads).
+    after = good.wait(lambda s: s.step > before.step + 100, 120)
+    assert after.step > before.step + 100 and after.state == "running"
     notes = [e["message"] for e in read_jsonl(run_dir / "events.jsonl") if "control: client" in e["message"]]
     assert notes, "bad clients are logged in the events"
     for sock in (silent, never_hello, garbage, oversized, old, half):
@@ -193,9 +204,10 @@ def greeted_socket(path):
     return sock
 
 
+@pytest.mark.slow
 def test_a_huge_number_or_deep_nesting_gets_an_error_and_the_server_goes_on_serving(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
-    good = EngineClient.connect(run_dir)
+    good = connect(run_dir)
     wait_until(lambda: good.latest() and good.latest().state == "running", what="running")
     sock = greeted_socket(run_dir / "control.sock")
     read_until(sock, lambda m: m["type"] == "snapshot")
@@ -214,7 +226,7 @@ def test_a_huge_number_or_deep_nesting_gets_an_error_and_the_server_goes_on_serv
     assert acks[0].status == "applied" and "0.5" in acks[0].message
     sock.sendall(encode({"type": "command", "id": "same", "command": {"kind": "set_lr", "tau": 1}}))
     assert read_until(sock, lambda m: m["type"] == "ack" and m["id"] == "same")[-1]["status"] == "rejected"
-    late = EngineClient.connect(run_dir)  # and new clients are welcome
+    late = connect(run_dir)  # and new clients are welcome
     assert late.wait(lambda s: s.tau == 0.5, 30).tau == 0.5
     for client in (good, late):
         client.close()
@@ -271,21 +283,23 @@ def test_an_unexpected_error_on_one_line_is_answered_and_logged_and_the_server_l
         control.close()
 
 
+@pytest.mark.slow
 def test_kill_9_is_reported_runs_says_dead_and_resume_continues(tmp_path, engine_processes):
     run_dir, pid = start(tmp_path, engine_processes)
-    client = EngineClient.connect(run_dir)
+    client = connect(run_dir)
     snap = client.wait(lambda s: s.last_checkpoint_step is not None and s.step > s.last_checkpoint_step, 120)
     checkpoint_step = snap.last_checkpoint_step
     os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    wait_until(lambda: client.engine_died, timeout=2.0, what="the client to notice")
-    assert time.monotonic() - killed < 2.0
+    # Noticed by the connection closing (the kernel closes a killed process's sockets), not by a
+    # silence timing out.
+    wait_until(lambda: client.engine_died, what="the client to notice")
+    assert client.lost_reason.startswith(("the connection closed", "connection lost")), client.lost_reason
     assert (run_dir / "control.sock").exists()  # a stale socket is left behind …
     info = run_info(run_dir)
     assert info.state == "dead" and info.resumable  # … and not trusted
     last_seq = max(e["seq"] for e in read_jsonl(run_dir / "events.jsonl"))
     start_detached(["--resume", str(run_dir)])
-    resumed = EngineClient.connect(run_dir)
+    resumed = connect(run_dir)
     first = resumed.wait(lambda s: s.state == "running", 60)
     assert first.step >= checkpoint_step
     later = resumed.wait(lambda s: s.step > first.step + 5, 60)
@@ -297,6 +311,7 @@ def test_kill_9_is_reported_runs_says_dead_and_resume_continues(tmp_path, engine
     resumed.close()
 
 
+@pytest.mark.slow
 def test_socket_and_run_directory_are_private(tmp_path, engine_processes):
     run_dir, _ = start(tmp_path, engine_processes)
     assert stat.S_IMODE(os.stat(run_dir / "control.sock").st_mode) == 0o600
@@ -315,6 +330,7 @@ def test_the_dashboard_imports_no_torch():
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+@pytest.mark.slow
 def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlr_engine.cli", "train", "quickstart", *FAST, "--runs", str(tmp_path / "runs")],
@@ -325,7 +341,7 @@ def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
     )
     try:
         run_dir = wait_until(lambda: next((tmp_path / "runs").glob("*/control.sock"), None), 300, "the socket").parent
-        client = EngineClient.connect(run_dir)
+        client = connect(run_dir)
         client.wait(lambda s: s.step > 40, 120)
         client.close()
         proc.send_signal(signum)
@@ -349,16 +365,24 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LaunchError, match="not available"):
         start_detached(
-            ["mnist-lenet5-dense", "--set", f"data_dir={tmp_path}", "--set", "download=false", "--runs", "runs"]
+            ["mnist-lenet5-dense", "--device", "cpu", "--set", f"data_dir={tmp_path}", "--set", "download=false"]
+            + ["--runs", "runs"]
         )
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none; this machine has a GPU")
+def test_a_start_on_cuda_without_a_gpu_fails_and_leaves_no_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(LaunchError, match="no CUDA GPU"):
         start_detached(["quickstart", "--device", "cuda", "--runs", "runs"])
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_a_resumed_run_reports_the_tau_set_while_it_ran_not_the_presets(tmp_path, engine_processes):
     run_dir, pid = start(tmp_path, engine_processes)  # the preset's τ is 0.1
-    client = EngineClient.connect(run_dir)
+    client = connect(run_dir)
     client.wait(lambda s: s.state == "running", 60)
     client.send(SetTau(0.5))
     assert client.wait(lambda s: s.tau == 0.5, 30).tau == 0.5
@@ -374,7 +398,7 @@ def test_a_resumed_run_reports_the_tau_set_while_it_ran_not_the_presets(tmp_path
     )
     try:
         wait_until(lambda: engine_alive(run_dir) and (run_dir / "control.sock").exists(), 300, "the resume")
-        resumed = EngineClient.connect(run_dir)
+        resumed = connect(run_dir)
         assert resumed.wait(lambda s: s.state == "running", 60).tau == 0.5
         resumed.close()
         proc.send_signal(signal.SIGTERM)

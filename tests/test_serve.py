@@ -21,7 +21,10 @@ import pytest
 from rlr_engine.control.detached import start_detached
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+pytestmark = [
+    pytest.mark.slow,  # an engine process and a browser
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"),
+]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
@@ -79,6 +82,8 @@ def test_the_dashboard_is_served_to_a_browser(tmp_path, engine_processes):
     run_dir, _ = start_detached(
         [
             "quickstart",
+            "--device",
+            "cpu",
             "--set",
             "dataset=synthetic",
             "--set",

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from rlr_engine.cli import main
-from rlr_engine.control.records import Pause, RefreshLayers, Stop
+from rlr_engine.control.records import Pause, RefreshLayers, Resume, Stop
 from rlr_engine.control.run_dirs import new_run_dir, read_jsonl
 from rlr_engine.core.errors import PresetError
 from rlr_engine.core.presets import dump_toml, load_preset
@@ -60,9 +60,12 @@ def assert_same_points(actual, expected, tag):
 
 
 def test_event_files_hold_every_metric_of_metrics_jsonl_at_its_step(tmp_path):
-    engine = start_engine(tmp_path, tensorboard=True, epochs=2, attack_every=1, eps=(0.0, 0.02))
-    wait_for(engine, lambda s: s.state == "running" and s.step > 3)
+    engine = start_engine(
+        tmp_path, commands=[Pause(at_step=4)], tensorboard=True, epochs=2, attack_every=1, eps=(0.0, 0.02)
+    )
+    wait_for(engine, lambda s: s.state == "paused")
     engine.send(RefreshLayers())  # a spectrum now, whatever the run's length
+    engine.send(Resume())
     snap = run_to_end(engine)
     assert snap.state == "finished", snap.message
     run_dir = engine.run_dir
@@ -95,9 +98,10 @@ def test_event_files_hold_every_metric_of_metrics_jsonl_at_its_step(tmp_path):
 
 
 def test_sigma_histograms_hold_each_layers_singular_values(tmp_path):
-    engine = start_engine(tmp_path, tensorboard=True, epochs=1)
-    wait_for(engine, lambda s: s.state == "running" and s.step > 3)
+    engine = start_engine(tmp_path, commands=[Pause(at_step=4)], tensorboard=True, epochs=1)
+    wait_for(engine, lambda s: s.state == "paused")
     engine.send(RefreshLayers())
+    engine.send(Resume())
     snap = run_to_end(engine)
     events = read_events(engine.run_dir)
     assert set(events.Tags()["histograms"]) == {f"sigma/{layer.name}" for layer in snap.layers}
@@ -123,10 +127,16 @@ def test_events_are_written_as_text_under_their_kind(tmp_path):
     assert written == logged and any(kind == "evaluation" for kind, _, _ in written)
 
 
+def next_second() -> None:
+    """Return once the wall clock's whole second has changed: event files named after the
+    second they are created in then sort in the order they were created."""
+    now = int(time.time())
+    while int(time.time()) == now:
+        time.sleep(0.01)
+
+
 def test_a_resumed_run_continues_the_same_curves_without_repeated_steps(tmp_path):
-    engine = start_engine(tmp_path, tensorboard=True, epochs=3, max_steps=50)
-    wait_for(engine, lambda s: s.step >= 7)
-    engine.send(Pause())
+    engine = start_engine(tmp_path, commands=[Pause(at_step=7)], tensorboard=True, epochs=3, max_steps=50)
     wait_for(engine, lambda s: s.state == "paused")
     engine.send(Stop())
     stopped = run_to_end(engine)
@@ -134,12 +144,12 @@ def test_a_resumed_run_continues_the_same_curves_without_repeated_steps(tmp_path
     run_dir = engine.run_dir
     # A run that went on after its checkpoint and then died left points past it: TensorBoard
     # orders event files by their name, which starts with the second they were created in.
-    time.sleep(1.1)
+    next_second()
     orphan = SummaryWriter(str(run_dir / "tensorboard"))
     for step in range(stopped.step + 1, stopped.step + 4):
         orphan.add_scalar("loss/train", 99.0, step)
     orphan.close()
-    time.sleep(1.1)
+    next_second()
     resumed = start_engine(tmp_path, resume_dir=run_dir, tensorboard=True, epochs=3, max_steps=50)
     assert run_to_end(resumed).step == 50
     events = read_events(run_dir)

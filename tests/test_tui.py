@@ -1,14 +1,17 @@
 """Pilot tests of the dashboard against a scripted client (fast, deterministic: layout snapshots,
 keys, acknowledgements, a dead engine), and one end to end against a real engine process."""
 
-import time
+import weakref
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import NamedTuple
 
 import pytest
 from fake_client import FakeClient, FakeLauncher, scripted_snapshot
+from pilot_waits import settle, until
+from textual.app import App
 from textual.pilot import Pilot
+from textual.widgets import TabbedContent, Tabs
 
 from rlr_engine.control.records import Pause, Resume, SetTau, Stop, Truncate
 from rlr_tui.app import RlrApp
@@ -21,22 +24,16 @@ from rlr_tui.widgets.event_log import EventLog
 from rlr_tui.widgets.status_bar import StatusBar
 
 
-async def until(pilot, predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 async def type_value(pilot, text):
+    """Type ``text`` into the open value dialog and press Enter; returns once the dialog has
+    closed (and its value was handed on) or shows why it refused the value."""
     dialog = pilot.app.screen
     assert isinstance(dialog, ValueDialog)
     dialog.query_one("Input").value = ""
     await pilot.press(*text)
     await pilot.press("enter")
-    await pilot.pause(0.1)
+    await until(pilot, lambda: pilot.app.screen is not dialog or str(dialog.query_one("#error").render()))
+    await settle(pilot)
 
 
 def status_text(app) -> str:
@@ -54,8 +51,38 @@ def bottom_line(app) -> str:
     return lines[-1] if lines else ""  # nothing drawn yet
 
 
+# Every notification each app showed, as "title: message", kept after its toast has timed out
+# (a loaded machine can take longer than a toast's timeout to get to the assertion).
+SHOWN: weakref.WeakKeyDictionary[App, list[str]] = weakref.WeakKeyDictionary()
+
+
+@pytest.fixture(autouse=True)
+def _keep_notifications(monkeypatch):
+    notify = App.notify
+
+    def keeping(self, message, *, title="", **options):
+        SHOWN.setdefault(self, []).append(f"{title}: {message}")
+        return notify(self, message, title=title, **options)
+
+    monkeypatch.setattr(App, "notify", keeping)
+
+
 def notifications(app) -> list[str]:
-    return [f"{n.title}: {n.message}" for n in app._notifications]
+    return list(SHOWN.get(app, ()))
+
+
+def active_tab(app) -> str | None:
+    return app.screen.query_one(TabbedContent).active
+
+
+def dashboard_ready(app) -> bool:
+    """The dashboard is the screen and done mounting: its tab strip has mounted and chosen a
+    tab, and its status bar shows a snapshot."""
+    screen = app.screen
+    if not isinstance(screen, DashboardScreen):
+        return False
+    tabs = screen.query(Tabs)
+    return bool(tabs) and all(t.is_mounted and t.active for t in tabs) and bool(status_text(app).strip())
 
 
 def fake_app(tmp_path, client=None, attach=False, overrides=()):
@@ -82,7 +109,7 @@ async def dashboard(tmp_path, client=None, size=(80, 24), overrides=(), toasts=F
     recorded either way)."""
     app, client, launcher = fake_app(tmp_path, client, overrides=overrides)
     async with app.run_test(size=size, notifications=toasts) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await until(pilot, lambda: dashboard_ready(app))
         yield Dashboard(app, pilot, client, launcher)
     assert not (tmp_path / "runs").exists(), "the dashboard created a run directory of its own"
 
@@ -125,7 +152,7 @@ async def test_while_paused_the_footer_offers_resume_and_the_header_shows_no_rat
     # show them while nothing trains.
     client = FakeClient(replace(scripted_snapshot(), state="paused", samples_per_s=4321.0, eta_s=754.0))
     async with dashboard(tmp_path, client, size=(100, 24)) as d:
-        await d.pilot.pause(0.3)
+        await until(d.pilot, lambda: "PAUSED" in status_text(d.app))
         footer = {b.binding.description for b in d.app.active_bindings.values() if b.enabled}
         assert "Resume" in footer and "Pause" not in footer
         status = status_text(d.app)
@@ -195,13 +222,49 @@ async def test_resume_on_the_command_line_passes_its_settings_once(tmp_path):
     assert launcher.resume_overrides == [["tau=0.3"]]
 
 
+@pytest.mark.parametrize("ticks", range(8))
+async def test_a_dashboard_closed_while_it_mounts_exits_cleanly(tmp_path, monkeypatch, ticks):
+    """Closing the app (q at the picker, SIGTERM, a closed terminal) in the moments after the
+    dashboard was pushed, while its widgets mount, ends the app without an error."""
+    import asyncio
+
+    (tmp_path / "fake-run").mkdir()
+    app = RlrApp(
+        None,
+        [],
+        tmp_path / "runs",
+        attach=tmp_path / "fake-run",
+        launcher=FakeLauncher(FakeClient(), tmp_path / "fake-run"),
+    )
+    push_screen = RlrApp.push_screen
+
+    def push_then_exit(self, screen, *args, **kwargs):
+        pushed = push_screen(self, screen, *args, **kwargs)
+        if isinstance(screen, DashboardScreen):
+
+            async def exit_after_ticks():
+                for _ in range(ticks):
+                    await asyncio.sleep(0)
+                self.exit()
+
+            self.run_worker(exit_after_ticks())
+        return pushed
+
+    monkeypatch.setattr(RlrApp, "push_screen", push_then_exit)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app._exit)
+    assert app.return_code == 0
+
+
 async def test_screenshot_help_and_layer_keys(tmp_path):
     (tmp_path / "fake-run").mkdir()
     async with dashboard(tmp_path) as d:
         await d.pilot.press("s")
         await until(d.pilot, lambda: list((tmp_path / "fake-run").glob("dashboard-*.svg")))
         await d.pilot.press("3")
-        await d.pilot.pause(0.3)
+        table, layers = d.app.screen.query_one("#kappa-table"), d.client.snapshot.layers
+        await until(d.pilot, lambda: active_tab(d.app) == "spectrum" and table.row_count == len(layers))
+        await settle(d.pilot)
         await d.pilot.press("right_square_bracket")
         assert d.app.screen.selected_layer == 1
         await d.pilot.press("left_square_bracket", "left_square_bracket")
@@ -228,28 +291,35 @@ async def test_the_events_tab_scrolls_back_by_keyboard_while_events_arrive(tmp_p
         await until(d.pilot, lambda: log.scroll_y == 0)
         d.client.snapshot = with_events(80, 3)  # the engine keeps sending
         await until(d.pilot, lambda: log.last_seq == 80)
-        await d.pilot.pause(0.3)
+        await settle(d.pilot)
         assert log.scroll_y == 0, "new events pulled the view away from what the user reads"
         await d.pilot.press("end")
         d.client.snapshot = with_events(90, 4)
         await until(d.pilot, lambda: log.last_seq == 90)
-        await until(d.pilot, lambda: log.is_vertical_scroll_end)
+        await settle(d.pilot)
+        assert log.is_vertical_scroll_end
+
+
+TABS = {"1": "training", "3": "spectrum", "4": "robustness"}
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 50)])
 @pytest.mark.parametrize("tab", ["1", "3", "4"])
 def test_dashboard_layout(snap_compare, tmp_path, size, tab):
     async def show_tab(pilot):
-        await until(pilot, lambda: isinstance(pilot.app.screen, DashboardScreen))
-        await pilot.pause(0.3)
+        app = pilot.app
+        await until(pilot, lambda: dashboard_ready(app) and "step 2000/7040" in status_text(app))
+        await settle(pilot)
         await pilot.press(tab)
-        await pilot.pause(0.7)
+        await until(pilot, lambda: active_tab(app) == TABS[tab])
+        await settle(pilot)
 
     assert snap_compare(fake_app(tmp_path, attach=True)[0], run_before=show_tab, terminal_size=size)
 
 
 # -- end to end: a real engine process on synthetic data ----------------------------------------
 FAST = [
+    "device=cpu",
     "dataset=synthetic",
     "epochs=400",
     "snapshot_interval=0.05",
@@ -260,6 +330,7 @@ FAST = [
 EARLY_EVENT = "[info] started quickstart"  # after the time stamp "HH:MM:SS "
 
 
+@pytest.mark.slow
 async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path, engine_processes):
     app = RlrApp(None, FAST, tmp_path / "runs")
     async with app.run_test(size=(100, 30)) as pilot:
@@ -267,7 +338,7 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         table = app.screen.query_one("#presets")
         assert table.get_row_at(table.cursor_row)[0] == "quickstart"
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=120)
+        await until(pilot, lambda: dashboard_ready(app), timeout=120)
         engine_processes.append(app.run_dir)
         await until(
             pilot,
@@ -290,9 +361,9 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
         runs = app.screen.query_one("#runs")
         assert runs.row_count == 1 and runs.get_row_at(0)[1] == "running"
         await pilot.press("tab", "enter")  # a running run: attach
-        await until(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=30)
+        await until(pilot, lambda: dashboard_ready(app), timeout=120)
         await until(pilot, lambda: app.client.latest() is not None and app.client.latest().tau == 0.5)
-        assert "CondLR τ=0.5" in status_text(app)  # the current τ, not the preset's
+        await until(pilot, lambda: "CondLR τ=0.5" in status_text(app))  # the current τ, not the preset's
         await pilot.press("5")  # the events from before this dashboard attached
         log = app.screen.query_one(EventLog)
         await until(pilot, lambda: any(line.text.startswith(EARLY_EVENT, 9) for line in log.lines))
@@ -337,7 +408,7 @@ async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_oth
 
     async with dashboard(tmp_path / "fixed-rank", size=(100, 30)) as d:
         await d.pilot.press("b", "k")
-        await d.pilot.pause(0.2)
+        await settle(d.pilot)
         assert d.client.commands == [] and isinstance(d.app.screen, DashboardScreen)
 
 
@@ -369,7 +440,7 @@ async def test_at_80_columns_a_value_dialog_shows_its_whole_prompt_with_the_vali
     async with dashboard(tmp_path) as d:
         await d.pilot.press(key)
         await until(d.pilot, lambda: isinstance(d.app.screen, ValueDialog))
-        await d.pilot.pause(0.1)
+        await settle(d.pilot)
         dialog = d.app.screen
         label, box = dialog.query_one("#dialog-prompt"), dialog.query_one("#dialog")
         assert label.region.right <= box.content_region.right, "the prompt runs past the dialog's edge"
@@ -391,9 +462,9 @@ async def test_the_picker_names_a_runs_current_tau_not_its_presets(tmp_path):
     (run_dir / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 40, "tau": 5.0}) + "\n")
     app = RlrApp(None, [], tmp_path / "runs")
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.1)
         runs = app.screen.query_one("#runs")
-        assert runs.row_count == 1 and runs.get_row_at(0)[-1] == "CondLR τ=5"
+        await until(pilot, lambda: runs.row_count == 1)
+        assert runs.get_row_at(0)[-1] == "CondLR τ=5"
 
 
 @pytest.mark.parametrize("key, field", [("t", "tau"), ("r", "theta"), ("l", "lr"), ("b", "beta"), ("k", "adapt_every")])
@@ -419,13 +490,13 @@ async def test_every_value_dialog_refuses_a_huge_number_nan_inf_negative_empty_a
         for text in typed:
             dialog.query_one("Input").value = text  # pasted: typing 5000 keys is slow
             await d.pilot.press("enter")
-            await d.pilot.pause(0.05)
+            await settle(d.pilot)
             assert d.app.screen is dialog, f"{text[:20]!r} closed the dialog"
             error = str(dialog.query_one("#error").render())
             assert error.startswith(f"{field} must be {allowed}, got "), (text[:20], error)
             assert len(error) < 200, "a long value is cut in the message"
         await d.pilot.press("escape")
-        await d.pilot.pause(0.1)
+        await settle(d.pilot)
         assert not [c for c in d.client.commands if not isinstance(c, Note)], "a refused value was sent"
         notes = [c for c in d.client.commands if isinstance(c, Note)]
         assert len(notes) == len(typed) and all(n.level == "rejected" and field in n.message for n in notes)
@@ -437,7 +508,8 @@ async def test_space_toggles_from_the_last_pause_or_resume_sent_until_the_engine
     async with dashboard(tmp_path, client) as d:
         await d.pilot.press("space", "space")
         assert d.client.commands == [Resume(), Pause()]
-        await d.pilot.pause(0.6)  # both answered; the engine's snapshot shows paused again
+        # both answered; the engine's snapshot shows paused again
+        await until(d.pilot, lambda: d.app.screen.pending is None)
         # A rejected resume leaves the run paused: space resumes again, it does not pause.
         d.client.reply = lambda c: ("rejected", "cannot resume: busy")
         await d.pilot.press("space")
@@ -452,7 +524,7 @@ async def test_after_stop_is_asked_no_command_is_sent_no_dialog_opens_and_q_does
         assert d.client.commands == [Stop()]
         for key in ("t", "r", "a", "space", "l", "c", "q"):
             await d.pilot.press(key)
-            await d.pilot.pause(0.05)
+            await settle(d.pilot)
             assert isinstance(d.app.screen, DashboardScreen), key
         assert d.client.commands == [Stop()] and d.app.is_running
         assert any("stopping" in n for n in notifications(d.app))
@@ -478,14 +550,14 @@ async def test_on_a_dead_or_stopped_run_the_steering_keys_are_disabled_and_say_w
             d.client.die()
         else:
             d.client.snapshot = replace(d.client.snapshot, state="stopped", version=2)
-        await until(d.pilot, lambda: ended.upper() in status_text(d.app), timeout=2.0)
+        await until(d.pilot, lambda: ended.upper() in status_text(d.app))
         bindings = {b.binding.description: b for b in d.app.active_bindings.values()}
         for name in ("τ", "Truncate", "Pause", "Attack"):
             assert not bindings[name].enabled, name
         assert bindings["Resume run"].enabled
         for key in ("t", "r", "a", "space", "l", "c"):
             await d.pilot.press(key)
-            await d.pilot.pause(0.05)
+            await settle(d.pilot)
             assert isinstance(d.app.screen, DashboardScreen), key
         assert d.client.commands == []
         assert any(f"the run is {ended}; R resumes" in n for n in notifications(d.app))
@@ -561,9 +633,9 @@ async def test_the_picker_lists_the_runs_again_and_offers_a_finished_run_to_exte
 async def test_at_80x24_the_picker_opens_with_the_preselected_quickstart_row_in_view(tmp_path):
     app = RlrApp(None, [], tmp_path / "runs")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
         table = app.screen.query_one("#presets")
-        assert table.get_row_at(table.cursor_row)[0] == "quickstart"
+        await until(pilot, lambda: table.row_count and table.get_row_at(table.cursor_row)[0] == "quickstart")
+        await settle(pilot)
         top, bottom = table.content_region.y, table.content_region.bottom
         shown = [strip.text for strip in app.screen._compositor.render_strips()[top:bottom]]
         assert any(line.startswith(" quickstart ") for line in shown), "\n".join(shown)
@@ -574,7 +646,8 @@ async def test_at_80_columns_a_long_preset_name_keeps_the_progress_line_in_the_s
         replace(scripted_snapshot(), preset="fmnist-lenet5-condlr-adaptive", method="robust-dlrt β=0.01 τ=0.1")
     )
     async with dashboard(tmp_path, client) as d:
-        await d.pilot.pause(0.3)
+        await until(d.pilot, lambda: "step 2000/7040" in status_text(d.app))
+        await settle(d.pilot)
         bar = d.app.screen.query_one(StatusBar)
         top = bar.region.y
         first, second = (strip.text for strip in d.app.screen._compositor.render_strips()[top : top + 2])

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from fake_client import scripted_snapshot
+from pilot_waits import settle, until
 from textual.app import App
 from textual.geometry import Region
 
@@ -34,19 +35,19 @@ async def test_event_log_stays_where_the_user_scrolled_and_follows_again_at_the_
         log = app.query_one(EventLog)
         log.focus()
         log.show(events(1, 60))
-        await pilot.pause(0.1)
-        assert log.is_vertical_scroll_end and log.scroll_y > 0
+        await until(pilot, lambda: log.is_vertical_scroll_end and log.scroll_y > 0)
         await pilot.press("home")
-        await pilot.pause(0.1)
-        assert log.scroll_y == 0
+        await until(pilot, lambda: log.scroll_y == 0)
         log.show(events(61, 80))  # a running engine keeps sending
-        await pilot.pause(0.1)
+        await until(pilot, lambda: log.last_seq == 80)
+        await settle(pilot)
         assert log.scroll_y == 0, "new events must not pull the view away from what the user reads"
         await pilot.press("pageup")  # still scrollable by keyboard
         await pilot.press("end")
-        await pilot.pause(0.1)
+        await until(pilot, lambda: log.is_vertical_scroll_end)
         log.show(events(81, 90))
-        await pilot.pause(0.1)
+        await until(pilot, lambda: log.last_seq == 90)
+        await settle(pilot)
         assert log.is_vertical_scroll_end and log.last_seq == 90
 
 
@@ -64,7 +65,7 @@ async def plot_text(monkeypatch, no_color: bool) -> str:
     async with app.run_test(size=(100, 30)) as pilot:
         plot = app.query_one(CurvesPlot)
         plot.show(scripted_snapshot())
-        await pilot.pause(0.1)
+        await settle(pilot)
         return plot.plt.build()
 
 
@@ -87,8 +88,9 @@ async def test_the_truncation_dialog_shows_its_whole_prompt_at_80_columns():
     app = DialogApp()
     async with app.run_test(size=(80, 24)) as pilot:
         await app.push_screen(ValueDialog("Truncate now", prompt, "0.1", check_theta))
-        await pilot.pause(0.1)
         label = app.screen.query_one("#dialog-prompt")
+        await until(pilot, lambda: label.size.width > 0)
+        await settle(pilot)
         dialog = app.screen.query_one("#dialog")
         assert label.region.right <= dialog.content_region.right, "the prompt runs past the dialog's edge"
         lines = label.render_lines(Region(0, 0, label.size.width, label.size.height))
@@ -107,7 +109,7 @@ async def test_without_colour_every_eps_line_over_the_run_gets_its_own_marker(mo
     async with app.run_test(size=(100, 30)) as pilot:
         plot = app.query_one(AccuracyHistory)
         plot.show(scripted_snapshot())  # four attacks at ε = 0, 0.02, 0.04, 0.06
-        await pilot.pause(0.1)
+        await settle(pilot)
         drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
     legend = [f"{marker} ε={eps:g}" for marker, eps in zip(MONOCHROME_MARKERS, (0, 0.02, 0.04, 0.06))]
     assert all(entry in drawn for entry in legend), drawn
@@ -128,7 +130,7 @@ async def test_the_accuracy_vs_eps_plot_has_a_title_that_fits_its_width():
         async with app.run_test(size=(width, 20)) as pilot:
             plot = app.query_one(AccuracyVsEps)
             plot.show(scripted_snapshot())
-            await pilot.pause(0.1)
+            await settle(pilot)
             drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
         assert title in [line.strip() for line in drawn.splitlines()], drawn
 
@@ -153,7 +155,7 @@ async def test_accuracy_over_the_run_follows_one_attack_and_never_joins_another(
     async with app.run_test(size=(100, 30)) as pilot:
         plot = app.query_one(AccuracyHistory)
         plot.show(replace(snap, adversarial=history[1], adversarial_history=history))
-        await pilot.pause(0.1)
+        await settle(pilot)
         drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
     assert "fgsm: accuracy (%) per ε over the run" in drawn, drawn
 

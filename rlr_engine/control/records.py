@@ -56,7 +56,12 @@ class SetLearningRate(Command):
 
 @dataclass(frozen=True)
 class Pause(Command):
+    """Pause now or, with ``at_step``, when the run reaches that step (after the step's epoch end
+    when it ends an epoch): a breakpoint, for looking at the run at a chosen step. A later
+    ``at_step`` replaces an earlier one; it is kept in memory only, not in the checkpoint."""
+
     kind: ClassVar[str] = "pause"
+    at_step: int | None = _wire(int, optional=True, default=None)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ class RunControl(Protocol):
 
     def pause(self) -> None: ...
 
+    def pause_at(self, step: int) -> None: ...
+
     def resume(self) -> bool: ...
 
     def attack_now(self, attack: str | None, eps: tuple[float, ...] | None) -> str: ...
@@ -94,6 +96,9 @@ def undo(run: RunControl, command: Undo) -> str:
 
 
 def pause(run: RunControl, command: Pause) -> str:
+    if command.at_step is not None:
+        run.pause_at(command.at_step)
+        return f"will pause at step {command.at_step}"
     if run.state != "running":
         raise ValueError(f"cannot pause: the run is {run.state}")
     run.pause()

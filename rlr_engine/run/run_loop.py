@@ -15,6 +15,7 @@ from typing import Any
 
 from rlr_engine.control.records import AttackResult
 from rlr_engine.core.config import AttackSpec, RunConfig, method_label
+from rlr_engine.core.validation import NumberRange, shown
 from rlr_engine.run.boundary import StepBoundary
 from rlr_engine.run.command_intake import CommandIntake, Request
 from rlr_engine.run.distributed import Ranks
@@ -62,6 +63,7 @@ class RunLoop:
         self._resume_notes: list[tuple[str, str]] = []
         self.divergence = Divergence(recorder, self.event)
         self._stop = False
+        self._pause_at: int | None = None
         self._flush_due = False
 
     # -- setting up -----------------------------------------------------------------------------
@@ -120,6 +122,7 @@ class RunLoop:
     def _loop(self) -> None:
         trainer = self._trainer
         while True:
+            self._pause_if_reached()
             paused = self.state == "paused"
             self._flush_due = self.intake.apply(self, self._trainer, paused, self.publisher.snapshot_due)
             if self._stop:
@@ -314,6 +317,28 @@ class RunLoop:
     def pause(self) -> None:
         self.state = "paused"
         self.publisher.flush_window(self._trainer)
+
+    def pause_at(self, step: int) -> None:
+        """Pause once the run reaches ``step`` (replacing an earlier such request): at the top of
+        the loop, after that step's epoch end, before the commands queued meanwhile are applied.
+        Every rank of a data-parallel run pauses at the same step. ValueError, changing nothing,
+        unless ``step`` is past the current step and at most the run's last."""
+        allowed = NumberRange(self.step + 1, self._trainer.total_steps)
+        if isinstance(step, bool) or not isinstance(step, int) or step not in allowed:
+            raise ValueError(
+                f"pause.at_step = {shown(step)} is not allowed: the run is at step {self.step}; "
+                f"expected {allowed.allowed('an integer')}"
+            )
+        self._pause_at = step
+
+    def _pause_if_reached(self) -> None:
+        if self._pause_at is None or self.step < self._pause_at:
+            return
+        self._pause_at = None
+        if self.state == "running":
+            self.pause()
+            self.event("info", f"paused at step {self.step}, as asked")
+            self.publish()
 
     def resume(self) -> bool:
         """Leave the paused state; after a divergence, roll back to the last good checkpoint

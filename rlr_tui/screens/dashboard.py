@@ -177,7 +177,9 @@ class DashboardScreen(Screen):
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         yield StartingNotice(id="starting")
-        with TabbedContent(initial="training", id="tabs"):
+        # The first tab is the initial one without naming it: a tab strip told its initial tab
+        # raises when the app closes while the strip mounts (its tabs are gone by then).
+        with TabbedContent(id="tabs"):
             with TabPane("1 Curves", id="training"):
                 with Horizontal():
                     yield CurvesPlot("loss", id="loss-plot")
@@ -212,7 +214,7 @@ class DashboardScreen(Screen):
     # -- reading snapshots -------------------------------------------------------------------
     def poll(self) -> None:
         """Read the client's newest snapshot and acknowledgements and redraw what changed."""
-        if self not in self.app.screen_stack or not self.query(EventLog):
+        if not self.is_attached or self not in self.app.screen_stack or not self.query(EventLog):
             return  # replaced by the dashboard of a new engine, or the app is closing: its widgets are going
         client = self.client
         for ack in client.take_acks():
