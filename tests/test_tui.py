@@ -52,7 +52,8 @@ def bottom_line(app) -> str:
 
 
 # Every notification each app showed, as "title: message", kept after its toast has timed out
-# (a loaded machine can take longer than a toast's timeout to get to the assertion).
+# (a loaded machine can take longer than a toast's timeout to get to the assertion), until the app
+# clears its notifications.
 SHOWN: weakref.WeakKeyDictionary[App, list[str]] = weakref.WeakKeyDictionary()
 
 
@@ -65,6 +66,13 @@ def _keep_notifications(monkeypatch):
         return notify(self, message, title=title, **options)
 
     monkeypatch.setattr(App, "notify", keeping)
+    clear = App.clear_notifications
+
+    def clearing(self):
+        SHOWN.pop(self, None)
+        return clear(self)
+
+    monkeypatch.setattr(App, "clear_notifications", clearing)
 
 
 def notifications(app) -> list[str]:
