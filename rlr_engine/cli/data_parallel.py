@@ -33,7 +33,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 
 from rlr_engine.cli.console import console, err_console, print_error, print_summary, watch
 from rlr_engine.control.run_dirs import create_run_dir, discard_run_dir, read_jsonl, read_run_config, write_config
-from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY
+from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY, TORCHELASTIC
 from rlr_engine.control.run_plan import prepare_run, run_config
 from rlr_engine.core.atomic_files import write_text_atomic
 from rlr_engine.core.config import RunConfig
@@ -63,6 +63,10 @@ def launch(args: argparse.Namespace) -> int:
             str(args.nproc),
             "--max-restarts",
             "0",
+            # torch elastic's logs and error files: in the run, not in a torchelastic_* folder of
+            # the system's temporary directory, which nothing would remove
+            "--log-dir",
+            str(run_dir / TORCHELASTIC),
             "-m",
             "rlr_engine.cli",
             *worker,
