@@ -117,7 +117,7 @@ def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
     assert result.returncode == 2 and "unreadable" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path):
+def test_missing_data_set_is_a_user_error_with_advice_and_leaves_no_run(tmp_path):
     result = rlr(
         "train",
         "mnist-lenet5-dense",
@@ -129,7 +129,7 @@ def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path)
         "runs",
         cwd=tmp_path,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "not available" in result.stderr and "quickstart" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "runs").exists()
@@ -288,7 +288,7 @@ def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_
         raise OSError(98, "Address already in use")
 
     monkeypatch.setattr(server.ControlServer, "start", cannot_listen)
-    assert main(["train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path)]) == 1
+    assert main(["train", "quickstart", "--set", "epochs=1", "--runs", str(tmp_path)]) == 2
     assert "cannot listen on" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -307,7 +307,7 @@ def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
         "r",
         cwd=tmp_path,
     )
-    assert result.returncode == 1 and "not available" in result.stderr
+    assert result.returncode == 2 and "not available" in result.stderr  # a worker's user error is the run's
     assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
 
 
@@ -423,7 +423,7 @@ def test_a_setting_the_model_cannot_take_is_reported_without_a_traceback_and_lea
     result = rlr(
         "train", "quickstart", "--set", "method=condlr-adaptive", "--set", "min_rank=50", "--runs", "runs", cwd=tmp_path
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     message = " ".join(result.stderr.split())
     assert "min_rank = 50 is not allowed: layer" in message and "must be <=" in message
     assert "Traceback" not in result.stderr + result.stdout

@@ -3,7 +3,9 @@ that follows an engine (``rlr train``, ``rlr compare``) and the summary of a run
 
 from __future__ import annotations
 
-from rich.console import Console
+import sys
+
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -11,8 +13,38 @@ from rich.table import Table
 from rlr_engine.control.records import Snapshot
 from rlr_engine.core.formatting import pct
 
-console = Console()
-err_console = Console(stderr=True)
+USER_ERROR = 2  # the exit code of every mistake the user can fix: a typo, a missing data set or device
+
+# Off a terminal (a pipe, a file, a CI log) nothing is wrapped: rich would otherwise break every
+# line at 80 columns. Tables are as wide as their cells.
+HEADLESS_WIDTH = 10_000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """rich's console for a terminal; for anything else one that never wraps a line."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        terminal = False
+    if terminal:
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, soft_wrap=True, width=HEADLESS_WIDTH)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def print_grid(table: RenderableType, out: Console) -> None:
+    """A borderless table on ``out``. Off a terminal its lines end where their text does (rich
+    pads every cell of the last column to that column's width)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    with out.capture() as captured:
+        out.print(table)
+    out.out("\n".join(line.rstrip() for line in captured.get().splitlines()), highlight=False)
 
 
 def print_error(message: object) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
-from rlr_engine.cli.console import console, err_console, print_error, print_summary, watch
+from rlr_engine.cli.console import USER_ERROR, console, err_console, print_error, print_summary, watch
 from rlr_engine.control.run_dirs import create_run_dir, discard_run_dir, read_jsonl, read_run_config, write_config
 from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY, TORCHELASTIC
 from rlr_engine.control.run_plan import prepare_run, run_config
@@ -89,7 +89,9 @@ def launch(args: argparse.Namespace) -> int:
         print_error(reason)
         if announce is not None:
             announce.fail(reason)
-        return 1
+        # A worker exits USER_ERROR for what the user can fix (no data set, no such device): so
+        # does the launcher.
+        return USER_ERROR if failure.exitcode == USER_ERROR else 1
     except SignalException as error:  # Ctrl+C: the agent passed it on; rank 0 stopped cleanly
         err_console.print(
             f"interrupted ({error.sigval.name}); resume with: rlr train --nproc {args.nproc} --resume {run_dir}",
@@ -259,7 +261,13 @@ def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     engine has taken the settings (the workers get them as --set). Returns (config, run
     directory, whether it is new)."""
 
+    from rlr_engine.run.trainer import resolve_device
+    from rlr_engine.workload.data import check_data_dir
+
     config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
+    # What a worker would fail on at its start, said once before N processes start (CannotStart).
+    resolve_device(config.device)
+    check_data_dir(config.dataset, config.data_dir)
     if new:
         create_run_dir(run_dir, config)
     return config, run_dir, new

@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from rlr_engine.cli.console import console
+from rlr_engine.cli.console import console, print_grid
 from rlr_engine.core.errors import PresetError
 from rlr_engine.core.presets import available_presets, load_preset
 
@@ -30,7 +30,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
             f"[bold]{name}[/bold]",
             f"{c.dataset} · {c.model} · {c.method_label} · rank {kept}\n[dim]{c.description}[/dim]",
         )
-    console.print(table)
+    print_grid(table, console)
     return 0
 
 

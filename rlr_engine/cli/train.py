@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from rlr_engine.cli.console import console, print_error, print_summary, watch
+from rlr_engine.cli.console import USER_ERROR, console, print_error, print_summary, watch
 from rlr_engine.control.detached import ENGINE_CHILD_FLAG, READY, LaunchError, start_detached
 from rlr_engine.control.run_dirs import create_run_dir, discard_run_dir, write_config
 from rlr_engine.control.run_files import DEFAULT_RUNS
@@ -71,9 +71,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 engine.setup()
         else:
             engine.setup()
-    except CannotStart as error:
+    except CannotStart as error:  # no such device, no data set: the user's to fix, as a typo is
         print_error(error)
-        return 1
+        return USER_ERROR
     if new:
         create_run_dir(run_dir, config)
     else:
@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if new:
             discard_run_dir(run_dir)  # it never trained: nothing in it to resume or inspect
         print_error(error)
-        return 1
+        return USER_ERROR
     try:
         if snap.state == "failed":
             print_error(snap.message)
