@@ -16,6 +16,7 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 
+from rlr_engine import __version__
 from rlr_engine.control.client import EngineUnavailable
 from rlr_engine.control.detached import LaunchError
 from rlr_engine.control.protocol import ProtocolError
@@ -193,6 +194,7 @@ class RlrApp(App):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="rlr-tui", description="Watch and steer CondLR training live.")
+    parser.add_argument("--version", action="version", version=f"rlr-tui {__version__}")
     parser.add_argument("preset", nargs="?", help="preset name or .toml file (omit to pick one)")
     parser.add_argument(
         "--set",

@@ -52,17 +52,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: must be >= 1 (processes to train on, one per GPU on CUDA)")
     if args.nproc > 1:
+        prepare_run(args.preset, args.set, args.resume, args.runs, args.device)  # a typo: before torch loads
         from rlr_engine.cli import data_parallel
 
         return data_parallel.launch(args)
     if args.run_dir:
         raise UserError("--run-dir is set by the --nproc launcher for its workers; use --resume RUN_DIR")
     # -- end torch.distributed --
-    from rlr_engine.run.engine import Engine
-    from rlr_engine.run.host import become_detached_log, serve_run
-
     overrides = args.set
     config, run_dir, new = prepare_run(args.preset, overrides, args.resume, args.runs, args.device)
+    from rlr_engine.run.engine import Engine  # torch: once the run is known to be good
+    from rlr_engine.run.host import become_detached_log, serve_run
+
     engine = Engine(config, run_dir, resume=not new, resume_settings=restored_keys_set(overrides))
     show = not args.engine_child
     try:
