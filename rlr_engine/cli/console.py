@@ -53,6 +53,11 @@ def print_error(message: object) -> None:
     err_console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False)
 
 
+def print_warning(message: object) -> None:
+    """``warning: <message>`` on stderr (escaped as ``print_error``'s)."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
+
+
 def fmt_pct(value: float | None) -> str:
     return pct(value, digits=2)
 
