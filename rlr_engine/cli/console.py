@@ -118,8 +118,10 @@ def print_summary(snap: Snapshot) -> None:
     if result is not None:
         # Headings are lines of their own (a table title wraps at the table's width and would
         # break the preset's name); the attack says when it ran, since the model is later.
+        images = f" on {result.samples} test images" if result.samples else ""
+        seed = "" if result.seed is None else f", seed {result.seed}"
         console.print(
-            f"[bold]{snap.preset}[/bold]: accuracy under {result.attack} at step {result.step}"
+            f"[bold]{snap.preset}[/bold]: accuracy under {result.attack}{images} at step {result.step}{seed}"
             f"{'' if result.step == snap.step else f' (the model is at step {snap.step})'}",
             highlight=False,
         )
