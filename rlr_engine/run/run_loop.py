@@ -167,7 +167,9 @@ class RunLoop:
                 },
             )
             self.event("info", f"finished after {trainer.step} steps")
-        self.publish()
+        # The spectra as the run ends, in the last snapshot and in TensorBoard, however short the
+        # run was next to the spectra's cadence.
+        self.publish(with_layers=trainer.at_window_boundary and not self._diverged and trainer.parameters_finite())
 
     def fail(self, message: str) -> None:
         """End the run as failed with ``message`` (an error the thread met)."""
