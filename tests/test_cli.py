@@ -538,3 +538,115 @@ def test_the_tensorboard_flag_reaches_data_parallel_and_detached_runs_as_a_setti
     assert main(["train", "quickstart", "--tensorboard", "--nproc", "2"]) == 0
     assert main(["train", "quickstart", "--tensorboard", "--detach"]) == 0
     assert seen == [["tensorboard=true"], ["tensorboard=true"]]
+
+
+# Each command line is run by one interpreter in turn; after each, no torch module may be loaded.
+_NO_TORCH = """
+import contextlib, io, json, sys
+from rlr_engine.cli import main
+
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = exit.code
+    torch = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+    print(json.dumps([argv, code, out.getvalue()[:200], err.getvalue()[:300], torch[:3]]))
+"""
+
+
+def test_help_listings_export_and_every_validation_error_load_no_torch(tmp_path):
+    """What answers at once must not wait for torch's import (seconds): help, version, presets,
+    runs, export and the refusal of a bad command line."""
+    from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.presets import load_preset
+
+    run_dir = new_run_dir(load_preset("quickstart"), tmp_path / "runs")
+    (run_dir / "metrics.jsonl").write_text('{"type": "train", "step": 1, "train_loss": 2.0}\n')
+    run = str(run_dir)
+    runs = str(tmp_path / "runs")
+    lines = [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["train", "--help"], 0),
+        (["presets"], 0),
+        (["runs", "--root", runs], 0),
+        (["runs", "--all", "--root", runs], 0),
+        (["export", run, "--csv", "-"], 0),
+        (["export", run, "--csv", str(tmp_path / "m.csv")], 0),
+        (["train", "quickstart", "--set", "tau=fast", "--runs", runs], 2),
+        (["train", "quickstart", "--set", "typo=1", "--runs", runs], 2),
+        (["train", "quickstart", "--set", "tau=1e400", "--nproc", "2", "--runs", runs], 2),
+        (["train", "quickstart", "--set", "epochs=-1", "--detach", "--runs", runs], 2),
+        (["train", "--resume", str(tmp_path / "nope")], 2),
+        (["eval", run, "--seed", "-1"], 2),
+        (["eval", run, "--attack", "fgsm", "--eps", "0,2"], 2),
+        (["eval", str(tmp_path / "nope")], 2),
+        (["eval", run], 2),  # a run without a checkpoint
+        (["compare", "quickstart", "--attacks", "nope", "--out", str(tmp_path / "c")], 2),
+        (["export", str(tmp_path / "nope"), "--csv", "-"], 2),
+        (["train", "quickstart", "--nope"], 2),  # argparse's own refusal
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, json.dumps([argv for argv, _ in lines])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [argv for argv, *_ in reports] == [argv for argv, _ in lines]
+    for (argv, code, out, err, torch), (_, expected) in zip(reports, lines):
+        assert code == expected, (argv, code, out, err)
+        assert torch == [], f"rlr {' '.join(argv)} loaded {torch}"
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]  # the refused made nothing
+
+
+def test_rlr_and_rlr_tui_print_their_version(capsys):
+    from rlr_engine import __version__
+    from rlr_tui.app import parse_args
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"rlr {__version__}\n"
+    with pytest.raises(SystemExit) as done:
+        parse_args(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"rlr-tui {__version__}\n"
+
+
+def test_output_off_a_terminal_is_never_wrapped_and_has_no_trailing_spaces(tmp_path):
+    """Piped (a file, a CI log): an error, rlr runs and a Markdown row each stay one line
+    however long, as the terminal's 80 columns no longer apply."""
+    from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.presets import load_preset
+
+    env = {key: value for key, value in ENV.items() if key not in ("COLUMNS", "LINES")}
+    run_dir = new_run_dir(load_preset("fmnist-lenet5-tau0.1-cr80"), tmp_path / "runs")
+    listed = rlr("runs", "--all", "--root", str(tmp_path / "runs"), env=env)
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(run_dir.name))
+    assert "fmnist-lenet5-tau0.1-cr80 · step" in row and len(row) > 80
+    assert all(line == line.rstrip() for line in listed.stdout.splitlines()), listed.stdout
+    refused = rlr("train", "quickstart", "--set", "optimizer=" + "x" * 100, env=env)
+    assert refused.returncode == 2
+    (message,) = refused.stderr.splitlines()
+    assert message.startswith("error:") and "x" * 60 in message and len(message) > 120
+    table_row = "| " + " | ".join(["accuracy 12.3 ± 0.4"] * 8) + " |"
+    echoed = subprocess.run(
+        [sys.executable, "-c", f"from rlr_engine.cli.console import console; console.print({table_row!r}, markup=False)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert echoed.stdout == table_row + "\n"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("nproc", ["1", "2"])
+def test_asking_for_cuda_without_a_gpu_is_a_user_error(tmp_path, nproc):
+    result = rlr("train", "quickstart", "--device", "cuda", "--nproc", nproc, "--runs", "runs", cwd=tmp_path)
+    assert result.returncode == 2 and "no CUDA GPU is available" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
