@@ -243,7 +243,8 @@ def test_readme_quick_start_installs_into_a_virtual_environment_and_ci_runs_its_
         line.startswith("python3 -m venv .venv && ") and line.endswith("rlr-tui quickstart") for line in commands
     )
     assert "download.pytorch.org/whl/cpu" in quick_start and "cu126" in quick_start and "GB" in quick_start
-    ci = (root / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    ci_lines = (root / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    ci = next(line for line in ci_lines if "pytest" in line and not line.startswith("#"))
     assert ci in commands  # CI runs the README's test command verbatim
 
 
@@ -530,10 +531,10 @@ def test_a_reader_that_stops_early_ends_an_export_quietly_and_runs_takes_the_run
 
 def test_the_tensorboard_flag_reaches_data_parallel_and_detached_runs_as_a_setting(monkeypatch):
     from rlr_engine import cli
-    from rlr_engine.cli import data_parallel as distributed_launch
+    from rlr_engine.cli import data_parallel
 
     seen = []
-    monkeypatch.setattr(distributed_launch, "launch", lambda args: seen.append(list(args.set)) or 0)
+    monkeypatch.setattr(data_parallel, "launch", lambda args: seen.append(list(args.set)) or 0)
     monkeypatch.setattr(cli.train, "start_detached_run", lambda args: seen.append(list(args.set)) or 0)
     assert main(["train", "quickstart", "--tensorboard", "--nproc", "2"]) == 0
     assert main(["train", "quickstart", "--tensorboard", "--detach"]) == 0

@@ -184,6 +184,7 @@ def test_a_compared_run_that_fails_or_is_stopped_raises_its_own_exception(tmp_pa
     assert (tmp_path / "stopped" / "checkpoint.pt").is_file()  # the same command resumes it
 
 
+@pytest.mark.slow
 def test_a_run_attacked_again_for_a_comparison_gives_the_same_numbers_and_records_its_seed(tmp_path):
     from helpers import run_to_end, start_engine
 
@@ -199,3 +200,46 @@ def test_a_run_attacked_again_for_a_comparison_gives_the_same_numbers_and_record
     first, again = measured
     assert first["seed"] == again["seed"] == engine.config.attack_seed(summary["steps"])
     assert first["accuracy"] == again["accuracy"] and first["samples"] == 100
+
+
+@pytest.mark.slow
+def test_a_compared_run_is_hosted_like_any_run_listed_as_running_and_steerable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rlr_engine.control.client import EngineClient
+    from rlr_engine.control.records import Pause
+    from rlr_engine.control.run_dirs import engine_alive, list_runs
+
+    out = tmp_path / "cmp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["compare", "quickstart", *SETTINGS[:2], "--set", "epochs=1000", "--set", "eps=[0, 0.05]", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlr_engine.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not any(engine_alive(d) for d in (out / "runs").glob("*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        [run_dir] = list((out / "runs").glob("*"))
+        client = EngineClient.connect(run_dir, client="test")  # as rlr-tui --attach does
+        assert client.wait(lambda s: s.state == "running", 120).state == "running"
+        [info] = list_runs(out / "runs")  # what `rlr runs --runs DIR/runs` lists
+        assert info.path == run_dir and info.state == "running" and info.live
+        request = client.send(Pause())
+        snap = client.wait(lambda s: s.state == "paused", 120)
+        assert snap is not None and snap.state == "paused", [a.message for a in client.take_acks()]
+        assert any(a.request_id == request and a.applied for a in client.take_acks())
+        client.close()
+        proc.send_signal(signal.SIGINT)  # a clean stop: the same command resumes it
+        assert proc.wait(120) == 130
+    finally:
+        proc.kill()
+    assert not engine_alive(info.path) and (info.path / "checkpoint.pt").is_file()

@@ -191,8 +191,9 @@ def record_failure(config: RunConfig, run_dir: Path, reason: str) -> None:
     """summary.json state "failed" with ``reason``: rank 0's own summary (when it wrote one) keeps
     its numbers and gets the root cause; otherwise a summary is written from the run directory."""
     path = run_dir / SUMMARY
+    summary: dict[str, Any] | None
     try:
-        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         summary = None
     if summary is not None and summary.get("state") == "failed":

@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if launched_by_torchrun():
         from rlr_engine.cli import data_parallel
 
-        return data_parallel.train_worker(args)
+        return data_parallel.train_worker(args) or 0  # torch elastic's @record types it int | None
     if args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: must be >= 1 (processes to train on, one per GPU on CUDA)")
     if args.nproc > 1:

@@ -42,6 +42,7 @@ def start_detached(train_args: Sequence[str]) -> tuple[Path, int]:
         env=dict(os.environ),
         close_fds=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None  # both are pipes
     line = proc.stdout.readline().decode("utf-8", "replace").strip()
     if line.startswith(READY):
         proc.stdout.close()

@@ -1,4 +1,4 @@
-"""Run directories (``runs/<timestamp>-<preset>/``, files named in runfiles.py): creating them,
+"""Run directories (``runs/<timestamp>-<preset>/``, files named in run_files.py): creating them,
 reading them, and telling whether an engine process still lives in one. Torch-free.
 
 Liveness is never inferred from a pid or a socket file: the engine holds an exclusive fcntl lock

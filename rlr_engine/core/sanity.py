@@ -213,7 +213,7 @@ def check_large_eps(records: Sequence[AttackRecord], dataset: str | None) -> tup
     """The strongest white-box L∞ attack measured at ε ≥ the data set's large ε must leave at most
     10 % correct. Returns (flags, why it was skipped or None)."""
     large = LARGE_EPS.get(dataset or "")
-    if large is None:
+    if large is None or dataset is None:
         stated = ", ".join(sorted(LARGE_EPS))
         return [], f"large-ε accuracy: no large ε is stated for data set {dataset!r} (only for {stated})"
     best: dict[float, tuple[float, str]] = {}

@@ -34,6 +34,8 @@ class LowRankLayer(nn.Module):
     S: nn.Parameter
     V: nn.Parameter
     bias: nn.Parameter | None
+    init_sigma_mean: Tensor
+    live_rank: Tensor
 
     def _init_factors(self, m: int, n: int, rank: int, bias: bool, device, dtype, max_rank: int | None = None) -> None:
         self.out_dim, self.in_dim = m, n
@@ -263,6 +265,7 @@ def full_rank_of(module: nn.Module) -> int:
     if isinstance(module, LowRankLayer):
         return module.full_rank
     weight = module.weight
+    assert isinstance(weight, Tensor), f"{type(module).__name__} has no weight tensor"
     return min(weight.shape[0], weight[0].numel())
 
 
@@ -327,6 +330,7 @@ def to_low_rank(
             max_rank = max(rank, rank_for_fraction(max_rank_fraction, full))
         kw = {"device": module.weight.device, "dtype": module.weight.dtype, "max_rank": max_rank}
         has_bias = module.bias is not None
+        new: LowRankLayer
         if isinstance(module, nn.Linear):
             new = LowRankLinear(module.in_features, module.out_features, rank, has_bias, **kw)
         else:

@@ -73,7 +73,7 @@ class StepBoundary:
             }
         record = self.ranks.broadcast(record)
         requests = tuple((command_from_dict(dict(r["command"])), r["id"], r["session"]) for r in record["commands"])
-        warnings = ()
+        warnings: tuple[str, ...] = ()
         if not block and trainer.step % self.check_every == 0:
             spread = repair_drift(self.ranks, trainer.model, trainer.optimizer)
             if spread:

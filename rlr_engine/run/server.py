@@ -194,6 +194,7 @@ class ControlServer:
             self._wake_w.close()
 
     def _accept(self) -> None:
+        assert self._listener is not None, "accepting before start()"
         while True:
             try:
                 sock, _ = self._listener.accept()

@@ -120,7 +120,9 @@ class EventFile:
     def _add_event(self, step: int, values: list) -> None:
         """One event holding ``values`` (Summary.Value protos) at ``step``; none when empty."""
         if values:
-            self.writer.file_writer.add_summary(self.summary(value=values), step)
+            file_writer = self.writer.file_writer
+            assert file_writer is not None  # SummaryWriter opens it in __init__
+            file_writer.add_summary(self.summary(value=values), step)
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, step)

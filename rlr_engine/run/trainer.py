@@ -167,8 +167,16 @@ class Trainer:
 
     # -- hyperparameters ------------------------------------------------------------------------
     @property
+    def condlr(self) -> CondLR:
+        """The optimizer of a fixed-rank run (dense included: a CondLR without low-rank layers).
+        Rank-adaptive runs step a core optimizer instead and have none."""
+        if not isinstance(self.optimizer, CondLR):
+            raise TypeError(f"a {self.config.method} run steps {type(self.optimizer).__name__}, not CondLR")
+        return self.optimizer
+
+    @property
     def tau(self) -> float:
-        return self.adaptation.tau if self.adaptation is not None else self.optimizer.tau
+        return self.adaptation.tau if self.adaptation is not None else self.condlr.tau
 
     @property
     def theta(self) -> float:
@@ -204,7 +212,7 @@ class Trainer:
         if self.adaptation is not None:
             self.adaptation.tau = tau  # condlr-adaptive: from the next window boundary on
         else:
-            self.optimizer.set_tau(tau)
+            self.condlr.set_tau(tau)
 
     def set_lr(self, lr: Any) -> None:
         lr = check_lr(lr)
@@ -376,7 +384,7 @@ class Trainer:
             changes = self.adaptation.end_window()
             self.report = parameter_report(self.model)
             return self.adaptation.theta, changes
-        if not self.optimizer.layers:
+        if not self.condlr.layers:
             raise ValueError("this model has no low-rank layers to truncate (method = dense)")
         if theta is not None and rank is not None:
             raise ValueError("give either theta or rank, not both")
@@ -384,7 +392,7 @@ class Trainer:
             theta = self.theta
         if theta is not None:
             theta = check_theta(theta)
-        changes = self.optimizer.truncate(
+        changes = self.condlr.truncate(
             theta=theta, rank=rank, layers=None if layer is None else [layer], min_rank=self.config.min_rank
         )
         if theta is not None:

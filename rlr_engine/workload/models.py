@@ -18,6 +18,9 @@ from rlr_engine.method.lowrank import LowRankConv2d
 class Normalize(nn.Module):
     """(x − mean) / std per channel, as a layer."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
@@ -63,7 +66,26 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, me
     )
 
 
-VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_LAYOUT: tuple[int | str, ...] = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 
 
 def vgg16(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, mean=None, std=None) -> nn.Sequential:
@@ -74,7 +96,7 @@ def vgg16(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, mea
     layers: list[tuple[str, nn.Module]] = [("normalize", _normalizer(mean, std))]
     channels, conv, pool = in_channels, 0, 0
     for item in VGG16_LAYOUT:
-        if item == "M":
+        if isinstance(item, str):  # "M": a 2×2 max pool
             pool += 1
             layers.append((f"pool{pool}", nn.MaxPool2d(2)))
         else:

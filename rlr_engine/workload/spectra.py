@@ -11,7 +11,7 @@ from rlr_engine.control.records import LayerStats
 from rlr_engine.method.lowrank import LowRankLayer, full_rank_of
 
 
-def compressible_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def compressible_layers(model: nn.Module) -> list[tuple[str, LowRankLayer | nn.Linear | nn.Conv2d]]:
     """Every low-rank layer and every dense Linear / Conv2d, in registration order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (LowRankLayer, nn.Linear, nn.Conv2d))]
 
@@ -37,8 +37,10 @@ def layer_stats(model: nn.Module) -> tuple[LayerStats, ...]:
             sigmas[n] = tuple(s.tolist())
     stats = []
     for name, module in layers:
-        low = isinstance(module, LowRankLayer)
-        shape = (module.out_dim, module.in_dim) if low else tuple(matrices[name].shape)
         full = full_rank_of(module)
-        stats.append(LayerStats(name, shape, module.rank if low else full, full, sigmas[name], low))
+        if isinstance(module, LowRankLayer):
+            stats.append(LayerStats(name, (module.out_dim, module.in_dim), module.rank, full, sigmas[name], True))
+        else:
+            rows, columns = matrices[name].shape
+            stats.append(LayerStats(name, (rows, columns), full, full, sigmas[name], False))
     return tuple(stats)

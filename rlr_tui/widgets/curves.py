@@ -29,7 +29,7 @@ class CurvesPlot(PlotextPlot):
         plt.xlabel("step")
         limit = max(2 * self.size.width, 16)
         plotted = False
-        self.points_drawn: dict[str, int] = {}
+        self.points_drawn = {}
         for index, (key, label) in enumerate(SERIES[self.kind]):
             points = downsample(snap.curves.get(key, ()), limit)
             if points:
