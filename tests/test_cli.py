@@ -635,8 +635,9 @@ def test_output_off_a_terminal_is_never_wrapped_and_has_no_trailing_spaces(tmp_p
     (message,) = refused.stderr.splitlines()
     assert message.startswith("error:") and "x" * 60 in message and len(message) > 120
     table_row = "| " + " | ".join(["accuracy 12.3 ± 0.4"] * 8) + " |"
+    echo = f"from rlr_engine.cli.console import console; console.print({table_row!r}, markup=False)"
     echoed = subprocess.run(
-        [sys.executable, "-c", f"from rlr_engine.cli.console import console; console.print({table_row!r}, markup=False)"],
+        [sys.executable, "-c", echo],
         capture_output=True,
         text=True,
         env=env,
@@ -645,6 +646,7 @@ def test_output_off_a_terminal_is_never_wrapped_and_has_no_trailing_spaces(tmp_p
     assert echoed.stdout == table_row + "\n"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
 @pytest.mark.parametrize("nproc", ["1", "2"])
 def test_asking_for_cuda_without_a_gpu_is_a_user_error(tmp_path, nproc):

@@ -418,6 +418,7 @@ def test_the_final_attack_takes_final_attack_samples_and_the_summary_says_how_ma
         assert small_config(attack=attack).final_samples == ATTACKS[attack].default_samples > 0
 
 
+@pytest.mark.slow
 def test_an_attack_asked_for_twice_at_the_same_step_gives_the_same_numbers(tmp_path):
     """The run's attacks are seeded from its seed and the step: the same model, the same numbers."""
     engine = start_engine(tmp_path, epochs=100, pgd_steps=1, pgd_step_size=0.001, eps=(0.0, 0.2, 0.4))

@@ -357,11 +357,11 @@ def test_a_number_literal_too_large_for_a_float_is_refused_alike_on_the_socket_i
     from rlr_engine.core.validation import check_tau
 
     def from_socket(value: str):
-        line = '{"type": "command", "id": "1", "command": {"kind": "set_tau", "tau": %s}}' % value
+        line = '{"type": "command", "id": "1", "command": {"kind": "set_tau", "tau": ' + value + "}}"
         return command_from_dict(decode(line.encode())["command"])
 
     preset = 'dataset = "digits"\nmodel = "digits-cnn"\nmethod = "lowrank"\ntau = '
-    with pytest.raises(ValueError, match="set_tau.tau = 1e400 is not allowed"):
+    with pytest.raises(ValueError, match=r"set_tau\.tau = 1e400 is not allowed"):
         from_socket("1e400")
     with pytest.raises(PresetError, match="tau = 1e400 is not allowed"):
         load_preset(str(write(tmp_path, preset + "1e400")))
