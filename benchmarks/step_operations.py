@@ -1,7 +1,9 @@
-"""Count the ATen operations of one ``CondLR.step()`` — roughly the kernel launches an accelerator
-pays for, and free of timing noise — on the host path (Householder QR, SVD of the cores) and the
-device path (CholeskyQR2, Newton polar iterations), at τ = ∞, 0 and 0.1, rank_fraction 0.2. Views
-(which launch nothing) are counted apart. Runs on the CPU; the counts are those of any device.
+"""Count the ATen operations of one training step — forward + backward, and ``CondLR.step()`` —
+roughly the kernel launches an accelerator pays for, and free of timing noise, on the host path
+(Householder QR, SVD of the cores) and the device path (CholeskyQR, Newton polar iterations), at
+τ = ∞, 0 and 0.1, rank_fraction 0.2, batch 2, the second step (momentum buffers and a recorded
+(σ_min/σ_max)² exist). Views (which launch nothing) are counted apart. Runs on the CPU; the counts
+are those of any device.
 
     python3 benchmarks/step_operations.py [--models lenet5,vgg16]
 """
@@ -57,19 +59,22 @@ class OperationCount(TorchDispatchMode):
         return sum(self.counts.values()) - views, views
 
 
-def count(model_name: str, tau: float, path: dict) -> tuple[int, int]:
+def count(model_name: str, tau: float, path: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((operations, views) of forward + backward, (operations, views) of the optimizer step)."""
     channels, size = SHAPES[model_name]
     torch.manual_seed(0)
     model = to_low_rank(build_model(model_name, channels, 10, size), rank_fraction=0.2)
     optimizer = CondLR(model, lr=0.01, momentum=0.5, tau=tau, **path)
-    x, y = torch.rand(4, channels, size, size), torch.zeros(4, dtype=torch.long)
+    x, y = torch.rand(2, channels, size, size), torch.zeros(2, dtype=torch.long)
     for _ in range(2):  # the second step has momentum buffers and a recorded (σ_min/σ_max)²
         optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        passes = OperationCount()
+        with passes:
+            F.cross_entropy(model(x), y).backward()
         counter = OperationCount()
         with counter:
             optimizer.step()
-    return counter.split()
+    return passes.split(), counter.split()
 
 
 def main() -> None:
@@ -77,12 +82,13 @@ def main() -> None:
     parser.add_argument("--models", default="lenet5,vgg16")
     args = parser.parse_args()
     for model_name in args.models.split(","):
-        print(f"\n{model_name}: operations (+ views) of one CondLR.step()")
-        print(f"  {'τ':>5} {'host path':>16} {'device path':>16} {'device / host':>14}")
+        print(f"\n{model_name}: operations (+ views); step = CondLR.step(), total = forward + backward + step")
+        print(f"  {'τ':>5} {'host step':>16} {'device step':>16} {'fwd+bwd':>14} {'device total':>13}")
         for tau in (math.inf, 0.0, 0.1):
-            host, device = count(model_name, tau, PATHS["host"]), count(model_name, tau, PATHS["device"])
+            (_, host), (passes, device) = count(model_name, tau, PATHS["host"]), count(model_name, tau, PATHS["device"])
             print(
-                f"  {tau:>5} {host[0]:>8} (+{host[1]:>4}) {device[0]:>8} (+{device[1]:>4}) {device[0] / host[0]:>14.2f}"
+                f"  {tau:>5} {host[0]:>8} (+{host[1]:>4}) {device[0]:>8} (+{device[1]:>4})"
+                f" {passes[0]:>6} (+{passes[1]:>4}) {passes[0] + device[0]:>13}"
             )
 
 

@@ -8,6 +8,13 @@ round-robin, so machine noise hits them alike; medians and ratios to the best de
 CondLR to τ = ∞) come from the same run.
 
     python3 benchmarks/step_speed.py [--models lenet5,vgg16] [--batch 128] [--repeats 7] [--device cuda] [--compile]
+        [--bf16] [--graphs]
+
+``--bf16`` adds the channels-last dense, τ = ∞ and CondLR τ = 0.1 variants with forward and
+backward under autocast to bfloat16 (the optimizer step stays float32, as precision = "bf16" runs
+it); ``--graphs`` (CUDA only) adds them, float32 and (with --bf16) bf16, with forward, backward and
+step captured once as a CUDA graph and replayed (the hyperparameters are fixed here, so the graph
+holds them as constants).
 """
 
 from __future__ import annotations
@@ -30,9 +37,9 @@ PATHS = {
 }
 
 
-def variants(device: torch.device, compiled: bool) -> tuple:
-    """(label, τ (None: dense), channels_last, CondLR keyword arguments, torch.compile) and the
-    ratios to print."""
+def variants(device: torch.device, compiled: bool, bf16: bool = False, graphs: bool = False) -> tuple:
+    """(label, τ (None: dense), channels_last, CondLR keyword arguments, torch.compile, options
+    among "bf16" and "graph") and the ratios to print."""
     other = "device" if device.type == "cpu" else "host"
     found = [
         ("dense SGD", None, False, {}, False),
@@ -54,9 +61,24 @@ def variants(device: torch.device, compiled: bool) -> tuple:
         ("CondLR τ=0.1", f"CondLR τ=0.1, {other}"),
         ("CondLR τ=0.1, CL", f"CondLR τ=0.1, CL, {other}"),
     ]
+    found = [entry + (frozenset(),) for entry in found]
     if compiled:
-        found += [("CondLR τ=0.1, compiled", 0.1, False, {}, True), ("CondLR τ=0.1, CL, compiled", 0.1, True, {}, True)]
+        found += [
+            ("CondLR τ=0.1, compiled", 0.1, False, {}, True, frozenset()),
+            ("CondLR τ=0.1, CL, compiled", 0.1, True, {}, True, frozenset()),
+        ]
         ratios += [("CondLR τ=0.1, compiled", "CondLR τ=0.1"), ("CondLR τ=0.1, CL, compiled", "CondLR τ=0.1, CL")]
+    options = [frozenset({"bf16"})] if bf16 else []
+    if graphs:
+        options += [frozenset({"graph"})] + ([frozenset({"bf16", "graph"})] if bf16 else [])
+    for option in options:
+        suffix = ", " + " + ".join(sorted(option))
+        for label, tau in (("dense SGD, CL", None), ("low-rank τ=inf, CL", math.inf), ("CondLR τ=0.1, CL", 0.1)):
+            found.append((label + suffix, tau, True, {}, False, option))
+        ratios += [
+            ("CondLR τ=0.1, CL" + suffix, "dense SGD, CL" + suffix),
+            ("CondLR τ=0.1, CL" + suffix, "low-rank τ=inf, CL" + suffix),
+        ]
     return found, ratios
 
 
@@ -78,10 +100,32 @@ def make(model_name: str, tau: float | None, channels_last: bool, path: dict, co
     return (torch.compile(model) if compiled else model), optimizer
 
 
-def step(model, optimizer, x, y) -> None:
+def step(model, optimizer, x, y, bf16: bool = False) -> None:
     optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    F.cross_entropy(logits.float(), y).backward()
     optimizer.step()
+
+
+def captured(model, optimizer, x, y, bf16: bool, warmup: int = 3):
+    """A function replaying forward, backward and step of (model, optimizer) on the static
+    batch (x, y), captured once as a CUDA graph after ``warmup`` steps on a side stream (which
+    allocate momentum buffers and the optimizer's batches outside the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step(model, optimizer, x, y, bf16)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
+        optimizer.step()
+    return graph.replay
 
 
 def sync(device: torch.device) -> None:
@@ -102,26 +146,37 @@ def main() -> None:
         action="store_true",
         help="also CondLR τ=0.1 with the model torch.compile'd (its compilation runs in the warm-up)",
     )
+    parser.add_argument("--bf16", action="store_true", help="also CL variants under autocast to bfloat16")
+    parser.add_argument("--graphs", action="store_true", help="also CL variants captured as CUDA graphs (CUDA only)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.graphs and device.type != "cuda":
+        parser.error(f"--graphs needs --device cuda (got --device {args.device})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    found, ratios = variants(device, args.compile)
+    found, ratios = variants(device, args.compile, args.bf16, args.graphs)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for model_name in args.models.split(","):
         channels, size = SHAPES[model_name]
         x = torch.rand(args.batch, channels, size, size, device=device)
         y = torch.randint(0, 10, (args.batch,), device=device)
-        built = {label: make(model_name, tau, cl, path, compiled, device) for label, tau, cl, path, compiled in found}
+        runners = {}
+        for label, tau, cl, path, compiled, option in found:
+            model, optimizer = make(model_name, tau, cl, path, compiled, device)
+            bf16 = "bf16" in option
+            if "graph" in option:
+                runners[label] = captured(model, optimizer, x, y, bf16)
+            else:
+                runners[label] = lambda m=model, o=optimizer, b=bf16, x=x, y=y: step(m, o, x, y, b)
         times: dict[str, list[float]] = {label: [] for label, *_ in found}
         for _ in range(args.warmup):
-            for label in built:
-                step(*built[label], x, y)
+            for run in runners.values():
+                run()
         for _ in range(args.repeats):
-            for label in built:
+            for label, run in runners.items():
                 sync(device)
                 start = time.perf_counter()
-                step(*built[label], x, y)
+                run()
                 sync(device)
                 times[label].append(time.perf_counter() - start)
         medians = {label: statistics.median(t) for label, t in times.items()}

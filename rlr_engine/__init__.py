@@ -32,6 +32,8 @@ _METHOD = (
     "ParameterReport",
     "low_rank_layers",
     "parameter_report",
+    "rank_for_energy",
+    "to_dense",
     "to_low_rank",
 )
 

@@ -13,19 +13,24 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
+from textual.reactive import reactive
 
 from rlr_engine import __version__
-from rlr_engine.control.client import EngineUnavailable
+from rlr_engine.control.client import EngineClient, EngineUnavailable
 from rlr_engine.control.detached import LaunchError
 from rlr_engine.control.protocol import ProtocolError
 from rlr_engine.control.run_dirs import engine_alive, read_run_config, run_info
 from rlr_engine.control.run_files import CHECKPOINT
+from rlr_engine.control.run_plan import extension_problem
 from rlr_engine.core.errors import PresetError
 from rlr_engine.core.presets import load_preset, resume_config
 
 from .engines import EngineLauncher
+from .messages import AttachRun, Detach, OpenRun, StartRun
 from .screens.comparison import ComparisonError, ComparisonScreen, load_comparison
 from .screens.dashboard import DashboardScreen
 from .screens.help import HelpScreen
@@ -52,6 +57,9 @@ class RlrApp(App):
         Binding("question_mark,f1", "help", "Help", id="help", tooltip="Show every key"),
     ]
 
+    # What is being started or resumed ("" when nothing): shown until its dashboard is.
+    starting: reactive[str] = reactive("", init=False)
+
     def __init__(
         self,
         preset: str | None = None,
@@ -67,10 +75,24 @@ class RlrApp(App):
         self.preset, self.overrides = preset, list(overrides)
         self.runs_root, self.resume, self.attach_to = Path(runs_root), resume, attach
         self.launcher = launcher or EngineLauncher()
-        self.client = None
+        self.client: EngineClient | None = None
         self.run_dir: Path | None = None
         self.detached = False
         self.launching = False
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast is plain text, whatever ``markup`` says (screens and widgets pass Textual's
+        default, True): messages come from engines, files and the user (``pip install
+        'rlr[attacks]'``, ``[0, inf]``), and markup would eat their brackets."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_mount(self) -> None:
         if self.comparison:
@@ -97,17 +119,21 @@ class RlrApp(App):
         except PresetError as error:
             self.notify(str(error), title="cannot start", severity="error", timeout=30)
             return
-        self.notify(f"starting {preset}: loading the data set…", timeout=5)
         self.run_worker(
-            self._launch(lambda: self.launcher.start(preset, self.overrides, self.runs_root)), group="launch"
+            self._launch(
+                lambda: self.launcher.start(preset, self.overrides, self.runs_root),
+                f"starting {preset}: loading the data set…",
+            ),
+            group="launch",
         )
 
     def resume_run(self, run_dir: str | Path, overrides: Sequence[str] = ()) -> None:
         """Resume (or attach to) a run. ``overrides`` are what `rlr-tui --resume RUN --set …`
-        asked for; R and the picker pass none, so what was set live since stays as it was."""
+        asked for; R and the picker pass none, so what was set live since stays as it was. A
+        finished run is resumed only to train on: ``epochs=N`` past its epochs (e, the picker)."""
         run_dir = Path(run_dir)
         try:
-            resume_config(read_run_config(run_dir), overrides)
+            config = resume_config(read_run_config(run_dir), overrides)
         except PresetError as error:
             self.notify(str(error), title="cannot resume", severity="error", timeout=30)
             return
@@ -115,28 +141,27 @@ class RlrApp(App):
             self.attach_run(run_dir)
             return
         info = run_info(run_dir, ask_engine=False)
-        if info.finished:  # resuming would train nothing and run its final attack again
-            self.notify(
-                f"{run_dir.name} finished at step {info.step}; nothing to resume (its results are in {run_dir})",
-                severity="warning",
-                timeout=15,
-            )
+        problem = extension_problem(info, config)
+        if problem:  # resuming would train nothing and run its final attack again
+            self.notify(f"{run_dir.name}: {problem} (e on its dashboard)", severity="warning", timeout=15)
             return
         if not (run_dir / CHECKPOINT).is_file():
             self.notify(f"{run_dir} has no {CHECKPOINT}; nothing to resume", severity="error", timeout=30)
             return
-        self.notify(f"resuming {run_dir.name}…", timeout=5)
-        self.run_worker(self._launch(lambda: self.launcher.resume(run_dir, overrides)), group="launch")
+        doing = f"extending {run_dir.name} to {config.epochs} epochs" if info.finished else f"resuming {run_dir.name}"
+        self.run_worker(self._launch(lambda: self.launcher.resume(run_dir, overrides), f"{doing}…"), group="launch")
 
     def attach_run(self, run_dir: str | Path) -> None:
-        self.run_worker(self._launch(lambda: Path(run_dir)), group="launch")
+        self.run_worker(self._launch(lambda: Path(run_dir), f"attaching to {Path(run_dir).name}…"), group="launch")
 
-    async def _launch(self, start) -> None:
-        """Start (or find) the engine off the UI thread, attach, and show its dashboard."""
+    async def _launch(self, start, doing: str) -> None:
+        """Start (or find) the engine off the UI thread, attach, and show its dashboard; what is
+        ``doing`` shows (``starting``) until the dashboard does."""
         if self.launching:
             self.notify("already starting an engine; one moment", severity="warning")
             return
         self.launching = True
+        self.starting = doing
         try:
             run_dir = await asyncio.to_thread(start)
             client = await asyncio.to_thread(self.launcher.attach, run_dir)
@@ -144,22 +169,46 @@ class RlrApp(App):
             self.notify(str(error), title="cannot open the run", severity="error", timeout=30)
             if not isinstance(self.screen, (PickerScreen, DashboardScreen)):
                 self.push_screen(PickerScreen(self.overrides, self.runs_root))
+            self.starting = ""
             return
         finally:
             self.launching = False
         if self.client is not None:
             self.client.close()
         self.client, self.run_dir = client, Path(run_dir)
-        dashboard = DashboardScreen(client, run_dir)
-        if isinstance(self.screen, DashboardScreen):
+        previous = self.screen
+        # A dashboard that told of its engine's death hands the toast on: the new one takes it
+        # away once the run trains again.
+        dashboard = DashboardScreen(
+            client, run_dir, death_told=isinstance(previous, DashboardScreen) and previous.death_told
+        )
+        if isinstance(previous, DashboardScreen):
             self.switch_screen(dashboard)
         else:
             self.push_screen(dashboard)
+        self.starting = ""
 
     def detach(self) -> None:
         """Leave the run training without this dashboard."""
         self.detached = True
         self.exit()
+
+    # -- what the screens ask for ------------------------------------------------------------
+    @on(StartRun)
+    def start_asked(self, message: StartRun) -> None:
+        self.start_run(message.preset)
+
+    @on(OpenRun)
+    def open_asked(self, message: OpenRun) -> None:
+        self.resume_run(message.run_dir, message.overrides)
+
+    @on(AttachRun)
+    def attach_asked(self, message: AttachRun) -> None:
+        self.attach_run(message.run_dir)
+
+    @on(Detach)
+    def detach_asked(self, message: Detach) -> None:
+        self.detach()
 
     # -- actions -----------------------------------------------------------------------------
     def action_quit_run(self) -> None:
@@ -177,7 +226,7 @@ class RlrApp(App):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        self.push_screen(HelpScreen(DashboardScreen.BINDINGS + self.BINDINGS))
+        self.push_screen(HelpScreen([b for b in (*DashboardScreen.BINDINGS, *self.BINDINGS) if isinstance(b, Binding)]))
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)
@@ -281,7 +330,11 @@ def main(argv=None) -> int:
         if args.preset and not args.resume and not args.attach:
             load_preset(args.preset, args.set)
         if args.resume:
-            resume_config(read_run_config(args.resume), args.set)
+            problem = extension_problem(
+                run_info(args.resume, ask_engine=False), resume_config(read_run_config(args.resume), args.set)
+            )
+            if problem:
+                raise PresetError(f"--resume {args.resume}: {problem}")
         if args.attach:
             read_run_config(args.attach)
         if args.comparison:
@@ -330,8 +383,8 @@ def main(argv=None) -> int:
         return 0
     snap = app.client.latest()
     try:
-        for line, error in farewell(snap, died, app.run_dir):
-            print(line, file=sys.stderr if error else sys.stdout)
+        for line, is_error in farewell(snap, died, app.run_dir):
+            print(line, file=sys.stderr if is_error else sys.stdout)
     except OSError:
         pass
     return 1 if snap is not None and snap.state == "failed" else 0

@@ -653,3 +653,19 @@ def test_asking_for_cuda_without_a_gpu_is_a_user_error(tmp_path, nproc):
     result = rlr("train", "quickstart", "--device", "cuda", "--nproc", nproc, "--runs", "runs", cwd=tmp_path)
     assert result.returncode == 2 and "no CUDA GPU is available" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_finished_run_resumes_only_with_more_epochs_and_then_trains_them(tmp_path, capsys):
+    fast = ["--set", "dataset=synthetic", "--set", "attack_every=0", "--runs", str(tmp_path)]
+    assert main(["train", "quickstart", "--set", "epochs=1", *fast]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    before = {path.name: path.stat().st_mtime_ns for path in run_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "the run finished after 1 epochs" in err and "--set epochs=N with N > 1" in err
+    assert {path.name: path.stat().st_mtime_ns for path in run_dir.iterdir()} == before  # nothing changed
+    assert main(["train", "--resume", str(run_dir), "--set", "epochs=2"]) == 0
+    extended = json.loads((run_dir / "summary.json").read_text())
+    assert extended["state"] == "finished" and extended["epochs"] == 2 and extended["steps"] == 2 * summary["steps"]

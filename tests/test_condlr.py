@@ -223,6 +223,22 @@ def test_cholesky_qr2_of_a_nearly_singular_matrix_stays_finite_and_recovers_on_t
     assert (Q.T @ Q - torch.eye(12)).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("condition", [1.01, 10.0, 100.0, 1000.0])
+def test_cholesky_qr_of_a_moderately_conditioned_tall_matrix_is_orthonormal_in_float32(condition):
+    """The shifted first pass hardly improves κ at this size (the shift is ~0.6·σ_max²): the
+    plain passes after it must restore orthonormality to ~u, and Q must be qf(X)."""
+    from rlr_engine.method.manifold import retract_cholesky_qr, retract_qr
+
+    g = torch.Generator().manual_seed(1)
+    m, r = 4608, 103
+    P, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))
+    O, _ = torch.linalg.qr(torch.randn(r, r, generator=g, dtype=torch.float64))
+    X = ((P * torch.logspace(0, math.log10(condition), r, dtype=torch.float64)) @ O.T).float()
+    Q = retract_cholesky_qr(X)
+    assert (Q.T @ Q - torch.eye(r)).abs().max() <= 1e-5
+    torch.testing.assert_close(Q, retract_qr(X), atol=2e-4 * condition, rtol=0)
+
+
 def test_tau_zero_gives_the_polar_factor_nearest_in_frobenius_norm_not_the_qr_factor():
     x, y = synthetic_task()
     model = mlp().double()

@@ -274,13 +274,18 @@ def test_device_path_in_float32_trains_through_a_rank_truncation_orthonormal_and
         losses.append(loss.item())
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
     assert opt.ranks() == {"0": 7, "2": 12}
+    assert_orthonormal_and_conditioned(model, tau)
+
+
+def assert_orthonormal_and_conditioned(model, tau, tolerance=1e-5):
+    """UᵀU = VᵀV = I and κ(S) ≤ 1 + τ to ``tolerance`` in every low-rank layer (on any device)."""
     for name, layer in low_rank_layers(model):
-        eye = torch.eye(layer.rank)
+        eye = torch.eye(layer.rank, dtype=layer.S.dtype)
         for k in "UV":
-            factor = getattr(layer, k).detach()
-            assert (factor.T @ factor - eye).abs().max() <= 1e-5, f"{name}.{k}"
-        sigma = torch.linalg.svdvals(layer.S.detach())
-        assert sigma[0] <= (1 + tau) * sigma[-1] * (1 + 1e-5), name
+            factor = getattr(layer, k).detach().cpu()
+            assert (factor.T @ factor - eye).abs().max() <= tolerance, f"{name}.{k}"
+        sigma = torch.linalg.svdvals(layer.S.detach().cpu())
+        assert sigma[0] <= (1 + tau) * sigma[-1] * (1 + tolerance), name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
@@ -311,5 +316,26 @@ def test_step_on_cuda_never_synchronises_with_the_host():
     returned_before_the_gpu_was_free = not busy[1].query()
     torch.cuda.synchronize()
     assert returned_before_the_gpu_was_free
-    sigma = torch.linalg.svdvals(low_rank_layers(model)[0][1].S.detach())
-    assert sigma[0] <= 1.1 * sigma[-1] * (1 + 1e-5)
+    assert_orthonormal_and_conditioned(model, 0.1)
+
+
+def test_padded_batch_of_every_factor_is_orthonormal_entry_by_entry_and_its_blocks_are_the_factors():
+    """The device path steps every U and V as one padded batch: each whole entry, padding
+    included, must stay orthonormal (so no solver in the chain meets a singular matrix, which a
+    GPU's batched Cholesky may leave undefined), and its live block must be the layer's factor."""
+    x, y = synthetic_task()
+    model = mlp()
+    opt = CondLR(model, lr=0.1, momentum=0.3, tau=0.1, **DEVICE_PATH)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:64]), y[:64]).backward()
+        opt.step()
+    batch = opt._padded
+    assert len(set(batch.shapes)) > 2  # shapes of several sizes share the batch
+    eye = torch.eye(batch.result.shape[-1])
+    for entry in batch.result:
+        assert torch.isfinite(entry).all()
+        assert (entry.T @ entry - eye).abs().max() <= 1e-5
+    factors = [p for _, layer in low_rank_layers(model) for p in (layer.U, layer.V)]
+    for block, factor in zip(batch.result_blocks, factors):
+        assert torch.equal(block, factor)

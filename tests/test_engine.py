@@ -28,7 +28,7 @@ from rlr_engine.run.engine import Engine
 
 
 def test_quickstart_trains_well_above_chance(tmp_path):
-    config = load_preset("quickstart").replace(snapshot_interval=0.2)
+    config = load_preset("quickstart").replace(snapshot_interval=0.2, epochs=30)  # its first 30 epochs
     from rlr_engine.control.run_dirs import new_run_dir
 
     engine = Engine(config, new_run_dir(config, tmp_path)).start()

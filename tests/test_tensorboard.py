@@ -270,3 +270,21 @@ def test_a_run_shorter_than_the_spectra_cadence_still_writes_sigma_histograms_at
         (last,) = [h for h in events.Histograms(f"sigma/{layer.name}") if h.step == snap.step]
         assert last.histogram_value.num == layer.rank
         assert last.histogram_value.max == pytest.approx(layer.sigma_max, rel=1e-6)
+
+
+def test_a_finished_run_extended_goes_on_from_its_final_checkpoint_on_the_same_curves(tmp_path):
+    first = start_engine(tmp_path, tensorboard=True, epochs=1, attack_every=0)
+    done = run_to_end(first)
+    assert done.state == "finished"
+    run_dir = first.run_dir
+    extended = start_engine(tmp_path, resume_dir=run_dir, tensorboard=True, epochs=2, attack_every=0)
+    snap = run_to_end(extended)
+    assert snap.state == "finished" and snap.step == 2 * done.step and snap.epoch == 2
+    assert any(e.message == f"epochs: 1 → 2; training goes on to step {snap.step}" for e in snap.events)
+    train_steps = [s for s, _ in snap.curves["train_loss"]]
+    assert train_steps == sorted(set(train_steps)) and train_steps[0] <= done.step < train_steps[-1]
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert logged == sorted(set(logged)) and logged[-1] == snap.step
+    events = read_events(run_dir)
+    for tag, points in expected_points(run_dir).items():
+        assert_same_points(scalar_points(events, tag), points, tag)

@@ -40,7 +40,18 @@ async def type_value(pilot, text):
 
 
 def status_text(app) -> str:
-    return str(app.screen.query_one(StatusBar).render())
+    bars = app.screen.query(StatusBar)  # none while a new dashboard is being composed
+    return str(bars.first().render()) if bars else ""
+
+
+def screen_lines(app) -> list[str]:
+    """What the terminal shows, line by line."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+def bottom_line(app) -> str:
+    lines = screen_lines(app)
+    return lines[-1] if lines else ""  # nothing drawn yet
 
 
 def notifications(app) -> list[str]:
@@ -65,11 +76,12 @@ class Dashboard(NamedTuple):
 
 
 @asynccontextmanager
-async def dashboard(tmp_path, client=None, size=(80, 24), overrides=()):
+async def dashboard(tmp_path, client=None, size=(80, 24), overrides=(), toasts=False):
     """``rlr-tui quickstart`` on a scripted client, once its dashboard shows. The launcher starts
-    nothing, so the runs root must never be created."""
+    nothing, so the runs root must never be created. ``toasts``: draw notifications (they are
+    recorded either way)."""
     app, client, launcher = fake_app(tmp_path, client, overrides=overrides)
-    async with app.run_test(size=size) as pilot:
+    async with app.run_test(size=size, notifications=toasts) as pilot:
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
         yield Dashboard(app, pilot, client, launcher)
     assert not (tmp_path / "runs").exists(), "the dashboard created a run directory of its own"
@@ -159,7 +171,7 @@ async def test_a_dead_engine_is_reported_with_the_last_checkpoint_and_r_resumes(
     (tmp_path / "fake-run").mkdir()
     async with dashboard(tmp_path, client, size=(100, 30), overrides=["tau=0.5"]) as d:
         d.client.die()
-        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app))
         assert any("step 1600" in n and "R resumes" in n for n in notifications(d.app))
         (tmp_path / "fake-run" / "config.toml").write_text(dump_toml(load_preset("quickstart")))
         (tmp_path / "fake-run" / "checkpoint.pt").write_bytes(b"x")
@@ -291,10 +303,9 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
 
 async def test_at_80_columns_the_footer_shows_quit_help_tau_truncate_pause_and_attack(tmp_path):
     async with dashboard(tmp_path) as d:
-        await d.pilot.pause(0.3)
-        bottom_line = d.app.screen._compositor.render_strips()[-1].text  # what the terminal shows
-        for key in ("t τ", "r Truncate", "space Pause", "a Attack", "q Quit", "? Help"):
-            assert key in bottom_line, bottom_line
+        keys = ("t τ", "r Truncate", "space Pause", "a Attack", "q Quit", "? Help")
+        await until(d.pilot, lambda: "? Help" in bottom_line(d.app))
+        assert all(key in bottom_line(d.app) for key in keys), bottom_line(d.app)
 
 
 async def test_a_picks_the_attack_from_the_registry_and_the_engine_gets_it(tmp_path):
@@ -454,8 +465,7 @@ async def test_after_stop_is_asked_no_command_is_sent_no_dialog_opens_and_q_does
 async def test_q_with_only_the_default_screen_left_exits_instead_of_popping_it(tmp_path):
     async with dashboard(tmp_path) as d:
         d.app.pop_screen()  # the dashboard gone (closing down), the client still set
-        await d.pilot.pause(0.05)
-        assert len(d.app.screen_stack) == 1
+        await until(d.pilot, lambda: len(d.app.screen_stack) == 1)
         await d.pilot.press("q")
         await until(d.pilot, lambda: not d.app.is_running)
 
@@ -491,7 +501,7 @@ async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_r
     run_dir.mkdir()
     async with dashboard(tmp_path, size=(100, 30)) as d:
         d.client.die()
-        await until(d.pilot, lambda: "DEAD" in status_text(d.app), timeout=2.0)
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app))
         # Another dashboard resumed the run: a new engine holds the run's lock.
         d.launcher.client = FakeClient(replace(scripted_snapshot(), step=2100, version=5))
         d.launcher.client.pid = 4343
@@ -499,7 +509,7 @@ async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_r
         fd = os.open(run_dir / "engine.json", os.O_RDONLY)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            await until(d.pilot, lambda: "RUNNING" in status_text(d.app), timeout=5.0)
+            await until(d.pilot, lambda: "RUNNING" in status_text(d.app))
         finally:
             os.close(fd)
         assert d.app.client is d.launcher.client and "step 2100/" in status_text(d.app)
@@ -516,7 +526,7 @@ def test_detaching_from_a_paused_run_says_it_stays_paused(tmp_path):
     assert "detached at step 720; training continues" in line
 
 
-async def test_the_picker_lists_the_runs_again_and_a_finished_run_is_not_resumed(tmp_path):
+async def test_the_picker_lists_the_runs_again_and_offers_a_finished_run_to_extend_not_resume(tmp_path):
     import json
 
     from rlr_engine.core.presets import dump_toml, load_preset
@@ -533,12 +543,19 @@ async def test_the_picker_lists_the_runs_again_and_a_finished_run_is_not_resumed
         await until(pilot, lambda: runs.row_count == 1)
         assert runs.get_row_at(0)[1:3] == ["stopped (resume)", "407/1020"]
         # Resumed elsewhere and run to its end while the picker shows.
-        (run_dir / "summary.json").write_text(json.dumps({"state": "finished", "steps": 1020, "total_steps": 1020}))
-        await until(pilot, lambda: runs.row_count == 0, timeout=5.0)
-        app.resume_run(run_dir)  # what Enter on the row did while it was still listed
-        await pilot.pause(0.2)
-        assert any("finished at step 1020; nothing to resume" in n for n in notifications(app))
+        epochs = load_preset("quickstart").epochs
+        summary = {"state": "finished", "steps": 1020, "total_steps": 1020, "epochs": epochs}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        await until(pilot, lambda: runs.row_count == 1 and runs.get_row_at(0)[1] == "finished (extend)")
+        app.resume_run(run_dir)  # a resume that would train nothing more is refused, naming the way on
+        await until(pilot, lambda: any(f"finished after {epochs} epochs" in n for n in notifications(app)))
         assert app.launcher.calls == [] and isinstance(app.screen, PickerScreen)
+        runs.focus()
+        await pilot.press("enter")  # Enter on a finished run asks for the epochs to add
+        await until(pilot, lambda: isinstance(app.screen, ValueDialog))
+        await type_value(pilot, "5")
+        await until(pilot, lambda: app.launcher.calls[:1] == [("resume", run_dir)])
+        assert app.launcher.resume_overrides == [[f"epochs={epochs + 5}"]]
 
 
 async def test_at_80x24_the_picker_opens_with_the_preselected_quickstart_row_in_view(tmp_path):
@@ -563,3 +580,139 @@ async def test_at_80_columns_a_long_preset_name_keeps_the_progress_line_in_the_s
         first, second = (strip.text for strip in d.app.screen._compositor.render_strips()[top : top + 2])
         assert "fmnist-lenet5-condlr-adaptive" in first and first.rstrip().endswith("…"), first
         assert second.startswith(" epoch 5/20  step 2000/7040") and "τ 0.1" in second, second
+
+
+async def test_u_sends_undo_and_a_refusal_shows_the_engines_reason(tmp_path):
+    from rlr_engine.control.records import Undo
+
+    reason = "nothing to undo: no truncation, τ, lr, θ or β change since the run resumed at step 400"
+    client = FakeClient(reply=lambda c: ("rejected", reason) if isinstance(c, Undo) else ("applied", "ok"))
+    async with dashboard(tmp_path, client) as d:
+        await d.pilot.press("u")
+        await until(d.pilot, lambda: any(reason in n for n in notifications(d.app)))
+        assert d.client.commands == [Undo()]
+        assert any(n.startswith("undo rejected") for n in notifications(d.app))
+
+
+def finished_run(tmp_path, epochs=20):
+    """A finished run directory (config, checkpoint, summary) and a client that shows it finished."""
+    import json
+
+    from rlr_engine.core.presets import dump_toml, load_preset
+
+    run_dir = tmp_path / "fake-run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(dump_toml(load_preset("quickstart", [f"epochs={epochs}"])))
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    (run_dir / "summary.json").write_text(json.dumps({"state": "finished", "epochs": epochs, "steps": 700}))
+    return run_dir, FakeClient(replace(scripted_snapshot(), state="finished", epoch=epochs, epochs=epochs))
+
+
+async def test_e_on_a_finished_run_asks_for_epochs_to_add_and_resumes_it_with_that_many_more(tmp_path):
+    run_dir, client = finished_run(tmp_path)
+    async with dashboard(tmp_path, client) as d:
+        await until(d.pilot, lambda: "e Extend" in bottom_line(d.app))
+        await d.pilot.press("e")
+        await until(d.pilot, lambda: isinstance(d.app.screen, ValueDialog))
+        await type_value(d.pilot, "0")  # refused in the dialog: nothing is resumed
+        assert isinstance(d.app.screen, ValueDialog) and ("resume", run_dir) not in d.launcher.calls
+        await type_value(d.pilot, "15")
+        await until(d.pilot, lambda: ("resume", run_dir) in d.launcher.calls)
+        assert d.launcher.resume_overrides == [["epochs=35"]]
+
+
+async def test_e_is_not_offered_while_the_run_trains(tmp_path):
+    async with dashboard(tmp_path) as d:
+        await until(d.pilot, lambda: "? Help" in bottom_line(d.app))
+        assert "Extend" not in bottom_line(d.app)
+        await d.pilot.press("e")
+        await d.pilot.pause()
+        assert isinstance(d.app.screen, DashboardScreen) and not any(c[0] == "resume" for c in d.launcher.calls)
+
+
+async def test_an_engine_message_with_brackets_is_shown_whole_in_its_toast(tmp_path):
+    message = "autoattack needs its extra: pip install 'rlr[attacks]'"
+    client = FakeClient(reply=lambda c: ("rejected", message))
+    async with dashboard(tmp_path, client, size=(120, 30), toasts=True) as d:
+        await d.pilot.press("c")  # any command: the engine's answer is the message
+        await until(d.pilot, lambda: len(d.app.screen.query("Toast")) > 0)
+        shown = " ".join(str(toast.render()).replace("\n", " ") for toast in d.app.screen.query("Toast"))
+        assert "pip install 'rlr[attacks]'" in shown, shown
+
+
+async def test_at_80_columns_a_dead_engines_header_ends_with_what_to_do_not_an_ellipsis(tmp_path):
+    # five-digit steps, as a long run has
+    client = FakeClient(replace(scripted_snapshot(), step=18470, total_steps=40800, last_checkpoint_step=16000))
+    async with dashboard(tmp_path, client, size=(80, 24)) as d:
+        d.client.die()
+        await until(d.pilot, lambda: "DEAD" in status_text(d.app))
+        top = d.app.screen.query_one(StatusBar).region.y
+        second = screen_lines(d.app)[top + 1].rstrip()
+        assert second.endswith("last checkpoint: step 16000; R resumes"), second
+
+
+async def test_the_engine_died_toast_goes_away_once_r_has_the_run_running_again(tmp_path):
+    from rlr_engine.core.presets import dump_toml, load_preset
+
+    client = FakeClient(replace(scripted_snapshot(), last_checkpoint_step=1600))
+    (tmp_path / "fake-run").mkdir()
+    async with dashboard(tmp_path, client) as d:
+        d.client.die()
+        await until(d.pilot, lambda: any("the engine died" in n for n in notifications(d.app)))
+        (tmp_path / "fake-run" / "config.toml").write_text(dump_toml(load_preset("quickstart")))
+        (tmp_path / "fake-run" / "checkpoint.pt").write_bytes(b"x")
+        d.launcher.client = FakeClient(replace(scripted_snapshot(), step=1700, version=9))
+        await d.pilot.press("R")
+        await until(d.pilot, lambda: "RUNNING" in status_text(d.app) and "step 1700/" in status_text(d.app))
+        await until(d.pilot, lambda: not any("the engine died" in n for n in notifications(d.app)))
+
+
+async def test_after_enter_in_the_picker_starting_shows_until_the_dashboard_does(tmp_path):
+    import threading
+
+    from rlr_tui.widgets.starting_notice import StartingNotice
+
+    loaded = threading.Event()
+
+    class SlowLauncher(FakeLauncher):
+        def start(self, preset, overrides, runs_root):
+            assert loaded.wait(30), "the test never let the data set load"
+            return super().start(preset, overrides, runs_root)
+
+    app = RlrApp(None, [], tmp_path / "runs", launcher=SlowLauncher(FakeClient(), tmp_path / "fake-run"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.focused is not None and app.focused.id == "presets")
+        await pilot.press("enter")  # quickstart is preselected
+        notice = app.screen.query_one(StartingNotice)
+        await until(pilot, lambda: notice.display and any("starting quickstart" in line for line in screen_lines(app)))
+        loaded.set()
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen) and "RUNNING" in status_text(app))
+        assert not app.screen.query_one(StartingNotice).display and app.starting == ""
+
+
+async def test_the_picker_lists_the_runs_off_the_ui_thread_the_first_time_too(tmp_path, monkeypatch):
+    import threading
+
+    import rlr_tui.screens.picker as picker
+
+    threads = []
+
+    def list_runs(root):
+        threads.append(threading.current_thread())
+        return []
+
+    monkeypatch.setattr(picker, "list_runs", list_runs)
+    app = RlrApp(None, [], tmp_path / "runs", launcher=FakeLauncher(FakeClient(), tmp_path / "fake-run"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: bool(threads))
+        await app.workers.wait_for_complete()
+        assert threads[0] is not threading.main_thread()
+
+
+def test_rlr_tui_resume_of_a_finished_run_without_more_epochs_is_one_line_and_exit_2(tmp_path, capsys):
+    from rlr_tui.app import main
+
+    run_dir, _ = finished_run(tmp_path, epochs=20)
+    assert main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "finished after 20 epochs" in err and "--set epochs=N with N > 20" in err, err

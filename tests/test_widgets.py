@@ -15,6 +15,7 @@ from rlr_tui.screens.value_dialog import ValueDialog
 from rlr_tui.widgets.curves import CurvesPlot
 from rlr_tui.widgets.event_log import EventLog
 from rlr_tui.widgets.markers import MONOCHROME_MARKERS
+from rlr_tui.widgets.rank_bars import RankBars
 from rlr_tui.widgets.robustness import AccuracyHistory, AccuracyVsEps
 
 
@@ -155,3 +156,88 @@ async def test_accuracy_over_the_run_follows_one_attack_and_never_joins_another(
         await pilot.pause(0.1)
         drawn = re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
     assert "fgsm: accuracy (%) per ε over the run" in drawn, drawn
+
+
+def drawn_text(plot) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", plot.plt.build())
+
+
+async def test_the_robustness_tab_keeps_the_latest_result_of_each_attack_with_its_step():
+    from dataclasses import replace
+
+    from rlr_engine.control.records import AttackResult
+
+    eps = (0.0, 0.02, 0.04)
+    history = (
+        AttackResult(1600, 4, "fgsm", eps, (0.9, 0.7, 0.5)),
+        AttackResult(1603, 4, "pgd-linf", eps, (0.9, 0.4, 0.1)),  # asked for with a
+        AttackResult(1609, 4, "fgsm", eps, (0.91, 0.71, 0.51)),  # the next scheduled one
+    )
+    snap = replace(scripted_snapshot(), adversarial=history[-1], adversarial_history=history)
+    app = EpsApp()
+    async with app.run_test(size=(120, 30)) as pilot:
+        plot = app.query_one(AccuracyVsEps)
+        plot.show(snap)
+        await pilot.pause()
+        drawn = drawn_text(plot)
+    assert plot.shown == (("fgsm", 1609), ("pgd-linf", 1603))
+    assert "fgsm @ 1609" in drawn and "pgd-linf @ 1603" in drawn, drawn
+
+
+class RanksApp(App):
+    def compose(self):
+        yield RankBars(id="ranks")
+
+
+async def test_at_200_columns_rank_bars_use_the_width_with_their_rank_next_to_them_and_a_legend():
+    app = RanksApp()
+    async with app.run_test(size=(200, 20)) as pilot:
+        bars = app.query_one(RankBars)
+        bars.show(scripted_snapshot())
+        await pilot.pause()
+        lines = [strip.text.rstrip() for strip in app.screen._compositor.render_strips()]
+    assert bars.bar_width > 150
+    fc2 = next(line for line in lines if line.lstrip().startswith("fc2"))
+    assert "█ 10/10 (dense) 10×500" in fc2, fc2  # the label right after its (full) bar, then its shape
+    conv1 = next(line for line in lines if line.lstrip().startswith("conv1"))
+    assert "░ 4/20" in conv1, conv1
+    legend = ("kept/full rank of a low-rank layer", "dense layer, not compressed")
+    assert any(all(words in line for words in legend) for line in lines), lines
+
+
+async def test_curve_legends_have_rows_of_their_own_above_the_data():
+    from dataclasses import replace
+
+    steps = range(0, 2000, 20)
+    flat_at_the_top = {
+        "train_acc": tuple((s, 0.2 + 0.7 * s / 2000) for s in steps),
+        "val_acc": tuple((s, 0.9) for s in steps),  # at the top across the whole plot
+    }
+    app = PlotApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        plot = app.query_one(CurvesPlot)
+        plot.show(replace(scripted_snapshot(), curves=flat_at_the_top))
+        await pilot.pause()
+        lines = drawn_text(plot).splitlines()
+    legend_rows = [line for line in lines if " train" in line or " val" in line]
+    assert len(legend_rows) == 2, lines
+    braille = re.compile("[\u2801-\u28ff]")
+    # the legend's own markers are braille too: what follows the label must be empty
+    assert not any(braille.search(row.split(" val")[-1].split(" train")[-1]) for row in legend_rows), lines
+
+
+async def test_the_last_x_tick_label_is_the_last_step_at_every_width():
+    from dataclasses import replace
+
+    # plotext's own ticks drop the last label of a narrow plot (two plots side by side at 80
+    # columns, half a dialog) or of a long step number
+    curves = {"train_acc": tuple((s, 0.5) for s in (*range(0, 12300, 50), 12345))}
+    for width in (30, 36, 40, 45, 57, 80, 121, 200):
+        app = PlotApp()
+        async with app.run_test(size=(width, 24)) as pilot:
+            plot = app.query_one(CurvesPlot)
+            plot.show(replace(scripted_snapshot(), curves=curves))
+            await pilot.pause()
+            lines = drawn_text(plot).splitlines()
+        ticks = lines[lines.index(next(line for line in lines if "└" in line)) + 1]
+        assert ticks.split()[-1] == "12345", (width, ticks)

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlr_engine.control.records import Snapshot
-from rlr_engine.core.formatting import pct
+from rlr_engine.core.formatting import pct, versus_dense
 
 USER_ERROR = 2  # the exit code of every mistake the user can fix: a typo, a missing data set or device
 
@@ -131,18 +131,20 @@ def print_summary(snap: Snapshot) -> None:
         for eps, acc in zip(result.eps, result.accuracy):
             table.add_row(f"{eps:g}", fmt_pct(acc))
         console.print(table)
+    factorised = sum(1 for s in snap.layers if s.low_rank)
     console.print(
-        f"layers — {snap.params:,} parameters, {snap.compression:.1%} fewer than dense, "
-        f"{snap.rank_fraction:.0%} of the rank kept",
+        f"layers — {factorised} of {len(snap.layers)} factorised; {snap.params:,} parameters, "
+        f"{versus_dense(snap.compression)}, {snap.rank_fraction:.0%} of the factorised rank kept",
         highlight=False,
     )
+    # Every Linear / Conv2d: a factorised one with its rank, a dense one marked so; the shape is
+    # the dense weight's as a matrix (a convolution's c_out × c_in·kh·kw), what the rank is out of.
     layers = Table()
-    for column in ("layer", "shape", "rank", "κ", "σ_max"):
+    for column in ("layer", "dense shape", "rank", "κ", "σ_max"):
         layers.add_column(column, justify="right" if column != "layer" else "left")
     for s in snap.layers:
-        layers.add_row(
-            s.name, f"{s.shape[0]}×{s.shape[1]}", f"{s.rank}/{s.full_rank}", f"{s.kappa:.3g}", f"{s.sigma_max:.3g}"
-        )
+        rank = f"{s.rank}/{s.full_rank}" if s.low_rank else "dense"
+        layers.add_row(s.name, f"{s.shape[0]}×{s.shape[1]}", rank, f"{s.kappa:.3g}", f"{s.sigma_max:.3g}")
     console.print(layers)
     console.print(
         f"validation accuracy {fmt_pct(snap.val_acc)}, test accuracy {fmt_pct(snap.test_acc)}, "

@@ -37,7 +37,7 @@ from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY, TORCHE
 from rlr_engine.control.run_plan import prepare_run, run_config
 from rlr_engine.core.atomic_files import write_text_atomic
 from rlr_engine.core.config import RunConfig
-from rlr_engine.core.errors import RunFailed
+from rlr_engine.core.errors import RunFailed, UserError
 from rlr_engine.core.presets import restored_keys_set
 from rlr_engine.run.distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
 from rlr_engine.run.recorder import write_summary
@@ -48,7 +48,11 @@ def launch(args: argparse.Namespace) -> int:
     """Start ``args.nproc`` workers on this machine and wait for them."""
     import torch.distributed.run as torchrun
 
-    config, run_dir, new = _prepared_run_dir(args)
+    config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
+    check_visible_gpus(args.nproc, config.device)
+    _check_start(config)
+    if new:
+        create_run_dir(run_dir, config)
     events_before = _size(run_dir / EVENTS)
     worker = ["train", "--resume", str(run_dir)] if args.resume else ["train", "--run-dir", str(run_dir)]
     if args.resume:  # the resume's settings: rank 0 writes them into config.toml once they are taken
@@ -99,6 +103,22 @@ def launch(args: argparse.Namespace) -> int:
         )
         return 130
     return 0
+
+
+def check_visible_gpus(nproc: int, device: str) -> None:
+    """On CUDA every process takes a GPU of its own (its LOCAL_RANK): refuse N processes where
+    fewer GPUs are visible, before any directory or process exists (UserError, one line)."""
+    import torch
+
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not on_cuda:
+        return
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if nproc > visible:
+        raise UserError(
+            f"--nproc {nproc}: needs {nproc} CUDA GPUs (one per process) but {visible} "
+            f"{'is' if visible == 1 else 'are'} visible; use --nproc {max(visible, 1)} or --device cpu"
+        )
 
 
 class _Announcer:
@@ -262,16 +282,20 @@ def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     engine has taken the settings (the workers get them as --set). Returns (config, run
     directory, whether it is new)."""
 
-    from rlr_engine.run.trainer import resolve_device
-    from rlr_engine.workload.data import check_data_dir
-
     config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
-    # What a worker would fail on at its start, said once before N processes start (CannotStart).
-    resolve_device(config.device)
-    check_data_dir(config.dataset, config.data_dir)
     if new:
         create_run_dir(run_dir, config)
     return config, run_dir, new
+
+
+def _check_start(config: RunConfig) -> None:
+    """What every worker would fail on at its start (no such device, a data directory that is not
+    there), said once before any process starts: CannotStart, exit code 2."""
+    from rlr_engine.run.trainer import resolve_device
+    from rlr_engine.workload.data import check_data_dir
+
+    resolve_device(config.device)
+    check_data_dir(config.dataset, config.data_dir)
 
 
 def _size(path: Path) -> int:

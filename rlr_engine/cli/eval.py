@@ -20,7 +20,7 @@ from rich.table import Table
 
 from rlr_engine.cli.console import console, err_console, fmt_pct, print_warning
 from rlr_engine.control.run_dirs import find_checkpoint
-from rlr_engine.core.catalog import ATTACKS, DATASETS, DEVICES
+from rlr_engine.core.catalog import ATTACKS, DATASETS, DEVICES, data_source
 from rlr_engine.core.config import SEED_RANGE, AttackSpec
 from rlr_engine.core.errors import UserError
 from rlr_engine.core.extras import require_attack
@@ -82,6 +82,19 @@ def eval_json(config, step: int, checked) -> dict:
     }
 
 
+def _data_dir_unused(dataset: str) -> str | None:
+    """Why ``dataset`` reads nothing from data_dir (None when it does)."""
+    source = data_source(dataset)
+    if source is None:
+        return None
+    if source.in_catalog:
+        info = DATASETS[dataset]
+        return None if info.needs_files else f"is {info.source} data held in memory, not read from files"
+    if source.kind in ("imagefolder", "tensors"):
+        return f"is read from {source.target}"
+    return None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     samples = _eval_spec(args)  # before torch loads: a mistake is one line at once
     find_checkpoint(args.checkpoint)
@@ -92,11 +105,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config, step, model, images, labels = load_evaluation_target(
         args.checkpoint, samples, args.device or "auto", args.data_dir
     )
-    if args.data_dir and not DATASETS[config.dataset].needs_files:
-        print_warning(
-            f"--data-dir {args.data_dir} is not used: the checkpoint's data set {config.dataset} is "
-            f"{DATASETS[config.dataset].source} data held in memory, not read from files"
-        )
+    unused = _data_dir_unused(config.dataset)
+    if args.data_dir and unused:
+        print_warning(f"--data-dir {args.data_dir} is not used: the checkpoint's data set {config.dataset} {unused}")
     try:  # what the run fills in (its eps, its PGD steps) is checked against the chosen attack too
         spec = dataclasses.replace(
             config.attack_spec(args.attack, args.eps, args.steps, args.step_size), restarts=args.restarts

@@ -106,6 +106,15 @@ class SetAdaptation(Command):
 
 
 @dataclass(frozen=True)
+class Undo(Command):
+    """Take back the newest live change still remembered — a truncation, τ, learning rate, θ, β
+    or window change: the weights, optimizer state and ranks from just before it come back, and
+    training goes on from the current step (rlr_engine/run/undo.py)."""
+
+    kind: ClassVar[str] = "undo"
+
+
+@dataclass(frozen=True)
 class Stop(Command):
     """Stop cleanly: write a final checkpoint and end the run (resumable). ``reason``: what asked
     for it when no client did (a signal), shown with the acknowledgement."""
@@ -127,6 +136,7 @@ COMMANDS = {
         RefreshLayers,
         SetAdaptation,
         Note,
+        Undo,
         Stop,
     )
 }

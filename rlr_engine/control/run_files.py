@@ -13,6 +13,8 @@ them too.
   error.log       the traceback of an unexpected engine error
   tensorboard/    TensorBoard event files (with ``tensorboard = true``)
   torchelastic/   torch elastic's logs and error files of ``--nproc`` runs, one folder per launch
+  undo/           states from before live changes, past the undo history's memory limit, while
+                  the engine that made them lives (run/undo.py)
 """
 
 from __future__ import annotations
@@ -29,3 +31,4 @@ ENGINE_LOG = "engine.log"
 ERROR_LOG = "error.log"
 TENSORBOARD = "tensorboard"
 TORCHELASTIC = "torchelastic"
+UNDO = "undo"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlr_engine.control.run_dirs import choose_run_dir, engine_alive, read_run_config
+from rlr_engine.control.run_dirs import RunInfo, choose_run_dir, engine_alive, read_run_config, run_info
 from rlr_engine.control.run_files import CHECKPOINT, CONTROL_SOCKET
 from rlr_engine.control.unix_socket import socket_path_problem
 from rlr_engine.core.config import RunConfig
@@ -30,6 +30,26 @@ def run_config(
     return load_preset(preset, extra)
 
 
+def extension_problem(info: RunInfo, config: RunConfig) -> str | None:
+    """Why resuming the finished run ``info`` with ``config`` would train nothing more (None when
+    the config takes it further: more epochs than it trained, and a max_steps past its step, or
+    none). A finished run goes on from its final checkpoint, on the same curves."""
+    if not info.finished or info.summary is None:
+        return None
+    epochs, step = info.summary.get("epochs", config.epochs), info.summary.get("steps", info.step or 0)
+    if config.epochs <= epochs:
+        return (
+            f"the run finished after {epochs} epochs (step {step}); to train it on, raise epochs: "
+            f"--set epochs=N with N > {epochs}"
+        )
+    if config.max_steps and config.max_steps <= step:
+        return (
+            f"the run finished at step {step}, its max_steps = {config.max_steps}; to train it on, raise "
+            f"max_steps too (--set max_steps=N with N > {step}, or 0 for no limit)"
+        )
+    return None
+
+
 def prepare_run(
     preset: str | None, overrides: Sequence[str], resume: str | Path | None, runs_root: str | Path, device: str | None
 ) -> tuple[RunConfig, Path, bool]:
@@ -45,6 +65,9 @@ def prepare_run(
             raise UserError(f"--resume {run_dir}: the run is still running; attach with: rlr-tui --attach {run_dir}")
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"--resume {run_dir}: no {CHECKPOINT} in that directory, nothing to resume")
+        problem = extension_problem(run_info(run_dir, ask_engine=False), config)
+        if problem:
+            raise UserError(f"--resume {run_dir}: {problem}")
         problem = socket_path_problem(run_dir / CONTROL_SOCKET)
         if problem:
             raise UserError(f"--resume {run_dir}: {problem}; move the run directory to a shorter path")

@@ -1,6 +1,8 @@
 """What rlr knows about each data set, what each model needs as input and what each attack is:
 the single source of these facts for loading data, validating presets and commands, and judging
-attack results.
+attack results. Also the forms of the other sources a run may name — a torchvision model or a
+factory of the user's, weights, an image folder, a tensor file, a torchvision data set — checked
+here for their form only (the workload tier imports and builds them).
 
 Plain Python only (no torch), so a dashboard or a preset check can use it without loading the
 training stack.
@@ -8,6 +10,7 @@ training stack.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,11 @@ ADAPTIVE_METHODS = ("robust-dlrt", "condlr-adaptive")
 METHODS = ("dense", "lowrank", *ADAPTIVE_METHODS)
 CORE_OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")  # presets also take cuda:N
+# float32: everything in float32. bf16: forward and backward under autocast to bfloat16; the
+# factors, momentum, retraction and core projection stay float32.
+PRECISIONS = ("float32", "bf16")
+# Capturing the whole training step as a CUDA graph: on, off, or auto (on where CUDA runs it).
+CUDA_GRAPHS = ("auto", "on", "off")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 OFFLINE_HINT = (
@@ -130,7 +138,10 @@ MODEL_INPUTS: dict[str, ModelInput] = {
 
 
 def model_data_problem(model: str, dataset: str) -> str | None:
-    """A sentence saying why ``model`` cannot train on ``dataset`` (None when it can)."""
+    """A sentence saying why ``model`` cannot train on ``dataset`` (None when it can, or when
+    either is not rlr's own: their shapes are known once the data are loaded)."""
+    if model not in MODEL_INPUTS or dataset not in DATASETS:
+        return None
     problem = MODEL_INPUTS[model].problem(DATASETS[dataset])
     if problem is None:
         return None
@@ -139,6 +150,111 @@ def model_data_problem(model: str, dataset: str) -> str | None:
     return (
         f"model {model!r} {problem}; data set {dataset!r} has {info.image_size}×{info.image_size} "
         f"(data sets that fit: {', '.join(fitting)})"
+    )
+
+
+# -- models and data from elsewhere ------------------------------------------------------------
+TORCHVISION = "torchvision"
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a ``model`` comes from: ``kind`` "builtin" (a name of MODEL_INPUTS), "torchvision"
+    (a builder of torchvision.models, ``target`` its name), "module" (a factory ``attr`` of the
+    importable module ``target``) or "file" (a factory ``attr`` of the Python file ``target``).
+    A factory is called with the run's ``model_args`` and returns an nn.Module."""
+
+    kind: str
+    target: str
+    attr: str = ""
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.kind == "builtin"
+
+
+MODEL_FORMS = "torchvision:NAME (a torchvision.models builder), package.module:FACTORY or path/to/file.py:FACTORY"
+
+
+def model_source(value: str) -> ModelSource | None:
+    """The source ``value`` names, or None when it has none of the forms."""
+    if value in MODEL_INPUTS:
+        return ModelSource("builtin", value)
+    prefix, _, name = value.partition(":")
+    if prefix == TORCHVISION:
+        return ModelSource(TORCHVISION, name) if IDENTIFIER.fullmatch(name) else None
+    target, sep, attr = value.rpartition(":")
+    if not sep or not IDENTIFIER.fullmatch(attr) or not target.strip():
+        return None
+    if target.endswith(".py"):
+        return ModelSource("file", target, attr)
+    return ModelSource("module", target, attr) if MODULE_NAME.fullmatch(target) else None
+
+
+def model_problem(value: object) -> str | None:
+    """What ``model`` must be (None when ``value`` has one of the forms)."""
+    if isinstance(value, str) and model_source(value) is not None:
+        return None
+    return f"one of {', '.join(MODEL_INPUTS)}, or {MODEL_FORMS}"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a ``dataset`` comes from: ``kind`` "catalog" (a name of DATASETS), "imagefolder"
+    (torchvision's ImageFolder at the directory ``target``), "tensors" (a file holding a dict of
+    x_train, y_train, x_test, y_test) or "torchvision" (the torchvision.datasets class
+    ``target``, read from and downloaded into data_dir)."""
+
+    kind: str
+    target: str
+
+    @property
+    def in_catalog(self) -> bool:
+        return self.kind == "catalog"
+
+
+DATA_FORMS = "imagefolder:PATH, tensors:FILE.pt or torchvision:CLASS (a torchvision.datasets class)"
+DATA_KINDS = ("imagefolder", "tensors", TORCHVISION)
+
+
+def data_source(value: str) -> DataSource | None:
+    """The source ``value`` names, or None when it has none of the forms."""
+    if value in DATASETS:
+        return DataSource("catalog", value)
+    kind, sep, target = value.partition(":")
+    if not sep or kind not in DATA_KINDS or not target.strip():
+        return None
+    if kind == TORCHVISION and not IDENTIFIER.fullmatch(target):
+        return None
+    return DataSource(kind, target)
+
+
+def dataset_problem(value: object) -> str | None:
+    """What ``dataset`` must be (None when ``value`` has one of the forms)."""
+    if isinstance(value, str) and data_source(value) is not None:
+        return None
+    return f"one of {', '.join(DATASETS)}, or {DATA_FORMS}"
+
+
+def torchvision_weights(value: str) -> str | None:
+    """The name of torchvision's weights ``value`` asks for ("DEFAULT", "IMAGENET1K_V1"), or
+    None when it names a file."""
+    prefix, sep, name = value.partition(":")
+    return name if sep and prefix == TORCHVISION else None
+
+
+def weights_problem(value: object) -> str | None:
+    """What ``weights`` must be: empty (none), a file (a state dict or an rlr checkpoint), or
+    torchvision:DEFAULT (or another weights name of the torchvision model)."""
+    if isinstance(value, str):
+        name = torchvision_weights(value)
+        if name is None or IDENTIFIER.fullmatch(name):
+            return None
+    return (
+        'a file (a state dict or an rlr checkpoint), "torchvision:DEFAULT" (or another name of '
+        'the torchvision model\'s weights), or "" for none'
     )
 
 

@@ -17,13 +17,20 @@ from rlr_engine.core.catalog import (
     ADAPTIVE_METHODS,
     ATTACKS,
     CORE_OPTIMIZERS,
-    DATASETS,
+    CUDA_GRAPHS,
     DEVICES,
     METHODS,
-    MODEL_INPUTS,
+    PRECISIONS,
     STEP_SCALINGS,
+    TORCHVISION,
     AttackFacts,
+    data_source,
+    dataset_problem,
     model_data_problem,
+    model_problem,
+    model_source,
+    torchvision_weights,
+    weights_problem,
 )
 from rlr_engine.core.errors import PresetError
 from rlr_engine.core.validation import (
@@ -90,14 +97,125 @@ def _spec(kind: type, rule: Rule = None, help: str = "", item: type | None = Non
     return {"setting": Setting(kind, rule, item=item, help=help)}
 
 
+def _patterns(values: Any) -> str | None:
+    if values is not None and all(v.strip() for v in values):
+        return None
+    return 'a list of glob patterns on module names, e.g. ["layer3.*", "fc"]'
+
+
+def _finite(values: Any) -> str | None:
+    if values is not None and all(math.isfinite(v) for v in values):
+        return None
+    return "a list of finite numbers, one per image channel (or one for all), [] for the default"
+
+
+def _positive(values: Any) -> str | None:
+    if values is not None and all(0 < v < math.inf for v in values):
+        return None
+    return "a list of numbers > 0, one per image channel (or one for all), [] for the default"
+
+
+def _image_size(value: Any) -> str | None:
+    return None if value is not None and 0 <= value <= 4096 else "an integer in [0, 4096] (0: the data's own size)"
+
+
+def _model_args(value: Any) -> str | None:
+    return None if value is not None else "a table of keyword arguments, e.g. {num_classes = 10}"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A fully resolved run recipe."""
 
     name: str = field(default="custom", metadata=_spec(str, run_name_problem, "preset name; names the run's directory"))
     description: str = field(default="", metadata=_spec(str, help="one line of what it is for"))
-    dataset: str = field(default="digits", metadata=_spec(str, tuple(DATASETS)))
-    model: str = field(default="digits-cnn", metadata=_spec(str, tuple(MODEL_INPUTS)))
+    dataset: str = field(
+        default="digits",
+        metadata=_spec(
+            str,
+            dataset_problem,
+            "a data set rlr knows, imagefolder:PATH (PATH/train and PATH/test, or one folder split by "
+            "test_fraction), tensors:FILE.pt (x_train, y_train, x_test, y_test; images in [0, 1]) or "
+            "torchvision:CLASS; a relative path is the preset file's folder's (--set: the working directory's)",
+        ),
+    )
+    dataset_args: dict = field(
+        default_factory=dict,
+        metadata=_spec(
+            dict,
+            _model_args,
+            'torchvision:CLASS data sets: extra keyword arguments of the class, e.g. {split = "digits"}',
+        ),
+    )
+    image_size: int = field(
+        default=0,
+        metadata=_spec(
+            int,
+            _image_size,
+            "resize images once when the data load (shorter side, then a centre crop) to this size (0: as they are)",
+        ),
+    )
+    mean: tuple[float, ...] = field(
+        default=(),
+        metadata=_spec(
+            tuple,
+            _finite,
+            "per-channel mean the model subtracts from [0, 1] pixels ([]: the data set's own, or measured "
+            "on the training split for data sets rlr does not know)",
+            item=float,
+        ),
+    )
+    std: tuple[float, ...] = field(
+        default=(), metadata=_spec(tuple, _positive, "per-channel standard deviation the model divides by", item=float)
+    )
+    test_fraction: float = field(
+        default=0.2,
+        metadata=_spec(
+            float,
+            _number(0, 0.9, low_open=True),
+            "imagefolder:PATH without train/ and test/ folders: the share of its images held out for testing",
+        ),
+    )
+    model: str = field(
+        default="digits-cnn",
+        metadata=_spec(
+            str,
+            model_problem,
+            "a model rlr knows, torchvision:NAME, package.module:FACTORY or path/to/file.py:FACTORY "
+            "(a relative path is the preset file's folder's; --set: the working directory's)",
+        ),
+    )
+    model_args: dict = field(
+        default_factory=dict,
+        metadata=_spec(
+            dict, _model_args, "keyword arguments of a torchvision builder or a factory, e.g. {num_classes = 10}"
+        ),
+    )
+    weights: str = field(
+        default="",
+        metadata=_spec(
+            str,
+            weights_problem,
+            "weights loaded into the model before it is converted: a state dict or rlr checkpoint file, "
+            'or torchvision:DEFAULT ("" for none)',
+        ),
+    )
+    weights_skip_mismatched: bool = field(
+        default=False,
+        metadata=_spec(
+            bool,
+            help="leave parameters whose shape differs from the weights' as initialised (a new classifier "
+            "head), naming them in the run's events; other mismatches stay errors",
+        ),
+    )
+    init_from: str = field(
+        default="",
+        metadata=_spec(
+            str,
+            help="warm start: the checkpoint (or run directory) of an rlr run of the same model, dense or "
+            "low-rank; its weights are converted as this run's method asks",
+        ),
+    )
     method: str = field(
         default="lowrank",
         metadata=_spec(
@@ -118,6 +236,24 @@ class RunConfig:
             _number(0, 1, low_open=True),
             "fraction of each layer's full rank kept (rank-adaptive: the starting rank)",
         ),
+    )
+    rank_energy: float = field(
+        default=0.0,
+        metadata=_spec(
+            float,
+            _number(0, 1),
+            "ranks by energy: the fewest singular values of each weight holding this fraction of "
+            "||W||_F^2 (0: ranks by rank_fraction)",
+        ),
+    )
+    lowrank_include: tuple[str, ...] = field(
+        default=(),
+        metadata=_spec(
+            tuple, _patterns, "glob patterns of the module names to factorise ([]: every Linear and Conv2d)", item=str
+        ),
+    )
+    lowrank_exclude: tuple[str, ...] = field(
+        default=(), metadata=_spec(tuple, _patterns, "glob patterns of module names to leave dense", item=str)
     )
     max_rank_fraction: float = field(
         default=0.5,
@@ -176,6 +312,24 @@ class RunConfig:
             bool,
             help="compile the model's forward and backward "
             "with torch.compile (fewer kernel launches; the first steps take longer)",
+        ),
+    )
+    precision: str = field(
+        default="float32",
+        metadata=_spec(
+            str,
+            PRECISIONS,
+            "bf16: forward and backward under autocast to bfloat16; factors, momentum, "
+            "retraction and core projection stay float32",
+        ),
+    )
+    cuda_graphs: str = field(
+        default="auto",
+        metadata=_spec(
+            str,
+            CUDA_GRAPHS,
+            "capture forward, backward and optimizer step as one CUDA graph, captured again "
+            "when shapes or tau's regime change (auto: on CUDA; ignored elsewhere)",
         ),
     )
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))
@@ -256,6 +410,7 @@ class RunConfig:
         problem = model_data_problem(config.model, config.dataset)
         if problem:
             raise PresetError(f"{source}: {problem}")
+        self._check_sources(source)
         problem = eps_problem(config.eps, ATTACKS[config.attack].max_eps)
         if problem:
             raise PresetError(
@@ -271,6 +426,41 @@ class RunConfig:
             raise PresetError(
                 f"{source}: truncate_every = {config.truncate_every!r} is not allowed with method = "
                 f"{config.method!r}: must be 0 (it truncates every adapt_every batches)"
+            )
+
+    def _check_sources(self, source: str) -> None:
+        """The rules between the model, its weights and the data."""
+        model, data = model_source(self.model), data_source(self.dataset)
+        assert model is not None and data is not None  # their Settings checked the forms
+        if self.model_args and model.is_builtin:
+            raise PresetError(
+                f"{source}: model_args = {shown(self.model_args)} is not allowed with model = {self.model!r}: "
+                f"rlr's own models take their shape from the data; model_args apply to torchvision: and factory models"
+            )
+        if torchvision_weights(self.weights) is not None and model.kind != TORCHVISION:
+            raise PresetError(
+                f"{source}: weights = {self.weights!r} is not allowed with model = {self.model!r}: torchvision's "
+                f"weights need a torchvision:NAME model (give a state dict file instead)"
+            )
+        if self.weights and self.init_from:
+            raise PresetError(
+                f"{source}: init_from = {self.init_from!r} is not allowed with weights = {self.weights!r}: "
+                f"both set the starting weights; give one"
+            )
+        if self.dataset_args and data.kind != TORCHVISION:
+            raise PresetError(
+                f"{source}: dataset_args = {shown(self.dataset_args)} is not allowed with dataset = "
+                f"{self.dataset!r}: they apply to torchvision:CLASS data sets"
+            )
+        if bool(self.mean) != bool(self.std) or (self.mean and len(self.mean) != len(self.std)):
+            raise PresetError(
+                f"{source}: mean = {shown(list(self.mean))} and std = {shown(list(self.std))} are not allowed: "
+                f"give both, with one value per image channel each (or neither)"
+            )
+        if data.kind == "imagefolder" and self.val_fraction + self.test_fraction >= 1:
+            raise PresetError(
+                f"{source}: val_fraction = {self.val_fraction!r} with test_fraction = {self.test_fraction!r} is "
+                f"not allowed: together they must leave images to train on (sum < 1)"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The errors a user is shown as one line (exit code 2 on the command line, a message in the
-dashboard), torch-free: a mistake in what was asked (``UserError``), a setting that does not fit
-(``PresetError``), and why a run cannot start on this machine (``CannotStart``)."""
+dashboard), torch-free: a mistake in what was asked (``UserError``: a setting that does not fit
+``PresetError``, a model or data of the user's that cannot be used ``ModelError``,
+``DataError``), and why a run cannot start on this machine (``CannotStart``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ class PresetError(UserError, ValueError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or not an rlr checkpoint."""
+
+
+class ModelError(UserError):
+    """A model the settings name that cannot be built or started from: a factory that is not
+    there or returns no module, arguments it does not take, weights that do not fit. The
+    message names the setting, the value and what is wrong."""
+
+
+class DataError(UserError):
+    """Data the settings name that cannot be read: a folder or file that is not there or holds
+    no images, a tensor file without the expected keys, images outside [0, 1]."""
 
 
 class RunFailed(Exception):

@@ -4,6 +4,7 @@ before anything of it is created, and the command line stays quick.
 
   tensorboard  ``tensorboard = true``: event files (pip install 'rlr[tensorboard]')
   attacks      autoattack and square: the AutoAttack authors' pyautoattack (pip install 'rlr[attacks]')
+  export       rlr export --onnx: torch's ONNX exporter and its check (pip install 'rlr[export]')
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 TENSORBOARD_HINT = "pip install 'rlr[tensorboard]' (from a source checkout: pip install -e '.[tensorboard]')"
 ATTACKS_HINT = "pip install 'rlr[attacks]'"
+EXPORT_HINT = "pip install 'rlr[export]' (from a source checkout: pip install -e '.[export]')"
+# torch's ONNX exporter needs onnx and onnxscript; onnxruntime runs the check of what it wrote.
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
 class ExtraUnavailable(PresetError):
@@ -48,6 +52,14 @@ def tensorboard_unavailable(detail: str = "") -> ExtraUnavailable:
     return ExtraUnavailable(
         f"tensorboard = true needs the tensorboard package, which is not installed{why}; "
         f"install it with: {TENSORBOARD_HINT}"
+    )
+
+
+def export_unavailable() -> ExtraUnavailable:
+    """The error for --onnx without the packages it needs."""
+    missing = [p for p in EXPORT_PACKAGES if not installed(p)]
+    return ExtraUnavailable(
+        f"--onnx needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: {EXPORT_HINT}"
     )
 
 

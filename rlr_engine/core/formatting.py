@@ -29,3 +29,11 @@ def pct_pm(mean: float, std: float, digits: int = 1) -> str:
     if mean is None or math.isnan(mean):
         return "–"
     return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"
+
+
+def versus_dense(compression: float, digits: int = 1) -> str:
+    """A model's size against its dense version, ``compression`` = 1 − params / dense params:
+    "80.0% fewer than dense", or "6.3% more than dense" when the factors hold more."""
+    if compression < 0:
+        return f"{pct(-compression, digits)} more than dense"
+    return f"{pct(compression, digits)} fewer than dense"

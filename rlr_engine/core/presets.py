@@ -1,6 +1,10 @@
 """Presets: one TOML file per run recipe, found by name or path, with ``key=value`` overrides,
 checked against the run config (config.py); and what a resumed run may change.
 
+A relative path in a preset file (a model's .py file, an image folder or tensor file, weights,
+init_from) is the preset file's folder's; in ``--set`` it is the working directory's. Both are
+made absolute when read, so a run's config.toml names the same files from anywhere.
+
 Every bad value is reported as PresetError naming the file, the key, the value and what is
 allowed; nothing is half-applied.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from rlr_engine.core.catalog import data_source, model_source, torchvision_weights
 from rlr_engine.core.config import FIELDS, REQUIRED_IN_FILE, RunConfig, coerce_setting, run_name_from, validate
 from rlr_engine.core.errors import PresetError
 from rlr_engine.core.validation import SHOWN_CHARS, parse_float
@@ -42,6 +48,29 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
+def _absolute(path: str, base: Path) -> str:
+    return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
+
+
+def resolve_path(key: str, value: Any, base: Path) -> Any:
+    """``value`` of ``key`` with a relative path in it made absolute against ``base`` (the
+    preset file's folder, or the working directory for --set). Values of other keys, of another
+    type, or without a path are returned unchanged (validation reports the bad ones)."""
+    if not isinstance(value, str) or not value:
+        return value
+    if key == "model":
+        source = model_source(value)
+        return f"{_absolute(source.target, base)}:{source.attr}" if source and source.kind == "file" else value
+    if key == "dataset":
+        data = data_source(value)
+        return (
+            f"{data.kind}:{_absolute(data.target, base)}" if data and data.kind in ("imagefolder", "tensors") else value
+        )
+    if (key == "weights" and torchvision_weights(value) is None) or key == "init_from":
+        return _absolute(value, base)
+    return value
+
+
 def _override_source(text: str) -> str:
     """An override as its messages name it: ``--set key=value``, a long value cut."""
     return f"--set {text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + '…'}"
@@ -60,6 +89,21 @@ def available_presets() -> dict[str, Path]:
     for directory in preset_dirs():
         if directory.is_dir():
             for path in sorted(directory.glob("*.toml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+EXAMPLES = "examples"
+
+
+def example_presets() -> dict[str, Path]:
+    """Name → file of the examples in the ``examples/`` folder of each preset directory (first
+    directory wins). They are not presets by name: they need the user's data, so they are
+    run by their path with ``--set dataset=...``."""
+    found: dict[str, Path] = {}
+    for directory in preset_dirs():
+        if (directory / EXAMPLES).is_dir():
+            for path in sorted((directory / EXAMPLES).glob("*.toml")):
                 found.setdefault(path.stem, path)
     return found
 
@@ -103,17 +147,20 @@ def load_preset(name_or_path: str, overrides: Iterable[str] = ()) -> RunConfig:
             f"{', '.join(REQUIRED_IN_FILE)}; e.g. {missing[0]} = "
             f"{_toml_value(getattr(RunConfig(), missing[0]))})"
         )
+    raw = {key: resolve_path(key, value, path.parent) for key, value in raw.items()}
+    _apply(raw, overrides)
+    return validate(raw, source=f"preset {path}")
+
+
+def _apply(raw: dict[str, Any], overrides: Iterable[str]) -> None:
     for text in overrides:
         key, value = parse_override(text)
-        raw[key] = coerce_setting(key, value, _override_source(text))
-    return validate(raw, source=f"preset {path}")
+        raw[key] = resolve_path(key, coerce_setting(key, value, _override_source(text)), Path.cwd())
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     raw = config.to_dict()
-    for text in overrides:
-        key, value = parse_override(text)
-        raw[key] = coerce_setting(key, value, _override_source(text))
+    _apply(raw, overrides)
     return validate(raw, source="--set")
 
 
@@ -123,7 +170,19 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
 # or a config.toml changed since the checkpoint). Every other key is read afresh.
 FIXED_ON_RESUME = (
     "dataset",
+    "dataset_args",
+    "image_size",
+    "mean",
+    "std",
+    "test_fraction",
     "model",
+    "model_args",
+    "weights",
+    "weights_skip_mismatched",
+    "init_from",
+    "lowrank_include",
+    "lowrank_exclude",
+    "rank_energy",
     "method",
     "rank_fraction",
     "max_rank_fraction",
@@ -180,6 +239,12 @@ def _toml_value(value: Any) -> str:
         return "inf" if math.isinf(value) else repr(value)
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)

@@ -193,10 +193,15 @@ Rule = NumberRange | tuple | Callable[[Any], str | None] | None
 
 @dataclass(frozen=True)
 class Setting:
-    """What a field accepts from an untrusted source: ``kind`` (bool, int, float, str or tuple),
-    the ``item`` type of a tuple (int or float), whether None is allowed, and ``rule``: a
-    NumberRange, a tuple of allowed strings, or a function returning the problem (None when the
-    value is fine). ``help`` says what it does, for listings."""
+    """What a field accepts from an untrusted source: ``kind`` (bool, int, float, str, tuple or
+    dict), the ``item`` type of a tuple (int, float or str), whether None is allowed, and
+    ``rule``: a NumberRange, a tuple of allowed strings, or a function returning the problem
+    (None when the value is fine; called with None it returns what is allowed). ``help`` says
+    what it does, for listings.
+
+    A dict is a table of keyword arguments (TOML ``{num_classes = 10}``): string keys, values
+    of any TOML type. A tuple of strings also takes one bare string (``--set
+    lowrank_exclude=fc``) as a list of one."""
 
     kind: type
     rule: Rule = None
@@ -212,8 +217,15 @@ class Setting:
             return f"one of {', '.join(self.rule)}"
         if callable(self.rule):
             return self.rule(None) or "a valid value"
-        nouns = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-        noun = nouns.get(self.kind, f"a list of {'integer' if self.item is int else 'number'}s")
+        nouns = {
+            bool: "true or false",
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            dict: "a table of keyword arguments, e.g. {num_classes = 10}",
+        }
+        items = {int: "integer", str: "string"}.get(self.item, "number")  # type: ignore[arg-type]
+        noun = nouns.get(self.kind, f"a list of {items}s")
         return noun + (" or null" if self.optional else "")
 
     def coerce(self, value: Any) -> Any:
@@ -243,6 +255,13 @@ class Setting:
                     raise Unfit("a number a float can hold") from None
         elif self.kind is str and isinstance(value, str) and not isinstance(value, Overflowed):
             return value
+        elif self.kind is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        elif self.kind is tuple and self.item is str:
+            if isinstance(value, str) and not isinstance(value, Overflowed):
+                value = (value,)
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
         elif self.kind is tuple and isinstance(value, (list, tuple)):
             item = self.item or float
             if all(isinstance(v, item if item is int else (int, float)) and not isinstance(v, bool) for v in value):

@@ -16,6 +16,8 @@ from rlr_engine.method.lowrank import (
     ParameterReport,
     low_rank_layers,
     parameter_report,
+    rank_for_energy,
+    to_dense,
     to_low_rank,
 )
 
@@ -30,5 +32,7 @@ __all__ = [
     "core_optimizer",
     "low_rank_layers",
     "parameter_report",
+    "rank_for_energy",
+    "to_dense",
     "to_low_rank",
 ]

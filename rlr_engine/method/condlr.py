@@ -24,8 +24,10 @@ batch 128, 300 steps, full-set loss, mean of seeds 0–2): τ = 0: 0.157 scaled 
 
 Every other parameter takes a plain SGD-with-momentum step. Nothing in ``step`` reads a tensor
 on the host. On an accelerator the defaults are also free of solvers that check their status on
-the host: the retraction is CholeskyQR2 and the core projection is made of Newton iterations for
-polar decompositions (``manifold.project_cores``), so the step never synchronises (except with
+the host: the retraction is shifted CholeskyQR3 over every U and V at once, padded into one batch
+(``manifold.PaddedFactors``: one chain of kernels whatever the number of layers), and the core
+projection is made of Newton iterations for polar decompositions (``manifold.project_cores``), so
+the step never synchronises (except with
 ``reference_compat``, which keeps the paper's Householder QR). On the CPU they are Householder QR
 and the SVD of the cores, the faster there; both pairs compute the same step up to rounding.
 """
@@ -46,6 +48,7 @@ from rlr_engine.method.lowrank import LowRankLayer, low_rank_layers
 from rlr_engine.method.manifold import (
     CORE_PROJECTIONS,
     RETRACTIONS,
+    PaddedFactors,
     project_cores,
     project_orthogonal_complement,
     retract_cholesky_qr,
@@ -133,6 +136,7 @@ class CondLR(torch.optim.Optimizer):
         # Householder QR, so reference_compat keeps it everywhere.
         self.retraction = "householder" if reference_compat and retraction == "auto" else retraction
         self.core_projection = core_projection
+        self._padded: PaddedFactors | None = None  # the device path's batch, kept while shapes hold
         factor_ids = set()
         stiefel, core = [], []
         for _, layer in self.layers:
@@ -211,16 +215,26 @@ class CondLR(torch.optim.Optimizer):
             return choice
         return options[0] if runs_on_host(device) else options[1]
 
-    def _scale(self, layer: LowRankLayer, tau: float) -> Tensor | float:
+    def _scales(self, layers: Sequence[LowRankLayer], tau: float) -> Tensor | float:
+        """The step scale c of every layer (module docstring): one float for all, or a vector."""
         if self.step_scaling == "none" or math.isinf(tau):
             return 1.0
         if self.step_scaling == "alpha":
-            energy = layer.S.square().sum()
-            return torch.where(energy > 0, layer.rank / energy, 1.0)
+            energies = torch.stack(torch._foreach_norm([layer.S for layer in layers])).square()
+            ranks = torch.stack([layer.live_rank for layer in layers]).to(energies.dtype)
+            return torch.where(energies > 0, ranks / energies, 1.0)
         if tau == 0.0:
             # a = 0 (a layer made from an all-zero weight) has no scale to undo
-            return torch.where(layer.init_sigma_mean > 0, layer.init_sigma_mean.reciprocal(), 1.0)
-        return self.state[layer.S].get("inv_kappa_sq", 1.0)
+            a = torch.stack([layer.init_sigma_mean for layer in layers])
+            return torch.where(a > 0, a.reciprocal(), 1.0)
+        ratios = [self.state[layer.S].get("inv_kappa_sq") for layer in layers]
+        if any(ratio is None for ratio in ratios):  # the first step: c = 1 until one is recorded
+            return (
+                1.0
+                if all(r is None for r in ratios)
+                else torch.stack([layer.S.new_ones(()) if r is None else r for layer, r in zip(layers, ratios)])
+            )
+        return torch.stack(ratios)
 
     def _low_rank_step(self) -> None:
         stiefel, core = self._group("stiefel"), self._group("core")
@@ -229,34 +243,74 @@ class CondLR(torch.optim.Optimizer):
         if not active:
             return
         # Scales are taken before S moves: they belong to the point the gradient was taken at.
-        scales = {id(layer): self._scale(layer, tau) for layer in active}
-        factors = [(p, scales[id(layer)]) for layer in active for p in (layer.U, layer.V)]
-        directions = self._momentum(stiefel, [p for p, _ in factors])
-        by_shape: dict[tuple, list[int]] = defaultdict(list)
-        for i, (p, _) in enumerate(factors):
-            by_shape[tuple(p.shape)].append(i)
-        for idx in by_shape.values():
-            params = [factors[i][0] for i in idx]
-            moments = [directions[i] for i in idx]
-            # A lone matrix of its shape is used in place (a view), not copied into a stack.
-            P = params[0].unsqueeze(0) if len(idx) == 1 else torch.stack(params)
-            M = moments[0].unsqueeze(0) if len(idx) == 1 else torch.stack(moments)
-            retraction = self._resolved(self.retraction, RETRACTIONS, P.device)
-            retract = retract_cholesky_qr if retraction == "cholesky-qr2" else retract_qr
-            # new_full fills on the device; as_tensor of a float would be a synchronising copy.
-            c = torch.stack(
-                [s.to(P.dtype) if isinstance(s, Tensor) else P.new_full((), s) for s in (factors[i][1] for i in idx)]
-            )
-            projected = project_orthogonal_complement(P, M)
-            D = c.view(-1, 1, 1) * projected
-            Q = retract(P - stiefel["lr"] * D)
-            torch._foreach_copy_(params, list(Q.unbind(0)))
-            if stiefel["momentum"] != 0:
-                stored = D if self.store_scaled_direction else projected
-                torch._foreach_copy_(moments, list(stored.unbind(0)))
+        scales = self._scales(active, tau)
+        params = [p for layer in active for p in (layer.U, layer.V)]
+        directions = self._momentum(stiefel, params)
+        # U and V of a layer share its scale: c per factor, in the order of params
+        factor_scales = scales if isinstance(scales, float) else scales.repeat_interleave(2)
+        retraction = self._resolved(self.retraction, RETRACTIONS, params[0].device)
+        if retraction == "cholesky-qr2":
+            self._stiefel_step_padded(stiefel, params, directions, factor_scales)
+        else:
+            self._stiefel_step_by_shape(stiefel, params, directions, factor_scales)
         cores = [layer.S for layer in active]
         torch._foreach_add_(cores, self._momentum(core, cores), alpha=-core["lr"])
         self._project_cores(cores, tau)
+
+    def _stiefel_step_padded(
+        self, group: dict, params: list[Tensor], directions: list[Tensor], scales: Tensor | float
+    ) -> None:
+        """Steps 2–3 for every U and V at once, as one padded batch (manifold.PaddedFactors) and
+        CholeskyQR: one chain of kernels whatever the number of layers and shapes."""
+        shapes = [(p.shape[0], p.shape[1]) for p in params]
+        if (
+            self._padded is None
+            or self._padded.shapes != tuple(shapes)
+            or self._padded.factors.device != params[0].device
+        ):
+            self._padded = PaddedFactors(shapes, params[0].dtype, params[0].device)
+        batch = self._padded
+        torch._foreach_copy_(batch.factor_blocks, params)
+        torch._foreach_copy_(batch.moment_blocks, directions)
+        P, M = batch.factors, batch.moments
+        M.sub_(P @ (P.mT @ M))  # (I − P Pᵀ) M, in place: M is not needed after
+        store = group["momentum"] != 0
+        if store and not self.store_scaled_direction:
+            torch._foreach_copy_(directions, batch.moment_blocks)
+            store = False
+        if not isinstance(scales, float):
+            M.mul_(scales.view(-1, 1, 1))
+        elif scales != 1.0:
+            M.mul_(scales)
+        retract_cholesky_qr(torch.add(P, M, alpha=-group["lr"]), out=batch.result)
+        torch._foreach_copy_(params, batch.result_blocks)
+        if store:
+            torch._foreach_copy_(directions, batch.moment_blocks)
+
+    def _stiefel_step_by_shape(
+        self, group: dict, params: list[Tensor], directions: list[Tensor], scales: Tensor | float
+    ) -> None:
+        """Steps 2–3 with one batch per distinct shape (Householder QR does not batch padding)."""
+        per_factor = scales if isinstance(scales, float) else scales.unbind(0)  # views, no index tensor
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            by_shape[tuple(p.shape)].append(i)
+        for idx in by_shape.values():
+            group_params = [params[i] for i in idx]
+            moments = [directions[i] for i in idx]
+            # A lone matrix of its shape is used in place (a view), not copied into a stack.
+            P = group_params[0].unsqueeze(0) if len(idx) == 1 else torch.stack(group_params)
+            M = moments[0].unsqueeze(0) if len(idx) == 1 else torch.stack(moments)
+            projected = project_orthogonal_complement(P, M)
+            if isinstance(per_factor, float):
+                D = per_factor * projected
+            else:
+                D = torch.stack([per_factor[i] for i in idx]).to(P.dtype).view(-1, 1, 1) * projected
+            Q = retract_qr(P - group["lr"] * D)
+            torch._foreach_copy_(group_params, list(Q.unbind(0)))
+            if group["momentum"] != 0:
+                stored = D if self.store_scaled_direction else projected
+                torch._foreach_copy_(moments, list(stored.unbind(0)))
 
     def _project_cores(self, cores: Sequence[Tensor], tau: float) -> None:
         """Apply project_condition to every core (batched, see manifold.project_cores) and record
@@ -264,9 +318,16 @@ class CondLR(torch.optim.Optimizer):
         if math.isinf(tau) or not cores:
             return
         method = self._resolved(self.core_projection, CORE_PROJECTIONS, cores[0].device)
-        for S, (projected, ratio) in zip(cores, project_cores(cores, tau, self.reference_compat, method)):
-            S.copy_(projected)
-            self.state[S]["inv_kappa_sq"] = ratio
+        results = project_cores(cores, tau, self.reference_compat, method)
+        torch._foreach_copy_(list(cores), [projected for projected, _ in results])
+        ratios = [ratio for _, ratio in results if ratio is not None]
+        recorded = [r for S in cores if isinstance(r := self.state[S].get("inv_kappa_sq"), Tensor)]
+        if len(recorded) == len(ratios) == len(cores) and all(r.dtype == q.dtype for r, q in zip(recorded, ratios)):
+            # in place, so the next step reads the same memory (a captured step depends on it)
+            torch._foreach_copy_(recorded, ratios)
+        else:
+            for S, ratio in zip(cores, ratios):
+                self.state[S]["inv_kappa_sq"] = ratio
 
     # -- rank truncation ---------------------------------------------------------------------
     @torch.no_grad()

@@ -12,8 +12,9 @@ part of S is kept zero. With R = r (the default) the layer is exactly the plain 
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -132,6 +133,18 @@ class LowRankLayer(nn.Module):
             setattr(self, name, nn.Parameter(p.detach().new_empty(shape), requires_grad=p.requires_grad))
         self.set_live_rank(rank)
         return old
+
+    @torch.no_grad()
+    def release_spare_storage(self) -> None:
+        """Reallocate U, S, V at the live rank r, dropping the spare storage that rank-adaptive
+        training keeps (W and the live rank unchanged; new parameter objects, so an optimizer
+        holding the old ones must not step this layer any more). For exporting a trained model."""
+        if self.rank == self.max_rank:
+            return
+        live = [t.detach().clone() for t in self.live_factors()]
+        self.resize_rank(self.rank)
+        for parameter, value in zip((self.U, self.S, self.V), live):
+            parameter.copy_(value)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """A checkpoint of a truncated layer has smaller factors: adopt its allocated rank
@@ -275,9 +288,66 @@ def _convertible(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
 
 
+def _why_not_convertible(module: nn.Module) -> str:
+    if module.groups != 1:
+        return f"a grouped convolution (groups = {module.groups}) has no single weight matrix to factorise"
+    return f"padding_mode = {module.padding_mode!r} (only zero padding is factorised)"
+
+
 def rank_for_fraction(rank_fraction: float, full_rank: int) -> int:
     """r = ceil(rank_fraction · full_rank), at least 1."""
     return max(1, min(full_rank, math.ceil(rank_fraction * full_rank - 1e-9)))
+
+
+def rank_for_energy(sigma: Tensor, energy: float) -> int:
+    """The fewest leading singular values holding ``energy`` of the squared Frobenius norm:
+    the smallest r with σ_1² + … + σ_r² ≥ energy · Σ σ_i² (σ in descending order), at least 1.
+    Summed in float64, so energy = 1 keeps every σ that adds anything a float64 sum can hold."""
+    squares = sigma.detach().double().square()
+    kept = torch.cumsum(squares, 0)
+    if kept.numel() == 0 or kept[-1] <= 0:
+        return 1
+    r = int(torch.searchsorted(kept, energy * kept[-1])) + 1
+    return max(1, min(r, sigma.numel()))
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _select(
+    model: nn.Module, include: Sequence[str], exclude: Sequence[str], ranks: Mapping[str, int]
+) -> tuple[list[tuple[str, nn.Linear | nn.Conv2d]], str | None]:
+    """The Linear / Conv2d modules to convert (patterns applied, explicit ranks added) and the
+    name of the last convertible one; ValueError for a pattern that matches nothing or a layer
+    that an include pattern names but cannot be factorised."""
+    layers: list[tuple[str, nn.Linear | nn.Conv2d]] = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
+    names = [n for n, _ in layers]
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+                raise ValueError(
+                    f"{kind} pattern {pattern!r} matches no Linear or Conv2d module (they are: {shown or 'none'})"
+                )
+    known = {n for n, m in layers if _convertible(m)}
+    unknown = sorted(set(ranks) - known)
+    if unknown:
+        raise ValueError(f"ranks names unknown layers {unknown}; convertible layers are {sorted(known)}")
+    chosen: list[tuple[str, nn.Linear | nn.Conv2d]] = []
+    for name, module in layers:
+        wanted = name in ranks or ((not include or _matches(name, include)) and not _matches(name, exclude))
+        if not wanted:
+            continue
+        if not _convertible(module):
+            if include:
+                raise ValueError(f"layer {name!r} cannot be made low-rank: {_why_not_convertible(module)}; exclude it")
+            continue
+        chosen.append((name, module))
+    convertible = [n for n, m in layers if _convertible(m)]
+    return chosen, (convertible[-1] if convertible else None)
 
 
 def to_low_rank(
@@ -286,23 +356,37 @@ def to_low_rank(
     ranks: Mapping[str, int] | None = None,
     skip_last: bool = True,
     max_rank_fraction: float | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    rank_energy: float | None = None,
 ) -> nn.Module:
-    """Replace every nn.Linear / nn.Conv2d (groups = 1, zero padding) in place by its low-rank
-    version initialised from the truncated SVD of its dense weight, and return the model.
+    """Replace nn.Linear / nn.Conv2d modules in place by their low-rank versions initialised from
+    the truncated SVD of their dense weights (stride, padding, dilation and bias kept), and
+    return the model.
 
-    rank_fraction is the fraction of the full rank kept: r = ceil(rank_fraction · min(m, n)), so
-    "80 % of the rank removed" is rank_fraction = 0.2. ``ranks`` maps module names to explicit
-    ranks and overrides the fraction (a layer named there is converted even if it is the last).
-    The last convertible layer is left dense when skip_last is true.
+    Which layers: every Linear and every Conv2d with groups = 1 and zero padding, or those whose
+    qualified names (``layer3.0.conv1``) match a glob pattern of ``include``, less those matching
+    one of ``exclude``; the last convertible layer (the classifier) stays dense when
+    ``skip_last``. Which rank r for an m×n weight (a convolution's reshaped to c_out ×
+    c_in·kh·kw): ``ranks[name]`` if given; else with ``rank_energy`` the fewest singular values
+    holding that fraction of ‖W‖²_F (``rank_for_energy``); else r = ⌈rank_fraction·min(m, n)⌉,
+    so "80 % of the rank removed" is rank_fraction = 0.2.
 
     Args:
         model: the network, changed in place (its converted modules are replaced).
         rank_fraction: fraction of each layer's full rank kept, in (0, 1]: r = ⌈fraction·min(m, n)⌉.
-        ranks: explicit ranks by module name, overriding the fraction (a layer named here is
-            converted even if it is the last).
-        skip_last: leave the last convertible layer (the classifier) dense.
-        max_rank_fraction: storage for rank-adaptive training, R = ⌈fraction·min(m, n)⌉ ≥ r (a
-            layer given an explicit rank is allocated at that rank); None allocates exactly r.
+        ranks: explicit ranks by module name, overriding the fraction and the energy (a layer
+            named here is converted even if it is the last or no pattern selects it).
+        skip_last: leave the last convertible layer (in registration order: the classifier) dense.
+        max_rank_fraction: storage for rank-adaptive training, R = max(r, ⌈fraction·min(m, n)⌉)
+            (a layer given an explicit rank is allocated at that rank); None allocates exactly r.
+        include: glob patterns (fnmatch, case-sensitive) of module names to convert; empty:
+            every convertible layer. A pattern that matches no Linear or Conv2d, or a layer it
+            selects that cannot be factorised (groups > 1, padding other than zeros), is a
+            ValueError naming it.
+        exclude: glob patterns of module names to leave dense; one that matches no Linear or
+            Conv2d is a ValueError.
+        rank_energy: in (0, 1]: the energy each layer keeps; None (or 0) ranks by rank_fraction.
 
     Returns:
         The same model.
@@ -311,28 +395,33 @@ def to_low_rank(
         raise ValueError(f"rank_fraction must be in (0, 1], got {rank_fraction!r}")
     if max_rank_fraction is not None and not 0.0 < max_rank_fraction <= 1.0:
         raise ValueError(f"max_rank_fraction must be in (0, 1], got {max_rank_fraction!r}")
+    if rank_energy is not None and not 0.0 <= rank_energy <= 1.0:
+        raise ValueError(f"rank_energy must be in [0, 1], got {rank_energy!r}")
     ranks = dict(ranks or {})
-    candidates = [(n, m) for n, m in model.named_modules() if _convertible(m)]
-    known = {n for n, _ in candidates}
-    unknown = sorted(set(ranks) - known)
-    if unknown:
-        raise ValueError(f"ranks names unknown layers {unknown}; convertible layers are {sorted(known)}")
-    last_name = candidates[-1][0] if candidates else None
-    for name, module in candidates:
+    chosen, last_name = _select(model, include, exclude, ranks)
+    for name, module in chosen:
         if skip_last and name == last_name and name not in ranks:
             continue
         full = full_rank_of(module)
-        rank = ranks.get(name, rank_for_fraction(rank_fraction, full))
+        if name in ranks:
+            rank = ranks[name]
+        elif rank_energy:
+            rank = rank_for_energy(torch.linalg.svdvals(module.weight.detach().flatten(1).float()), rank_energy)
+        else:
+            rank = rank_for_fraction(rank_fraction, full)
         if not 1 <= rank <= full:
             raise ValueError(f"rank for layer {name!r} must be in [1, {full}], got {rank}")
         max_rank = rank
         if max_rank_fraction is not None and name not in ranks:
             max_rank = max(rank, rank_for_fraction(max_rank_fraction, full))
-        kw = {"device": module.weight.device, "dtype": module.weight.dtype, "max_rank": max_rank}
-        has_bias = module.bias is not None
+        device, dtype = module.weight.device, module.weight.dtype
+        bias = module.bias
+        has_bias = bias is not None
         new: LowRankLayer
         if isinstance(module, nn.Linear):
-            new = LowRankLinear(module.in_features, module.out_features, rank, has_bias, **kw)
+            new = LowRankLinear(
+                module.in_features, module.out_features, rank, has_bias, device, dtype, max_rank=max_rank
+            )
         else:
             new = LowRankConv2d(
                 module.in_channels,
@@ -343,10 +432,54 @@ def to_low_rank(
                 module.padding,
                 module.dilation,
                 has_bias,
-                **kw,
+                device,
+                dtype,
+                max_rank=max_rank,
             )
-        new.set_from_dense(module.weight.detach(), module.bias.detach() if has_bias else None)
+        new.set_from_dense(module.weight.detach(), bias.detach() if bias is not None else None)
+        new.train(module.training)
         _set_submodule(model, name, new)
+    return model
+
+
+@torch.no_grad()
+def to_dense(model: nn.Module) -> nn.Module:
+    """Replace every low-rank layer in place by the nn.Linear / nn.Conv2d holding its weight
+    W = U S Vᵀ (live block) and bias, and return the model: the inverse of ``to_low_rank`` up
+    to the truncation it made. The outputs are those of the low-rank model up to rounding; the
+    dense layer has m·n weights where the factors had (m + n + r)·r.
+
+    Args:
+        model: the network, changed in place.
+
+    Returns:
+        The same model.
+    """
+    for name, layer in list(low_rank_layers(model)):
+        bias = layer.bias
+        device, dtype = layer.S.device, layer.S.dtype
+        dense: nn.Linear | nn.Conv2d
+        if isinstance(layer, LowRankConv2d):
+            dense = nn.Conv2d(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                bias=bias is not None,
+                device=device,
+                dtype=dtype,
+            )
+            dense.weight.copy_(layer.dense_weight())
+            dense.weight.data = dense.weight.data.contiguous(memory_format=layer.memory_format)
+        else:
+            dense = nn.Linear(layer.in_dim, layer.out_dim, bias=bias is not None, device=device, dtype=dtype)
+            dense.weight.copy_(layer.dense_weight_matrix())
+        if bias is not None and dense.bias is not None:
+            dense.bias.copy_(bias)
+        dense.train(layer.training)
+        _set_submodule(model, name, dense)
     return model
 
 

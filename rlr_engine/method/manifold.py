@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rlr_engine.method.matrix_functions import largest_eigenvalue_psd, polar, trace
+from rlr_engine.method.matrix_functions import identity, largest_eigenvalue_psd, polar, trace
 
 RETRACTIONS = ("householder", "cholesky-qr2")
 CORE_PROJECTIONS = ("svd", "newton")
@@ -45,34 +45,76 @@ def retract_qr(X: Tensor) -> Tensor:
     return Q * signs.unsqueeze(-2)
 
 
-def retract_cholesky_qr(X: Tensor) -> Tensor:
-    """qf(X) by CholeskyQR2: R₁ = chol(XᵀX), Q₁ = X R₁⁻¹, R₂ = chol(Q₁ᵀQ₁), Q = Q₁ R₂⁻¹.
+def retract_cholesky_qr(X: Tensor, out: Tensor | None = None) -> Tensor:
+    """qf(X) by shifted CholeskyQR3 (Fukaya et al. 2020): one shifted pass, then CholeskyQR2,
 
-    R₂R₁ is upper triangular with a positive diagonal, so Q is the same qf(X) as retract_qr up
-    to rounding (‖QᵀQ − I‖ ~ u after the second pass while κ(X) ≲ u^{-1/2}). It is made of
-    matrix products, two r×r Cholesky factorisations and triangular solves: all batched on an
-    accelerator, and ``cholesky_ex`` reports failure in a tensor instead of synchronising to
-    raise. Where the first Gram matrix is not numerically positive definite (κ(X) ≳ u^{-1/2},
-    i.e. a diverging step), the first pass uses the shifted Gram matrix XᵀX + s·I with
-    s = 11(mr + r(r+1))·u·‖X‖²_F (shifted CholeskyQR, Fukaya et al. 2020), chosen with
-    torch.where on the device (so is a pivot below the rounding noise, which cholesky_ex does
-    not flag). The result then spans the same space and is finite but only roughly orthonormal
-    (‖QᵀQ − I‖ = 0.12 at κ(X) = 2·10⁴ in float32); the next step's retraction restores full
-    precision.
+        R₁ = chol(XᵀX + s·I), Q₁ = X R₁⁻¹,  then twice  R = chol(QᵀQ), Q ← Q R⁻¹,
+
+    with s = 11(mr + r(r+1))·u·‖X‖²_F (X m×r, unit roundoff u). The product of the three R is
+    upper triangular with a positive diagonal, so Q = X (R₃R₂R₁)⁻¹ is the same qf(X) as
+    retract_qr up to rounding, whatever the shift. The shift makes the first Cholesky succeed
+    for any X with κ(X) ≲ u⁻¹ (plain CholeskyQR fails from κ(X) ≈ u^-½, e.g. on a diverging
+    step) and leaves κ(Q₁) ≲ u^-½, so the two plain passes bring ‖QᵀQ − I‖ to ~u. Two passes are
+    needed: the shift is large against small singular values (s ≈ 0.6·σ_max² for a 4608×103
+    factor in float32), so Q₁ is hardly better conditioned than X, and one pass left
+    ‖QᵀQ − I‖ = 3·10⁻⁵ at κ(X) = 100 (float32), against 4·10⁻⁷ with two. Beyond κ(X) ≈ u⁻¹ Q is
+    finite and spans the same space but is only roughly orthonormal (0.12 at κ(X) = 2·10⁴ in
+    float32 was measured with the former conditional shift); the next step's retraction restores
+    full precision. Nothing here branches on values: matrix products, ``cholesky_ex`` (which
+    reports failure in a tensor instead of synchronising to raise) and triangular solves, all
+    batched on an accelerator — nine kernels, against the eleven of choosing between a plain and a
+    shifted first pass on the device.
+
+    ``out``: where to write Q (the shape of X).
     """
     m, r = X.shape[-2], X.shape[-1]
     G = X.mT @ X
-    R, info = torch.linalg.cholesky_ex(G, upper=True)
-    u = torch.finfo(X.dtype).eps
-    shift = 11 * (m * r + r * (r + 1)) * u * G.diagonal(dim1=-2, dim2=-1).sum(-1)
-    eye = torch.eye(r, dtype=X.dtype, device=X.device)
-    R_shifted, _ = torch.linalg.cholesky_ex(G + shift[..., None, None] * eye, upper=True)
-    # Cholesky may also "succeed" with a pivot below the rounding noise of G: as bad as failing.
-    unreliable = (info > 0) | (R.diagonal(dim1=-2, dim2=-1).square().amin(-1) < shift)
-    R = torch.where(unreliable[..., None, None], R_shifted, R)
+    shift = (11 * (m * r + r * (r + 1)) * torch.finfo(X.dtype).eps) * trace(G)
+    G.diagonal(dim1=-2, dim2=-1).add_(shift.unsqueeze(-1))
+    R, _ = torch.linalg.cholesky_ex(G, upper=True)
     Q = torch.linalg.solve_triangular(R, X, upper=True, left=False)
     R, _ = torch.linalg.cholesky_ex(Q.mT @ Q, upper=True)
-    return torch.linalg.solve_triangular(R, Q, upper=True, left=False)
+    Q = torch.linalg.solve_triangular(R, Q, upper=True, left=False)
+    R, _ = torch.linalg.cholesky_ex(Q.mT @ Q, upper=True)
+    return torch.linalg.solve_triangular(R, Q, upper=True, left=False, out=out)
+
+
+class PaddedFactors:
+    """Factors of different shapes X_i (m_i × r_i) as one batch (N, M, R), R = max r_i,
+    M = max(m_i + R − r_i), so that one chain of batched kernels steps them all.
+
+    Entry i holds X_i in its block [:m_i, :r_i], the identity in [m_i : m_i + R − r_i, r_i:] and
+    zeros elsewhere: up to zero rows it is block-diag(X_i, I). Every operation of the step keeps
+    the blocks apart — (I − P Pᵀ) G of such a P and a G zero outside X_i's block is zero outside it,
+    and qf(block-diag(X, I)) = block-diag(qf(X), I) — so entry i's block is what the step computes
+    for X_i alone, up to rounding (the CholeskyQR shift is taken over the whole entry). The zero
+    rows cost arithmetic (a 512×13 factor padded to 4608×103 does 70× the work of its own) but no
+    kernel launches; where launches dominate (small layers on a GPU) that is the trade wanted.
+
+    The buffers are allocated once per set of shapes; ``factor_blocks``, ``moment_blocks`` and
+    ``result_blocks`` are views of the live blocks, for ``torch._foreach_copy_`` in and out.
+
+    Args:
+        shapes: (m_i, r_i) of every factor, in batch order.
+        dtype, device: those of the factors.
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> None:
+        self.shapes = tuple(shapes)
+        rank = max(r for _, r in self.shapes)
+        rows = max(m + rank - r for m, r in self.shapes)
+        self.factors = torch.zeros((len(self.shapes), rows, rank), dtype=dtype, device=device)
+        for i, (m, r) in enumerate(self.shapes):
+            if r < rank:
+                self.factors[i, m : m + rank - r, r:].fill_diagonal_(1.0)
+        self.moments = torch.zeros_like(self.factors)
+        self.result = torch.zeros_like(self.factors)
+        self.factor_blocks = self._blocks(self.factors)
+        self.moment_blocks = self._blocks(self.moments)
+        self.result_blocks = self._blocks(self.result)
+
+    def _blocks(self, batch: Tensor) -> list[Tensor]:
+        return [batch[i, :m, :r] for i, (m, r) in enumerate(self.shapes)]
 
 
 def conditioning_bounds(tau: float) -> float:
@@ -145,14 +187,15 @@ def _project_by_rank(
 def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool) -> list[tuple[Tensor, Tensor]]:
     """Every core S of rank r in one batch at the largest rank R, padded to block-diag(S, c I),
     where c is chosen so that the padding leaves S's block of every intermediate — polar factor,
-    clamp, extreme singular values — as it would be alone (see _project_condition_newton)."""
+    clamp, extreme singular values — as it would be alone (see _project_condition_newton).
+    Copies in and out are one ``_foreach_copy_`` and one cast each, whatever the number of cores."""
     ranks = tuple(S.shape[-1] for S in cores)
     size, device, dtype = max(ranks), cores[0].device, _newton_dtype(cores[0].device)
     padded = cores[0].new_zeros((len(cores), size, size), dtype=dtype)
-    for i, S in enumerate(cores):
-        padded[i, : ranks[i], : ranks[i]] = S
+    torch._foreach_copy_([padded[i, :r, :r] for i, r in enumerate(ranks)], list(cores))
     projected, ratio = _project_condition_newton(padded, _padding(ranks, device, dtype), tau, reference_compat)
-    return [(projected[i, : S.shape[-1], : S.shape[-1]].to(S.dtype), ratio[i].to(S.dtype)) for i, S in enumerate(cores)]
+    projected, ratio = projected.to(cores[0].dtype), ratio.to(cores[0].dtype)
+    return [(projected[i, :r, :r], ratio[i]) for i, r in enumerate(ranks)]
 
 
 @functools.lru_cache(maxsize=16)
@@ -197,7 +240,7 @@ def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_
     from the powering plus ≈ u·(1 + τ) from forming clamp(H) at the scale of hi.
     """
     size = S.shape[-1]
-    eye = torch.eye(size, dtype=S.dtype, device=S.device)
+    eye = identity(size, S.dtype, S.device)
     padded_count = trace(padding)[..., None, None]
     rank = size - padded_count
     rms = torch.linalg.matrix_norm(S, keepdim=True) / rank.sqrt()

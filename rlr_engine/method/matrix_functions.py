@@ -15,14 +15,18 @@ Every function accepts a batch (..., n, n).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 # Newton steps for a polar factor: in float64 the iterate stops changing (to rounding) after 5
 # steps at κ(A) = 2, 8 at κ = 10⁶, 9 at κ = 10¹⁴, and 9 for a symmetric A with an eigenvalue of
-# 10⁻¹⁴‖A‖ (measured on 64×64 matrices).
-NEWTON_STEPS = 10
-# λ_max by powers: 6 rounds of B ← B⁶⁴/‖B⁶⁴‖_F, so A^N with N = 2³⁶; the estimate falls short by
+# 10⁻¹⁴‖A‖ (measured on 64×64 matrices, every step scaled). Only the first SCALED_STEPS are
+# scaled: each cuts κ to about √κ/2 (10¹⁴ → 2 in four), after which unscaled steps converge
+# quadratically and cost one inverse and one elementwise kernel instead of six.
+NEWTON_STEPS, SCALED_STEPS = 10, 4
+# λ_max by powers: 6 rounds of B ← (B/‖B‖_F)⁶⁴, so A^N with N = 2³⁶; the estimate falls short by
 # at most n·λ_max/(e·2³⁶). A round raises B (‖B‖_F = 1, so λ_max(B) ≥ n^-½) to the 64th power in
 # one call — 6 squarings inside matrix_power — and λ_max(B)⁶⁴ ≥ n⁻³² stays far above float64's
 # smallest normal number for any core size.
@@ -41,17 +45,27 @@ def trace(X: Tensor) -> Tensor:
     return X.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
-def polar(A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS) -> tuple[Tensor, Tensor]:
+@functools.lru_cache(maxsize=32)
+def identity(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The size×size identity, made once per (size, dtype, device): callers only read it, and a
+    step that builds none launches nothing for it."""
+    return torch.eye(size, dtype=dtype, device=device)
+
+
+def polar(
+    A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS, scaled_steps: int = SCALED_STEPS
+) -> tuple[Tensor, Tensor]:
     """The polar decomposition A = O H: O orthogonal (O = P Qᵀ for A = P Σ Qᵀ), H = Q Σ Qᵀ
-    symmetric positive semidefinite, by Newton's iteration with Frobenius-norm scaling (Higham,
-    Functions of Matrices, §8.6):
+    symmetric positive semidefinite, by Newton's iteration with Frobenius-norm scaling in the
+    first ``scaled_steps`` steps (Higham, Functions of Matrices, §8.6):
 
         X₀ = A,  X_{k+1} = (μ_k X_k + μ_k⁻¹ X_k⁻ᵀ) / 2,  μ_k = (‖X_k⁻¹‖_F / ‖X_k‖_F)^½,
 
-    then H = sym(Oᵀ A). For a symmetric A (``symmetric=True``) the iterates are symmetric (up to
-    rounding, removed at the end), X⁻ᵀ = X⁻¹, and O = sign(A), H = |A|. An eigenvalue
-    near zero, where sign is ill-conditioned, costs |A| no accuracy: its error there is at most
-    that eigenvalue's size.
+    then μ_k = 1, and H = sym(Oᵀ A). A scaled step does not depend on the scale of X_k, so all
+    but the last scaled step keep the cheaper multiple X_k + μ_k⁻² X_k⁻ᵀ of the iterate. For a
+    symmetric A (``symmetric=True``) the iterates are symmetric (up to rounding, removed at the
+    end), X⁻ᵀ = X⁻¹, and O = sign(A), H = |A|. An eigenvalue near zero, where sign is
+    ill-conditioned, costs |A| no accuracy: its error there is at most that eigenvalue's size.
 
     Only X₀ = A can be singular (every later iterate has singular values ≥ 1). Where ``inv_ex``
     reports A singular in floating point — a symmetric A = H − lo I whose eigenvalue sits exactly
@@ -64,15 +78,20 @@ def polar(A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS) -> tupl
     size = A.shape[-1]
     inverse, info = torch.linalg.inv_ex(A)
     shift = size * torch.finfo(A.dtype).eps * _frobenius(A)
-    shifted, _ = torch.linalg.inv_ex(A + shift * torch.eye(size, dtype=A.dtype, device=A.device))
+    shifted, _ = torch.linalg.inv_ex(A + shift * identity(size, A.dtype, A.device))
     inverse = torch.where((info == 0)[..., None, None], inverse, shifted)
     X = A
     for step in range(steps):
         if step:
             inverse, _ = torch.linalg.inv_ex(X)
-        scale = (_frobenius(inverse) / _frobenius(X)).sqrt()
-        # X ← (μX + X⁻ᵀ/μ) / 2 in one kernel
-        X = torch.addcdiv(X * (0.5 * scale), inverse if symmetric else inverse.mT, 2.0 * scale)
+        transposed = inverse if symmetric else inverse.mT
+        if step < scaled_steps - 1:  # a multiple of the next iterate: X + μ⁻² X⁻ᵀ
+            X = torch.addcdiv(X, transposed, _frobenius(inverse) / _frobenius(X))
+        elif step == scaled_steps - 1:  # the iterate itself, (μX + X⁻ᵀ/μ)/2, in one kernel
+            scale = (_frobenius(inverse) / _frobenius(X)).sqrt()
+            X = torch.addcdiv(X * (0.5 * scale), transposed, 2.0 * scale)
+        else:
+            X = torch.lerp(X, transposed, 0.5)
     if symmetric:  # the iteration is stable: rounding's asymmetry does not grow, so once is enough
         X = _symmetrise(X)
     return X, _symmetrise(X.mT @ A)
@@ -81,15 +100,14 @@ def polar(A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS) -> tupl
 def largest_eigenvalue_psd(A: Tensor, rounds: int = POWER_ROUNDS) -> Tensor:
     """λ_max of a symmetric positive semidefinite A by repeated powering:
 
-        B₀ = A / ‖A‖_F,  B_{k+1} = B_k⁶⁴ / ‖B_k⁶⁴‖_F,  so  B_K = A^N / ‖A^N‖_F  with N = 64^K,
+        B₀ = A,  B_{k+1} = (B_k / ‖B_k‖_F)⁶⁴,  so  B_K ∝ A^N  with N = 64^K,
 
     a combination of A's eigenprojectors with weights w_i ∝ λ_i^N, and the Rayleigh quotient
     tr(A B_K) / tr(B_K) = Σ w_i λ_i / Σ w_i falls short of λ_max by at most n λ_max / (e N):
     unlike power iteration this needs no gap between the top eigenvalues. A = 0 gives 0.
     """
-    tiny = torch.finfo(A.dtype).tiny
-    B = A / _frobenius(A).clamp_min(tiny)
+    B = A
     for _ in range(rounds):
-        B = torch.linalg.matrix_power(B, POWER_PER_ROUND)
-        B = B / _frobenius(B).clamp_min(tiny)
-    return (A * B).sum((-2, -1)) / trace(B).clamp_min(tiny)
+        B = torch.linalg.matrix_power(B / _frobenius(B), POWER_PER_ROUND)
+    estimate = (A * B).sum((-2, -1)) / trace(B)
+    return torch.where(torch.isfinite(estimate), estimate, 0.0)  # A = 0: 0/0 from the first round

@@ -24,6 +24,7 @@ from rlr_engine.control.records import (
     SetTau,
     Stop,
     Truncate,
+    Undo,
 )
 
 
@@ -57,6 +58,8 @@ class RunControl(Protocol):
 
     def truncate(self, theta: float | None, rank: int | None, layer: str | None, scheduled: bool) -> str: ...
 
+    def undo(self) -> str: ...
+
     def pause(self) -> None: ...
 
     def resume(self) -> bool: ...
@@ -84,6 +87,10 @@ def set_lr(run: RunControl, command: SetLearningRate) -> str:
 
 def truncate(run: RunControl, command: Truncate) -> str:
     return run.truncate(command.theta, command.rank, command.layer, scheduled=False)
+
+
+def undo(run: RunControl, command: Undo) -> str:
+    return run.undo()
 
 
 def pause(run: RunControl, command: Pause) -> str:
@@ -156,8 +163,9 @@ HANDLERS: dict[type[Command], Handler] = {
     RefreshLayers: refresh_layers,
     SetAdaptation: set_adaptation,
     Note: note,
+    Undo: undo,
     Stop: stop,
 }
 
 # Commands after which the snapshot carries freshly computed layer spectra.
-CHANGES_LAYERS = (SetTau, Truncate, RefreshLayers)
+CHANGES_LAYERS = (SetTau, Truncate, Undo, RefreshLayers)

@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rlr_engine.core.errors import DeviceUnavailable
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -51,8 +53,10 @@ class Ranks:
         return slice(start, start + base + (1 if self.rank < extra else 0))
 
     def place(self, device: torch.device) -> torch.device:
-        """The device this rank trains on: its own GPU (LOCAL_RANK) when the run is on CUDA."""
-        if device.type == "cuda" and self.distributed:
+        """The device this rank trains on: its own GPU (LOCAL_RANK) when a data-parallel run is on
+        CUDA, and always a CUDA device with an index (``torch.cuda.set_device`` takes no other),
+        also for a job of one process: ``cuda`` then means GPU ``local_rank`` (0 outside torchrun)."""
+        if device.type == "cuda" and (self.distributed or device.index is None):
             return torch.device("cuda", self.local_rank)
         return device
 
@@ -92,6 +96,12 @@ def join_process_group(ranks: Ranks, device: torch.device, timeout: timedelta | 
     selecting this rank's GPU), gloo on CPU. ``timeout`` bounds every collective (torch's
     default when None)."""
     if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if device.index is None or device.index >= visible:
+            raise DeviceUnavailable(
+                f"rank {ranks.rank} would train on {device} but {visible} CUDA GPU(s) are visible: "
+                f"start at most {visible} process(es) per machine on CUDA"
+            )
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:

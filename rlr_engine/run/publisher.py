@@ -90,6 +90,24 @@ class Publisher:
     def layers_due(self, trainer: Trainer) -> bool:
         return time.monotonic() - self._layers_at >= self._spectra_interval and trainer.at_window_boundary
 
+    def final_facts(self, trainer: Trainer) -> dict[str, Any]:
+        """What the summary of a run that ends now says of its training, ranks and κ."""
+        report = trainer.report
+        if trainer.at_window_boundary:
+            self.refresh_layers(trainer)  # the run's final ranks and κ
+        return {
+            "steps": trainer.step,
+            "total_steps": trainer.total_steps,
+            "epochs": trainer.epoch,
+            "rank_fraction": report.rank_fraction,
+            "params": report.params,
+            "dense_params": report.dense_params,
+            "compression": report.compression,
+            "layers": [
+                {"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa} for s in self.layer_stats
+            ],
+        }
+
     # -- snapshots --------------------------------------------------------------------------------
     def publish(
         self, trainer: Trainer | None, state: str, message: str, method: str, device: str, with_layers: bool = False

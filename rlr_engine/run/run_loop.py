@@ -18,11 +18,12 @@ from rlr_engine.core.config import AttackSpec, RunConfig, method_label
 from rlr_engine.run.boundary import StepBoundary
 from rlr_engine.run.command_intake import CommandIntake, Request
 from rlr_engine.run.distributed import Ranks
+from rlr_engine.run.divergence import Divergence
 from rlr_engine.run.publisher import Publisher
-from rlr_engine.run.rank_reports import RankReports
 from rlr_engine.run.recorder import Recorder
 from rlr_engine.run.schedule import epoch_end
 from rlr_engine.run.set_up import set_up
+from rlr_engine.run.steering import Steering
 from rlr_engine.run.trainer import Trainer
 
 
@@ -53,14 +54,14 @@ class RunLoop:
         self.intake = CommandIntake(requests, self.boundary, acknowledge, self.event, self.publish)
         self.publisher = Publisher(config, recorder, str(run_dir))
         self.trainer: Trainer | None = None
+        self.steering: Steering | None = None
         self.device_name = ""
         self.state = "starting"
         self.message = ""
         self._resume_payload: dict[str, Any] | None = None
         self._resume_notes: list[tuple[str, str]] = []
-        self._rank_reports = RankReports({})
+        self.divergence = Divergence(recorder, self.event)
         self._stop = False
-        self._diverged = False
         self._flush_due = False
 
     # -- setting up -----------------------------------------------------------------------------
@@ -69,8 +70,8 @@ class RunLoop:
         ready = set_up(self.config, self.ranks, self.recorder, self.resume_requested, self.resume_settings)
         self.trainer, self.device_name = ready.trainer, ready.device_name
         self._resume_payload, self._resume_notes = ready.resume_payload, ready.resume_notes
-        self._rank_reports = RankReports(
-            ready.trainer.adaptation.ranks() if ready.trainer.adaptation is not None else {}
+        self.steering = Steering.of_run(
+            ready.trainer, self.publisher, self.event, self.run_dir, self.ranks.distributed, self.resume_requested
         )
 
     # -- the run ----------------------------------------------------------------------------------
@@ -89,6 +90,7 @@ class RunLoop:
             self.recorder.restore(self._resume_payload, trim=True)
             self.recorder.clear_summary()
             self._resume_payload = None
+        self._steer.forget()  # what a killed engine left to undo
         self.publisher.reset_window(trainer)
         self.publisher.refresh_layers(trainer)
         self.state = "running"
@@ -99,6 +101,21 @@ class RunLoop:
         )
         for kind, message in self._resume_notes:
             self.event(kind, message)
+        if not self.resume_requested:
+            self._report_start(trainer)
+
+    def _report_start(self, trainer: Trainer) -> None:
+        """What a new run's network started from (weights, warm start, conversion) and the input
+        normalisation measured for it, as events: the run's record of how it began."""
+        data = trainer.data
+        if data.normalization_measured and data.mean is not None and data.std is not None:
+            self.event(
+                "info",
+                f"input normalisation measured on the training split ({len(data.train)} images): "
+                f"mean {_rounded(data.mean)}, std {_rounded(data.std)} (set mean and std to fix them)",
+            )
+        for note in trainer.build_notes:
+            self.event("info", note)
 
     def _loop(self) -> None:
         trainer = self._trainer
@@ -117,7 +134,7 @@ class RunLoop:
                 self.publish()
                 continue
             if trainer.rank_changes:
-                self._report_rank_changes()
+                self._steer.report_rank_changes()
             if trainer.epoch_complete:
                 self._end_epoch()
             self._maybe_publish()
@@ -141,10 +158,11 @@ class RunLoop:
     def _finish(self) -> None:
         trainer = self._trainer
         self.publisher.flush_window(trainer)
+        self._steer.forget()
         if self._stop:
             self.checkpoint()
             self.state = "stopped"
-            self.recorder.write_summary("stopped", self.method_label, trainer.tau, self._facts())
+            self.recorder.write_summary("stopped", self.method_label, trainer.tau, self.publisher.final_facts(trainer))
             self.event("info", f"stopped at step {trainer.step}; resume with: rlr train --resume {self.run_dir}")
         else:
             if trainer.position:  # max_steps ended the run mid-epoch
@@ -158,7 +176,7 @@ class RunLoop:
                 self.method_label,
                 trainer.tau,
                 {
-                    **self._facts(),
+                    **self.publisher.final_facts(trainer),
                     "attack": result.attack,
                     "eps": list(result.eps),
                     "adversarial_accuracy": list(result.accuracy),
@@ -169,12 +187,15 @@ class RunLoop:
             self.event("info", f"finished after {trainer.step} steps")
         # The spectra as the run ends, in the last snapshot and in TensorBoard, however short the
         # run was next to the spectra's cadence.
-        self.publish(with_layers=trainer.at_window_boundary and not self._diverged and trainer.parameters_finite())
+        readable = not self.divergence.diverged and trainer.parameters_finite()
+        self.publish(with_layers=trainer.at_window_boundary and readable)
 
     def fail(self, message: str) -> None:
         """End the run as failed with ``message`` (an error the thread met)."""
         self.state, self.message = "failed", message
         self.event("error", message)
+        if self.steering is not None:
+            self.steering.forget()
         if self.run_dir.is_dir():
             try:
                 tau = self.trainer.tau if self.trainer is not None else self.config.tau
@@ -183,29 +204,16 @@ class RunLoop:
                 pass
         self.publish()
 
-    def _facts(self) -> dict[str, Any]:
-        trainer, report = self._trainer, self._trainer.report
-        if trainer.at_window_boundary:
-            self.publisher.refresh_layers(trainer)  # the run's final ranks and κ
-        return {
-            "steps": trainer.step,
-            "total_steps": trainer.total_steps,
-            "epochs": trainer.epoch,
-            "rank_fraction": report.rank_fraction,
-            "params": report.params,
-            "dense_params": report.dense_params,
-            "compression": report.compression,
-            "layers": [
-                {"name": s.name, "rank": s.rank, "full_rank": s.full_rank, "kappa": s.kappa}
-                for s in self.publisher.layer_stats
-            ],
-        }
-
     # -- what the run reports ---------------------------------------------------------------------
     @property
     def _trainer(self) -> Trainer:
         assert self.trainer is not None, "the run is not set up"
         return self.trainer
+
+    @property
+    def _steer(self) -> Steering:
+        assert self.steering is not None, "the run is not set up"
+        return self.steering
 
     @property
     def step(self) -> int:
@@ -236,24 +244,6 @@ class RunLoop:
                 return
             self.publish(with_layers=self.publisher.layers_due(self._trainer))
 
-    def _report_rank_changes(self) -> None:
-        """One event per window that changed ranks (a summary, not a line per layer)."""
-        trainer = self._trainer
-        moves = [
-            f"{c.layer} {c.old_rank}→{c.new_rank}"
-            for c in self._rank_reports.rebase(trainer.take_rank_changes())
-            if c.new_rank != c.old_rank
-        ]
-        if not moves:
-            return
-        self.event(
-            "truncation",
-            f"window ended: {', '.join(moves)}; {trainer.report.compression:.1%} of the parameters removed",
-        )
-        # Spectra are stale: the next snapshot at a window boundary reads them (not here, every
-        # window of the training loop; the compression figure is already current).
-        self.publisher.layers_stale()
-
     # -- RunControl: what commands (and the schedule) do ------------------------------------------
     @property
     def tau(self) -> float:
@@ -272,19 +262,27 @@ class RunLoop:
         return self._trainer.adapt_every
 
     def set_tau(self, tau: float) -> None:
-        self._trainer.set_tau(tau)
+        self._steer.set_tau(tau)
 
     def set_lr(self, lr: float) -> None:
-        self._trainer.set_lr(lr)
+        self._steer.set_lr(lr)
 
     def set_adaptation(self, beta: float | None, adapt_every: int | None) -> None:
-        self._trainer.set_adaptation(beta=beta, adapt_every=adapt_every)
+        self._steer.set_adaptation(beta, adapt_every)
+
+    def truncate(self, theta: float | None, rank: int | None, layer: str | None, scheduled: bool) -> str:
+        return self._steer.truncate(theta, rank, layer, scheduled)
+
+    def undo(self) -> str:
+        message = self._steer.undo()
+        self.divergence.recovered(self._trainer)
+        return message
 
     def _condition_for_measuring(self) -> None:
         """What is evaluated, attacked or saved of a condlr-adaptive run has κ(S) ≤ 1 + τ."""
         self._trainer.condition_for_measuring()
         if self._trainer.rank_changes:
-            self._report_rank_changes()
+            self._steer.report_rank_changes()
 
     def _evaluate(self) -> None:
         trainer = self._trainer
@@ -320,47 +318,14 @@ class RunLoop:
         self.publisher.exclude_from_window(time.monotonic() - started)
         return f"attack {spec.name} at step {self.step}"
 
-    def truncate(self, theta: float | None, rank: int | None, layer: str | None, scheduled: bool) -> str:
-        trainer = self._trainer
-        theta, changes = trainer.truncate(theta, rank, layer)
-        if trainer.adaptation is not None:  # mid-window ranks are augmented
-            changes = self._rank_reports.rebase(changes)
-        changed = [c for c in changes if c.new_rank != c.old_rank]
-        what = "scheduled truncation" if scheduled else "truncation"
-        rule = f"θ = {theta:g}" if theta is not None else f"rank {rank}"
-        if not changed:
-            self.event("truncation", f"{what} ({rule}): no rank changed")
-        for change in changed:
-            self.event(
-                "truncation",
-                f"{change.layer}: rank {change.old_rank} → {change.new_rank} (‖ΔW‖_F = {change.discarded_norm:.3g})",
-            )
-        self.publisher.refresh_layers(trainer)
-        return f"{what} ({rule}) at step {trainer.step}: {len(changed)} layer(s) changed rank"
-
     def pause(self) -> None:
         self.state = "paused"
         self.publisher.flush_window(self._trainer)
 
     def resume(self) -> bool:
         """Leave the paused state; after a divergence, roll back to the last good checkpoint
-        first (keeping the τ and learning rate set since). True when it rolled back."""
-        rolled_back = False
-        if self._diverged:
-            trainer = self._trainer
-            if not self.recorder.checkpoint_path.is_file():
-                raise ValueError(
-                    "training diverged and there is no good checkpoint to roll back to; "
-                    "stop and start again with a lower learning rate"
-                )
-            tau, lr = trainer.tau, trainer.lr
-            payload = self.recorder.load_checkpoint(trainer.device)
-            trainer.load_state_dict(payload, str(self.recorder.checkpoint_path))
-            self.recorder.restore(payload, trim=False)
-            trainer.set_tau(tau)
-            trainer.set_lr(lr)
-            self._diverged = False
-            rolled_back = True
+        first (divergence.py). True when it rolled back."""
+        rolled_back = self.divergence.roll_back(self._trainer)
         self.state = "running"
         self.publisher.reset_window(self.trainer)
         return rolled_back
@@ -371,7 +336,7 @@ class RunLoop:
         trainer = self._trainer
         self.publisher.flush_window(trainer)
         self._condition_for_measuring()
-        if self._diverged or not trainer.parameters_finite():
+        if self.divergence.diverged or not trainer.parameters_finite():
             self.event("warning", "checkpoint skipped: the model holds non-finite values")
             return False
         self.recorder.save_checkpoint(trainer.state_dict(), self.config)
@@ -384,21 +349,14 @@ class RunLoop:
     def request_stop(self) -> None:
         self._stop = True
 
-    # -- divergence -------------------------------------------------------------------------------
     def _check_finite(self) -> bool:
         """True (and paused) when a non-finite loss or weight appeared since the last check."""
-        if self._trainer.take_finite():
+        if not self.divergence.check(self._trainer):
             return False
-        self._diverged = True
         self.state = "paused"
-        last = self.recorder.last_checkpoint_step
-        where = (
-            f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written yet"
-        )
-        self.event(
-            "error",
-            f"non-finite loss near step {self.step}: training paused; {where}. "
-            f"Lower the learning rate and resume to roll back.",
-        )
         self.publisher.reset_window(self.trainer)
         return True
+
+
+def _rounded(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"

@@ -13,8 +13,8 @@ from rlr_engine.core.config import RunConfig, validate
 from rlr_engine.core.errors import CheckpointError
 from rlr_engine.core.presets import FIXED_ON_RESUME
 from rlr_engine.run.checkpoint import load_checkpoint, load_model_state
-from rlr_engine.run.trainer import build_network, resolve_device
-from rlr_engine.workload.data import load_dataset
+from rlr_engine.run.network import build_network, load_run_data
+from rlr_engine.run.trainer import resolve_device
 
 
 def check_agrees_with_run(stored: RunConfig, checkpoint: Path) -> None:
@@ -45,10 +45,10 @@ def load_evaluation_target(checkpoint: str | Path, samples: int = 0, device: str
     payload = load_checkpoint(path, dev)
     config = validate(payload["config"], source=f"{path} (stored config)")
     check_agrees_with_run(config, path)
-    data = load_dataset(
-        config.dataset, data_dir or config.data_dir, config.download, config.val_fraction, config.seed, dev
-    )
-    model = build_network(config, data).to(dev)
+    if data_dir:
+        config = config.replace(data_dir=data_dir)
+    data = load_run_data(config, dev)
+    model = build_network(config, data, pretrained=False).to(dev)  # the checkpoint holds the weights
     load_model_state(model, payload, path)
     images, labels = data.test.images, data.test.labels
     if samples:

@@ -42,7 +42,7 @@ def set_up(config: RunConfig, ranks: Ranks, recorder: Recorder, resume: bool, re
     data = load_run_data(config, device)
     notes: list[tuple[str, str]] = []
     try:
-        trainer = Trainer(config, data, device, ranks)
+        trainer = Trainer(config, data, device, ranks, pretrained=payload is None)
         if payload is not None:
             warnings = trainer.load_state_dict(payload, str(recorder.checkpoint_path))
             saved, current = payload.get("config", {}), config.to_dict()
@@ -51,6 +51,13 @@ def set_up(config: RunConfig, ranks: Ranks, recorder: Recorder, resume: bool, re
             }
             changes = trainer.set_restored(config, keys)
             notes = resume_notes(recorder.recent_events(), payload["step"], warnings, changes)
+            if saved.get("epochs", config.epochs) != config.epochs:
+                notes.append(
+                    (
+                        "info",
+                        f"epochs: {saved['epochs']} → {config.epochs}; training goes on to step {trainer.total_steps}",
+                    )
+                )
     except ValueError as error:  # a setting this model cannot take (the message names it)
         raise CannotStart(f"{config.name}: {error}") from None
     return SetUp(trainer, describe_device(device), payload, notes)

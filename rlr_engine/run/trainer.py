@@ -22,13 +22,16 @@ from rlr_engine.core.errors import DeviceUnavailable
 from rlr_engine.core.validation import check_adapt_every, check_beta, check_lr, check_theta
 from rlr_engine.method.adaptive import RankAdaptation, core_optimizer
 from rlr_engine.method.condlr import CondLR, RankChange
-from rlr_engine.method.lowrank import ParameterReport, full_rank_of, parameter_report, to_low_rank
+from rlr_engine.method.lowrank import ParameterReport, parameter_report
 from rlr_engine.run.checkpoint import load_model_state
 from rlr_engine.run.distributed import SINGLE, Ranks
+from rlr_engine.run.network import build_network, load_run_data
+from rlr_engine.run.step_graph import StepGraph, capture_key, graphs_wanted
 from rlr_engine.workload.attacks import adversarial_correct
-from rlr_engine.workload.data import ImageData, augment, load_dataset, to_float
-from rlr_engine.workload.models import build_model, compile_model, use_channels_last
-from rlr_engine.workload.spectra import compressible_layers, layer_stats
+from rlr_engine.workload.data import ImageData, augment, to_float
+from rlr_engine.workload.spectra import layer_stats
+
+__all__ = ["Trainer", "build_network", "describe_device", "load_run_data", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,6 +42,11 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceUnavailable(
             "device = 'cuda' was asked for but no CUDA GPU is available; use device = 'cpu' or 'auto'"
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceUnavailable(
+            f"device = {name!r} was asked for but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
     return device
 
 
@@ -48,34 +56,22 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
-def build_network(config: RunConfig, data: ImageData) -> nn.Module:
-    """The preset's model for this data, converted to low rank when the method asks for it."""
-    model = build_model(config.model, data.channels, data.num_classes, data.image_size, data.mean, data.std)
-    if config.is_low_rank:
-        ranks = None
-        if config.last_layer == "full-rank":
-            last_name, last = compressible_layers(model)[-1]
-            ranks = {last_name: full_rank_of(last)}
-        to_low_rank(
-            model,
-            config.rank_fraction,
-            ranks=ranks,
-            skip_last=True,
-            max_rank_fraction=config.max_rank_fraction if config.is_rank_adaptive else None,
-        )
-    if config.channels_last:
-        use_channels_last(model)
-    if config.compile:
-        compile_model(model)
-    return model
-
-
 def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(list(value) if isinstance(value, tuple) else value)
 
 
-def load_run_data(config: RunConfig, device: torch.device) -> ImageData:
-    return load_dataset(config.dataset, config.data_dir, config.download, config.val_fraction, config.seed, device)
+def _host_copy(value: Any) -> Any:
+    """``value`` with every tensor in it copied to host memory (dicts, lists and tuples walked)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        copied = type(value)((key, _host_copy(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # a module's state_dict: its layout versions
+            copied._metadata = value._metadata  # type: ignore[attr-defined]
+        return copied
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(item) for item in value)
+    return value
 
 
 class Trainer:
@@ -84,6 +80,9 @@ class Trainer:
     A *window* accumulates the loss, correct count and finiteness of the steps since it was last
     read, on the device: ``read_window()`` is the one host synchronisation.
 
+    ``pretrained``: the network gets its starting weights (network.build_network); a run that
+    resumes loads its checkpoint instead.
+
     Under torch.distributed (``ranks``, see distributed.py) every rank holds the whole model and
     data, trains on its shard of each global batch through DistributedDataParallel, and shards
     evaluation and attacks; the window, evaluation and attack counts are summed over ranks, so
@@ -91,10 +90,14 @@ class Trainer:
     depend on the number of processes); ``train_module`` is what the training forward uses.
     """
 
-    def __init__(self, config: RunConfig, data: ImageData, device: torch.device, ranks: Ranks = SINGLE) -> None:
+    def __init__(
+        self, config: RunConfig, data: ImageData, device: torch.device, ranks: Ranks = SINGLE, pretrained: bool = True
+    ) -> None:
         self.config, self.data, self.device, self.ranks = config, data, device, ranks
         torch.manual_seed(config.seed)
-        self.model = build_network(config, data).to(device)
+        # What the network started from (weights, warm start, conversion): the run's first events.
+        self.build_notes: list[str] = []
+        self.model = build_network(config, data, pretrained, self.build_notes).to(device)
         self.train_module: nn.Module = self.model
         self._wrapped: tuple[int, ...] = ()
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -121,6 +124,15 @@ class Trainer:
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.window_samples = 0
         self._wrap()
+        # The step as a CUDA graph (step_graph.py): fixed-rank methods in one process only, where
+        # nothing in the step decides on the host.
+        eligible = self.adaptation is None and not ranks.distributed
+        self.step_graph: StepGraph | None = None
+        if graphs_wanted(config.cuda_graphs, device) and eligible:
+            self.step_graph = StepGraph(
+                lambda x, y: self._forward_backward_step(x, y, 1.0 / len(y)),
+                lambda: self.model.zero_grad(set_to_none=True),
+            )
 
     def _wrap(self) -> None:
         """(Re)build DistributedDataParallel when the parameter objects changed (a truncation or
@@ -241,21 +253,15 @@ class Trainer:
             images = augment(images, data.crop_padding, data.flip, self.generator)
         mine = self.ranks.shard(n)
         x, y = to_float(images[mine]), data.train.labels[batch[mine]]
-        logits = self.train_module(x)
-        # W/n · Σ_shard ℓ: DDP's average over the W ranks makes it the global batch mean (distributed.py).
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        loss = loss_sum * (self.ranks.world_size / n)
-        if self.adaptation is not None:
-            loss = loss + self.adaptation.regularizer()  # soft conditioning β (reported loss: cross-entropy)
-        # The model's, not only the optimizer's: a rank-adaptive optimizer does not hold U and V,
-        # whose gradients (left by an attack's backward passes too) the augmentation reads.
-        self.model.zero_grad(set_to_none=True)
-        loss.backward()
         try:
-            if self.adaptation is not None:
-                self._note_rank_changes(self.adaptation.step())
+            if self.step_graph is not None:
+                loss_sum, logits = self.step_graph(x, y, capture_key(self.model, self.optimizer, tuple(x.shape)))
             else:
-                self.optimizer.step()
+                # The model's, not only the optimizer's: a rank-adaptive optimizer does not hold U
+                # and V, whose gradients (left by an attack's backward passes too) the augmentation reads.
+                self.model.zero_grad(set_to_none=True)
+                # W/n · Σ_shard ℓ: DDP's average over the W ranks makes it the global batch mean (distributed.py).
+                loss_sum, logits = self._forward_backward_step(x, y, self.ranks.world_size / n)
         except torch.linalg.LinAlgError:
             # The SVD of a core fails on non-finite values: divergence detected early, not a crash.
             self._finite.fill_(False)
@@ -269,6 +275,27 @@ class Trainer:
         self.position += n
         self.step += 1
         return True
+
+    def _forward_backward_step(
+        self, x: torch.Tensor, y: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss Σℓ·``scale``, backward and optimizer step on gradients set to None by the
+        caller; returns (Σℓ, logits), detached. What ``step_graph`` captures."""
+        # bf16: the forward (and so the backward) in bfloat16 where autocast allows it; the loss
+        # from float32 logits, the parameters, gradients and the optimizer step in float32.
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16"):
+            logits = self.train_module(x)
+        logits = logits.float()
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        loss = loss_sum * scale
+        if self.adaptation is not None:
+            loss = loss + self.adaptation.regularizer()  # soft conditioning β (reported loss: cross-entropy)
+        loss.backward()
+        if self.adaptation is not None:
+            self._note_rank_changes(self.adaptation.step())
+        else:
+            self.optimizer.step()
+        return loss_sum.detach(), logits.detach()
 
     def end_epoch(self) -> None:
         self.epoch += 1
@@ -418,17 +445,43 @@ class Trainer:
             "adaptation": None if self.adaptation is None else self.adaptation.state_dict(),
         }
 
-    def load_state_dict(self, payload: dict[str, Any], source: str) -> list[str]:
-        """Restore a checkpoint's state; returns warnings about what could not be restored as saved."""
-        warnings = []
+    def steering_state(self) -> dict[str, Any]:
+        """A copy, in host memory, of everything a live change (τ, learning rate, truncation and
+        θ, β or the window) alters: the weights at their ranks, the optimizer's state and
+        hyperparameters, θ and the rank adaptation's state. Not the step, data order, RNGs or
+        the scheduler's epoch count: restoring it (``restore_steering_state``) brings the model
+        back while training goes on from the current step."""
+        return _host_copy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "theta": self.theta,
+                "adaptation": None if self.adaptation is None else self.adaptation.state_dict(),
+            }
+        )
+
+    def restore_steering_state(self, state: dict[str, Any]) -> None:
+        """Bring back a ``steering_state()``: the same path as a checkpoint's load (the ranks, hence
+        the parameter objects, may differ), keeping the step, data order and scheduler."""
+        self._restore_weights(state, "the undo history", self.scheduler.state_dict())
+
+    def _restore_weights(self, payload: dict[str, Any], source: str, scheduler_state: dict[str, Any]) -> None:
+        """Model, optimizer (rebuilt: a truncation swaps parameter objects, which the optimizer,
+        the rank adaptation and DistributedDataParallel hold), scheduler, θ and adaptation."""
         load_model_state(self.model, payload, source)
         self.report = parameter_report(self.model)
         self.optimizer, self.scheduler = self._build_optimizer(restoring=True)  # the ranks may have changed
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scheduler.load_state_dict(scheduler_state)
         if self.adaptation is not None and payload.get("adaptation") is not None:
             self.adaptation.load_state_dict(payload["adaptation"])
         self._wrap()
+        self._theta = payload["theta"]
+
+    def load_state_dict(self, payload: dict[str, Any], source: str) -> list[str]:
+        """Restore a checkpoint's state; returns warnings about what could not be restored as saved."""
+        warnings = []
+        self._restore_weights(payload, source, payload["scheduler"])
         self.step, self.epoch, self.position = payload["step"], payload["epoch"], payload["position"]
         perm = payload["permutation"]
         self.permutation = None if perm is None else perm.to(self.device)
@@ -448,7 +501,6 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"].cpu())
         if payload.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(payload["cuda_rng"].cpu(), self.device)
-        self._theta = payload["theta"]
         self.window_samples = 0
         self._loss_sum.zero_()
         self._correct.zero_()

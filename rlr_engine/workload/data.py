@@ -39,13 +39,16 @@ class Split:
 @dataclass(frozen=True)
 class ImageData:
     """Train / validation / test splits plus the data set's facts (``catalog.DatasetInfo``:
-    classes, normalisation, augmentation), read from there rather than copied."""
+    classes, normalisation, augmentation), read from there rather than copied.
+    ``normalization_measured``: the mean and std were measured on the training split (data
+    sets rlr does not know, when the settings give none)."""
 
     name: str
     train: Split
     val: Split
     test: Split
     info: DatasetInfo
+    normalization_measured: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +102,7 @@ def augment(images: Tensor, padding: int, flip: bool, generator: torch.Generator
     return images
 
 
-def _hold_out(images: Tensor, labels: Tensor, val_fraction: float, seed: int) -> tuple[Split, Split]:
+def hold_out(images: Tensor, labels: Tensor, val_fraction: float, seed: int) -> tuple[Split, Split]:
     """Seeded random split of the training set into train and validation parts."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     n_val = round(val_fraction * len(labels))
@@ -158,7 +161,7 @@ def _stage_system_copy(info: DatasetInfo, root: Path) -> None:
         tmp.replace(raw / name)
 
 
-def _as_split(dataset, channels: int) -> Split:
+def as_split(dataset, channels: int) -> Split:
     """A torchvision data set's arrays as a uint8 N×C×H×W Split. torchvision keeps the MNIST
     family as N×H×W tensors with ``targets``, CIFAR as N×H×W×C arrays with a list of
     ``targets``, SVHN as N×C×H×W arrays with ``labels``."""
@@ -180,7 +183,7 @@ def _torchvision(info: DatasetInfo, root: Path, download: bool) -> tuple[Split, 
 
     def fetch(train: bool) -> Split:
         which = {"split": "train" if train else "test"} if by_split else {"train": train}
-        return _as_split(cls(str(root), download=download, **which), info.channels)
+        return as_split(cls(str(root), download=download, **which), info.channels)
 
     return fetch(True), fetch(False)
 
@@ -200,14 +203,14 @@ def _unavailable(info: DatasetInfo, root: Path, download: bool, reason: BaseExce
     )
 
 
-def _directories(root: Path) -> set[Path]:
+def directories(root: Path) -> set[Path]:
     return {root, *(p for p in root.rglob("*") if p.is_dir())} if root.is_dir() else set()
 
 
-def _remove_empty_directories_since(root: Path, before: set[Path]) -> None:
+def remove_empty_directories_since(root: Path, before: set[Path]) -> None:
     """A failed download leaves torchvision's empty folders (data/MNIST/raw): remove those it
     made, deepest first; never a file, never a folder that was there before."""
-    for path in sorted(_directories(root) - before, key=lambda p: len(p.parts), reverse=True):
+    for path in sorted(directories(root) - before, key=lambda p: len(p.parts), reverse=True):
         try:
             path.rmdir()  # only succeeds on an empty directory
         except OSError:
@@ -218,7 +221,7 @@ def check_data_dir(name: str, data_dir: str | Path) -> None:
     """A data set read from files needs its directory to exist. Only the default ``data``
     (relative to the working directory) is created by rlr; any other path is the user's own
     choice, and a missing one is most likely mistyped, so it is an error that names it."""
-    if not DATASETS[name].needs_files:
+    if name in DATASETS and not DATASETS[name].needs_files:
         return
     root = Path(data_dir).expanduser()
     if root.is_dir():
@@ -258,11 +261,11 @@ def load_dataset(
             _stage_system_copy(info, root)
         except OSError:
             pass  # fall through to torchvision, which reports what is missing
-        before = _directories(root)
+        before = directories(root)
         try:
             train, test = _torchvision(info, root, download)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
-            _remove_empty_directories_since(root, before)
+            remove_empty_directories_since(root, before)
             raise _unavailable(info, root, download, error) from None
-    train, val = _hold_out(train.images, train.labels, val_fraction, seed)
+    train, val = hold_out(train.images, train.labels, val_fraction, seed)
     return ImageData(name, train.to(device), val.to(device), test.to(device), info)

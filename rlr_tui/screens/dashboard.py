@@ -30,6 +30,7 @@ from rlr_engine.control.records import (
     Snapshot,
     Stop,
     Truncate,
+    Undo,
 )
 from rlr_engine.control.run_dirs import engine_alive, read_engine_info
 from rlr_engine.core.validation import (
@@ -46,14 +47,17 @@ from rlr_engine.core.validation import (
 )
 
 from ..format import num
+from ..messages import AttachRun, Detach, OpenRun
 from ..widgets.curves import CurvesPlot
 from ..widgets.event_log import EventLog
 from ..widgets.kappa_table import KappaTable
 from ..widgets.rank_bars import RankBars
 from ..widgets.robustness import AccuracyHistory, AccuracyVsEps
 from ..widgets.spectrum import SpectrumInfo, SpectrumPlot
+from ..widgets.starting_notice import StartingNotice
 from ..widgets.status_bar import StatusBar
 from .attack_dialog import AttackDialog
+from .extend import extend_dialog
 from .quit import QuitScreen
 from .value_dialog import ValueDialog
 
@@ -62,7 +66,18 @@ PLOT_INTERVAL_S = 0.5  # plotext redraws cost 40–110 ms: at most 2 Hz, visible
 TAB_FOCUS = {"spectrum": "#kappa-table", "events": "#event-log"}  # tab → the widget that gets the keys
 REATTACH_INTERVAL_S = 2.0  # how often a dead or stopped run's dashboard looks for a new engine there
 # Actions that steer the engine: they need a live run, and none is sent once a stop was asked for.
-STEERING = ("set_tau", "truncate", "pause", "resume", "attack", "set_beta", "set_window", "set_lr", "checkpoint")
+STEERING = (
+    "set_tau",
+    "truncate",
+    "pause",
+    "resume",
+    "attack",
+    "set_beta",
+    "set_window",
+    "set_lr",
+    "checkpoint",
+    "undo",
+)
 
 
 class DashboardScreen(Screen):
@@ -83,6 +98,21 @@ class DashboardScreen(Screen):
             tooltip="Start the engine again from the last checkpoint (after it died or stopped)",
         ),
         Binding("a", "attack", "Attack", id="attack", tooltip="Pick an attack and run it now on the live subset"),
+        Binding(
+            "u",
+            "undo",
+            "Undo",
+            id="undo",
+            show=False,
+            tooltip="Undo the last truncation, τ, lr, θ or β change (weights and optimizer state come back)",
+        ),
+        Binding(
+            "e",
+            "extend",
+            "Extend",
+            id="extend",
+            tooltip="Add epochs to a finished run: it trains on from its final checkpoint",
+        ),
         Binding(
             "b",
             "set_beta",
@@ -127,7 +157,9 @@ class DashboardScreen(Screen):
     # A stop was sent: the run is ending, so nothing else is sent and no dialog opens.
     stopping = reactive(False, init=False)
 
-    def __init__(self, client, run_dir: str | Path) -> None:
+    def __init__(self, client, run_dir: str | Path, death_told: bool = False) -> None:
+        """``death_told``: a toast says the run's engine died (the dashboard this one replaces
+        showed it); it is taken away once the run trains again."""
         super().__init__()
         self.client = client
         self.run_dir = Path(run_dir)
@@ -136,7 +168,7 @@ class DashboardScreen(Screen):
         self.log_scale = False
         self.exit_when_ended = False
         self._seen_version = -1
-        self._reported_gone = False
+        self.death_told = death_told
         self._plotted: dict[str, tuple[int, float]] = {}
         self._toggle_request: str | None = None  # request id of the pending pause or resume
         self._toggle_answered = False
@@ -144,6 +176,7 @@ class DashboardScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
+        yield StartingNotice(id="starting")
         with TabbedContent(initial="training", id="tabs"):
             with TabPane("1 Curves", id="training"):
                 with Horizontal():
@@ -179,6 +212,8 @@ class DashboardScreen(Screen):
     # -- reading snapshots -------------------------------------------------------------------
     def poll(self) -> None:
         """Read the client's newest snapshot and acknowledgements and redraw what changed."""
+        if self not in self.app.screen_stack or not self.query(EventLog):
+            return  # replaced by the dashboard of a new engine, or the app is closing: its widgets are going
         client = self.client
         for ack in client.take_acks():
             self.show_ack(ack)
@@ -192,14 +227,11 @@ class DashboardScreen(Screen):
             checkpoint = (
                 "no checkpoint yet"
                 if snap.last_checkpoint_step is None
-                else (f"last good checkpoint at step {snap.last_checkpoint_step}")
+                else f"last checkpoint: step {snap.last_checkpoint_step}"
             )
+            # Short enough for the status bar at 80 columns; the toast says why it is gone.
             snap = replace(
-                snap,
-                state="dead",
-                eta_s=None,
-                samples_per_s=0.0,
-                message=f"engine process gone ({client.lost_reason}); {checkpoint}; R resumes",
+                snap, state="dead", eta_s=None, samples_per_s=0.0, message=f"engine gone; {checkpoint}; R resumes"
             )
         elif not client.connected and snap.active and not client.closed:
             snap = replace(snap, state=client.ended_state or "stopped", eta_s=None, samples_per_s=0.0)
@@ -217,9 +249,17 @@ class DashboardScreen(Screen):
         self.app.sub_title = f"{snap.preset} ({snap.method}) → {self.run_dir}"
         if changed_state:
             self.refresh_bindings()
-        if gone and not self._reported_gone:
-            self._reported_gone = True
-            self.notify(snap.message, title="the engine died", severity="error", timeout=60)
+        if gone and not self.death_told:
+            self.death_told = True
+            self.notify(
+                f"engine process gone ({client.lost_reason}); {snap.message}",
+                title="the engine died",
+                severity="error",
+                timeout=60,
+            )
+        elif self.death_told and snap.state == "running":
+            self.death_told = False  # R (or a resume elsewhere) has it training again
+            self.app.clear_notifications()
         elif changed_state and snap.state == "failed":
             self.notify(snap.message, title="run failed", severity="error", timeout=30)
         elif changed_state and snap.state == "finished":
@@ -325,6 +365,8 @@ class DashboardScreen(Screen):
             return state == "paused"
         if action == "resume_run":
             return self.snapshot.state in ("dead", "stopped") and not self.stopping
+        if action == "extend":
+            return self.snapshot.state == "finished"
         if action in ("set_beta", "set_window"):
             return self.snapshot.adapt_every is not None  # rank-adaptive runs only
         return True
@@ -335,7 +377,7 @@ class DashboardScreen(Screen):
         if refusal is None:
             return
         for binding in self.BINDINGS:
-            if binding.action in STEERING and event.key in binding.key.split(","):
+            if isinstance(binding, Binding) and binding.action in STEERING and event.key in binding.key.split(","):
                 event.stop()
                 self.notify(refusal, severity="warning")
                 return
@@ -343,12 +385,14 @@ class DashboardScreen(Screen):
     def reattach_if_engine_back(self) -> None:
         """A dead or stopped run may be resumed elsewhere (another dashboard pressed R, or
         ``rlr train --resume``): attach to the new engine once one lives in the run directory."""
-        if self.snapshot.state not in ("dead", "stopped") or self.stopping or self.app.launching:
+        if self.snapshot.state not in ("dead", "stopped") or self.stopping or self not in self.app.screen_stack:
             return
+        if any(worker.group == "launch" and worker.is_running for worker in self.app.workers):
+            return  # R here (or the picker) is starting one already
         if not engine_alive(self.run_dir) or read_engine_info(self.run_dir).get("pid") == self.client.pid:
             return  # no engine, or the one this dashboard saw is still on its way out
         self.notify("an engine runs this run again; attaching", timeout=5)
-        self.app.attach_run(self.run_dir)
+        self.post_message(AttachRun(self.run_dir))
 
     def ask_then_send(self, title: str, prompt: str, initial: str, check, command) -> None:
         """Ask for one value in a dialog that validates it with ``check`` (a refused value is
@@ -411,7 +455,19 @@ class DashboardScreen(Screen):
             self.pending = target
 
     def action_resume_run(self) -> None:
-        self.app.resume_run(self.run_dir)
+        self.post_message(OpenRun(self.run_dir))
+
+    def action_undo(self) -> None:
+        self.send(Undo())
+
+    def action_extend(self) -> None:
+        """Ask how many epochs to add, then resume the finished run with ``epochs`` raised."""
+
+        def extend(epochs: int | None) -> None:
+            if epochs is not None:
+                self.post_message(OpenRun(self.run_dir, [f"epochs={epochs}"]))
+
+        self.app.push_screen(extend_dialog(self.run_dir.name, self.snapshot.epochs), extend)
 
     def action_attack(self) -> None:
         def apply(name) -> None:
@@ -477,6 +533,6 @@ class DashboardScreen(Screen):
                 self.exit_when_ended = True
                 self.stopping = True
             elif choice == "detach":
-                self.app.detach()
+                self.post_message(Detach())
 
         self.app.push_screen(QuitScreen(), answer)

@@ -1,4 +1,5 @@
-"""Pick a preset to train, a running run to attach to, or a stopped one to resume."""
+"""Pick a preset to train, a running run to attach to, a stopped one to resume, or a finished
+one to extend (train it on for more epochs)."""
 
 from __future__ import annotations
 
@@ -15,35 +16,43 @@ from rlr_engine.core.config import method_label
 from rlr_engine.core.errors import PresetError
 from rlr_engine.core.presets import available_presets, load_preset
 
+from ..messages import OpenRun, StartRun
 from ..widgets.cursor_table import CursorTable
+from ..widgets.starting_notice import StartingNotice
+from .extend import extend_dialog
 
 RUNS_REFRESH_S = 2.0  # runs start, finish and die while the picker shows: list them again this often
 
 
 class PickerScreen(Screen):
     """Two tables: presets (Enter starts one) and runs — running ones first (Enter attaches), then
-    stopped or dead ones (Enter resumes). Finished and failed runs are not listed."""
+    stopped or dead ones (Enter resumes), then finished ones (Enter asks for epochs to add and
+    extends). Failed runs are not listed. The runs are listed off the UI thread, the first time
+    too: asking live engines may take a moment."""
 
     BINDINGS = [Binding("tab", "app.focus_next", "Next table", id="next-table", show=True)]
 
     class RunsListed(Message):
-        """The runs under the runs root, listed again off the UI thread: (key, cells) rows."""
+        """The runs under the runs root, listed again off the UI thread: (key, cells) rows, and
+        the epochs of each finished run by key (what extending it adds to)."""
 
-        def __init__(self, rows: list[tuple[str, tuple[str, ...]]]) -> None:
+        def __init__(self, rows: list[tuple[str, tuple[str, ...]]], finished: dict[str, int]) -> None:
             super().__init__()
-            self.rows = rows
+            self.rows, self.finished = rows, finished
 
     def __init__(self, overrides: list[str], runs_root) -> None:
         super().__init__()
         self.overrides, self.runs_root = overrides, runs_root
         self._runs_shown: list[tuple[str, tuple[str, ...]]] | None = None
+        self._finished: dict[str, int] = {}  # run key → epochs, for the finished runs shown
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
             yield Label("[b]rlr[/b] — pick a preset and press Enter (Tab: previous runs)", id="picker-title")
+            yield StartingNotice(id="starting")
             yield CursorTable(id="presets", cursor_type="row", zebra_stripes=True)
             yield Label("", id="preset-description")
-            yield Label("Runs — Enter attaches to a running one, resumes a stopped one", id="runs-title")
+            yield Label("Runs — listing…", id="runs-title")
             yield CursorTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -69,23 +78,25 @@ class PickerScreen(Screen):
         if "quickstart" in names:
             presets.move_cursor(row=names.index("quickstart"), animate=False)
         self.query_one("#runs", DataTable).add_columns("run", "state", "step", "method")
-        self.show_runs(self.list_run_rows())
+        self.refresh_runs()
         self.set_interval(RUNS_REFRESH_S, self.refresh_runs)
         presets.focus()
 
-    def list_run_rows(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Live runs, then stopped or dead ones that can be resumed (asks each live engine: may
-        take a moment)."""
-        rows = []
-        for info in list_runs(self.runs_root):
-            if not (info.live or info.resumable):
-                continue
+    def list_runs(self) -> RunsListed:
+        """Live runs, then stopped or dead ones that can be resumed, then finished ones that can be
+        extended (asks each live engine: may take a moment; run off the UI thread)."""
+        rows: list[tuple[str, tuple[str, ...]]] = []
+        finished: dict[str, int] = {}
+        infos = [info for info in list_runs(self.runs_root) if info.live or info.resumable or info.finished]
+        for info in sorted(infos, key=lambda info: info.finished):  # stable: live, resumable, finished
             step = "–" if info.step is None else f"{info.step}/{info.total_steps or '?'}"
-            state = info.state if info.live else f"{info.state} (resume)"
+            state = info.state if info.live else f"{info.state} ({'extend' if info.finished else 'resume'})"
             config = info.config  # τ may have been changed while the run trained: name the current one
             method = method_label(config.method, config.tau if info.tau is None else info.tau, config.beta)
             rows.append((str(info.path), (info.path.name, state, step, method)))
-        return rows
+            if info.finished:
+                finished[str(info.path)] = int((info.summary or {}).get("epochs", config.epochs))
+        return self.RunsListed(rows, finished)
 
     def refresh_runs(self) -> None:
         if not self.is_current:  # under a dashboard: do not ask its engine every few seconds
@@ -93,10 +104,16 @@ class PickerScreen(Screen):
         self.run_worker(self._list_runs_in_thread, thread=True, exclusive=True, group="runs")
 
     def _list_runs_in_thread(self) -> None:
-        self.post_message(self.RunsListed(self.list_run_rows()))
+        self.post_message(self.list_runs())
 
     @on(RunsListed)
     def on_runs_listed(self, message: RunsListed) -> None:
+        self._finished = message.finished
+        self.query_one("#runs-title", Label).update(
+            "Runs — Enter: attach (running), resume (stopped), extend (finished)"
+            if message.rows
+            else "Runs — none yet under " + str(self.runs_root)
+        )
         self.show_runs(message.rows)
 
     def show_runs(self, rows: list[tuple[str, tuple[str, ...]]]) -> None:
@@ -127,8 +144,17 @@ class PickerScreen(Screen):
 
     @on(DataTable.RowSelected, "#presets")
     def start_preset(self, event: DataTable.RowSelected) -> None:
-        self.app.start_run(event.row_key.value)
+        self.post_message(StartRun(str(event.row_key.value)))
 
     @on(DataTable.RowSelected, "#runs")
     def open_run(self, event: DataTable.RowSelected) -> None:
-        self.app.resume_run(event.row_key.value)  # attaches when the run is alive
+        run = str(event.row_key.value)
+        if run not in self._finished:
+            self.post_message(OpenRun(run))  # attaches when the run is alive
+            return
+
+        def extend(epochs: int | None) -> None:
+            if epochs is not None:
+                self.post_message(OpenRun(run, [f"epochs={epochs}"]))
+
+        self.app.push_screen(extend_dialog(event.data_table.get_row(event.row_key)[0], self._finished[run]), extend)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from textual_plotext import PlotextPlot
 
+from rlr_engine.control.records import Snapshot
+
 from ..format import downsample
+from .axes import legend_room, step_ticks
 from .markers import series_marker
 
 SERIES = {
@@ -14,14 +17,15 @@ SERIES = {
 
 
 class CurvesPlot(PlotextPlot):
-    """Train / validation curves of one quantity (``kind`` is "loss" or "accuracy")."""
+    """Train / validation curves of one quantity (``kind`` is "loss" or "accuracy"); the legend
+    has rows of its own above the data, and the x ticks end at the last step."""
 
     def __init__(self, kind: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.kind = kind
         self.points_drawn: dict[str, int] = {}
 
-    def show(self, snap) -> None:
+    def show(self, snap: Snapshot) -> None:
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -30,6 +34,8 @@ class CurvesPlot(PlotextPlot):
         limit = max(2 * self.size.width, 16)
         plotted = False
         self.points_drawn = {}
+        xs: list[float] = []
+        ys: list[float] = []
         for index, (key, label) in enumerate(SERIES[self.kind]):
             points = downsample(snap.curves.get(key, ()), limit)
             if points:
@@ -41,6 +47,11 @@ class CurvesPlot(PlotextPlot):
                 )
                 plotted = True
                 self.points_drawn[label] = len(points)
+                xs += [p[0] for p in points]
+                ys += [p[1] for p in points]
         if not plotted:
             plt.title(f"{self.kind}: waiting for data")
+        else:
+            step_ticks(plt, xs, self.size.width)
+            legend_room(plt, ys, len(self.points_drawn), self.size.height)
         self.refresh()

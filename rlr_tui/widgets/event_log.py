@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from rich.text import Text
 from textual.widgets import RichLog
+
+from rlr_engine.control.records import Event
 
 STYLES = {
     "applied": "green",
@@ -31,7 +34,7 @@ class EventLog(RichLog):
         super().__init__(**kwargs)
         self.last_seq = 0
 
-    def show(self, events) -> None:
+    def show(self, events: Sequence[Event]) -> None:
         fresh = [event for event in events if event.seq > self.last_seq]
         if not fresh:
             return

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from textual.widgets import DataTable
+
+from rlr_engine.control.records import LayerStats
 
 from ..format import num
 
@@ -15,7 +19,7 @@ class KappaTable(DataTable):
         self.zebra_stripes = True
         self.add_columns("layer", "rank", "κ", "σ_max")
 
-    def show(self, layers, selected: int) -> None:
+    def show(self, layers: Sequence[LayerStats], selected: int) -> None:
         self.clear()
         for layer in layers:
             self.add_row(

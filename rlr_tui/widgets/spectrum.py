@@ -7,13 +7,15 @@ import math
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from rlr_engine.control.records import LayerStats
+
 from ..format import num
 
 
 class SpectrumInfo(Static):
     """One line above the histogram: layer, shape, rank, κ, σ_min, σ_max."""
 
-    def show(self, layer) -> None:
+    def show(self, layer: LayerStats | None) -> None:
         if layer is None:
             self.update("no layer statistics yet")
             return
@@ -28,7 +30,7 @@ class SpectrumInfo(Static):
 class SpectrumPlot(PlotextPlot):
     """Histogram of σ(W) for one layer; ``log_scale`` bins log10 σ instead of σ."""
 
-    def show(self, layer, log_scale: bool) -> None:
+    def show(self, layer: LayerStats | None, log_scale: bool) -> None:
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()

@@ -1,0 +1,105 @@
+"""The whole training step — forward, loss, backward and optimizer step — captured once as a CUDA
+graph and replayed for every batch of the same shape, so a step costs one graph launch instead of
+hundreds of kernel launches (at LeNet5 / VGG16 sizes a GPU is bound by launches, not FLOPs).
+
+A graph replays fixed kernels on fixed memory: the batch is copied into static input buffers, and
+everything that decides *which* kernels run or *on what memory* is the capture key (``capture_key``):
+the parameters' identities and shapes (a truncation replaces them), the batch shape (the last,
+shorter batch of an epoch), τ's regime (0, finite, ∞ take different branches of the step), and —
+as the step reads them as Python numbers — lr, momentum, weight decay and τ of every group.
+A change of the key captures again (about one eager step's cost); hyperparameters change rarely (a
+milestone, a command), so this is correct at the price of one capture per change, where reading
+them from device tensors inside the graph would not need one.
+
+``graphs_wanted`` resolves the ``cuda_graphs`` setting: "auto" captures on CUDA, "on" asks for it
+(refused without CUDA), "off" never. Methods whose step decides on the host (rank-adaptive
+windows) and data-parallel runs (DDP's all-reduce hooks) train eagerly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def tau_regime(tau: float) -> str:
+    """ "zero", "finite" or "inf": the branch of the CondLR step τ selects."""
+    return "inf" if math.isinf(tau) else "zero" if tau == 0.0 else "finite"
+
+
+def capture_key(model: nn.Module, optimizer: torch.optim.Optimizer, batch_shape: tuple[int, ...]) -> tuple:
+    """What a captured step depends on beyond the contents of its tensors (module docstring)."""
+    params = tuple((id(p), tuple(p.shape)) for p in model.parameters())
+    groups = tuple(
+        (g.get("lr"), g.get("momentum"), g.get("weight_decay"), g.get("tau"), tau_regime(g.get("tau", math.inf)))
+        for g in optimizer.param_groups
+    )
+    return params, groups, tuple(batch_shape)
+
+
+def graphs_wanted(setting: str, device: torch.device) -> bool:
+    """Whether ``cuda_graphs`` = ``setting`` captures the step on ``device``. Raises ValueError
+    for "on" where the device is not a CUDA GPU."""
+    if setting == "on" and device.type != "cuda":
+        raise ValueError(f"cuda_graphs = 'on' needs a CUDA device, but the run trains on {device}; use 'auto' or 'off'")
+    return setting != "off" and device.type == "cuda"
+
+
+class StepGraph:
+    """Replays ``step(x, y) -> outputs`` (forward, backward, optimizer step; outputs a tuple of
+    tensors) as a CUDA graph, capturing it again whenever ``key`` changes.
+
+    The first ``warmup`` steps under a new key run eagerly on a side stream (they are real
+    steps: they allocate the optimizer's state and cuBLAS workspaces outside the capture); the
+    next is captured and replayed at once. ``captures`` counts the captures made.
+
+    Args:
+        step: the training step; must not synchronise with the host or allocate host tensors.
+        zero_grad: sets every gradient to None before a capture, so the graph owns them.
+        warmup: eager steps before a capture.
+    """
+
+    def __init__(
+        self, step: Callable[[Tensor, Tensor], tuple[Tensor, ...]], zero_grad: Callable[[], None], warmup: int = 2
+    ) -> None:
+        self.step, self.zero_grad, self.warmup = step, zero_grad, warmup
+        self.captures = 0
+        self._key: tuple | None = None
+        self._eager_steps = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._inputs: tuple[Tensor, Tensor] | None = None
+        self._outputs: tuple[Tensor, ...] = ()
+
+    def needs_capture(self, key: tuple) -> bool:
+        """Whether a step under ``key`` cannot replay the current graph."""
+        return self._graph is None or key != self._key
+
+    def __call__(self, x: Tensor, y: Tensor, key: tuple) -> tuple[Tensor, ...]:
+        if key != self._key:
+            self._key, self._graph, self._eager_steps = key, None, 0
+        if self._graph is None and self._eager_steps < self.warmup:
+            self._eager_steps += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.zero_grad()
+                outputs = self.step(x, y)
+            torch.cuda.current_stream().wait_stream(side)
+            return outputs
+        if self._graph is None:
+            self._inputs = (x.clone(), y.clone())
+            self.zero_grad()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._outputs = self.step(*self._inputs)
+            self._graph = graph
+            self.captures += 1
+        else:
+            assert self._inputs is not None
+            self._inputs[0].copy_(x)
+            self._inputs[1].copy_(y)
+        self._graph.replay()
+        return self._outputs
