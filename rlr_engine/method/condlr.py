@@ -38,6 +38,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -188,19 +189,21 @@ class CondLR(torch.optim.Optimizer):
     def _momentum(self, group: dict, params: Sequence[Tensor]) -> list[Tensor]:
         """m ← μ m + (g + wd·p) for each parameter; returns the buffers (or the raw
         gradients when μ = 0)."""
-        grads = [p.grad for p in params]
+        grads = cast(list[Tensor], [p.grad for p in params])  # the caller steps only parameters with one
         if group["weight_decay"] != 0:
-            grads = torch._foreach_add(grads, list(params), alpha=group["weight_decay"])
+            grads = list(torch._foreach_add(grads, list(params), alpha=group["weight_decay"]))
         if group["momentum"] == 0:
             return grads
-        bufs = [self.state[p].get("momentum_buffer") for p in params]
-        old = [i for i, buf in enumerate(bufs) if buf is not None]
+        stored: list[Tensor | None] = [self.state[p].get("momentum_buffer") for p in params]
+        old = [buf for buf in stored if buf is not None]
         if old:  # one foreach call each instead of two kernels per parameter
-            torch._foreach_mul_([bufs[i] for i in old], group["momentum"])
-            torch._foreach_add_([bufs[i] for i in old], [grads[i] for i in old])
-        for i, p in enumerate(params):
-            if bufs[i] is None:
-                bufs[i] = self.state[p]["momentum_buffer"] = grads[i].clone()
+            torch._foreach_mul_(old, group["momentum"])
+            torch._foreach_add_(old, [g for g, buf in zip(grads, stored) if buf is not None])
+        bufs = []
+        for p, g, buf in zip(params, grads, stored):
+            if buf is None:
+                buf = self.state[p]["momentum_buffer"] = g.clone()
+            bufs.append(buf)
         return bufs
 
     def _sgd_step(self, group: dict) -> None:
@@ -238,13 +241,14 @@ class CondLR(torch.optim.Optimizer):
 
     def _low_rank_step(self) -> None:
         stiefel, core = self._group("stiefel"), self._group("core")
+        assert stiefel is not None and core is not None, "a CondLR with low-rank layers has both groups"
         tau = core["tau"]
         active = [layer for _, layer in self.layers if layer.S.grad is not None]
         if not active:
             return
         # Scales are taken before S moves: they belong to the point the gradient was taken at.
         scales = self._scales(active, tau)
-        params = [p for layer in active for p in (layer.U, layer.V)]
+        params: list[Tensor] = [p for layer in active for p in (layer.U, layer.V)]
         directions = self._momentum(stiefel, params)
         # U and V of a layer share its scale: c per factor, in the order of params
         factor_scales = scales if isinstance(scales, float) else scales.repeat_interleave(2)
@@ -253,7 +257,7 @@ class CondLR(torch.optim.Optimizer):
             self._stiefel_step_padded(stiefel, params, directions, factor_scales)
         else:
             self._stiefel_step_by_shape(stiefel, params, directions, factor_scales)
-        cores = [layer.S for layer in active]
+        cores: list[Tensor] = [layer.S for layer in active]
         torch._foreach_add_(cores, self._momentum(core, cores), alpha=-core["lr"])
         self._project_cores(cores, tau)
 
@@ -366,6 +370,7 @@ class CondLR(torch.optim.Optimizer):
             if rank is not None:
                 new = max(min(rank, old), min(min_rank, old))
             else:
+                assert theta is not None  # exactly one of theta and rank, checked above
                 new = min(truncation_rank(sigma, theta, min_rank), old)
             discarded = float(sigma[new:].square().sum().sqrt())
             Q = Qh.mT

@@ -164,7 +164,8 @@ def project_cores(
     batched calls as the method allows: "svd" makes one call per distinct rank, "newton" a single
     call for all of them (see _project_padded)."""
     if math.isinf(tau) or not cores:
-        return [(S, None) for S in cores]
+        unchanged: list[tuple[Tensor, Tensor | None]] = [(S, None) for S in cores]
+        return unchanged
     if method == "newton":
         return _project_padded(cores, tau, reference_compat)
     return _project_by_rank(cores, tau, reference_compat, method)
@@ -179,12 +180,13 @@ def _project_by_rank(
         by_rank[S.shape[-1]].append(i)
     for idx in by_rank.values():
         projected, ratio = project_condition(torch.stack([cores[i] for i in idx]), tau, reference_compat, method)
+        assert ratio is not None  # τ is finite here
         for j, i in enumerate(idx):
             results[i] = (projected[j], ratio[j])
     return results
 
 
-def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool) -> list[tuple[Tensor, Tensor]]:
+def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool) -> list[tuple[Tensor, Tensor | None]]:
     """Every core S of rank r in one batch at the largest rank R, padded to block-diag(S, c I),
     where c is chosen so that the padding leaves S's block of every intermediate — polar factor,
     clamp, extreme singular values — as it would be alone (see _project_condition_newton).
