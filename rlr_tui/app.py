@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
-import signal
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from textual.binding import Binding
 from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 
+from rlr_engine import __version__
 from rlr_engine.control.client import EngineClient, EngineUnavailable
 from rlr_engine.control.detached import LaunchError
 from rlr_engine.control.protocol import ProtocolError
@@ -35,6 +35,7 @@ from .screens.comparison import ComparisonError, ComparisonScreen, load_comparis
 from .screens.dashboard import DashboardScreen
 from .screens.help import HelpScreen
 from .screens.picker import PickerScreen
+from .terminal_watch import TerminalWatch
 
 
 class RlrApp(App):
@@ -242,6 +243,7 @@ class RlrApp(App):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="rlr-tui", description="Watch and steer CondLR training live.")
+    parser.add_argument("--version", action="version", version=f"rlr-tui {__version__}")
     parser.add_argument("preset", nargs="?", help="preset name or .toml file (omit to pick one)")
     parser.add_argument(
         "--set",
@@ -360,16 +362,16 @@ def main(argv=None) -> int:
         launcher=EngineLauncher(nproc=args.nproc),
     )
 
-    def on_hangup(signum, frame) -> None:
-        """The terminal went away (SSH dropped): detach; the run trains on."""
+    def on_hangup(signum: int) -> None:
+        """The terminal went away (SSH dropped) or we were told to end: detach; the run trains
+        on. The watch ends the process if the app cannot exit in time (terminal_watch.py)."""
         app.detached = True
         try:
             asyncio.get_running_loop().call_soon_threadsafe(app.exit)
         except RuntimeError:
             app.exit()
 
-    signal.signal(signal.SIGHUP, on_hangup)
-    signal.signal(signal.SIGTERM, on_hangup)
+    TerminalWatch(on_hangup).install()
     died = False
     try:
         app.run()

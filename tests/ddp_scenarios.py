@@ -136,7 +136,7 @@ def steered_run(root: str, drift: float) -> dict:
         assert engine.join(120), "engine did not finish"
         trainer, snap = engine.trainer, engine.latest()
         spec = config.attack_spec()
-        sharded_attack, _ = trainer.attack(spec, full=False)
+        sharded_attack, _ = trainer.attack(spec, final=False, seed=0)
         sharded_eval = trainer.evaluate_split(trainer.data.test)
         result = {
             "state": snap.state,

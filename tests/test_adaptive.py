@@ -497,7 +497,7 @@ def test_an_attack_between_windows_does_not_steer_the_next_augmentation():
     for trainer in (attacked, untouched):
         train_steps(trainer, 6)
         trainer.condition_for_measuring()  # ends the window: the next batch augments
-    attacked.attack(AttackSpec("pgd-linf", (0.0, 0.1), steps=5), full=False)
+    attacked.attack(AttackSpec("pgd-linf", (0.0, 0.1), steps=5), final=False, seed=0)
     assert any(layer.U.grad is not None for _, layer in attacked.adaptation.layers)
     for trainer in (attacked, untouched):
         train_steps(trainer, 2)

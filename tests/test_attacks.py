@@ -157,6 +157,33 @@ def test_restarts_never_raise_accuracy_and_are_the_per_image_worst_case(trained)
     assert all(four <= single for single in singles)
 
 
+def test_the_same_seed_draws_the_same_random_starts_and_leaves_the_global_random_state_alone(trained):
+    model, x, y = trained
+    spec = AttackSpec("pgd-linf", (0.0, 0.15, 0.3), steps=1, step_size=0.001)  # the random start decides
+    before = torch.get_rng_state()
+    runs = [robustness(model, x, y, spec, seed=seed) for seed in (3, 3, 4)]
+    assert torch.equal(torch.get_rng_state(), before)  # a training run's data order is untouched
+    assert runs[0].accuracy == runs[1].accuracy and runs[0].seed == runs[1].seed == 3
+    assert runs[2].accuracy != runs[0].accuracy and runs[2].to_dict()["seed"] == 4
+
+
+def test_autoattack_tells_each_part_and_how_many_images_it_attacks(trained):
+    """Each part reports as it starts (0 images done) and as it ends, on the images the parts
+    before it left correct."""
+    model, x, y = trained
+    x, y = x[:30], y[:30]
+    told = []
+    result = robustness(
+        model, x, y, AttackSpec("autoattack", (0.1,)), budget=QUICK, part_progress=lambda *report: told.append(report)
+    )
+    expected, left = [], int((model.eval()(x).argmax(1) == y).sum())
+    for part in result.parts:
+        if left:
+            expected += [(part.attack, 0.1, 0, left), (part.attack, 0.1, left, left)]
+        left = round(part.accuracy[0] * len(y))
+    assert told == expected and told[0][0] == "apgd-ce"
+
+
 def test_carlini_wagner_lowers_accuracy_more_as_the_l2_budget_grows(trained):
     model, x, y = trained
     x, y = x[:40], y[:40]
@@ -319,3 +346,43 @@ def test_eval_with_an_attack_the_runs_own_budgets_do_not_fit_says_so(digits_run,
     err = " ".join(capsys.readouterr().err.split())
     assert "eps must be a non-empty list of numbers in [0, 1] (pixel units) for fgsm, got [0.0, 2.0]" in err
     assert "give --eps for fgsm" in err
+
+
+def test_eval_prints_the_same_numbers_each_time_and_the_seed_in_its_json(digits_run, capsys):
+    import json
+
+    from rlr_engine.cli import main
+
+    def evaluate(*seed):
+        args = ["eval", str(digits_run), "--attack", "pgd-linf", "--eps", "0,0.15,0.3", "--steps", "1"]
+        assert main([*args, "--step-size", "0.001", "--samples", "100", "--no-probes", "--json", *seed]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    first, again, other = evaluate(), evaluate(), evaluate("--seed", "5")
+    assert first["seed"] == again["seed"] == 0 and other["seed"] == 5
+    assert first["accuracy"] == again["accuracy"]
+    assert main(["eval", str(digits_run), "--seed", "-1"]) == 2
+    assert "--seed -1: must be" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_checkpoint_its_run_directorys_config_disagrees_with(digits_run, tmp_path, capsys):
+    """A digits checkpoint copied into a Fashion-MNIST run directory is not evaluated on digits."""
+    import shutil
+
+    from rlr_engine.cli import main
+    from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.presets import load_preset
+
+    other = new_run_dir(load_preset("fmnist-lenet5-tau0.1-cr80"), tmp_path)
+    shutil.copy(digits_run / "checkpoint.pt", other / "checkpoint.pt")
+    assert main(["eval", str(other), "--samples", "10"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "dataset = 'digits'" in err and "dataset = 'fashion-mnist'" in err and "config.toml" in err
+
+
+def test_eval_warns_that_a_data_dir_its_data_set_does_not_read_is_unused(digits_run, tmp_path, capsys):
+    from rlr_engine.cli import main
+
+    assert main(["eval", str(digits_run), "--samples", "10", "--no-probes", "--data-dir", str(tmp_path)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: --data-dir {tmp_path} is not used" in err and "digits" in err

@@ -122,7 +122,7 @@ def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
     assert result.returncode == 2 and "unreadable" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path):
+def test_missing_data_set_is_a_user_error_with_advice_and_leaves_no_run(tmp_path):
     result = rlr(
         "train",
         "mnist-lenet5-dense",
@@ -134,7 +134,7 @@ def test_missing_data_set_exits_non_zero_with_advice_and_leaves_no_run(tmp_path)
         "runs",
         cwd=tmp_path,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "not available" in result.stderr and "quickstart" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "runs").exists()
@@ -306,7 +306,7 @@ def test_a_start_whose_control_socket_cannot_listen_leaves_no_run_directory(tmp_
         raise OSError(98, "Address already in use")
 
     monkeypatch.setattr(server.ControlServer, "start", cannot_listen)
-    assert main(["train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path)]) == 1
+    assert main(["train", "quickstart", *CPU, "--set", "epochs=1", "--runs", str(tmp_path)]) == 2
     assert "cannot listen on" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -327,7 +327,7 @@ def test_a_data_parallel_start_that_fails_leaves_no_run_directory(tmp_path):
         "r",
         cwd=tmp_path,
     )
-    assert result.returncode == 1 and "not available" in result.stderr
+    assert result.returncode == 2 and "not available" in result.stderr  # a worker's user error is the run's
     assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
 
 
@@ -445,7 +445,7 @@ def test_a_setting_the_model_cannot_take_is_reported_without_a_traceback_and_lea
     result = rlr(
         "train", "quickstart", "--set", "method=condlr-adaptive", "--set", "min_rank=50", "--runs", "runs", cwd=tmp_path
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     message = " ".join(result.stderr.split())
     assert "min_rank = 50 is not allowed: layer" in message and "must be <=" in message
     assert "Traceback" not in result.stderr + result.stdout
@@ -571,6 +571,120 @@ def test_the_tensorboard_flag_reaches_data_parallel_and_detached_runs_as_a_setti
     assert main(["train", "quickstart", "--tensorboard", "--nproc", "2"]) == 0
     assert main(["train", "quickstart", "--tensorboard", "--detach"]) == 0
     assert seen == [["tensorboard=true"], ["tensorboard=true"]]
+
+
+# Each command line is run by one interpreter in turn; after each, no torch module may be loaded.
+_NO_TORCH = """
+import contextlib, io, json, sys
+from rlr_engine.cli import main
+
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = exit.code
+    torch = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+    print(json.dumps([argv, code, out.getvalue()[:200], err.getvalue()[:300], torch[:3]]))
+"""
+
+
+def test_help_listings_export_and_every_validation_error_load_no_torch(tmp_path):
+    """What answers at once must not wait for torch's import (seconds): help, version, presets,
+    runs, export and the refusal of a bad command line."""
+    from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.presets import load_preset
+
+    run_dir = new_run_dir(load_preset("quickstart"), tmp_path / "runs")
+    (run_dir / "metrics.jsonl").write_text('{"type": "train", "step": 1, "train_loss": 2.0}\n')
+    run = str(run_dir)
+    runs = str(tmp_path / "runs")
+    lines = [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["train", "--help"], 0),
+        (["presets"], 0),
+        (["runs", "--root", runs], 0),
+        (["runs", "--all", "--root", runs], 0),
+        (["export", run, "--csv", "-"], 0),
+        (["export", run, "--csv", str(tmp_path / "m.csv")], 0),
+        (["train", "quickstart", "--set", "tau=fast", "--runs", runs], 2),
+        (["train", "quickstart", "--set", "typo=1", "--runs", runs], 2),
+        (["train", "quickstart", "--set", "tau=1e400", "--nproc", "2", "--runs", runs], 2),
+        (["train", "quickstart", "--set", "epochs=-1", "--detach", "--runs", runs], 2),
+        (["train", "--resume", str(tmp_path / "nope")], 2),
+        (["eval", run, "--seed", "-1"], 2),
+        (["eval", run, "--attack", "fgsm", "--eps", "0,2"], 2),
+        (["eval", str(tmp_path / "nope")], 2),
+        (["eval", run], 2),  # a run without a checkpoint
+        (["compare", "quickstart", "--attacks", "nope", "--out", str(tmp_path / "c")], 2),
+        (["export", str(tmp_path / "nope"), "--csv", "-"], 2),
+        (["train", "quickstart", "--nope"], 2),  # argparse's own refusal
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, json.dumps([argv for argv, _ in lines])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [argv for argv, *_ in reports] == [argv for argv, _ in lines]
+    for (argv, code, out, err, torch), (_, expected) in zip(reports, lines):
+        assert code == expected, (argv, code, out, err)
+        assert torch == [], f"rlr {' '.join(argv)} loaded {torch}"
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]  # the refused made nothing
+
+
+def test_rlr_and_rlr_tui_print_their_version(capsys):
+    from rlr_engine import __version__
+    from rlr_tui.app import parse_args
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"rlr {__version__}\n"
+    with pytest.raises(SystemExit) as done:
+        parse_args(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"rlr-tui {__version__}\n"
+
+
+def test_output_off_a_terminal_is_never_wrapped_and_has_no_trailing_spaces(tmp_path):
+    """Piped (a file, a CI log): an error, rlr runs and a Markdown row each stay one line
+    however long, as the terminal's 80 columns no longer apply."""
+    from rlr_engine.control.run_dirs import new_run_dir
+    from rlr_engine.core.presets import load_preset
+
+    env = {key: value for key, value in ENV.items() if key not in ("COLUMNS", "LINES")}
+    run_dir = new_run_dir(load_preset("fmnist-lenet5-tau0.1-cr80"), tmp_path / "runs")
+    listed = rlr("runs", "--all", "--root", str(tmp_path / "runs"), env=env)
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(run_dir.name))
+    assert "fmnist-lenet5-tau0.1-cr80 · step" in row and len(row) > 80
+    assert all(line == line.rstrip() for line in listed.stdout.splitlines()), listed.stdout
+    refused = rlr("train", "quickstart", "--set", "optimizer=" + "x" * 100, env=env)
+    assert refused.returncode == 2
+    (message,) = refused.stderr.splitlines()
+    assert message.startswith("error:") and "x" * 60 in message and len(message) > 120
+    table_row = "| " + " | ".join(["accuracy 12.3 ± 0.4"] * 8) + " |"
+    echo = f"from rlr_engine.cli.console import console; console.print({table_row!r}, markup=False)"
+    echoed = subprocess.run(
+        [sys.executable, "-c", echo],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert echoed.stdout == table_row + "\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("nproc", ["1", "2"])
+def test_asking_for_cuda_without_a_gpu_is_a_user_error(tmp_path, nproc):
+    result = rlr("train", "quickstart", "--device", "cuda", "--nproc", nproc, "--runs", "runs", cwd=tmp_path)
+    assert result.returncode == 2 and "CUDA GPU" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
 def test_a_finished_run_resumes_only_with_more_epochs_and_then_trains_them(tmp_path, capsys):

@@ -199,6 +199,24 @@ def test_a_compared_run_that_fails_or_is_stopped_raises_its_own_exception(tmp_pa
 
 
 @pytest.mark.slow
+def test_a_run_attacked_again_for_a_comparison_gives_the_same_numbers_and_records_its_seed(tmp_path):
+    from helpers import run_to_end, start_engine
+
+    from rlr_engine.run.comparison import robustness
+
+    engine = start_engine(tmp_path, dataset="digits", method="dense", epochs=1, pgd_steps=1, pgd_step_size=0.001)
+    assert run_to_end(engine).state == "finished"
+    summary = json.loads((engine.run_dir / "summary.json").read_text())
+    measured = []
+    for _ in range(2):
+        measured.append(robustness(engine.config, engine.run_dir, summary, "pgd-linf", 100, "cpu", [0.0, 0.15, 0.3]))
+        (engine.run_dir / "robustness-pgd-linf-100.json").unlink()  # measured again, not read back
+    first, again = measured
+    assert first["seed"] == again["seed"] == engine.config.attack_seed(summary["steps"])
+    assert first["accuracy"] == again["accuracy"] and first["samples"] == 100
+
+
+@pytest.mark.slow
 def test_a_compared_run_is_hosted_like_any_run_listed_as_running_and_steerable(tmp_path):
     import signal
     import subprocess

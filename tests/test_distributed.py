@@ -14,6 +14,7 @@ from ddp_scenarios import processes_mentioning, rank_of, run_cli, run_ranks, ste
 from helpers import small_config
 
 from rlr_engine.control.run_dirs import list_runs
+from rlr_engine.control.run_files import TORCHELASTIC
 from rlr_engine.core.presets import dump_toml
 from rlr_engine.run.checkpoint import load_checkpoint
 from rlr_engine.run.distributed import Ranks
@@ -310,3 +311,17 @@ def test_a_data_parallel_resume_refused_at_its_start_leaves_the_run_as_it_was(tm
     _train(["train", "--resume", str(run), "--set", "max_steps=20"], nproc=2)  # the run is still resumable
     assert load_checkpoint(run)["step"] == 20
     assert "max_steps = 20" in (run / "config.toml").read_text()
+
+
+def test_a_data_parallel_run_leaves_nothing_in_the_temporary_directory(tmp_path, monkeypatch):
+    """torch elastic's logs go into the run directory, not a torchelastic_* folder per launch in
+    the system's temporary directory."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    # torch's own per-user compile cache (torchinductor_<user>, made once by any torch.optim
+    # import, shared by every torch program) is not the run's: kept out of the way here
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torch-cache"))
+    _train(["train", _preset(tmp_path, epochs=1, max_steps=5), "--runs", str(tmp_path / "runs")], nproc=2)
+    assert sorted(p.name for p in temp.iterdir()) == []
+    assert any((_only_run(tmp_path / "runs") / TORCHELASTIC).iterdir())

@@ -515,3 +515,45 @@ def test_a_window_no_float_holds_is_rejected_and_the_rank_adaptive_run_goes_on(t
     after = wait_for(engine, lambda s: s.step > before.step + 5)
     assert after.state == "running" and after.adapt_every == 5 and after.beta == 0.01
     engine.stop(30)
+
+
+def test_the_final_attack_takes_final_attack_samples_and_the_summary_says_how_many(tmp_path, monkeypatch):
+    import io
+    import json
+
+    from rich.console import Console
+
+    from rlr_engine.cli import console
+    from rlr_engine.core.catalog import ATTACKS
+
+    engine = start_engine(tmp_path, epochs=1, max_steps=3, attack_samples=30, final_attack_samples=50)
+    snap = run_to_end(engine)
+    summary = json.loads((engine.run_dir / "summary.json").read_text())
+    assert summary["attack_samples"] == snap.adversarial.samples == 50
+    assert any(e.kind == "attack" and "fgsm on 50 test images" in e.message for e in snap.events)
+    out = io.StringIO()
+    monkeypatch.setattr(console, "console", Console(file=out, width=200, no_color=True))
+    console.print_summary(snap)
+    assert f"accuracy under fgsm on 50 test images at step 3, seed {summary['attack_seed']}" in out.getvalue()
+    # By default every test image for fgsm and pgd, the attack's own subset for the slow attacks.
+    engine = start_engine(tmp_path / "default", epochs=1, max_steps=3, attack_samples=30, attack="pgd-linf")
+    assert run_to_end(engine).adversarial.samples == len(engine.trainer.data.test) == 400
+    for attack in ("cw-l2", "autoattack", "square"):
+        assert small_config(attack=attack).final_samples == ATTACKS[attack].default_samples > 0
+
+
+@pytest.mark.slow
+def test_an_attack_asked_for_twice_at_the_same_step_gives_the_same_numbers(tmp_path):
+    """The run's attacks are seeded from its seed and the step: the same model, the same numbers."""
+    engine = start_engine(tmp_path, epochs=100, pgd_steps=1, pgd_step_size=0.001, eps=(0.0, 0.2, 0.4))
+    wait_for(engine, lambda s: s.test_acc is not None and s.test_acc > 0.8, timeout=120)  # a random start matters
+    engine.send(Pause())
+    paused = wait_for(engine, lambda s: s.state == "paused")
+    for _ in range(2):
+        engine.send(AttackNow(attack="pgd-linf"))
+    snap = wait_for(engine, lambda s: len(s.adversarial_history) == 2)
+    first, again = snap.adversarial_history
+    assert first.step == again.step == paused.step
+    assert first.accuracy == again.accuracy, (first, again)
+    assert first.seed == again.seed == engine.config.attack_seed(paused.step)
+    engine.stop(30)

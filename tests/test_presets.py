@@ -348,3 +348,26 @@ def test_bad_rank_adaptive_settings_name_the_key_the_value_and_what_is_allowed(t
 def test_a_directory_given_as_a_preset_is_called_a_directory(tmp_path):
     with pytest.raises(PresetError, match="is a directory, not a preset file"):
         load_preset(str(tmp_path))
+
+
+def test_a_number_literal_too_large_for_a_float_is_refused_alike_on_the_socket_in_a_file_and_in_set(tmp_path):
+    """1e400 is no ∞ wherever it is written; ∞ is spelled as each format spells it."""
+    from rlr_engine.control.protocol import decode
+    from rlr_engine.control.records import SetTau, command_from_dict
+    from rlr_engine.core.validation import check_tau
+
+    def from_socket(value: str):
+        line = '{"type": "command", "id": "1", "command": {"kind": "set_tau", "tau": ' + value + "}}"
+        return command_from_dict(decode(line.encode())["command"])
+
+    preset = 'dataset = "digits"\nmodel = "digits-cnn"\nmethod = "lowrank"\ntau = '
+    with pytest.raises(ValueError, match=r"set_tau\.tau = 1e400 is not allowed"):
+        from_socket("1e400")
+    with pytest.raises(PresetError, match="tau = 1e400 is not allowed"):
+        load_preset(str(write(tmp_path, preset + "1e400")))
+    with pytest.raises(PresetError, match="tau = 1e400 is not allowed"):
+        load_preset("quickstart", ["tau=1e400"])
+    with pytest.raises(ValueError, match="tau must be"):
+        check_tau("1e400")  # typed in the dashboard
+    assert from_socket("Infinity") == SetTau(tau=math.inf)
+    assert load_preset(str(write(tmp_path, preset + "inf"))).tau == math.inf

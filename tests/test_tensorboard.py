@@ -268,6 +268,20 @@ def test_the_tensorboard_key_accepts_only_true_or_false():
     assert load_preset("quickstart").tensorboard is False
 
 
+def test_a_run_shorter_than_the_spectra_cadence_still_writes_sigma_histograms_at_its_end(tmp_path):
+    """No snapshot falls due while it trains (snapshot_interval of a minute): the histograms of
+    its last step are written as it ends, as the spectra of its last snapshot."""
+    engine = start_engine(tmp_path, tensorboard=True, epochs=1, max_steps=3, snapshot_interval=60)
+    snap = run_to_end(engine)
+    assert snap.state == "finished" and snap.layers
+    events = read_events(engine.run_dir)
+    assert set(events.Tags()["histograms"]) == {f"sigma/{layer.name}" for layer in snap.layers}
+    for layer in snap.layers:
+        (last,) = [h for h in events.Histograms(f"sigma/{layer.name}") if h.step == snap.step]
+        assert last.histogram_value.num == layer.rank
+        assert last.histogram_value.max == pytest.approx(layer.sigma_max, rel=1e-6)
+
+
 def test_a_finished_run_extended_goes_on_from_its_final_checkpoint_on_the_same_curves(tmp_path):
     first = start_engine(tmp_path, tensorboard=True, epochs=1, attack_every=0)
     done = run_to_end(first)

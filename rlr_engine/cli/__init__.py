@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from rlr_engine import __version__
 from rlr_engine.cli import compare, eval, export, presets, runs, train
-from rlr_engine.cli.console import print_error
+from rlr_engine.cli.console import USER_ERROR, print_error
 from rlr_engine.control.run_dirs import RunBusy
 from rlr_engine.core.errors import CannotStart, RunFailed, UserError
 
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (UserError, CannotStart, RunBusy, RunFailed) as error:
         print_error(error)
-        return 2
+        return USER_ERROR
     except KeyboardInterrupt:  # Ctrl+C where no run is there to stop cleanly (loading, rlr eval)
         print_error("interrupted")
         return 130

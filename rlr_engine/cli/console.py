@@ -3,7 +3,9 @@ that follows an engine (``rlr train``, ``rlr compare``) and the summary of a run
 
 from __future__ import annotations
 
-from rich.console import Console
+import sys
+
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -11,14 +13,49 @@ from rich.table import Table
 from rlr_engine.control.records import Snapshot
 from rlr_engine.core.formatting import pct, versus_dense
 
-console = Console()
-err_console = Console(stderr=True)
+USER_ERROR = 2  # the exit code of every mistake the user can fix: a typo, a missing data set or device
+
+# Off a terminal (a pipe, a file, a CI log) nothing is wrapped: rich would otherwise break every
+# line at 80 columns. Tables are as wide as their cells.
+HEADLESS_WIDTH = 10_000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """rich's console for a terminal; for anything else one that never wraps a line."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        terminal = False
+    if terminal:
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, soft_wrap=True, width=HEADLESS_WIDTH)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def print_grid(table: RenderableType, out: Console) -> None:
+    """A borderless table on ``out``. Off a terminal its lines end where their text does (rich
+    pads every cell of the last column to that column's width)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    with out.capture() as captured:
+        out.print(table)
+    out.out("\n".join(line.rstrip() for line in captured.get().splitlines()), highlight=False)
 
 
 def print_error(message: object) -> None:
     """``error: <message>`` on stderr. The message is escaped: errors quote paths, library
     messages and extras such as ``rlr[tensorboard]``, whose brackets rich would read as markup."""
     err_console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False)
+
+
+def print_warning(message: object) -> None:
+    """``warning: <message>`` on stderr (escaped as ``print_error``'s)."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
 
 
 def fmt_pct(value: float | None) -> str:
@@ -81,8 +118,10 @@ def print_summary(snap: Snapshot) -> None:
     if result is not None:
         # Headings are lines of their own (a table title wraps at the table's width and would
         # break the preset's name); the attack says when it ran, since the model is later.
+        images = f" on {result.samples} test images" if result.samples else ""
+        seed = "" if result.seed is None else f", seed {result.seed}"
         console.print(
-            f"[bold]{snap.preset}[/bold]: accuracy under {result.attack} at step {result.step}"
+            f"[bold]{snap.preset}[/bold]: accuracy under {result.attack}{images} at step {result.step}{seed}"
             f"{'' if result.step == snap.step else f' (the model is at step {snap.step})'}",
             highlight=False,
         )

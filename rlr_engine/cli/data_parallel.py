@@ -31,9 +31,9 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 
-from rlr_engine.cli.console import console, err_console, print_error, print_summary, watch
+from rlr_engine.cli.console import USER_ERROR, console, err_console, print_error, print_summary, watch
 from rlr_engine.control.run_dirs import create_run_dir, discard_run_dir, read_jsonl, read_run_config, write_config
-from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY
+from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY, TORCHELASTIC
 from rlr_engine.control.run_plan import prepare_run, run_config
 from rlr_engine.core.atomic_files import write_text_atomic
 from rlr_engine.core.config import RunConfig
@@ -50,6 +50,7 @@ def launch(args: argparse.Namespace) -> int:
 
     config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
     check_visible_gpus(args.nproc, config.device)
+    _check_start(config)
     if new:
         create_run_dir(run_dir, config)
     events_before = _size(run_dir / EVENTS)
@@ -66,6 +67,10 @@ def launch(args: argparse.Namespace) -> int:
             str(args.nproc),
             "--max-restarts",
             "0",
+            # torch elastic's logs and error files: in the run, not in a torchelastic_* folder of
+            # the system's temporary directory, which nothing would remove
+            "--log-dir",
+            str(run_dir / TORCHELASTIC),
             "-m",
             "rlr_engine.cli",
             *worker,
@@ -88,7 +93,9 @@ def launch(args: argparse.Namespace) -> int:
         print_error(reason)
         if announce is not None:
             announce.fail(reason)
-        return 1
+        # A worker exits USER_ERROR for what the user can fix (no data set, no such device): so
+        # does the launcher.
+        return USER_ERROR if failure.exitcode == USER_ERROR else 1
     except SignalException as error:  # Ctrl+C: the agent passed it on; rank 0 stopped cleanly
         err_console.print(
             f"interrupted ({error.sigval.name}); resume with: rlr train --nproc {args.nproc} --resume {run_dir}",
@@ -279,6 +286,16 @@ def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     if new:
         create_run_dir(run_dir, config)
     return config, run_dir, new
+
+
+def _check_start(config: RunConfig) -> None:
+    """What every worker would fail on at its start (no such device, a data directory that is not
+    there), said once before any process starts: CannotStart, exit code 2."""
+    from rlr_engine.run.trainer import resolve_device
+    from rlr_engine.workload.data import check_data_dir
+
+    resolve_device(config.device)
+    check_data_dir(config.dataset, config.data_dir)
 
 
 def _size(path: Path) -> int:

@@ -7,15 +7,26 @@ import argparse
 import dataclasses
 import json
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from rlr_engine.cli.console import console, err_console, fmt_pct
-from rlr_engine.core.catalog import ATTACKS, DEVICES
-from rlr_engine.core.config import AttackSpec
+from rlr_engine.cli.console import console, err_console, fmt_pct, print_warning
+from rlr_engine.control.run_dirs import find_checkpoint
+from rlr_engine.core.catalog import ATTACKS, DATASETS, DEVICES, data_source
+from rlr_engine.core.config import SEED_RANGE, AttackSpec
 from rlr_engine.core.errors import UserError
 from rlr_engine.core.extras import require_attack
 from rlr_engine.core.validation import parse_eps_text
+
+DEFAULT_SEED = 0
 
 
 def _eval_spec(args: argparse.Namespace):
@@ -29,6 +40,8 @@ def _eval_spec(args: argparse.Namespace):
     samples = info.default_samples if args.samples is None else args.samples
     if samples < 0:
         raise UserError(f"--samples {samples}: must be >= 0 (0: the whole test set)")
+    if args.seed not in SEED_RANGE:
+        raise UserError(f"--seed {args.seed}: must be {SEED_RANGE.allowed('an integer')}")
     try:
         AttackSpec(
             args.attack,
@@ -62,21 +75,39 @@ def eval_json(config, step: int, checked) -> dict:
         "samples": result.samples,
         "steps": spec.steps if spec.info.uses_steps else None,
         "restarts": spec.restarts,
+        "seed": result.seed,
         "parts": [p.to_dict() for p in result.parts],
         "probes": [p.to_dict() for p in checked.probes],
         **checked.sanity.to_dict(),
     }
 
 
+def _data_dir_unused(dataset: str) -> str | None:
+    """Why ``dataset`` reads nothing from data_dir (None when it does)."""
+    source = data_source(dataset)
+    if source is None:
+        return None
+    if source.in_catalog:
+        info = DATASETS[dataset]
+        return None if info.needs_files else f"is {info.source} data held in memory, not read from files"
+    if source.kind in ("imagefolder", "tensors"):
+        return f"is read from {source.target}"
+    return None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    samples = _eval_spec(args)  # before torch loads: a mistake is one line at once
+    find_checkpoint(args.checkpoint)
     from rlr_engine.run.saved_model import load_evaluation_target
-    from rlr_engine.workload.attacks import robustness_with_checks, work_units
+    from rlr_engine.workload.attacks import PART_LABELS, robustness_with_checks, work_units
     from rlr_engine.workload.data import to_float
 
-    samples = _eval_spec(args)
     config, step, model, images, labels = load_evaluation_target(
         args.checkpoint, samples, args.device or "auto", args.data_dir
     )
+    unused = _data_dir_unused(config.dataset)
+    if args.data_dir and unused:
+        print_warning(f"--data-dir {args.data_dir} is not used: the checkpoint's data set {config.dataset} {unused}")
     try:  # what the run fills in (its eps, its PGD steps) is checked against the chosen attack too
         spec = dataclasses.replace(
             config.attack_spec(args.attack, args.eps, args.steps, args.step_size), restarts=args.restarts
@@ -87,7 +118,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = len(labels)
     shown = err_console if args.json else console
     shown.print(
-        f"{config.name} (step {step}): {spec.name} on {n} test images{'' if samples else ' (the whole test set)'}",
+        f"{config.name} (step {step}): {spec.name} on {n} test images{'' if samples else ' (the whole test set)'}, "
+        f"seed {args.seed}",
         highlight=False,
     )
     with Progress(
@@ -95,12 +127,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
+        TimeElapsedColumn(),
         console=shown,
         transient=True,
     ) as progress:
         task = progress.add_task(
             f"{spec.name}, images × ε", total=work_units(spec, config.dataset, n, not args.no_probes)
         )
+        part_task: TaskID | None = None
+
+        def on_part(part: str, eps: float, done: int, total: int) -> None:
+            """A line of its own for the part running now (AutoAttack's four, Square): images done."""
+            nonlocal part_task
+            label = f"  {PART_LABELS[part]} at ε={eps:g}"
+            if part_task is None:
+                part_task = progress.add_task(label, total=total)
+            progress.update(part_task, description=label, completed=done, total=total)
+
         checked = robustness_with_checks(
             model,
             images,
@@ -110,6 +153,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             probes=not args.no_probes,
             to_input=to_float,
             progress=lambda k: progress.advance(task, k),
+            seed=args.seed,
+            part_progress=on_part,
         )
     if args.json:
         print(json.dumps(eval_json(config, step, checked)))
@@ -117,7 +162,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # The heading is a line of its own, not the table's title: a title wraps at the table's narrow
     # width and would break the run's name.
     console.print(
-        f"[bold]{config.name}[/bold] (step {step}): accuracy under {spec.name}, {n} test images", highlight=False
+        f"[bold]{config.name}[/bold] (step {step}): accuracy under {spec.name}, {n} test images, seed {args.seed}",
+        highlight=False,
     )
     table = Table()
     table.add_column("ε" + (" (L2)" if spec.info.norm == "l2" else ""), justify="right")
@@ -174,6 +220,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-probes",
         action="store_true",
         help="skip the extra measurements the sanity checks use (FGSM/PGD references, large ε)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"where the random starts (PGD, AutoAttack, Square) begin: the same seed, the same numbers "
+        f"(default {DEFAULT_SEED})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--device", choices=DEVICES)

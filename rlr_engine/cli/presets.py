@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rlr_engine.cli.console import console
+from rlr_engine.cli.console import console, print_grid
 from rlr_engine.core.errors import PresetError
 from rlr_engine.core.presets import available_presets, example_presets, load_preset
 
@@ -53,7 +53,7 @@ def _shown_path(path: Path) -> str:
 def cmd_presets(args: argparse.Namespace) -> int:
     presets = available_presets()
     console.print("[bold]rlr presets[/bold] (rlr train NAME, rlr-tui NAME)")
-    console.print(_table(presets, {name: name for name in presets}))
+    print_grid(_table(presets, {name: name for name in presets}), console)
     examples = example_presets()
     if examples:
         console.print(
@@ -61,7 +61,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
             "rlr train PATH --set dataset=imagefolder:DIR)",
             highlight=False,
         )
-        console.print(_table(examples, {name: _shown_path(path) for name, path in examples.items()}))
+        print_grid(_table(examples, {name: _shown_path(path) for name, path in examples.items()}), console)
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from rlr_engine.cli.console import console
+from rlr_engine.cli.console import console, print_grid
 from rlr_engine.control.run_dirs import list_runs
 from rlr_engine.control.run_files import DEFAULT_RUNS
 from rlr_engine.core.formatting import STATE_STYLES
@@ -39,7 +39,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if r.pid and r.live:
             details.append(f"pid {r.pid}")
         table.add_row(r.path.name, f"[{STATE_STYLES.get(r.state, '')}]{r.state}[/]", " · ".join(details))
-    console.print(table)
+    print_grid(table, console)
     return 0
 
 

@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from rlr_engine.cli.console import console, print_error, print_summary, watch
+from rlr_engine.cli.console import USER_ERROR, console, print_error, print_summary, watch
 from rlr_engine.control.detached import ENGINE_CHILD_FLAG, READY, LaunchError, start_detached
 from rlr_engine.control.run_dirs import create_run_dir, discard_run_dir, write_config
 from rlr_engine.control.run_files import DEFAULT_RUNS
@@ -52,17 +52,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise UserError(f"--nproc {args.nproc}: must be >= 1 (processes to train on, one per GPU on CUDA)")
     if args.nproc > 1:
+        prepare_run(args.preset, args.set, args.resume, args.runs, args.device)  # a typo: before torch loads
         from rlr_engine.cli import data_parallel
 
         return data_parallel.launch(args)
     if args.run_dir:
         raise UserError("--run-dir is set by the --nproc launcher for its workers; use --resume RUN_DIR")
     # -- end torch.distributed --
-    from rlr_engine.run.engine import Engine
-    from rlr_engine.run.host import become_detached_log, serve_run
-
     overrides = args.set
     config, run_dir, new = prepare_run(args.preset, overrides, args.resume, args.runs, args.device)
+    from rlr_engine.run.engine import Engine  # torch: once the run is known to be good
+    from rlr_engine.run.host import become_detached_log, serve_run
+
     engine = Engine(config, run_dir, resume=not new, resume_settings=restored_keys_set(overrides))
     show = not args.engine_child
     try:
@@ -71,9 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 engine.setup()
         else:
             engine.setup()
-    except CannotStart as error:
+    except CannotStart as error:  # no such device, no data set: the user's to fix, as a typo is
         print_error(error)
-        return 1
+        return USER_ERROR
     if new:
         create_run_dir(run_dir, config)
     else:
@@ -99,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if new:
             discard_run_dir(run_dir)  # it never trained: nothing in it to resume or inspect
         print_error(error)
-        return 1
+        return USER_ERROR
     try:
         if snap.state == "failed":
             print_error(snap.message)

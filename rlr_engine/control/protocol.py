@@ -169,16 +169,21 @@ def attack_result_to_dict(result: AttackResult) -> dict[str, Any]:
         "attack": result.attack,
         "eps": list(result.eps),
         "accuracy": list(result.accuracy),
+        "samples": result.samples,
+        "seed": result.seed,
     }
 
 
 def attack_result_from_dict(raw: dict[str, Any]) -> AttackResult:
+    """(Results recorded before ``samples`` and ``seed`` were read with neither.)"""
     return AttackResult(
         int(raw["step"]),
         int(raw["epoch"]),
         str(raw["attack"]),
         tuple(float(e) for e in raw["eps"]),
         tuple(float(a) for a in raw["accuracy"]),
+        int(raw.get("samples", 0)),
+        None if raw.get("seed") is None else int(raw["seed"]),
     )
 
 

@@ -232,11 +232,16 @@ class LayerStats:
 
 @dataclass(frozen=True)
 class AttackResult:
+    """Accuracy per ε under one attack at one step, on ``samples`` test images (0: not known),
+    its random draws started from ``seed`` (None: not recorded)."""
+
     step: int
     epoch: int
     attack: str
     eps: tuple[float, ...]
     accuracy: tuple[float, ...]
+    samples: int = 0
+    seed: int | None = None
 
 
 Series = tuple[tuple[int, float], ...]

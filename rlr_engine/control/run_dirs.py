@@ -27,9 +27,20 @@ else:  # pragma: no cover
 from rlr_engine.control.run_files import CHECKPOINT, CONFIG, DEFAULT_RUNS, ENGINE_INFO, EVENTS, METRICS, SUMMARY
 from rlr_engine.core.atomic_files import write_text_atomic
 from rlr_engine.core.config import RunConfig, run_name_from, run_name_problem, validate
-from rlr_engine.core.errors import PresetError
+from rlr_engine.core.errors import CheckpointError, PresetError
 from rlr_engine.core.extras import require_extras
 from rlr_engine.core.presets import dump_toml
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file ``path`` names (a run directory names its checkpoint.pt);
+    CheckpointError when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
 
 
 def choose_run_dir(config: RunConfig, root: str | Path = DEFAULT_RUNS) -> Path:

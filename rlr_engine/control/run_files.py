@@ -12,6 +12,7 @@ them too.
   engine.log      stdout/stderr of a detached engine
   error.log       the traceback of an unexpected engine error
   tensorboard/    TensorBoard event files (with ``tensorboard = true``)
+  torchelastic/   torch elastic's logs and error files of ``--nproc`` runs, one folder per launch
   undo/           states from before live changes, past the undo history's memory limit, while
                   the engine that made them lives (run/undo.py)
 """
@@ -29,4 +30,5 @@ CONTROL_SOCKET = "control.sock"
 ENGINE_LOG = "engine.log"
 ERROR_LOG = "error.log"
 TENSORBOARD = "tensorboard"
+TORCHELASTIC = "torchelastic"
 UNDO = "undo"

@@ -52,6 +52,11 @@ def _number(low: float, high: float, low_open: bool = False, high_open: bool = F
     return NumberRange(low, high, low_open, high_open)
 
 
+# final_attack_samples: -1 stands for the attack's own default (catalog.AttackFacts.default_samples).
+ATTACK_DEFAULT = -1
+FINAL_ATTACK_SAMPLES = NumberRange(ATTACK_DEFAULT, 10**7, note="-1: the attack's default, 0: all")
+SEED_RANGE = NumberRange(0, 2**31 - 1)
+
 RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 MAX_RUN_NAME = 64
 
@@ -338,7 +343,7 @@ class RunConfig:
     milestones: tuple[int, ...] = field(default=(), metadata=_spec(tuple, _milestones, item=int))
     gamma: float = field(default=0.3, metadata=_spec(float, _number(0, 1, low_open=True)))
     val_fraction: float = field(default=0.25, metadata=_spec(float, _number(0, 0.9)))
-    seed: int = field(default=0, metadata=_spec(int, _number(0, 2**31 - 1)))
+    seed: int = field(default=0, metadata=_spec(int, SEED_RANGE))
     eval_every: int = field(
         default=1, metadata=_spec(int, _number(0, 100_000), "epochs between evaluations (0: at the end)")
     )
@@ -350,7 +355,22 @@ class RunConfig:
         default=1, metadata=_spec(int, _number(0, 100_000), "epochs between attacks (0: at the end)")
     )
     attack_samples: int = field(
-        default=1000, metadata=_spec(int, _number(0, 10**7), "test images attacked during training (0: all)")
+        default=1000,
+        metadata=_spec(
+            int,
+            _number(0, 10**7),
+            "test images of the attacks during training and from a dashboard, a seeded subset (0: all); "
+            "the final attack takes final_attack_samples",
+        ),
+    )
+    final_attack_samples: int = field(
+        default=-1,
+        metadata=_spec(
+            int,
+            FINAL_ATTACK_SAMPLES,
+            "test images of the attack that ends the run, a seeded subset (0: all; -1: the attack's "
+            "default: all for fgsm and pgd, its own subset for cw-l2, autoattack and square)",
+        ),
     )
     pgd_steps: int = field(default=10, metadata=_spec(int, _number(1, 10_000)))
     pgd_step_size: float = field(default=0.0, metadata=_spec(float, _number(0, 1), "0: 2.5 eps / steps"))
@@ -468,6 +488,20 @@ class RunConfig:
             self.pgd_steps if steps is None else steps,
             self.pgd_step_size if step_size is None else step_size,
         )
+
+    @property
+    def final_samples(self) -> int:
+        """Test images the final attack uses (0: all): ``final_attack_samples``, or for -1 the
+        attack's default (every image for fgsm and pgd, a subset for the slow attacks)."""
+        if self.final_attack_samples == ATTACK_DEFAULT:
+            return ATTACKS[self.attack].default_samples
+        return self.final_attack_samples
+
+    def attack_seed(self, step: int) -> int:
+        """The seed of the run's attacks at ``step`` (scheduled, asked for from a dashboard, the
+        final one, ``rlr compare``'s): made of the run's seed and the step, so attacking the same
+        model again draws the same random starts and gives the same numbers."""
+        return (self.seed * 1_000_003 + step) % (2**31)
 
     @property
     def method_label(self) -> str:

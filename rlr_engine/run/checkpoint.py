@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rlr_engine.control.run_files import CHECKPOINT
+from rlr_engine.control.run_dirs import find_checkpoint
 from rlr_engine.core.atomic_files import atomic_file
 from rlr_engine.core.errors import CheckpointError
 
@@ -25,11 +25,7 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by save_atomic; any problem becomes a CheckpointError that says
     which file and why."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    path = find_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, pickle error, wrong file type ...

@@ -129,22 +129,36 @@ def robustness(
 ) -> dict[str, Any]:
     """Accuracy per ε (``eps``, or the preset's) under ``attack`` for a finished run, with the
     parts of an ensemble attack and the probes the sanity checks need, computed once from its
-    checkpoint and cached in the run directory. The run's own final attack (whole test set) is
-    reused when the ε match; only its probes are run."""
+    checkpoint and cached in the run directory. The run's own final attack is reused when it
+    attacked the same images at the same ε; only its probes are run then. Random draws are
+    seeded as the run seeds its attacks (``RunConfig.attack_seed`` of the final step), and the
+    seed is recorded."""
     eps = list(eps) if eps else list(config.eps)
+    seed = config.attack_seed(int(summary["steps"]))
     cache = run_dir / f"robustness-{attack}-{samples}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached["eps"] == eps:
+        if cached["eps"] == eps and cached.get("seed") == seed:
             return cached
     _, _, model, images, labels = load_evaluation_target(run_dir / CHECKPOINT, samples, device=device or config.device)
     spec = config.attack_spec(attack, eps=eps)
-    if attack == summary.get("attack") and list(summary["eps"]) == eps:
-        probes = [measure(model, images, labels, p, to_input=to_float) for p in probe_specs(spec, config.dataset)]
-        result = {"eps": summary["eps"], "accuracy": summary["adversarial_accuracy"], "samples": 0, "parts": []}
+    # The run's own final attack is the same measurement when it attacked the same images: every
+    # test image (a summary without ``attack_samples`` predates subsets and attacked them all).
+    same_images = samples == 0 and summary.get("attack_samples", len(labels)) == len(labels)
+    if attack == summary.get("attack") and list(summary["eps"]) == eps and same_images:
+        probes = [
+            measure(model, images, labels, p, to_input=to_float, seed=seed) for p in probe_specs(spec, config.dataset)
+        ]
+        result = {
+            "eps": summary["eps"],
+            "accuracy": summary["adversarial_accuracy"],
+            "samples": len(labels),
+            "parts": [],
+        }
     else:
-        checked = robustness_with_checks(model, images, labels, spec, config.dataset, to_input=to_float)
+        checked = robustness_with_checks(model, images, labels, spec, config.dataset, to_input=to_float, seed=seed)
         probes, result = list(checked.probes), checked.result.to_dict()
+    result["seed"] = seed
     result["probes"] = [p.to_dict() for p in probes]
     write_text_atomic(cache, json.dumps(result))  # a kill mid-write must not leave half a cache to read
     return result

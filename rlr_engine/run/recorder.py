@@ -155,11 +155,11 @@ class Recorder:
         )
         self.event(step, "evaluation", f"epoch {epoch}: val acc {val_acc:.2%}, test acc {test_acc:.2%}")
 
-    def attack(self, result: AttackResult, samples: int) -> None:
+    def attack(self, result: AttackResult) -> None:
         self.attack_history.append(result)
-        self._metric({"type": "attack", **attack_result_to_dict(result), "samples": samples})
+        self._metric({"type": "attack", **attack_result_to_dict(result)})
         pairs = ", ".join(f"{e:g}: {a:.1%}" for e, a in zip(result.eps, result.accuracy))
-        self.event(result.step, "attack", f"{result.attack} on {samples} test images: {pairs}")
+        self.event(result.step, "attack", f"{result.attack} on {result.samples} test images: {pairs}")
 
     def _metric(self, record: dict[str, Any]) -> None:
         try:

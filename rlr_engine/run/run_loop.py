@@ -154,7 +154,7 @@ class RunLoop:
         if due.evaluate:
             self._evaluate()
         if due.attack:
-            self.attack(self.config.attack_spec(), full=False)
+            self.attack(self.config.attack_spec(), final=False)
         if due.checkpoint:
             self.checkpoint()
 
@@ -170,7 +170,7 @@ class RunLoop:
         else:
             if trainer.position:  # max_steps ended the run mid-epoch
                 self._evaluate()
-            result = self.attack(self.config.attack_spec(), full=True)
+            result = self.attack(self.config.attack_spec(), final=True)
             if self.recorder.last_checkpoint_step != trainer.step:
                 self.checkpoint()
             self.state = "finished"
@@ -183,10 +183,15 @@ class RunLoop:
                     "attack": result.attack,
                     "eps": list(result.eps),
                     "adversarial_accuracy": list(result.accuracy),
+                    "attack_samples": result.samples,
+                    "attack_seed": result.seed,
                 },
             )
             self.event("info", f"finished after {trainer.step} steps")
-        self.publish()
+        # The spectra as the run ends, in the last snapshot and in TensorBoard, however short the
+        # run was next to the spectra's cadence.
+        readable = not self.divergence.diverged and trainer.parameters_finite()
+        self.publish(with_layers=trainer.at_window_boundary and readable)
 
     def fail(self, message: str) -> None:
         """End the run as failed with ``message`` (an error the thread met)."""
@@ -298,19 +303,21 @@ class RunLoop:
             trainer.report.compression,
         )
 
-    def attack(self, spec: AttackSpec, full: bool) -> AttackResult:
+    def attack(self, spec: AttackSpec, final: bool) -> AttackResult:
+        """Attack the model as it is now, seeded from the run's seed and the step."""
         trainer = self._trainer
         self._condition_for_measuring()
-        accuracy, samples = trainer.attack(spec, full)
-        result = AttackResult(trainer.step, trainer.epoch, spec.name, tuple(spec.eps), accuracy)
-        self.recorder.attack(result, samples)
+        seed = self.config.attack_seed(trainer.step)
+        accuracy, samples = trainer.attack(spec, final, seed)
+        result = AttackResult(trainer.step, trainer.epoch, spec.name, tuple(spec.eps), accuracy, samples, seed)
+        self.recorder.attack(result)
         self.publish()
         return result
 
     def attack_now(self, attack: str | None, eps: tuple[float, ...] | None) -> str:
         spec = self.config.attack_spec(attack, eps)
         started = time.monotonic()
-        self.attack(spec, full=False)
+        self.attack(spec, final=False)
         self.publisher.exclude_from_window(time.monotonic() - started)
         return f"attack {spec.name} at step {self.step}"
 

@@ -101,10 +101,11 @@ class Trainer:
         self.train_module: nn.Module = self.model
         self._wrapped: tuple[int, ...] = ()
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        subset = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(config.seed + 1))
-        if config.attack_samples:
-            subset = subset[: config.attack_samples]
-        self.attack_indices = subset.to(device)
+        # Attacks run on seeded subsets of the test set, one drawn order: the first attack_samples
+        # images during training, the first final_samples at the end (0: all).
+        order = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(config.seed + 1)).to(device)
+        self.attack_indices = order[: config.attack_samples] if config.attack_samples else order
+        self.final_attack_indices = order[: config.final_samples] if config.final_samples else None
         self.permutation: torch.Tensor | None = None
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -354,14 +355,16 @@ class Trainer:
         _, test_acc = self.evaluate_split(self.data.test)
         return val_loss, val_acc, test_acc
 
-    def attack(self, spec: AttackSpec, full: bool) -> tuple[tuple[float, ...], int]:
-        """Accuracy per ε of ``spec`` on the test set (``full``) or the run's seeded subset, and
+    def attack(self, spec: AttackSpec, final: bool, seed: int) -> tuple[tuple[float, ...], int]:
+        """Accuracy per ε of ``spec`` on the run's seeded subset of the test set (``final``: the
+        final attack's, ``final_attack_samples``), its random draws started from ``seed``, and
         the number of images attacked."""
         images, labels = self.data.test.images, self.data.test.labels
-        if not full:
-            images, labels = images[self.attack_indices], labels[self.attack_indices]
+        indices = self.final_attack_indices if final else self.attack_indices
+        if indices is not None:
+            images, labels = images[indices], labels[indices]
         mine = self.ranks.shard(len(labels))
-        correct = adversarial_correct(self.model, images[mine], labels[mine], spec, to_input=to_float)
+        correct = adversarial_correct(self.model, images[mine], labels[mine], spec, to_input=to_float, seed=seed)
         counts = self.ranks.sum(torch.stack([correct[e] for e in spec.eps]))
         n = max(len(labels), 1)
         return tuple(c / n for c in counts.tolist()), len(labels)

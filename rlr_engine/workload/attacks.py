@@ -18,8 +18,9 @@ authors' code the stronger; numbers in benchmarks/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,31 @@ class AttackBudget:
 STANDARD = AttackBudget()
 # AutoAttack's standard version, in the order it runs them (checked against the library at run time).
 AUTOATTACK_PARTS = {"apgd-ce": ITERATIVE, "apgd-t": ITERATIVE, "fab-t": ITERATIVE, "square": BLACK_BOX}
+# How the parts are named in print (the library's own names are the keys).
+PART_LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
+
+PartProgress = Callable[[str, float, int, int], None]
+"""Told while an attack made of slow parts runs (AutoAttack's four, Square): (part, ε, images
+done, images the part attacks), once as each part starts on a batch (0 done) and once as it
+ends. The library runs a part on a whole batch at once, so that is as fine as it gets without
+running smaller batches, which would slow it."""
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Random draws inside (PGD's random starts, the libraries' own reseeding) start from
+    ``seed``; the global random state outside is restored after, so an attack in the middle
+    of a training run changes nothing of its random stream."""
+    devices: list[int] = []
+    if device.type == "cuda":  # the model's GPU, and the current one, which the libraries reseed
+        current = torch.cuda.current_device()
+        devices = sorted({current if device.index is None else device.index, current})
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        for index in devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 @dataclass(frozen=True)
@@ -157,12 +183,12 @@ def pgd_batch(model: nn.Module, x: Tensor, y: Tensor, eps: float, spec: AttackSp
     return adversary.perturb(x, y)
 
 
-def _run_fgsm(model, x, y, spec, budget) -> list[Outcome]:
+def _run_fgsm(model, x, y, spec, budget, seed, on_part) -> list[Outcome]:
     return [Outcome(_predicts(model, x_adv, y)) for x_adv in fgsm_batch(model, x, y, spec.eps)]
 
 
-def _run_pgd(model, x, y, spec, budget) -> list[Outcome]:
-    """Worst case over ``spec.restarts`` random starts."""
+def _run_pgd(model, x, y, spec, budget, seed, on_part) -> list[Outcome]:
+    """Worst case over ``spec.restarts`` random starts (drawn from the generator ``seeded`` set)."""
     outcomes = []
     for eps in spec.eps:
         robust = _predicts(model, x, y)
@@ -172,7 +198,7 @@ def _run_pgd(model, x, y, spec, budget) -> list[Outcome]:
     return outcomes
 
 
-def _run_cw(model, x, y, spec, budget) -> list[Outcome]:
+def _run_cw(model, x, y, spec, budget, seed, on_part) -> list[Outcome]:
     """advertorch's CarliniWagnerL2Attack searches the smallest L2 perturbation that fools the
     model, once for all ε. ε is an L2 budget: an image is robust at ε when the attack failed or
     the perturbation it found is longer than ε (the model was correct on it to begin with).
@@ -201,7 +227,7 @@ def _run_cw(model, x, y, spec, budget) -> list[Outcome]:
     return [Outcome(clean & (~fooled | (distance > eps))) for eps in spec.eps]
 
 
-def _square(model, eps: float, device, budget: AttackBudget):
+def _square(model, eps: float, device, budget: AttackBudget, seed: int):
     """Square as AutoAttack's standard version configures it."""
     from pyautoattack.square import SquareAttack
 
@@ -212,27 +238,34 @@ def _square(model, eps: float, device, budget: AttackBudget):
         eps=eps,
         norm="Linf",
         n_restarts=1,
-        seed=0,
+        seed=seed,
         verbose=False,
         device=device,
         resc_schedule=False,
     )
 
 
-def _run_square(model, x, y, spec, budget) -> list[Outcome]:
+def _run_square(model, x, y, spec, budget, seed, on_part) -> list[Outcome]:
     import_pyautoattack()
     outcomes = []
     for eps in spec.eps:
         robust = _predicts(model, x, y)
         if eps > 0 and robust.any():
             idx = robust.nonzero().squeeze(1)
-            x_adv = _square(model, eps, x.device, budget).perturb(x[idx], y[idx])
+            _tell(on_part, "square", eps, 0, len(idx))
+            x_adv = _square(model, eps, x.device, budget, seed).perturb(x[idx], y[idx])
             robust[idx] = _predicts(model, x_adv, y[idx])
+            _tell(on_part, "square", eps, len(idx), len(idx))
         outcomes.append(Outcome(robust))
     return outcomes
 
 
-def _run_autoattack(model, x, y, spec, budget) -> list[Outcome]:
+def _tell(on_part: PartProgress | None, part: str, eps: float, done: int, total: int) -> None:
+    if on_part is not None:
+        on_part(part, eps, done, total)
+
+
+def _run_autoattack(model, x, y, spec, budget, seed, on_part) -> list[Outcome]:
     """AutoAttack, standard version, L∞: APGD-CE, APGD-T, FAB-T and Square run in that order, each
     on the images the parts before it left correct (as the library's own evaluation does); the
     library runs each part so the accuracy after every part is known. With fewer than 10 classes
@@ -247,7 +280,7 @@ def _run_autoattack(model, x, y, spec, budget) -> list[Outcome]:
         if eps == 0:
             outcomes.append(Outcome(robust, tuple((name, robust) for name in AUTOATTACK_PARTS)))
             continue
-        aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=0, device=x.device)
+        aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
         aa.verbose = False
         if list(aa.attacks_to_run) != list(AUTOATTACK_PARTS):
             raise RuntimeError(f"pyautoattack's standard version changed: {aa.attacks_to_run}")
@@ -257,15 +290,17 @@ def _run_autoattack(model, x, y, spec, budget) -> list[Outcome]:
         for name in AUTOATTACK_PARTS:
             idx = robust.nonzero().squeeze(1)
             if len(idx):
+                _tell(on_part, name, eps, 0, len(idx))
                 aa.attacks_to_run = [name]
                 _, y_adv = aa.run_standard_evaluation(x[idx], y[idx], batch_size=len(idx))
                 robust[idx] = y_adv == y[idx]
+                _tell(on_part, name, eps, len(idx), len(idx))
             parts.append((name, robust.clone()))
         outcomes.append(Outcome(robust, tuple(parts)))
     return outcomes
 
 
-Runner = Callable[[nn.Module, Tensor, Tensor, AttackSpec, AttackBudget], list[Outcome]]
+Runner = Callable[[nn.Module, Tensor, Tensor, AttackSpec, AttackBudget, int, PartProgress | None], list[Outcome]]
 # How each attack of catalog.ATTACKS runs (its facts, torch-free, are there).
 RUNNERS: dict[str, Runner] = {
     "fgsm": _run_fgsm,
@@ -281,24 +316,26 @@ assert tuple(RUNNERS) == tuple(ATTACKS), "every attack of the catalog has a runn
 @dataclass(frozen=True)
 class Robustness:
     """Accuracy under one attack at each ε of ``spec`` on ``samples`` images, and for attacks in
-    parts the accuracy after each part (cumulative)."""
+    parts the accuracy after each part (cumulative); ``seed`` started its random draws."""
 
     spec: AttackSpec
     accuracy: tuple[float, ...]
     samples: int
     parts: tuple[Component, ...] = ()
+    seed: int = 0
 
     def by_eps(self) -> dict[float, float]:
         return dict(zip(self.spec.eps, self.accuracy))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form: attack, ε, accuracy, samples and the parts' accuracies."""
+        """Plain JSON-able form: attack, ε, accuracy, samples, the parts' accuracies and the seed."""
         return {
             "attack": self.spec.name,
             "eps": list(self.spec.eps),
             "accuracy": list(self.accuracy),
             "samples": self.samples,
             "parts": [part.to_dict() for part in self.parts],
+            "seed": self.seed,
         }
 
     def record(self) -> AttackRecord:
@@ -317,9 +354,12 @@ def _correct_counts(
     to_input,
     progress: Callable[[int], None] | None,
     budget: AttackBudget,
+    seed: int,
+    part_progress: PartProgress | None,
 ) -> tuple[Tensor, Tensor]:
     """Images still correct at each ε (and, for an ensemble, after each of its parts), as device
-    tensors: counts add up across the shards of a data-parallel run."""
+    tensors: counts add up across the shards of a data-parallel run. Random draws start from
+    ``seed`` (see ``seeded``): the same call gives the same counts."""
     info = spec.info
     require_attack(info.name)
     was_training = model.training
@@ -327,17 +367,19 @@ def _correct_counts(
     correct = torch.zeros(len(spec.eps), dtype=torch.long, device=labels.device)
     parts = len(AUTOATTACK_PARTS) if info.kind == ENSEMBLE else 0
     part_correct = torch.zeros(parts, len(spec.eps), dtype=torch.long, device=labels.device)
+    runner = RUNNERS[info.name]
     try:
-        for start in range(0, len(labels), batch_size):
-            x = images[start : start + batch_size]
-            x = to_input(x) if to_input is not None else x.float()
-            y = labels[start : start + batch_size]
-            for i, outcome in enumerate(RUNNERS[info.name](model, x, y, spec, budget)):
-                correct[i] += outcome.robust.sum()
-                for j, (_, robust) in enumerate(outcome.parts):
-                    part_correct[j, i] += robust.sum()
-            if progress is not None:
-                progress(len(y) * len(spec.eps))
+        with seeded(seed, labels.device):
+            for start in range(0, len(labels), batch_size):
+                x = images[start : start + batch_size]
+                x = to_input(x) if to_input is not None else x.float()
+                y = labels[start : start + batch_size]
+                for i, outcome in enumerate(runner(model, x, y, spec, budget, seed, part_progress)):
+                    correct[i] += outcome.robust.sum()
+                    for j, (_, robust) in enumerate(outcome.parts):
+                        part_correct[j, i] += robust.sum()
+                if progress is not None:
+                    progress(len(y) * len(spec.eps))
     finally:
         model.train(was_training)
     return correct, part_correct
@@ -352,34 +394,52 @@ def robustness(
     to_input=None,
     progress: Callable[[int], None] | None = None,
     budget: AttackBudget = STANDARD,
+    seed: int = 0,
+    part_progress: PartProgress | None = None,
 ) -> Robustness:
     """Run ``spec`` on the images batch by batch; ``progress(n)`` is told after each batch how
-    many images (× ε values) were done. ``images`` may be uint8 (converted with ``to_input``) or
-    float in [0, 1]. The model is put in eval mode for the duration and restored afterwards."""
-    correct, part_correct = _correct_counts(model, images, labels, spec, batch_size, to_input, progress, budget)
+    many images (× ε values) were done, ``part_progress`` how the parts of a slow attack go.
+    ``images`` may be uint8 (converted with ``to_input``) or float in [0, 1]. The model is put in
+    eval mode for the duration and restored afterwards. Random draws start from ``seed``; the
+    global random state is left as it was."""
+    correct, part_correct = _correct_counts(
+        model, images, labels, spec, batch_size, to_input, progress, budget, seed, part_progress
+    )
     n = max(len(labels), 1)
     part_names = list(AUTOATTACK_PARTS)[: part_correct.shape[0]]
     parts = tuple(
         Component(name, AUTOATTACK_PARTS[name], tuple(c / n for c in part_correct[j].tolist()))
         for j, name in enumerate(part_names)
     )
-    return Robustness(spec, tuple(c / n for c in correct.tolist()), len(labels), parts)
+    return Robustness(spec, tuple(c / n for c in correct.tolist()), len(labels), parts, seed)
 
 
 def adversarial_correct(
-    model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec, batch_size: int = 256, to_input=None
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    spec: AttackSpec,
+    batch_size: int = 256,
+    to_input=None,
+    seed: int = 0,
 ) -> dict[float, Tensor]:
     """Number of images still classified correctly under the attack at each ε, as device
-    tensors (a data-parallel run sums them over its ranks)."""
-    correct, _ = _correct_counts(model, images, labels, spec, batch_size, to_input, None, STANDARD)
+    tensors (a data-parallel run sums them over its ranks); random draws start from ``seed``."""
+    correct, _ = _correct_counts(model, images, labels, spec, batch_size, to_input, None, STANDARD, seed, None)
     return dict(zip(spec.eps, correct))
 
 
 def adversarial_accuracy(
-    model: nn.Module, images: Tensor, labels: Tensor, spec: AttackSpec, batch_size: int = 256, to_input=None
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    spec: AttackSpec,
+    batch_size: int = 256,
+    to_input=None,
+    seed: int = 0,
 ) -> dict[float, float]:
     """Accuracy (fraction) under the attack at each ε; ε = 0 is the clean accuracy."""
-    return robustness(model, images, labels, spec, batch_size, to_input).by_eps()
+    return robustness(model, images, labels, spec, batch_size, to_input, seed=seed).by_eps()
 
 
 def probe_specs(spec: AttackSpec, dataset: str | None) -> list[AttackSpec]:
@@ -426,10 +486,12 @@ def robustness_with_checks(
     to_input=None,
     progress: Callable[[int], None] | None = None,
     budget: AttackBudget = STANDARD,
+    seed: int = 0,
+    part_progress: PartProgress | None = None,
 ) -> CheckedRobustness:
     """``spec`` plus (when ``probes``) the probes of :func:`probe_specs`, and the sanity report
-    over all of them."""
-    kwargs = dict(to_input=to_input, progress=progress, budget=budget)
+    over all of them; each starts its random draws from ``seed``."""
+    kwargs = dict(to_input=to_input, progress=progress, budget=budget, seed=seed, part_progress=part_progress)
     result = robustness(model, images, labels, spec, **kwargs)
     extra = tuple(
         robustness(model, images, labels, p, **kwargs) for p in (probe_specs(spec, dataset) if probes else [])
