@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
 from rlr_engine.method.manifold import conditioning_bounds, project_condition, project_cores
-from rlr_engine.method.matrix_functions import polar
+from rlr_engine.method.matrix_functions import NEWTON_STEPS, newton_bound, polar
 
 # ATen operations that read a device tensor on the host (item, bool, data-dependent shapes) or run
 # a solver that checks its status on the host after the call; on CUDA each one is a synchronisation.
@@ -218,6 +218,37 @@ def test_polar_gives_an_orthogonal_factor_and_a_symmetric_positive_semidefinite_
     assert torch.equal(sign, sign.mT)
     eigenvalues, vectors = torch.linalg.eigh(Z)
     torch.testing.assert_close(absolute, vectors @ torch.diag_embed(eigenvalues.abs()) @ vectors.mT, atol=1e-12, rtol=0)
+
+
+def test_newton_step_count_covers_every_singular_value_down_to_the_square_of_the_unit_roundoff():
+    unit = torch.finfo(torch.float64).eps
+    assert newton_bound(unit**2, NEWTON_STEPS) <= unit
+    assert newton_bound(unit**2, NEWTON_STEPS - 2) > 1e-8  # the bound is tight enough to tell
+
+
+@pytest.mark.parametrize("smallest", [1e-8, 1e-16, 1e-30, 1e-40])
+def test_polar_of_a_nearly_singular_matrix_gives_an_orthogonal_factor_and_reproduces_it(smallest):
+    # singular values from 1 down to ``smallest``: 1e-30 sits at the edge of what the fixed
+    # scalings cover, 1e-40 below it, where the iteration starts from the shifted matrix instead
+    g = torch.Generator().manual_seed(2)
+    U, _ = torch.linalg.qr(torch.randn(3, 12, 12, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(3, 12, 12, generator=g, dtype=torch.float64))
+    sigma = torch.logspace(0, math.log10(smallest), 12, dtype=torch.float64)
+    A = U @ torch.diag(sigma) @ V.mT
+    O, H = polar(A)
+    eye = torch.eye(12, dtype=A.dtype).expand(3, 12, 12)
+    torch.testing.assert_close(O.mT @ O, eye, atol=1e-13, rtol=0)
+    torch.testing.assert_close(O @ H, A, atol=1e-13, rtol=0)
+    torch.testing.assert_close(torch.linalg.eigvalsh(H).flip(-1), sigma.expand(3, 12), atol=1e-14, rtol=0)
+    # a product of floating-point factors is ≈ u-conditioned whatever σ says; a signed diagonal
+    # keeps its smallest singular value exactly: its polar factor is the signs (free where σ is
+    # below the shift n·u of a start outside the scalings' range), H = |A|
+    signs = torch.where(torch.arange(12) % 3 == 0, -1.0, 1.0).to(torch.float64)
+    O, H = polar(torch.diag(signs * sigma))
+    torch.testing.assert_close(O.mT @ O, eye[0], atol=1e-14, rtol=0)
+    determined = sigma > 12 * torch.finfo(torch.float64).eps
+    torch.testing.assert_close(O.diagonal()[determined], signs[determined], atol=1e-14, rtol=0)
+    torch.testing.assert_close(H, torch.diag(sigma), atol=1e-15, rtol=0)
 
 
 @pytest.mark.parametrize(

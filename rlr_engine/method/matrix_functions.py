@@ -16,16 +16,16 @@ Every function accepts a batch (..., n, n).
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
 
-# Newton steps for a polar factor: in float64 the iterate stops changing (to rounding) after 5
-# steps at κ(A) = 2, 8 at κ = 10⁶, 9 at κ = 10¹⁴, and 9 for a symmetric A with an eigenvalue of
-# 10⁻¹⁴‖A‖ (measured on 64×64 matrices, every step scaled). Only the first SCALED_STEPS are
-# scaled: each cuts κ to about √κ/2 (10¹⁴ → 2 in four), after which unscaled steps converge
-# quadratically and cost one inverse and one elementwise kernel instead of six.
-NEWTON_STEPS, SCALED_STEPS = 10, 4
+# Newton steps for a polar factor, every one scaled by a number fixed in advance (see
+# ``newton_scalings``): for singular values of A/‖A‖_F in [u², 1] (κ up to 1/u² ≈ 2·10³¹ in
+# float64, far past singular to working precision) the iterate reaches the polar factor to
+# rounding after 10 steps (``newton_bound(u², 10)`` = 0); 9 leave 9·10⁻¹⁵, 8 leave 3·10⁻⁷.
+NEWTON_STEPS = 10
 # λ_max by powers: 6 rounds of B ← (B/‖B‖_F)⁶⁴, so A^N with N = 2³⁶; the estimate falls short by
 # at most n·λ_max/(e·2³⁶). A round raises B (‖B‖_F = 1, so λ_max(B) ≥ n^-½) to the 64th power in
 # one call — 6 squarings inside matrix_power — and λ_max(B)⁶⁴ ≥ n⁻³² stays far above float64's
@@ -52,48 +52,76 @@ def identity(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.eye(size, dtype=dtype, device=device)
 
 
-def polar(
-    A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS, scaled_steps: int = SCALED_STEPS
-) -> tuple[Tensor, Tensor]:
+@functools.lru_cache(maxsize=8)
+def newton_scalings(lower: float, steps: int) -> tuple[float, ...]:
+    """The scalings μ_k of Newton's polar iteration for singular values known to lie in
+    [lower, 1] (Byers and Xu's scaling for a known interval): μ_k = (a_k b_k)^-½ maps [a_k, b_k]
+    onto [1, b_{k+1}], b_{k+1} = ((b_k/a_k)^½ + (a_k/b_k)^½)/2, a_{k+1} = 1, starting from
+    [lower, 1]. b_k → 1 quadratically once near it, and b_k − 1 bounds the distance of every
+    singular value of the k-th iterate from 1 (``newton_bound``). Pure numbers: a step reads no
+    norm on the device."""
+    scalings, low, high = [], lower, 1.0
+    for _ in range(steps):
+        scalings.append(1.0 / math.sqrt(low * high))
+        low, high = 1.0, 0.5 * (math.sqrt(high / low) + math.sqrt(low / high))
+    return tuple(scalings)
+
+
+def newton_bound(lower: float, steps: int) -> float:
+    """max |s − 1| over the singular values s of the ``steps``-th scaled Newton iterate, for
+    singular values of the (Frobenius-normalised) input in [lower, 1]."""
+    high = 1.0 / lower
+    for _ in range(steps):
+        high = 0.5 * (math.sqrt(high) + 1.0 / math.sqrt(high))
+    return high - 1.0
+
+
+def polar(A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS) -> tuple[Tensor, Tensor]:
     """The polar decomposition A = O H: O orthogonal (O = P Qᵀ for A = P Σ Qᵀ), H = Q Σ Qᵀ
-    symmetric positive semidefinite, by Newton's iteration with Frobenius-norm scaling in the
-    first ``scaled_steps`` steps (Higham, Functions of Matrices, §8.6):
+    symmetric positive semidefinite, by Newton's iteration with scalings fixed in advance:
 
-        X₀ = A,  X_{k+1} = (μ_k X_k + μ_k⁻¹ X_k⁻ᵀ) / 2,  μ_k = (‖X_k⁻¹‖_F / ‖X_k‖_F)^½,
+        X₀ = A/‖A‖_F,  X_{k+1} = (μ_k X_k + μ_k⁻¹ X_k⁻ᵀ) / 2,  μ_k = ``newton_scalings(ℓ, steps)``,
 
-    then μ_k = 1, and H = sym(Oᵀ A). A scaled step does not depend on the scale of X_k, so all
-    but the last scaled step keep the cheaper multiple X_k + μ_k⁻² X_k⁻ᵀ of the iterate. For a
-    symmetric A (``symmetric=True``) the iterates are symmetric (up to rounding, removed at the
-    end), X⁻ᵀ = X⁻¹, and O = sign(A), H = |A|. An eigenvalue near zero, where sign is
-    ill-conditioned, costs |A| no accuracy: its error there is at most that eigenvalue's size.
+    ℓ = u², u the unit roundoff; then H = sym(Oᵀ A). The textbook scales by
+    μ_k = (‖X_k⁻¹‖_F / ‖X_k‖_F)^½ measured on every iterate; here X₀'s singular values lie in
+    [σ_min/‖A‖_F, 1] and the scalings are those optimal for [ℓ, 1]: every singular value
+    ≥ ℓ‖A‖_F is within ``newton_bound(ℓ, k)`` of 1 after k steps — 0 after 10 in float64 — so no
+    step reads a norm, and the iteration is one fixed sequence of kernels for any A. It is
+    carried as Y_k = c_k X_k (c₀ = 1, c_{k+1} = 2c_k/μ_k): Y_{k+1} = Y_k + (c_k/μ_k)² Y_k⁻ᵀ, one
+    inverse and one addition per step, X = Y_K/c_K at the end. For a symmetric A
+    (``symmetric=True``) the iterates are symmetric (up to rounding, removed at the end),
+    X⁻ᵀ = X⁻¹, and O = sign(A), H = |A|. An eigenvalue near zero, where sign is ill-conditioned,
+    costs |A| no accuracy: its error there is at most that eigenvalue's size.
 
-    Only X₀ = A can be singular (every later iterate has singular values ≥ 1). Where ``inv_ex``
-    reports A singular in floating point — a symmetric A = H − lo I whose eigenvalue sits exactly
-    on lo, as when a core already clamped is projected again, or a rank-deficient core — the first
-    step inverts A + sI instead, s = n·u·‖A‖_F, chosen on the device. For a symmetric A that
-    changes |A| by at most 2s (only eigenvalues in (−s, 0) are affected); for a singular A the
-    polar factor is not unique anyway and O is one of them. Only A = 0 stays singular: O and H
-    then hold non-finite entries, which callers check for.
+    Only X₀ can be singular (every later iterate has singular values ≥ 1), and only X₀ can lie
+    outside the interval the scalings cover. Where ``inv_ex`` reports X₀ singular in floating
+    point — a symmetric A = H − lo I whose eigenvalue sits exactly on lo, as when a core already
+    clamped is projected again, or a rank-deficient core — or where ‖X₀⁻¹‖_F > 1/ℓ (then
+    σ_min(X₀) < ℓ), the iteration starts from X₀ + sI instead, s = n·u (X₀ has unit Frobenius
+    norm), and H is still sym(Oᵀ A). For a symmetric A that changes |A| by at most 2s‖A‖_F (only eigenvalues in (−s, 0)
+    are affected); for a singular A the polar factor is not unique anyway and O is one of them.
+    Only A = 0 stays singular: O and H then hold non-finite entries, which callers check for.
     """
     size = A.shape[-1]
-    inverse, info = torch.linalg.inv_ex(A)
-    shift = size * torch.finfo(A.dtype).eps * _frobenius(A)
-    shifted, _ = torch.linalg.inv_ex(A + shift * identity(size, A.dtype, A.device))
-    inverse = torch.where((info == 0)[..., None, None], inverse, shifted)
-    X = A
-    for step in range(steps):
+    unit = torch.finfo(A.dtype).eps
+    lower = unit * unit
+    eye = identity(size, A.dtype, A.device)
+    Y = A / _frobenius(A)
+    inverse, info = torch.linalg.inv_ex(Y)
+    shifted = torch.add(Y, eye, alpha=size * unit)
+    shifted_inverse, _ = torch.linalg.inv_ex(shifted)
+    covered = ((info == 0) & (torch.linalg.matrix_norm(inverse) <= 1.0 / lower))[..., None, None]
+    Y, inverse = torch.where(covered, Y, shifted), torch.where(covered, inverse, shifted_inverse)
+    scale = 1.0
+    for step, mu in enumerate(newton_scalings(lower, steps)):
         if step:
-            inverse, _ = torch.linalg.inv_ex(X)
-        transposed = inverse if symmetric else inverse.mT
-        if step < scaled_steps - 1:  # a multiple of the next iterate: X + μ⁻² X⁻ᵀ
-            X = torch.addcdiv(X, transposed, _frobenius(inverse) / _frobenius(X))
-        elif step == scaled_steps - 1:  # the iterate itself, (μX + X⁻ᵀ/μ)/2, in one kernel
-            scale = (_frobenius(inverse) / _frobenius(X)).sqrt()
-            X = torch.addcdiv(X * (0.5 * scale), transposed, 2.0 * scale)
-        else:
-            X = torch.lerp(X, transposed, 0.5)
+            inverse, _ = torch.linalg.inv_ex(Y)
+        Y = torch.add(Y, inverse if symmetric else inverse.mT, alpha=(scale / mu) ** 2)
+        scale *= 2.0 / mu
     if symmetric:  # the iteration is stable: rounding's asymmetry does not grow, so once is enough
-        X = _symmetrise(X)
+        X = (0.5 / scale) * (Y + Y.mT)
+    else:
+        X = Y * (1.0 / scale)
     return X, _symmetrise(X.mT @ A)
 
 
