@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
 from rlr_engine.method.manifold import conditioning_bounds, project_condition, project_cores
-from rlr_engine.method.matrix_functions import NEWTON_STEPS, newton_bound, polar
+from rlr_engine.method.matrix_functions import NEWTON_STEPS, largest_eigenvalue_psd, newton_bound, polar
 
 # ATen operations that read a device tensor on the host (item, bool, data-dependent shapes) or run
 # a solver that checks its status on the host after the call; on CUDA each one is a synchronisation.
@@ -224,6 +224,17 @@ def test_newton_step_count_covers_every_singular_value_down_to_the_square_of_the
     unit = torch.finfo(torch.float64).eps
     assert newton_bound(unit**2, NEWTON_STEPS) <= unit
     assert newton_bound(unit**2, NEWTON_STEPS - 2) > 1e-8  # the bound is tight enough to tell
+
+
+def test_largest_eigenvalue_by_powering_is_within_its_bound_without_a_gap_and_zero_for_zero():
+    g = torch.Generator().manual_seed(3)
+    Q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
+    # a cluster just under λ_max, where power iteration would need a gap
+    eigenvalues = torch.cat([torch.tensor([2.0, 2.0 - 1e-11, 2.0 - 1e-7]), torch.rand(13, generator=g)]).double()
+    A = torch.stack([Q @ torch.diag(eigenvalues) @ Q.T, torch.zeros(16, 16, dtype=torch.float64)])
+    estimate = largest_eigenvalue_psd(A)
+    assert -1e-14 <= 2.0 - estimate[0] <= 2.0 * 16 / (math.e * 2**36) + 1e-14
+    assert estimate[1] == 0
 
 
 @pytest.mark.parametrize("smallest", [1e-8, 1e-16, 1e-30, 1e-40])

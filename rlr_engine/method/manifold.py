@@ -7,6 +7,7 @@ import functools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -141,7 +142,8 @@ def project_condition(
         return S, None
     if method == "newton":
         work = S.to(_newton_dtype(S.device))
-        projected, ratio = _project_condition_newton(work, torch.zeros_like(work), tau, reference_compat)
+        layout = _Layout(None, None, 1.0 / S.shape[-1], 1.0 / math.sqrt(S.shape[-1]))
+        projected, ratio = _project_condition_newton(work, layout, tau, reference_compat)
         return projected.to(S.dtype), ratio.to(S.dtype)
     P, sigma, Qh = torch.linalg.svd(S)
     if tau == 0.0:
@@ -195,21 +197,40 @@ def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool)
     size, device, dtype = max(ranks), cores[0].device, _newton_dtype(cores[0].device)
     padded = cores[0].new_zeros((len(cores), size, size), dtype=dtype)
     torch._foreach_copy_([padded[i, :r, :r] for i, r in enumerate(ranks)], list(cores))
-    projected, ratio = _project_condition_newton(padded, _padding(ranks, device, dtype), tau, reference_compat)
+    projected, ratio = _project_condition_newton(padded, _layout(ranks, device, dtype), tau, reference_compat)
     projected, ratio = projected.to(cores[0].dtype), ratio.to(cores[0].dtype)
     return [(projected[i, :r, :r], ratio[i]) for i, r in enumerate(ranks)]
 
 
+class _Layout(NamedTuple):
+    """Where each core of a padded batch sits: ``padding`` the diagonal matrices with ones at
+    the padded indices (None where nothing is padded), and per core (R − r)/r, 1/r and r^-½."""
+
+    padding: Tensor | None
+    padded_per_rank: Tensor | None
+    inverse_rank: Tensor | float
+    inverse_root_rank: Tensor | float
+
+
 @functools.lru_cache(maxsize=16)
-def _padding(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """For cores of these ranks padded to the largest: the diagonal matrices with ones at each
-    core's padded indices. Derived from the ranks alone, so built once per set of ranks (they
-    change only on truncation) rather than in every step; callers only read it."""
+def _layout(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> _Layout:
+    """The layout of cores of these ranks padded to the largest. Derived from the ranks alone, so
+    built once per set of ranks (they change only on truncation) rather than in every step;
+    callers only read it."""
     size = max(ranks)
     padding = torch.zeros((len(ranks), size, size), dtype=dtype, device=device)
     for i, rank in enumerate(ranks):
         padding[i].diagonal()[rank:] = 1.0
-    return padding
+    rank_of = torch.tensor(ranks, dtype=dtype, device=device)[:, None, None]
+    return _Layout(padding, (size - rank_of) / rank_of, 1.0 / rank_of, rank_of.rsqrt())
+
+
+@functools.lru_cache(maxsize=16)
+def _signed_bounds(delta: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(1 − δ, 1 + δ) and the signs (1, −1): the lower and the upper clamp bound, to be stacked
+    in front of a batch of cores."""
+    factors = torch.tensor([1.0 - delta, 1.0 + delta], dtype=dtype, device=device)
+    return factors, torch.tensor([1.0, -1.0], dtype=dtype, device=device)
 
 
 def _newton_dtype(device: torch.device) -> torch.dtype:
@@ -218,11 +239,11 @@ def _newton_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_compat: bool) -> tuple[Tensor, Tensor]:
+def _project_condition_newton(S: Tensor, layout: _Layout, tau: float, reference_compat: bool) -> tuple[Tensor, Tensor]:
     """project_condition from polar decompositions (``matrix_functions``), in S's dtype (float64).
 
-    S (..., R, R) holds each core in its leading r×r block and zeros elsewhere; ``padding`` is the
-    diagonal matrix with ones at the padded indices (all zero where r = R). With c = sqrt(mean σ²)
+    S (..., R, R) holds each core in its leading r×r block and zeros elsewhere; ``layout.padding``
+    is the diagonal matrix with ones at the padded indices (None where every r = R). With c = sqrt(mean σ²)
     (the polar factor's scale, ‖S‖_F/√r):
 
     * X = S + c·padding = block-diag(S, c I) = O H: O = block-diag(O_S, I), H = block-diag(H_S, c I).
@@ -243,10 +264,9 @@ def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_
     """
     size = S.shape[-1]
     eye = identity(size, S.dtype, S.device)
-    padded_count = trace(padding)[..., None, None]
-    rank = size - padded_count
-    rms = torch.linalg.matrix_norm(S, keepdim=True) / rank.sqrt()
-    X = S + rms * padding
+    padding = layout.padding
+    rms = torch.linalg.matrix_norm(S, keepdim=True) * layout.inverse_root_rank
+    X = S if padding is None else torch.addcmul(S, rms, padding)
     if tau == 0.0:
         # qf twice: qf(qf(X)) = qf(X), and the second pass restores the orthonormality that
         # CholeskyQR2 loses on an ill-conditioned X (see retract_cholesky_qr)
@@ -254,18 +274,25 @@ def _project_condition_newton(S: Tensor, padding: Tensor, tau: float, reference_
         projected, ratio = rms * orthogonal, torch.ones_like(rms[..., 0, 0])
     else:
         orthogonal, H = polar(X)
-        mean = (trace(H)[..., None, None] - rms * padded_count) / rank
-        H = H + (mean - rms) * padding
-        delta = conditioning_bounds(tau)
-        low, high = mean * (1.0 - delta), mean * (1.0 + delta)
-        _, absolute = polar(torch.stack([H - low * eye, H - high * eye]), symmetric=True)
-        clamped = mean * eye + 0.5 * (absolute[0] - absolute[1])
-        gaps = largest_eigenvalue_psd(torch.stack([clamped - low * eye, high * eye - clamped]))
-        sigma_max, sigma_min = low[..., 0, 0] + gaps[0], high[..., 0, 0] - gaps[1]
-        projected, ratio = orthogonal @ clamped, (sigma_min / sigma_max).square()
-    finite = torch.isfinite(projected).all(-1).all(-1) & torch.isfinite(ratio)
+        mean = trace(H)[..., None, None] * layout.inverse_rank
+        if padding is not None and layout.padded_per_rank is not None:  # m = (tr H − c(R − r))/r
+            mean = torch.addcmul(mean, rms, layout.padded_per_rank, value=-1)
+            H = torch.addcmul(H, mean - rms, padding)
+        factors, signs = _signed_bounds(conditioning_bounds(tau), S.dtype, S.device)
+        stacked = (2,) + (1,) * S.dim()  # views: the pair in front of S's batch and matrix dims
+        factors, signs = factors.view(stacked), signs.view(stacked)
+        bounds = mean * factors  # (lo, hi) stacked in front
+        _, absolute = polar(torch.addcmul(H, bounds, eye, value=-1), symmetric=True)
+        clamped = torch.add(mean * eye, absolute[0] - absolute[1], alpha=0.5)
+        # clamped − lo I and hi I − clamped, both positive semidefinite
+        gaps = largest_eigenvalue_psd(torch.addcmul(clamped, bounds, eye, value=-1) * signs)
+        extremes = torch.addcmul(bounds[..., 0, 0], signs[..., 0, 0], gaps)  # σ_max, σ_min
+        projected, ratio = orthogonal @ clamped, (extremes[1] / extremes[0]).square()
+    # x − x is 0 for a finite x and NaN otherwise; the sum is non-finite where any entry is
+    total = projected.sum((-2, -1)) + ratio
+    finite = (total - total) == 0
     projected = torch.where(finite[..., None, None], projected, S)
-    return projected, torch.where(finite, ratio, torch.ones_like(ratio))
+    return projected, torch.where(finite, ratio, 1.0)
 
 
 # Optimizer state that holds second moments (Adam's), mapped through their square roots.

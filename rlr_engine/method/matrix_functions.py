@@ -138,4 +138,4 @@ def largest_eigenvalue_psd(A: Tensor, rounds: int = POWER_ROUNDS) -> Tensor:
     for _ in range(rounds):
         B = torch.linalg.matrix_power(B / _frobenius(B), POWER_PER_ROUND)
     estimate = (A * B).sum((-2, -1)) / trace(B)
-    return torch.where(torch.isfinite(estimate), estimate, 0.0)  # A = 0: 0/0 from the first round
+    return torch.nan_to_num(estimate, nan=0.0)  # A = 0: 0/0 from the first round
