@@ -12,7 +12,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
 from rlr_engine.method.manifold import conditioning_bounds, project_condition, project_cores
-from rlr_engine.method.matrix_functions import NEWTON_STEPS, largest_eigenvalue_psd, newton_bound, polar
+from rlr_engine.method.matrix_functions import (
+    NEWTON_STEPS,
+    absolute_value,
+    largest_eigenvalue_psd,
+    newton_bound,
+    polar,
+)
 
 # ATen operations that read a device tensor on the host (item, bool, data-dependent shapes) or run
 # a solver that checks its status on the host after the call; on CUDA each one is a synchronisation.
@@ -214,8 +220,8 @@ def test_polar_gives_an_orthogonal_factor_and_a_symmetric_positive_semidefinite_
     torch.testing.assert_close(O @ H, A, atol=1e-12, rtol=0)
     assert torch.equal(H, H.mT) and torch.linalg.eigvalsh(H).min() > 0
     Z = A + A.mT
-    sign, absolute = polar(Z, symmetric=True)
-    assert torch.equal(sign, sign.mT)
+    absolute = absolute_value(Z)
+    assert torch.equal(absolute, absolute.mT)
     eigenvalues, vectors = torch.linalg.eigh(Z)
     torch.testing.assert_close(absolute, vectors @ torch.diag_embed(eigenvalues.abs()) @ vectors.mT, atol=1e-12, rtol=0)
 
@@ -224,6 +230,21 @@ def test_newton_step_count_covers_every_singular_value_down_to_the_square_of_the
     unit = torch.finfo(torch.float64).eps
     assert newton_bound(unit**2, NEWTON_STEPS) <= unit
     assert newton_bound(unit**2, NEWTON_STEPS - 2) > 1e-8  # the bound is tight enough to tell
+
+
+@pytest.mark.parametrize("smallest", [1e-4, 1e-14, 1e-40, 0.0])
+def test_absolute_value_of_a_nearly_singular_symmetric_matrix_is_exact_to_rounding(smallest):
+    # eigenvalues of both signs down to ``smallest``: the spectrum of H − lo I for a core with
+    # singular values on, next to and far from the clamp bound
+    g = torch.Generator().manual_seed(4)
+    Q, _ = torch.linalg.qr(torch.randn(2, 12, 12, generator=g, dtype=torch.float64))
+    magnitudes = torch.logspace(0, -6, 12, dtype=torch.float64)
+    magnitudes[-1] = smallest
+    eigenvalues = magnitudes * torch.where(torch.arange(12) % 2 == 0, 1.0, -1.0).double()
+    Z = Q @ torch.diag(eigenvalues) @ Q.mT
+    Z = 0.5 * (Z + Z.mT)
+    expected = Q @ torch.diag(eigenvalues.abs()) @ Q.mT
+    torch.testing.assert_close(absolute_value(Z), 0.5 * (expected + expected.mT), atol=2e-15, rtol=0)
 
 
 def test_largest_eigenvalue_by_powering_is_within_its_bound_without_a_gap_and_zero_for_zero():

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rlr_engine.method.matrix_functions import identity, largest_eigenvalue_psd, polar, trace
+from rlr_engine.method.matrix_functions import absolute_value, identity, largest_eigenvalue_psd, polar, trace
 
 RETRACTIONS = ("householder", "cholesky-qr2")
 CORE_PROJECTIONS = ("svd", "newton")
@@ -282,7 +282,7 @@ def _project_condition_newton(S: Tensor, layout: _Layout, tau: float, reference_
         stacked = (2,) + (1,) * S.dim()  # views: the pair in front of S's batch and matrix dims
         factors, signs = factors.view(stacked), signs.view(stacked)
         bounds = mean * factors  # (lo, hi) stacked in front
-        _, absolute = polar(torch.addcmul(H, bounds, eye, value=-1), symmetric=True)
+        absolute = absolute_value(torch.addcmul(H, bounds, eye, value=-1))
         clamped = torch.add(mean * eye, absolute[0] - absolute[1], alpha=0.5)
         # clamped − lo I and hi I − clamped, both positive semidefinite
         gaps = largest_eigenvalue_psd(torch.addcmul(clamped, bounds, eye, value=-1) * signs)

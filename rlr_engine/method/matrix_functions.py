@@ -26,6 +26,10 @@ from torch import Tensor
 # float64, far past singular to working precision) the iterate reaches the polar factor to
 # rounding after 10 steps (``newton_bound(u², 10)`` = 0); 9 leave 9·10⁻¹⁵, 8 leave 3·10⁻⁷.
 NEWTON_STEPS = 10
+# |Z| of a symmetric Z needs only eigenvalues above ABSOLUTE_LOWER·u·‖Z‖_F resolved: a smaller one
+# is off by at most its own size whatever the iteration does with it (see ``absolute_value``),
+# so the scalings cover [128u, 1]: 8 steps in float64, 6 in float32 (``newton_steps``).
+ABSOLUTE_LOWER = 128.0
 # λ_max by powers: 6 rounds of B ← (B/‖B‖_F)⁶⁴, so A^N with N = 2³⁶; the estimate falls short by
 # at most n·λ_max/(e·2³⁶). A round raises B (‖B‖_F = 1, so λ_max(B) ≥ n^-½) to the 64th power in
 # one call — 6 squarings inside matrix_power — and λ_max(B)⁶⁴ ≥ n⁻³² stays far above float64's
@@ -76,7 +80,27 @@ def newton_bound(lower: float, steps: int) -> float:
     return high - 1.0
 
 
-def polar(A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS) -> tuple[Tensor, Tensor]:
+def newton_steps(lower: float, unit: float) -> int:
+    """The fewest steps after which ``newton_bound(lower, ·)`` is at most ``unit``."""
+    steps = 0
+    while newton_bound(lower, steps) > unit:
+        steps += 1
+    return steps
+
+
+def _newton(Y: Tensor, inverse: Tensor, transpose: bool, lower: float, steps: int) -> tuple[Tensor, float]:
+    """``steps`` scaled Newton steps from Y = X₀ (with ``inverse`` = X₀⁻¹ already made), carried
+    as Y_k = c_k X_k (see ``polar``); returns (Y_K, c_K)."""
+    scale = 1.0
+    for step, mu in enumerate(newton_scalings(lower, steps)):
+        if step:
+            inverse, _ = torch.linalg.inv_ex(Y)
+        Y = torch.add(Y, inverse.mT if transpose else inverse, alpha=(scale / mu) ** 2)
+        scale *= 2.0 / mu
+    return Y, scale
+
+
+def polar(A: Tensor, steps: int = NEWTON_STEPS) -> tuple[Tensor, Tensor]:
     """The polar decomposition A = O H: O orthogonal (O = P Qᵀ for A = P Σ Qᵀ), H = Q Σ Qᵀ
     symmetric positive semidefinite, by Newton's iteration with scalings fixed in advance:
 
@@ -88,41 +112,51 @@ def polar(A: Tensor, symmetric: bool = False, steps: int = NEWTON_STEPS) -> tupl
     ≥ ℓ‖A‖_F is within ``newton_bound(ℓ, k)`` of 1 after k steps — 0 after 10 in float64 — so no
     step reads a norm, and the iteration is one fixed sequence of kernels for any A. It is
     carried as Y_k = c_k X_k (c₀ = 1, c_{k+1} = 2c_k/μ_k): Y_{k+1} = Y_k + (c_k/μ_k)² Y_k⁻ᵀ, one
-    inverse and one addition per step, X = Y_K/c_K at the end. For a symmetric A
-    (``symmetric=True``) the iterates are symmetric (up to rounding, removed at the end),
-    X⁻ᵀ = X⁻¹, and O = sign(A), H = |A|. An eigenvalue near zero, where sign is ill-conditioned,
-    costs |A| no accuracy: its error there is at most that eigenvalue's size.
+    inverse and one addition per step, X = Y_K/c_K at the end.
 
     Only X₀ can be singular (every later iterate has singular values ≥ 1), and only X₀ can lie
     outside the interval the scalings cover. Where ``inv_ex`` reports X₀ singular in floating
-    point — a symmetric A = H − lo I whose eigenvalue sits exactly on lo, as when a core already
-    clamped is projected again, or a rank-deficient core — or where ‖X₀⁻¹‖_F > 1/ℓ (then
-    σ_min(X₀) < ℓ), the iteration starts from X₀ + sI instead, s = n·u (X₀ has unit Frobenius
-    norm), and H is still sym(Oᵀ A). For a symmetric A that changes |A| by at most 2s‖A‖_F (only eigenvalues in (−s, 0)
-    are affected); for a singular A the polar factor is not unique anyway and O is one of them.
-    Only A = 0 stays singular: O and H then hold non-finite entries, which callers check for.
+    point — a rank-deficient core — or where ‖X₀⁻¹‖_F > 1/ℓ (then σ_min(X₀) < ℓ), the iteration
+    starts from X₀ + sI instead, s = n·u (X₀ has unit Frobenius norm), and H is still sym(Oᵀ A):
+    the polar factor of a singular A is not unique, and O is one of them. Only A = 0 stays
+    singular: O and H then hold non-finite entries, which callers check for.
     """
     size = A.shape[-1]
     unit = torch.finfo(A.dtype).eps
     lower = unit * unit
-    eye = identity(size, A.dtype, A.device)
     Y = A / _frobenius(A)
     inverse, info = torch.linalg.inv_ex(Y)
-    shifted = torch.add(Y, eye, alpha=size * unit)
+    shifted = torch.add(Y, identity(size, A.dtype, A.device), alpha=size * unit)
     shifted_inverse, _ = torch.linalg.inv_ex(shifted)
     covered = ((info == 0) & (torch.linalg.matrix_norm(inverse) <= 1.0 / lower))[..., None, None]
     Y, inverse = torch.where(covered, Y, shifted), torch.where(covered, inverse, shifted_inverse)
-    scale = 1.0
-    for step, mu in enumerate(newton_scalings(lower, steps)):
-        if step:
-            inverse, _ = torch.linalg.inv_ex(Y)
-        Y = torch.add(Y, inverse if symmetric else inverse.mT, alpha=(scale / mu) ** 2)
-        scale *= 2.0 / mu
-    if symmetric:  # the iteration is stable: rounding's asymmetry does not grow, so once is enough
-        X = (0.5 / scale) * (Y + Y.mT)
-    else:
-        X = Y * (1.0 / scale)
+    Y, scale = _newton(Y, inverse, True, lower, steps)
+    X = Y * (1.0 / scale)
     return X, _symmetrise(X.mT @ A)
+
+
+def absolute_value(Z: Tensor) -> Tensor:
+    """|Z| = (Z²)^½ of a symmetric Z, as sym(sign(Z₀) Z) with sign(Z₀) from the scaled Newton
+    iteration of ``polar`` (for a symmetric iterate X⁻ᵀ = X⁻¹), started from
+    Z₀ = Z/‖Z‖_F + sI, s = n·u, and scaled for eigenvalues of Z₀ in [ℓ, 1], ℓ = 128u.
+
+    Where this differs from ``polar`` on purpose: the start is always shifted (one inverse, no
+    choice), and the scalings cover only [ℓ, 1]. Neither costs |Z| accuracy beyond rounding: an
+    eigenvalue z of Z gets |z| if sign(z + s‖Z‖_F) = sign(z) and −|z| otherwise, so only
+    eigenvalues in (−s‖Z‖_F, 0) change, by at most 2s‖Z‖_F; and an eigenvalue t‖Z‖_F of Z₀ below
+    ℓ‖Z‖_F, whose sign the iteration leaves unresolved (a factor up to about ℓ/t instead of 1),
+    contributes at most about t·ℓ/t = ℓ to |Z|/‖Z‖_F. Z₀ is singular only where Z has an
+    eigenvalue exactly −s‖Z‖_F, or Z = 0: then the result holds non-finite entries, which callers
+    check for.
+    """
+    size = Z.shape[-1]
+    unit = torch.finfo(Z.dtype).eps
+    lower = ABSOLUTE_LOWER * unit
+    Y = torch.add(Z / _frobenius(Z), identity(size, Z.dtype, Z.device), alpha=size * unit)
+    inverse, _ = torch.linalg.inv_ex(Y)
+    Y, scale = _newton(Y, inverse, False, lower, newton_steps(lower, unit))
+    product = Y @ Z  # the iteration is stable: rounding's asymmetry in Y does not grow
+    return (0.5 / scale) * (product + product.mT)
 
 
 def largest_eigenvalue_psd(A: Tensor, rounds: int = POWER_ROUNDS) -> Tensor:
