@@ -15,7 +15,7 @@ from rlr_engine.method.manifold import conditioning_bounds, project_condition, p
 from rlr_engine.method.matrix_functions import (
     NEWTON_STEPS,
     absolute_value,
-    largest_eigenvalue_psd,
+    extreme_eigenvalue_semidefinite,
     newton_bound,
     polar,
 )
@@ -247,21 +247,22 @@ def test_absolute_value_of_a_nearly_singular_symmetric_matrix_is_exact_to_roundi
     torch.testing.assert_close(absolute_value(Z), 0.5 * (expected + expected.mT), atol=2e-15, rtol=0)
 
 
-def test_largest_eigenvalue_by_powering_is_within_its_bound_without_a_gap_and_zero_for_zero():
+def test_extreme_eigenvalue_by_powering_is_within_its_bound_without_a_gap_for_either_sign_and_zero_for_zero():
     g = torch.Generator().manual_seed(3)
     Q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
     # a cluster just under λ_max, where power iteration would need a gap
     eigenvalues = torch.cat([torch.tensor([2.0, 2.0 - 1e-11, 2.0 - 1e-7]), torch.rand(13, generator=g)]).double()
-    A = torch.stack([Q @ torch.diag(eigenvalues) @ Q.T, torch.zeros(16, 16, dtype=torch.float64)])
-    estimate = largest_eigenvalue_psd(A)
+    positive = Q @ torch.diag(eigenvalues) @ Q.T
+    estimate = extreme_eigenvalue_semidefinite(torch.stack([positive, -positive, torch.zeros_like(positive)]))
     assert -1e-14 <= 2.0 - estimate[0] <= 2.0 * 16 / (math.e * 2**36) + 1e-14
-    assert estimate[1] == 0
+    assert -1e-14 <= 2.0 + estimate[1] <= 2.0 * 16 / (math.e * 2**36) + 1e-14
+    assert estimate[2] == 0
 
 
 @pytest.mark.parametrize("smallest", [1e-8, 1e-16, 1e-30, 1e-40])
 def test_polar_of_a_nearly_singular_matrix_gives_an_orthogonal_factor_and_reproduces_it(smallest):
     # singular values from 1 down to ``smallest``: 1e-30 sits at the edge of what the fixed
-    # scalings cover, 1e-40 below it, where the iteration starts from the shifted matrix instead
+    # scalings cover, 1e-40 below it, lifted there by the shifted start
     g = torch.Generator().manual_seed(2)
     U, _ = torch.linalg.qr(torch.randn(3, 12, 12, generator=g, dtype=torch.float64))
     V, _ = torch.linalg.qr(torch.randn(3, 12, 12, generator=g, dtype=torch.float64))
@@ -274,7 +275,7 @@ def test_polar_of_a_nearly_singular_matrix_gives_an_orthogonal_factor_and_reprod
     torch.testing.assert_close(torch.linalg.eigvalsh(H).flip(-1), sigma.expand(3, 12), atol=1e-14, rtol=0)
     # a product of floating-point factors is ≈ u-conditioned whatever σ says; a signed diagonal
     # keeps its smallest singular value exactly: its polar factor is the signs (free where σ is
-    # below the shift n·u of a start outside the scalings' range), H = |A|
+    # below the start's shift n·u), H = |A|
     signs = torch.where(torch.arange(12) % 3 == 0, -1.0, 1.0).to(torch.float64)
     O, H = polar(torch.diag(signs * sigma))
     torch.testing.assert_close(O.mT @ O, eye[0], atol=1e-14, rtol=0)

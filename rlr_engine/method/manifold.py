@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rlr_engine.method.matrix_functions import absolute_value, identity, largest_eigenvalue_psd, polar, trace
+from rlr_engine.method.matrix_functions import absolute_value, extreme_eigenvalue_semidefinite, identity, polar, trace
 
 RETRACTIONS = ("householder", "cholesky-qr2")
 CORE_PROJECTIONS = ("svd", "newton")
@@ -226,11 +226,10 @@ def _layout(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) ->
 
 
 @functools.lru_cache(maxsize=16)
-def _signed_bounds(delta: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(1 − δ, 1 + δ) and the signs (1, −1): the lower and the upper clamp bound, to be stacked
-    in front of a batch of cores."""
-    factors = torch.tensor([1.0 - delta, 1.0 + delta], dtype=dtype, device=device)
-    return factors, torch.tensor([1.0, -1.0], dtype=dtype, device=device)
+def _bound_factors(delta: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(1 − δ, 1 + δ): the lower and the upper clamp bound's multiples of m, to be stacked in
+    front of a batch of cores."""
+    return torch.tensor([1.0 - delta, 1.0 + delta], dtype=dtype, device=device)
 
 
 def _newton_dtype(device: torch.device) -> torch.dtype:
@@ -278,18 +277,19 @@ def _project_condition_newton(S: Tensor, layout: _Layout, tau: float, reference_
         if padding is not None and layout.padded_per_rank is not None:  # m = (tr H − c(R − r))/r
             mean = torch.addcmul(mean, rms, layout.padded_per_rank, value=-1)
             H = torch.addcmul(H, mean - rms, padding)
-        factors, signs = _signed_bounds(conditioning_bounds(tau), S.dtype, S.device)
-        stacked = (2,) + (1,) * S.dim()  # views: the pair in front of S's batch and matrix dims
-        factors, signs = factors.view(stacked), signs.view(stacked)
+        # a view: the pair in front of S's batch and matrix dims
+        factors = _bound_factors(conditioning_bounds(tau), S.dtype, S.device).view((2,) + (1,) * S.dim())
         bounds = mean * factors  # (lo, hi) stacked in front
         absolute = absolute_value(torch.addcmul(H, bounds, eye, value=-1))
         clamped = torch.add(mean * eye, absolute[0] - absolute[1], alpha=0.5)
         # clamped − lo I and hi I − clamped, both positive semidefinite
-        gaps = largest_eigenvalue_psd(torch.addcmul(clamped, bounds, eye, value=-1) * signs)
-        extremes = torch.addcmul(bounds[..., 0, 0], signs[..., 0, 0], gaps)  # σ_max, σ_min
+        # clamped − lo I ⪰ 0 and clamped − hi I ⪯ 0: σ_max = lo + λ_max(·), σ_min = hi + λ_min(·)
+        gaps = extreme_eigenvalue_semidefinite(torch.addcmul(clamped, bounds, eye, value=-1))
+        extremes = bounds[..., 0, 0] + gaps  # σ_max, σ_min
         projected, ratio = orthogonal @ clamped, (extremes[1] / extremes[0]).square()
-    # x − x is 0 for a finite x and NaN otherwise; the sum is non-finite where any entry is
-    total = projected.sum((-2, -1)) + ratio
+    # x − x is 0 for a finite x and NaN otherwise; the sum is non-finite where any entry is, and
+    # the ratio is finite wherever clamped (so the projection) is and S ≠ 0
+    total = projected.sum((-2, -1))
     finite = (total - total) == 0
     projected = torch.where(finite[..., None, None], projected, S)
     return projected, torch.where(finite, ratio, 1.0)

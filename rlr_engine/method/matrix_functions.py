@@ -6,9 +6,9 @@ They exist because ``torch.linalg.svd`` and ``torch.linalg.eigh`` check their so
 the host after every call — a synchronisation on CUDA — and an optimizer that calls them per layer
 per step stalls the GPU. ``inv_ex`` (like ``cholesky_ex``) reports failure in a tensor instead:
 on CUDA it "synchronizes only when check_errors=True" (PyTorch's documentation of it).
-The iterations converge quadratically, so a fixed count costs a few spare products where the input
-is benign, and a step that has converged is a fixed point. Run them in float64: the first Newton
-step inverts matrices that may be singular to working precision (see ``polar``).
+The Newton iterations are scaled by numbers fixed in advance for a stated range of singular values,
+so their step count is fixed and derived from that range (``newton_bound``). Run them in float64: the
+first Newton step inverts matrices that may be nearly singular (see ``polar``).
 
 Every function accepts a batch (..., n, n).
 """
@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 # Newton steps for a polar factor, every one scaled by a number fixed in advance (see
-# ``newton_scalings``): for singular values of A/‖A‖_F in [u², 1] (κ up to 1/u² ≈ 2·10³¹ in
-# float64, far past singular to working precision) the iterate reaches the polar factor to
-# rounding after 10 steps (``newton_bound(u², 10)`` = 0); 9 leave 9·10⁻¹⁵, 8 leave 3·10⁻⁷.
+# ``newton_scalings``): for singular values of the start X₀ (unit Frobenius norm) in [u², 1] (κ up
+# to 1/u² ≈ 2·10³¹ in float64, far past singular to working precision) the iterate reaches the
+# polar factor to rounding after 10 steps (``newton_bound(u², 10)`` = 0); 9 leave 9·10⁻¹⁵, 8 leave
+# 3·10⁻⁷.
 NEWTON_STEPS = 10
 # |Z| of a symmetric Z needs only eigenvalues above ABSOLUTE_LOWER·u·‖Z‖_F resolved: a smaller one
 # is off by at most its own size whatever the iteration does with it (see ``absolute_value``),
@@ -88,13 +89,14 @@ def newton_steps(lower: float, unit: float) -> int:
     return steps
 
 
-def _newton(Y: Tensor, inverse: Tensor, transpose: bool, lower: float, steps: int) -> tuple[Tensor, float]:
-    """``steps`` scaled Newton steps from Y = X₀ (with ``inverse`` = X₀⁻¹ already made), carried
-    as Y_k = c_k X_k (see ``polar``); returns (Y_K, c_K)."""
+def _newton(A: Tensor, transpose: bool, lower: float, steps: int) -> tuple[Tensor, float]:
+    """``steps`` scaled Newton steps from X₀ = A/‖A‖_F + sI, s = n·u, carried as Y_k = c_k X_k
+    (see ``polar``); returns (Y_K, c_K)."""
+    size = A.shape[-1]
+    Y = torch.add(A / _frobenius(A), identity(size, A.dtype, A.device), alpha=size * torch.finfo(A.dtype).eps)
     scale = 1.0
-    for step, mu in enumerate(newton_scalings(lower, steps)):
-        if step:
-            inverse, _ = torch.linalg.inv_ex(Y)
+    for mu in newton_scalings(lower, steps):
+        inverse, _ = torch.linalg.inv_ex(Y)
         Y = torch.add(Y, inverse.mT if transpose else inverse, alpha=(scale / mu) ** 2)
         scale *= 2.0 / mu
     return Y, scale
@@ -104,69 +106,57 @@ def polar(A: Tensor, steps: int = NEWTON_STEPS) -> tuple[Tensor, Tensor]:
     """The polar decomposition A = O H: O orthogonal (O = P Qᵀ for A = P Σ Qᵀ), H = Q Σ Qᵀ
     symmetric positive semidefinite, by Newton's iteration with scalings fixed in advance:
 
-        X₀ = A/‖A‖_F,  X_{k+1} = (μ_k X_k + μ_k⁻¹ X_k⁻ᵀ) / 2,  μ_k = ``newton_scalings(ℓ, steps)``,
+        X₀ = A/‖A‖_F + sI,  X_{k+1} = (μ_k X_k + μ_k⁻¹ X_k⁻ᵀ) / 2,  μ_k = ``newton_scalings(ℓ, steps)``,
 
-    ℓ = u², u the unit roundoff; then H = sym(Oᵀ A). The textbook scales by
-    μ_k = (‖X_k⁻¹‖_F / ‖X_k‖_F)^½ measured on every iterate; here X₀'s singular values lie in
-    [σ_min/‖A‖_F, 1] and the scalings are those optimal for [ℓ, 1]: every singular value
-    ≥ ℓ‖A‖_F is within ``newton_bound(ℓ, k)`` of 1 after k steps — 0 after 10 in float64 — so no
-    step reads a norm, and the iteration is one fixed sequence of kernels for any A. It is
-    carried as Y_k = c_k X_k (c₀ = 1, c_{k+1} = 2c_k/μ_k): Y_{k+1} = Y_k + (c_k/μ_k)² Y_k⁻ᵀ, one
-    inverse and one addition per step, X = Y_K/c_K at the end.
+    s = n·u, ℓ = u², u the unit roundoff; O = X_K and H = sym(Oᵀ A). Where this differs from the
+    textbook on purpose:
 
-    Only X₀ can be singular (every later iterate has singular values ≥ 1), and only X₀ can lie
-    outside the interval the scalings cover. Where ``inv_ex`` reports X₀ singular in floating
-    point — a rank-deficient core — or where ‖X₀⁻¹‖_F > 1/ℓ (then σ_min(X₀) < ℓ), the iteration
-    starts from X₀ + sI instead, s = n·u (X₀ has unit Frobenius norm), and H is still sym(Oᵀ A):
-    the polar factor of a singular A is not unique, and O is one of them. Only A = 0 stays
-    singular: O and H then hold non-finite entries, which callers check for.
+    * The textbook scales by μ_k = (‖X_k⁻¹‖_F / ‖X_k‖_F)^½ measured on every iterate. Here X₀'s
+      singular values lie in [σ_min(X₀), 1 + s] and the scalings are those optimal for [ℓ, 1]:
+      every singular value ≥ ℓ is within ``newton_bound(ℓ, k)`` of 1 after k steps — 0 after 10 in
+      float64 — so no step reads a norm, and the iteration is one fixed sequence of kernels for
+      any A. It is carried as Y_k = c_k X_k (c₀ = 1, c_{k+1} = 2c_k/μ_k):
+      Y_{k+1} = Y_k + (c_k/μ_k)² Y_k⁻ᵀ, one inverse and one addition per step, X = Y_K/c_K.
+    * The iteration starts from A/‖A‖_F + sI, not A: a perturbation of relative size n·u, the
+      order of the SVD's own backward error, so O is as accurate as the SVD path's (≈ n·u·κ(A)).
+      It moves an exactly singular A — a rank-deficient core — off singularity (the polar
+      factor of a singular A is not unique, and O is one of them), and H is formed from A
+      itself. Only A = 0 (or an A/‖A‖_F with an eigenvalue exactly −s) stays singular: O and H
+      then hold non-finite entries, which callers check for.
     """
-    size = A.shape[-1]
-    unit = torch.finfo(A.dtype).eps
-    lower = unit * unit
-    Y = A / _frobenius(A)
-    inverse, info = torch.linalg.inv_ex(Y)
-    shifted = torch.add(Y, identity(size, A.dtype, A.device), alpha=size * unit)
-    shifted_inverse, _ = torch.linalg.inv_ex(shifted)
-    covered = ((info == 0) & (torch.linalg.matrix_norm(inverse) <= 1.0 / lower))[..., None, None]
-    Y, inverse = torch.where(covered, Y, shifted), torch.where(covered, inverse, shifted_inverse)
-    Y, scale = _newton(Y, inverse, True, lower, steps)
+    Y, scale = _newton(A, True, torch.finfo(A.dtype).eps ** 2, steps)
     X = Y * (1.0 / scale)
     return X, _symmetrise(X.mT @ A)
 
 
 def absolute_value(Z: Tensor) -> Tensor:
-    """|Z| = (Z²)^½ of a symmetric Z, as sym(sign(Z₀) Z) with sign(Z₀) from the scaled Newton
-    iteration of ``polar`` (for a symmetric iterate X⁻ᵀ = X⁻¹), started from
-    Z₀ = Z/‖Z‖_F + sI, s = n·u, and scaled for eigenvalues of Z₀ in [ℓ, 1], ℓ = 128u.
+    """|Z| = (Z²)^½ of a symmetric Z, as sym(sign(Z₀) Z) with sign(Z₀) from ``polar``'s scaled
+    Newton iteration from Z₀ = Z/‖Z‖_F + sI (for a symmetric iterate X⁻ᵀ = X⁻¹), scaled for
+    eigenvalues of Z₀ in [ℓ, 1], ℓ = 128u, instead of [u², 1]: 8 steps in float64 instead of 10.
 
-    Where this differs from ``polar`` on purpose: the start is always shifted (one inverse, no
-    choice), and the scalings cover only [ℓ, 1]. Neither costs |Z| accuracy beyond rounding: an
-    eigenvalue z of Z gets |z| if sign(z + s‖Z‖_F) = sign(z) and −|z| otherwise, so only
-    eigenvalues in (−s‖Z‖_F, 0) change, by at most 2s‖Z‖_F; and an eigenvalue t‖Z‖_F of Z₀ below
-    ℓ‖Z‖_F, whose sign the iteration leaves unresolved (a factor up to about ℓ/t instead of 1),
-    contributes at most about t·ℓ/t = ℓ to |Z|/‖Z‖_F. Z₀ is singular only where Z has an
-    eigenvalue exactly −s‖Z‖_F, or Z = 0: then the result holds non-finite entries, which callers
-    check for.
+    Neither the shift nor the narrower interval costs |Z| accuracy beyond rounding: an eigenvalue
+    z of Z gets |z| if sign(z + s‖Z‖_F) = sign(z) and −|z| otherwise, so only eigenvalues in
+    (−s‖Z‖_F, 0) change, by at most 2s‖Z‖_F; and an eigenvalue t of Z₀ below ℓ, whose sign the
+    iteration leaves unresolved (a factor up to about ℓ/t instead of 1), contributes at most about
+    t·ℓ/t = ℓ to |Z|/‖Z‖_F. Only Z = 0, or a Z with an eigenvalue exactly −s‖Z‖_F, gives
+    non-finite entries, which callers check for.
     """
-    size = Z.shape[-1]
-    unit = torch.finfo(Z.dtype).eps
-    lower = ABSOLUTE_LOWER * unit
-    Y = torch.add(Z / _frobenius(Z), identity(size, Z.dtype, Z.device), alpha=size * unit)
-    inverse, _ = torch.linalg.inv_ex(Y)
-    Y, scale = _newton(Y, inverse, False, lower, newton_steps(lower, unit))
+    lower = ABSOLUTE_LOWER * torch.finfo(Z.dtype).eps
+    Y, scale = _newton(Z, False, lower, newton_steps(lower, torch.finfo(Z.dtype).eps))
     product = Y @ Z  # the iteration is stable: rounding's asymmetry in Y does not grow
     return (0.5 / scale) * (product + product.mT)
 
 
-def largest_eigenvalue_psd(A: Tensor, rounds: int = POWER_ROUNDS) -> Tensor:
-    """λ_max of a symmetric positive semidefinite A by repeated powering:
+def extreme_eigenvalue_semidefinite(A: Tensor, rounds: int = POWER_ROUNDS) -> Tensor:
+    """The eigenvalue of largest magnitude of a symmetric semidefinite A — λ_max for A ⪰ 0, λ_min
+    for A ⪯ 0 — by repeated powering:
 
-        B₀ = A,  B_{k+1} = (B_k / ‖B_k‖_F)⁶⁴,  so  B_K ∝ A^N  with N = 64^K,
+        B₀ = A,  B_{k+1} = (B_k / ‖B_k‖_F)⁶⁴,  so  B_K ∝ A^N  with N = 64^K (even: B_K ⪰ 0),
 
-    a combination of A's eigenprojectors with weights w_i ∝ λ_i^N, and the Rayleigh quotient
-    tr(A B_K) / tr(B_K) = Σ w_i λ_i / Σ w_i falls short of λ_max by at most n λ_max / (e N):
-    unlike power iteration this needs no gap between the top eigenvalues. A = 0 gives 0.
+    a combination of A's eigenprojectors with weights w_i ∝ λ_i^N = |λ_i|^N, and the Rayleigh
+    quotient tr(A B_K) / tr(B_K) = Σ w_i λ_i / Σ w_i falls short of the extreme eigenvalue (in
+    magnitude) by at most n |λ| / (e N): unlike power iteration this needs no gap between the top
+    eigenvalues. A = 0 gives 0.
     """
     B = A
     for _ in range(rounds):
