@@ -232,6 +232,12 @@ def _bound_factors(delta: float, dtype: torch.dtype, device: torch.device) -> Te
     return torch.tensor([1.0 - delta, 1.0 + delta], dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=4)
+def _halves(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The row (½, −½)."""
+    return torch.tensor([[0.5, -0.5]], dtype=dtype, device=device)
+
+
 def _newton_dtype(device: torch.device) -> torch.dtype:
     """float64 wherever the device has it (Apple's MPS does not): the first Newton step may invert
     a matrix that is singular to working precision."""
@@ -281,7 +287,9 @@ def _project_condition_newton(S: Tensor, layout: _Layout, tau: float, reference_
         factors = _bound_factors(conditioning_bounds(tau), S.dtype, S.device).view((2,) + (1,) * S.dim())
         bounds = mean * factors  # (lo, hi) stacked in front
         absolute = absolute_value(torch.addcmul(H, bounds, eye, value=-1))
-        clamped = torch.add(mean * eye, absolute[0] - absolute[1], alpha=0.5)
+        # (|H − lo I| − |H − hi I|)/2 as one product with (½, −½) over the stacked pair (views in, view out)
+        halves = _halves(S.dtype, S.device)
+        clamped = torch.addcmul(torch.mm(halves, absolute.view(2, -1)).view(H.shape), mean, eye)
         # clamped − lo I and hi I − clamped, both positive semidefinite
         # clamped − lo I ⪰ 0 and clamped − hi I ⪯ 0: σ_max = lo + λ_max(·), σ_min = hi + λ_min(·)
         gaps = extreme_eigenvalue_semidefinite(torch.addcmul(clamped, bounds, eye, value=-1))
