@@ -362,7 +362,8 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
     app = RlrApp(None, [], tmp_path / "runs")
     async with app.run_test(size=(100, 30)) as pilot:
         runs = app.screen.query_one("#runs")
-        assert runs.row_count == 1 and runs.get_row_at(0)[1] == "running"
+        await until(pilot, lambda: runs.row_count == 1)  # listed off the UI thread
+        assert runs.get_row_at(0)[1] == "running"
         await pilot.press("tab", "enter")  # a running run: attach
         await until(pilot, lambda: dashboard_ready(app), timeout=120)
         await until(pilot, lambda: app.client.latest() is not None and app.client.latest().tau == 0.5)
