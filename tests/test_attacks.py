@@ -86,6 +86,7 @@ def test_bad_attack_settings_are_rejected(kwargs, message):
         AttackSpec(**kwargs)
 
 
+@pytest.mark.slow
 def test_channels_last_models_give_the_same_outputs_and_attacks_still_work():
     from rlr_engine import to_low_rank
     from rlr_engine.workload.models import build_model, use_channels_last
@@ -227,6 +228,7 @@ def _flags(model, x, y):
     return separate, {f.code for f in auto.sanity.flags}
 
 
+@pytest.mark.slow
 def test_masked_gradients_raise_the_masking_flags(masked):
     model, x, y = masked
     separate, auto = _flags(model, x, y)

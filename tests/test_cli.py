@@ -122,6 +122,7 @@ def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
     assert result.returncode == 2 and "unreadable" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_set_is_a_user_error_with_advice_and_leaves_no_run(tmp_path):
     result = rlr(
         "train",
@@ -441,6 +442,7 @@ def _stopped_quickstart_run(tmp_path):
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_setting_the_model_cannot_take_is_reported_without_a_traceback_and_leaves_no_run(tmp_path):
     result = rlr(
         "train", "quickstart", "--set", "method=condlr-adaptive", "--set", "min_rank=50", "--runs", "runs", cwd=tmp_path

@@ -45,6 +45,7 @@ def compare(out, *extra):
     )
 
 
+@pytest.mark.slow
 def test_compare_tabulates_seeds_reuses_finished_runs_and_resumes_interrupted_ones(tmp_path):
     out = tmp_path / "cmp"
     assert compare(out) == 0

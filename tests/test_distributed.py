@@ -313,6 +313,7 @@ def test_a_data_parallel_resume_refused_at_its_start_leaves_the_run_as_it_was(tm
     assert "max_steps = 20" in (run / "config.toml").read_text()
 
 
+@pytest.mark.slow
 def test_a_data_parallel_run_leaves_nothing_in_the_temporary_directory(tmp_path, monkeypatch):
     """torch elastic's logs go into the run directory, not a torchelastic_* folder per launch in
     the system's temporary directory."""

@@ -361,6 +361,7 @@ def test_headless_train_stops_cleanly_on_a_signal(tmp_path, signum, code):
     assert not (run_dir / "control.sock").exists() and not engine_alive(run_dir)
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_no_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LaunchError, match="not available"):
@@ -372,6 +373,7 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none; this machine has a GPU")
+@pytest.mark.slow
 def test_a_start_on_cuda_without_a_gpu_fails_and_leaves_no_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LaunchError, match="no CUDA GPU"):

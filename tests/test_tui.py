@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import pytest
 from fake_client import FakeClient, FakeLauncher, scripted_snapshot
-from pilot_waits import settle, until
+from pilot_waits import screen_lines, settle, until
 from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import TabbedContent, Tabs
@@ -39,11 +39,6 @@ async def type_value(pilot, text):
 def status_text(app) -> str:
     bars = app.screen.query(StatusBar)  # none while a new dashboard is being composed
     return str(bars.first().render()) if bars else ""
-
-
-def screen_lines(app) -> list[str]:
-    """What the terminal shows, line by line."""
-    return [strip.text for strip in app.screen._compositor.render_strips()]
 
 
 def bottom_line(app) -> str:
@@ -367,7 +362,8 @@ async def test_end_to_end_start_steer_detach_and_resume_from_the_picker(tmp_path
     app = RlrApp(None, [], tmp_path / "runs")
     async with app.run_test(size=(100, 30)) as pilot:
         runs = app.screen.query_one("#runs")
-        assert runs.row_count == 1 and runs.get_row_at(0)[1] == "running"
+        await until(pilot, lambda: runs.row_count == 1)  # listed off the UI thread
+        assert runs.get_row_at(0)[1] == "running"
         await pilot.press("tab", "enter")  # a running run: attach
         await until(pilot, lambda: dashboard_ready(app), timeout=120)
         await until(pilot, lambda: app.client.latest() is not None and app.client.latest().tau == 0.5)
@@ -645,7 +641,7 @@ async def test_at_80x24_the_picker_opens_with_the_preselected_quickstart_row_in_
         await until(pilot, lambda: table.row_count and table.get_row_at(table.cursor_row)[0] == "quickstart")
         await settle(pilot)
         top, bottom = table.content_region.y, table.content_region.bottom
-        shown = [strip.text for strip in app.screen._compositor.render_strips()[top:bottom]]
+        shown = screen_lines(app)[top:bottom]
         assert any(line.startswith(" quickstart ") for line in shown), "\n".join(shown)
 
 
@@ -658,7 +654,7 @@ async def test_at_80_columns_a_long_preset_name_keeps_the_progress_line_in_the_s
         await settle(d.pilot)
         bar = d.app.screen.query_one(StatusBar)
         top = bar.region.y
-        first, second = (strip.text for strip in d.app.screen._compositor.render_strips()[top : top + 2])
+        first, second = screen_lines(d.app)[top : top + 2]
         assert "fmnist-lenet5-condlr-adaptive" in first and first.rstrip().endswith("…"), first
         assert second.startswith(" epoch 5/20  step 2000/7040") and "τ 0.1" in second, second
 

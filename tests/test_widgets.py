@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from fake_client import scripted_snapshot
-from pilot_waits import settle, until
+from pilot_waits import screen_lines, settle, until
 from textual.app import App
 from textual.geometry import Region
 
@@ -197,7 +197,7 @@ async def test_at_200_columns_rank_bars_use_the_width_with_their_rank_next_to_th
         bars = app.query_one(RankBars)
         bars.show(scripted_snapshot())
         await pilot.pause()
-        lines = [strip.text.rstrip() for strip in app.screen._compositor.render_strips()]
+        lines = [line.rstrip() for line in screen_lines(app)]
     assert bars.bar_width > 150
     fc2 = next(line for line in lines if line.lstrip().startswith("fc2"))
     assert "█ 10/10 (dense) 10×500" in fc2, fc2  # the label right after its (full) bar, then its shape
