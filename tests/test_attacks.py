@@ -32,6 +32,7 @@ def test_shim_makes_advertorch_importable_on_current_torch():
         assert hasattr(attacks, name)
 
 
+@pytest.mark.slow
 def test_fgsm_lowers_accuracy_more_as_eps_grows(trained):
     model, x, y = trained
     acc = adversarial_accuracy(model, x, y, AttackSpec("fgsm", (0.0, 0.05, 0.2)))

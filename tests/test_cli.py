@@ -115,6 +115,7 @@ def test_user_errors_give_one_clear_line_and_no_traceback(args, expected):
     assert expected in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_reported_not_raised(tmp_path):
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
@@ -141,6 +142,7 @@ def test_missing_data_set_is_a_user_error_with_advice_and_leaves_no_run(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_data_dir_that_does_not_exist_is_an_error_naming_it_and_nothing_is_created(tmp_path):
     missing = tmp_path / "no" / "such" / "dir"
     result = rlr("train", "mnist-lenet5-dense", "--set", f"data_dir={missing}", "--runs", "runs", cwd=tmp_path)
@@ -149,6 +151,7 @@ def test_a_data_dir_that_does_not_exist_is_an_error_naming_it_and_nothing_is_cre
     assert not (tmp_path / "no").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_reported_before_the_data_set_loads_and_changes_nothing(tmp_path, monkeypatch):
     from rlr_engine.control.run_dirs import new_run_dir
     from rlr_engine.core.presets import load_preset

@@ -401,6 +401,7 @@ def converted_layer_stats():
     return layer_stats(model)
 
 
+@pytest.mark.slow
 def test_the_summary_lists_every_converted_layer_with_its_dense_shape(monkeypatch):
     import io
 
@@ -418,6 +419,7 @@ def test_the_summary_lists_every_converted_layer_with_its_dense_shape(monkeypatc
     assert "64×147" in rows["conv1"] and "dense" in rows["conv1"]  # a 7×7 convolution as a matrix
 
 
+@pytest.mark.slow
 async def test_the_rank_tab_lists_every_converted_layer_with_its_dense_shape():
     from textual.app import App
 

@@ -135,6 +135,7 @@ def next_second() -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_same_curves_without_repeated_steps(tmp_path):
     engine = start_engine(tmp_path, commands=[Pause(at_step=7)], tensorboard=True, epochs=3, max_steps=50)
     wait_for(engine, lambda s: s.state == "paused")

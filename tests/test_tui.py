@@ -278,6 +278,7 @@ async def test_screenshot_help_and_layer_keys(tmp_path):
         assert isinstance(d.app.screen, DashboardScreen)
 
 
+@pytest.mark.slow
 async def test_the_events_tab_scrolls_back_by_keyboard_while_events_arrive(tmp_path):
     from rlr_engine.control.records import Event
 
@@ -395,6 +396,7 @@ async def test_a_picks_the_attack_from_the_registry_and_the_engine_gets_it(tmp_p
         assert d.client.commands == [AttackNow(attack="pgd-linf")]
 
 
+@pytest.mark.slow
 async def test_beta_and_window_keys_steer_a_rank_adaptive_run_and_are_absent_otherwise(tmp_path):
     from rlr_engine.control.records import Note, SetAdaptation
 
@@ -522,6 +524,7 @@ async def test_space_toggles_from_the_last_pause_or_resume_sent_until_the_engine
         assert d.client.commands == [Resume(), Pause(), Resume(), Resume()]
 
 
+@pytest.mark.slow
 async def test_after_stop_is_asked_no_command_is_sent_no_dialog_opens_and_q_does_not_crash(tmp_path):
     async with dashboard(tmp_path) as d:
         await d.pilot.press("q", "s")
@@ -568,6 +571,7 @@ async def test_on_a_dead_or_stopped_run_the_steering_keys_are_disabled_and_say_w
         assert not any("Broken pipe" in n or "engine is gone" in n for n in notifications(d.app))
 
 
+@pytest.mark.slow
 async def test_a_dashboard_showing_dead_reattaches_when_an_engine_lives_in_the_run_again(tmp_path):
     import fcntl
     import json
@@ -602,6 +606,7 @@ def test_detaching_from_a_paused_run_says_it_stays_paused(tmp_path):
     assert "detached at step 720; training continues" in line
 
 
+@pytest.mark.slow
 async def test_the_picker_lists_the_runs_again_and_offers_a_finished_run_to_extend_not_resume(tmp_path):
     import json
 

@@ -4,6 +4,7 @@ readable without colour, dialogs that show their whole prompt at 80×24."""
 import re
 from pathlib import Path
 
+import pytest
 from fake_client import scripted_snapshot
 from pilot_waits import screen_lines, settle, until
 from textual.app import App
@@ -29,6 +30,7 @@ class LogApp(App):
         yield EventLog(id="log")
 
 
+@pytest.mark.slow
 async def test_event_log_stays_where_the_user_scrolled_and_follows_again_at_the_end():
     app = LogApp()
     async with app.run_test(size=(80, 12)) as pilot:
