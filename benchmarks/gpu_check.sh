@@ -39,9 +39,9 @@ check() {  # check NAME SECONDS COMMAND...: run it, its output to $out/NAME.txt,
 
 if [ $dry -eq 1 ]; then
     device=cpu speed="--models lenet5 --batch 4 --repeats 1 --warmup 0 --bf16" big="--models lenet5 --batch 8 --repeats 1 --warmup 0"
-    epoch="--set max_steps=3" tests="tests/test_cuda_setup.py tests/test_precision.py -k refused"
+    graphs=off epoch="--set max_steps=3" tests="tests/test_cuda_setup.py tests/test_precision.py -k refused"
 else
-    device=cuda speed="--models lenet5,vgg16 --batch 128 --repeats 15 --bf16 --graphs"
+    device=cuda graphs=on speed="--models lenet5,vgg16 --batch 128 --repeats 15 --bf16 --graphs"
     big="--models vgg16 --batch 1024 --repeats 10 --bf16 --graphs" epoch="" tests="tests/test_device_step.py tests/test_cuda_setup.py tests/test_precision.py tests/test_graphs.py"
 fi
 : >"$out/summary.txt"
@@ -59,11 +59,13 @@ if [ -f .gpu_carry/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     data=$(mktemp -d)/data
     mkdir -p "$data/FashionMNIST/raw"
     for f in .gpu_carry/fashion-mnist/*.gz; do gunzip -c "$f" >"$data/FashionMNIST/raw/$(basename "$f" .gz)"; done
-    for precision in float32 bf16; do
+    # The eager step, the captured one (cuda_graphs = "on"), and bf16 with the captured one.
+    for variant in "float32 off" "float32 $graphs" "bf16 $graphs"; do
+        set -- $variant
         # shellcheck disable=SC2086
-        check "epoch-$precision" 90 "$python" -m rlr_engine.cli train fmnist-lenet5-tau0.1-cr80 --device $device \
+        check "epoch-$1-graphs-$2" 90 "$python" -m rlr_engine.cli train fmnist-lenet5-tau0.1-cr80 --device $device \
             --set epochs=1 --set data_dir="$data" --set download=false --set attack_samples=500 \
-            --set precision=$precision $epoch --runs "$out/runs"
+            --set precision=$1 --set cuda_graphs=$2 $epoch --runs "$out/runs"
     done
 else
     echo "== epoch: skipped, no .gpu_carry/fashion-mnist (benchmarks/make_gpu_carry.sh)" | tee -a "$out/summary.txt"

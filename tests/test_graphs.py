@@ -1,6 +1,7 @@
 """cuda_graphs: the training step captured as one CUDA graph. What decides a capture runs
 everywhere; the captured step itself needs CUDA (skipped elsewhere, run by benchmarks/gpu_check.sh)."""
 
+import copy
 import math
 
 import pytest
@@ -18,9 +19,9 @@ def trainer(device="cpu", **changes):
     return Trainer(config, load_run_data(config, torch.device(device)), torch.device(device))
 
 
-def test_auto_captures_on_cuda_only_off_never_and_on_is_refused_without_cuda():
+def test_only_on_captures_and_only_on_cuda_auto_keeps_the_eager_step():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert graphs_wanted("auto", cuda) and graphs_wanted("on", cuda)
+    assert graphs_wanted("on", cuda) and not graphs_wanted("auto", cuda)
     assert not graphs_wanted("auto", cpu) and not graphs_wanted("off", cuda) and not graphs_wanted("off", cpu)
     with pytest.raises(ValueError, match="cuda_graphs = 'on' needs a CUDA device"):
         graphs_wanted("on", cpu)
@@ -39,9 +40,15 @@ def test_tau_regimes_are_the_branches_of_the_step():
 def test_the_capture_key_holds_through_steps_and_changes_with_structure_and_hyperparameters():
     t = trainer()
     key = lambda shape=(64, 1, 8, 8): capture_key(t.model, t.optimizer, shape)  # noqa: E731
+    fresh = key()
+    t.train_step()
     first = key()
+    assert first != fresh  # the first step made the momentum buffers a graph steps in place
     t.train_step()
     assert key() == first  # a step changes values, not what a graph depends on
+    t.optimizer.load_state_dict(copy.deepcopy(t.optimizer.state_dict()))  # a checkpoint's: new state tensors
+    assert key() != first
+    first = key()
     assert key((17, 1, 8, 8)) != first  # the short last batch
     t.set_lr(0.01)
     after_lr = key()

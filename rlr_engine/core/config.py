@@ -329,7 +329,8 @@ class RunConfig:
             str,
             CUDA_GRAPHS,
             "capture forward, backward and optimizer step as one CUDA graph, captured again "
-            "when shapes or tau's regime change (auto: on CUDA; ignored elsewhere)",
+            "when shapes or tau's regime change (on: CUDA only; auto: the eager step until the captured "
+            "one has been timed on a GPU)",
         ),
     )
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))

@@ -4,15 +4,18 @@ hundreds of kernel launches (at LeNet5 / VGG16 sizes a GPU is bound by launches,
 
 A graph replays fixed kernels on fixed memory: the batch is copied into static input buffers, and
 everything that decides *which* kernels run or *on what memory* is the capture key (``capture_key``):
-the parameters' identities and shapes (a truncation replaces them), the batch shape (the last,
+the parameters' identities and shapes (a truncation replaces them), the optimizer state's
+tensors (loading a checkpoint or an undo may replace them), the batch shape (the last,
 shorter batch of an epoch), τ's regime (0, finite, ∞ take different branches of the step), and —
 as the step reads them as Python numbers — lr, momentum, weight decay and τ of every group.
 A change of the key captures again (about one eager step's cost); hyperparameters change rarely (a
 milestone, a command), so this is correct at the price of one capture per change, where reading
 them from device tensors inside the graph would not need one.
 
-``graphs_wanted`` resolves the ``cuda_graphs`` setting: "auto" captures on CUDA, "on" asks for it
-(refused without CUDA), "off" never. Methods whose step decides on the host (rank-adaptive
+``graphs_wanted`` resolves the ``cuda_graphs`` setting: "on" captures (refused without CUDA), "off"
+and "auto" train eagerly — "auto" is to choose by timing the first steps on the run's device, and
+until the captured step has been checked and timed on a GPU (``benchmarks/gpu_check.sh``) it
+keeps the eager step that is known to be right. Methods whose step decides on the host (rank-adaptive
 windows) and data-parallel runs (DDP's all-reduce hooks) train eagerly.
 """
 
@@ -33,19 +36,20 @@ def tau_regime(tau: float) -> str:
 def capture_key(model: nn.Module, optimizer: torch.optim.Optimizer, batch_shape: tuple[int, ...]) -> tuple:
     """What a captured step depends on beyond the contents of its tensors (module docstring)."""
     params = tuple((id(p), tuple(p.shape)) for p in model.parameters())
+    state = tuple(id(t) for entry in optimizer.state.values() for t in entry.values() if isinstance(t, Tensor))
     groups = tuple(
         (g.get("lr"), g.get("momentum"), g.get("weight_decay"), g.get("tau"), tau_regime(g.get("tau", math.inf)))
         for g in optimizer.param_groups
     )
-    return params, groups, tuple(batch_shape)
+    return params, state, groups, tuple(batch_shape)
 
 
 def graphs_wanted(setting: str, device: torch.device) -> bool:
-    """Whether ``cuda_graphs`` = ``setting`` captures the step on ``device``. Raises ValueError
-    for "on" where the device is not a CUDA GPU."""
+    """Whether ``cuda_graphs`` = ``setting`` captures the step on ``device``: only "on" does
+    (module docstring). Raises ValueError for "on" where the device is not a CUDA GPU."""
     if setting == "on" and device.type != "cuda":
         raise ValueError(f"cuda_graphs = 'on' needs a CUDA device, but the run trains on {device}; use 'auto' or 'off'")
-    return setting != "off" and device.type == "cuda"
+    return setting == "on"
 
 
 class StepGraph:
