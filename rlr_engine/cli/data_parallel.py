@@ -253,6 +253,7 @@ def train_worker(args: argparse.Namespace) -> int:
     ranks = ranks_from_environment()
     config = worker_config(args)
     join_process_group(ranks, ranks.place(resolve_device(config.device)))
+    finished = False
     try:
         created = _rank0_run_dir(args) if ranks.is_main else None
         run_dir = ranks.broadcast(str(created[0]) if created else None)
@@ -271,9 +272,11 @@ def train_worker(args: argparse.Namespace) -> int:
             raise
         if ranks.is_main and args.resume:  # once the resume's settings proved acceptable, as `rlr train` does
             write_config(Path(run_dir), config)
-        return _run_main(engine, config, ranks) if ranks.is_main else _run_follower(engine)
+        code = _run_main(engine, config, ranks) if ranks.is_main else _run_follower(engine)
+        finished = True
+        return code
     finally:
-        leave_process_group()
+        leave_process_group(wait_for_others=finished)
 
 
 def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:

@@ -108,8 +108,13 @@ def join_process_group(ranks: Ranks, device: torch.device, timeout: timedelta | 
         dist.init_process_group("gloo", timeout=timeout)
 
 
-def leave_process_group() -> None:
+def leave_process_group(wait_for_others: bool = False) -> None:
+    """Destroy the process group; with ``wait_for_others`` only once every rank has got here (a
+    barrier), so that no rank tears its group down while another still uses it (rank 0's last
+    collectives). Not after a failure: the others may never arrive, and torchrun stops them."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_others:
+            dist.barrier()
         dist.destroy_process_group()
 
 
