@@ -2,8 +2,14 @@
 roughly the kernel launches an accelerator pays for, and free of timing noise, on the host path
 (Householder QR, SVD of the cores) and the device path (CholeskyQR, Newton polar iterations), at
 τ = ∞, 0 and 0.1, rank_fraction 0.2, batch 2, the second step (momentum buffers and a recorded
-(σ_min/σ_max)² exist). Views (which launch nothing) are counted apart. Runs on the CPU; the counts
+(σ_min/σ_max)² exist). Operations that launch nothing — views, and the profiler's marks around
+``Optimizer.step`` — are counted apart. Runs on the CPU; the counts
 are those of any device.
+
+A ``_foreach_*`` operation counts as one only where CUDA runs it as one kernel: every tensor
+non-overlapping and dense, on one device, one dtype per list (``_check_tensors_share_device_and_dtype``
+in ATen's ``ForeachUtils.h``); otherwise CUDA falls back to one kernel per tensor, and so does the
+count. A ``cat`` counts one launch per 128 inputs (``CAT_ARRAY_BATCH_SIZE``).
 
     python3 benchmarks/step_operations.py [--models lenet5,vgg16]
 """
@@ -23,19 +29,48 @@ from rlr_engine import CondLR, to_low_rank
 from rlr_engine.workload.models import build_model
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` is non-overlapping and dense: its strides, sorted, are those of a contiguous
+    tensor in some order of its dimensions."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def launches(name: str, args: tuple) -> int:
+    """How many kernels CUDA launches for the ATen operation ``name`` with ``args`` (module
+    docstring); 1 for everything but slow-path foreach operations and long concatenations."""
+    lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+    if name.startswith("_foreach_") and lists:
+        tensors = [t for lst in lists for t in lst]
+        fast = all(_dense(t) and t.device == tensors[0].device for t in tensors) and all(
+            len({t.dtype for t in lst}) == 1 for lst in lists
+        )
+        if name != "_foreach_copy_":  # a copy may convert; every other operation needs one dtype
+            fast = fast and len({t.dtype for t in tensors}) == 1
+        return 1 if fast else len(lists[0])
+    if name == "cat" and lists:
+        return math.ceil(len(lists[0]) / 128)
+    return 1
+
+
 class OperationCount(TorchDispatchMode):
-    """Counts ATen operations by name while active."""
+    """Counts ATen operations (kernel launches, see ``launches``) by name while active."""
 
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func._schema.name.split("::")[-1]] += 1
+        name = func._schema.name.split("::")[-1]
+        self.counts[name] += launches(name, args)
         return func(*args, **(kwargs or {}))
 
     def split(self) -> tuple[int, int]:
-        """(operations that compute, views)."""
+        """(operations that launch a kernel, operations that launch none)."""
         views = sum(
             n
             for name, n in self.counts.items()
@@ -54,6 +89,11 @@ class OperationCount(TorchDispatchMode):
                 "lift_fresh",
                 "detach",
                 "as_strided",
+                "permute",
+                "split_with_sizes",
+                "unbind",
+                "_record_function_enter_new",
+                "_record_function_exit",
             }
         )
         return sum(self.counts.values()) - views, views
@@ -82,7 +122,10 @@ def main() -> None:
     parser.add_argument("--models", default="lenet5,vgg16")
     args = parser.parse_args()
     for model_name in args.models.split(","):
-        print(f"\n{model_name}: operations (+ views); step = CondLR.step(), total = forward + backward + step")
+        print(
+            f"\n{model_name}: operations (+ views and marks, which launch nothing);"
+            " step = CondLR.step(), total = forward + backward + step"
+        )
         print(f"  {'τ':>5} {'host step':>16} {'device step':>16} {'fwd+bwd':>14} {'device total':>13}")
         for tau in (math.inf, 0.0, 0.1):
             (_, host), (passes, device) = count(model_name, tau, PATHS["host"]), count(model_name, tau, PATHS["device"])

@@ -196,11 +196,16 @@ def test_step_matches_a_literal_float64_implementation_of_the_method_for_25_step
                 )
 
 
+@pytest.mark.parametrize(
+    "path",
+    [{"retraction": "householder"}, {"retraction": "cholesky-qr2"}],
+    ids=["by-shape", "padded-batch"],
+)
 @pytest.mark.parametrize("scaled", [True, False])
-def test_stored_momentum_of_u_is_the_scaled_direction_unless_asked_for_the_unscaled_one(scaled):
+def test_stored_momentum_of_u_is_the_scaled_direction_unless_asked_for_the_unscaled_one(scaled, path):
     x, y = synthetic_task()
     model = mlp().double()
-    opt = CondLR(model, lr=0.1, momentum=0.3, tau=0.0, store_scaled_direction=scaled)
+    opt = CondLR(model, lr=0.1, momentum=0.3, tau=0.0, store_scaled_direction=scaled, **path)
     layer = next(layer for _, layer in low_rank_layers(model))
     opt.zero_grad()
     F.cross_entropy(model(x.double()[:64]), y[:64]).backward()

@@ -18,6 +18,7 @@ from rlr_engine.method.matrix_functions import (
     extreme_eigenvalue_semidefinite,
     newton_bound,
     polar,
+    power_schedule,
 )
 
 # ATen operations that read a device tensor on the host (item, bool, data-dependent shapes) or run
@@ -152,8 +153,8 @@ def test_newton_projection_of_cores_of_mixed_ranks_equals_the_svd_projection(tau
         project_cores(cores, tau, compat, "svd"), project_cores(cores, tau, compat, "newton")
     ):
         torch.testing.assert_close(newton, svd, atol=1e-12 * condition, rtol=0)
-        # the powering's bound: at most n/(e·2³⁶) ≈ 1.1e-10 relative for n = 20
-        torch.testing.assert_close(newton_ratio, svd_ratio, atol=1e-12, rtol=2e-10)
+        # the powering's tolerance is the cores' unit roundoff (float64 here)
+        torch.testing.assert_close(newton_ratio, svd_ratio, atol=1e-12, rtol=1e-12)
         sigma = torch.linalg.svdvals(newton)
         assert sigma[0] <= (1 + tau) * sigma[-1] * (1 + 1e-12)
 
@@ -247,16 +248,32 @@ def test_absolute_value_of_a_nearly_singular_symmetric_matrix_is_exact_to_roundi
     torch.testing.assert_close(absolute_value(Z), 0.5 * (expected + expected.mT), atol=2e-15, rtol=0)
 
 
-def test_extreme_eigenvalue_by_powering_is_within_its_bound_without_a_gap_for_either_sign_and_zero_for_zero():
+@pytest.mark.parametrize("tolerance", [2.0**-23, 2.0**-52])
+def test_extreme_eigenvalue_by_powering_is_within_its_tolerance_without_a_gap_for_either_sign_and_zero_for_zero(
+    tolerance,
+):
     g = torch.Generator().manual_seed(3)
     Q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
-    # a cluster just under λ_max, where power iteration would need a gap
-    eigenvalues = torch.cat([torch.tensor([2.0, 2.0 - 1e-11, 2.0 - 1e-7]), torch.rand(13, generator=g)]).double()
+    # a cluster just under λ_max, where power iteration would need a gap, and eigenvalues at
+    # 2(1 − 1/N), N = 2^squarings, the place of the largest shortfall
+    squarings = sum(p.bit_length() - 1 for p in power_schedule(16, torch.float64, tolerance))
+    near = 2.0 * (1 - 2.0**-squarings)
+    eigenvalues = torch.cat([torch.tensor([2.0, 2.0 - 1e-11, near, near]), torch.rand(12, generator=g)]).double()
     positive = Q @ torch.diag(eigenvalues) @ Q.T
-    estimate = extreme_eigenvalue_semidefinite(torch.stack([positive, -positive, torch.zeros_like(positive)]))
-    assert -1e-14 <= 2.0 - estimate[0] <= 2.0 * 16 / (math.e * 2**36) + 1e-14
-    assert -1e-14 <= 2.0 + estimate[1] <= 2.0 * 16 / (math.e * 2**36) + 1e-14
+    both_signs_and_zero = torch.stack([positive, -positive, torch.zeros_like(positive)])
+    estimate = extreme_eigenvalue_semidefinite(both_signs_and_zero, tolerance)
+    assert -1e-14 <= 2.0 - estimate[0] <= 2.0 * tolerance + 1e-14
+    assert -1e-14 <= 2.0 + estimate[1] <= 2.0 * tolerance + 1e-14
     assert estimate[2] == 0
+
+
+@pytest.mark.parametrize("size", [2, 100, 300, 2000])
+def test_extreme_eigenvalue_by_powering_does_not_underflow_in_float32_at_any_size(size):
+    # equal eigenvalues are the case of smallest λ_max(B) = n^-½ after normalising: a fixed
+    # power of 64 took (1/300)^32 = 10^-79 to zero in float32, and the estimate with it
+    A = 3.0 * torch.eye(size, dtype=torch.float32)
+    estimate = extreme_eigenvalue_semidefinite(A, torch.finfo(torch.float32).eps)
+    assert abs(float(estimate) - 3.0) <= 3.0 * 1e-6
 
 
 @pytest.mark.parametrize("smallest", [1e-8, 1e-16, 1e-30, 1e-40])
@@ -396,10 +413,10 @@ def test_padded_batch_of_every_factor_is_orthonormal_entry_by_entry_and_its_bloc
         opt.step()
     batch = opt._padded
     assert len(set(batch.shapes)) > 2  # shapes of several sizes share the batch
-    eye = torch.eye(batch.result.shape[-1])
-    for entry in batch.result:
+    eye = torch.eye(batch.factors.shape[-1])
+    for entry in batch.factors:
         assert torch.isfinite(entry).all()
         assert (entry.T @ entry - eye).abs().max() <= 1e-5
     factors = [p for _, layer in low_rank_layers(model) for p in (layer.U, layer.V)]
-    for block, factor in zip(batch.result_blocks, factors):
+    for block, factor in zip(batch.factor_blocks(), factors):
         assert torch.equal(block, factor)

@@ -49,6 +49,7 @@ from rlr_engine.method.lowrank import LowRankLayer, low_rank_layers
 from rlr_engine.method.manifold import (
     CORE_PROJECTIONS,
     RETRACTIONS,
+    PaddedCores,
     PaddedFactors,
     project_cores,
     project_orthogonal_complement,
@@ -138,6 +139,7 @@ class CondLR(torch.optim.Optimizer):
         self.retraction = "householder" if reference_compat and retraction == "auto" else retraction
         self.core_projection = core_projection
         self._padded: PaddedFactors | None = None  # the device path's batch, kept while shapes hold
+        self._padded_cores: PaddedCores | None = None  # likewise for the cores, while ranks hold
         factor_ids = set()
         stiefel, core = [], []
         for _, layer in self.layers:
@@ -179,37 +181,72 @@ class CondLR(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        other = self._group("other")
-        if other is not None:
-            self._sgd_step(other)
-        if self.layers:
-            self._low_rank_step()
+        stiefel, core, other = self._group("stiefel"), self._group("core"), self._group("other")
+        active = [layer for _, layer in self.layers if layer.S.grad is not None]
+        # Scales are taken before S moves: they belong to the point the gradient was taken at.
+        scales = self._scales(active, self.tau) if active else 1.0
+        factors = [p for layer in active for p in (layer.U, layer.V)]
+        cores = [layer.S for layer in active]
+        others = [] if other is None else [p for p in other["params"] if p.grad is not None]
+        parts = [(group, params) for group, params in ((stiefel, factors), (core, cores), (other, others)) if params]
+        moved = self._momenta(cast(list[tuple[dict, list[Tensor]]], parts))
+        directions = moved[0] if factors else []
+        # S and the other parameters take a plain SGD step: one foreach call per learning rate
+        self._sgd_update([(group, params, bufs) for (group, params), bufs in zip(parts, moved) if group is not stiefel])
+        if active:
+            assert stiefel is not None and core is not None, "a CondLR with low-rank layers has both groups"
+            retraction = self._resolved(self.retraction, RETRACTIONS, factors[0].device)
+            if retraction == "cholesky-qr2":
+                self._stiefel_step_padded(stiefel, factors, directions, scales)
+            else:
+                # U and V of a layer share its scale: c per factor, in the order of factors
+                per_factor = scales if isinstance(scales, float) else scales.repeat_interleave(2)
+                self._stiefel_step_by_shape(stiefel, factors, directions, per_factor)
+            self._project_cores(cores, core["tau"])
         return loss
 
-    def _momentum(self, group: dict, params: Sequence[Tensor]) -> list[Tensor]:
-        """m ← μ m + (g + wd·p) for each parameter; returns the buffers (or the raw
-        gradients when μ = 0)."""
-        grads = cast(list[Tensor], [p.grad for p in params])  # the caller steps only parameters with one
-        if group["weight_decay"] != 0:
-            grads = list(torch._foreach_add(grads, list(params), alpha=group["weight_decay"]))
-        if group["momentum"] == 0:
-            return grads
-        stored: list[Tensor | None] = [self.state[p].get("momentum_buffer") for p in params]
-        old = [buf for buf in stored if buf is not None]
-        if old:  # one foreach call each instead of two kernels per parameter
-            torch._foreach_mul_(old, group["momentum"])
-            torch._foreach_add_(old, [g for g, buf in zip(grads, stored) if buf is not None])
-        bufs = []
-        for p, g, buf in zip(params, grads, stored):
-            if buf is None:
-                buf = self.state[p]["momentum_buffer"] = g.clone()
-            bufs.append(buf)
-        return bufs
+    def _momenta(self, parts: list[tuple[dict, list[Tensor]]]) -> list[list[Tensor]]:
+        """m ← μ m + (g + wd·p) for the parameters of every (group, params) part; returns each
+        part's buffers (or its raw gradients where μ = 0). Parts of equal μ share one foreach
+        call each for the multiply and the add, so a step pays two kernels for every momentum,
+        not per group."""
+        grads_of = []
+        for group, params in parts:
+            grads = cast(list[Tensor], [p.grad for p in params])  # only parameters with one are stepped
+            if group["weight_decay"] != 0:
+                grads = list(torch._foreach_add(grads, list(params), alpha=group["weight_decay"]))
+            grads_of.append(grads)
+        result: list[list[Tensor]] = []
+        old_by_momentum: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
+        for (group, params), grads in zip(parts, grads_of):
+            if group["momentum"] == 0:
+                result.append(grads)
+                continue
+            bufs = []
+            for p, g in zip(params, grads):
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:  # the first step: m = g
+                    buf = self.state[p]["momentum_buffer"] = g.clone()
+                else:
+                    old, new = old_by_momentum[group["momentum"]]
+                    old.append(buf)
+                    new.append(g)
+                bufs.append(buf)
+            result.append(bufs)
+        for momentum, (old, new) in old_by_momentum.items():
+            torch._foreach_mul_(old, momentum)
+            torch._foreach_add_(old, new)
+        return result
 
-    def _sgd_step(self, group: dict) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        if params:
-            torch._foreach_add_(params, self._momentum(group, params), alpha=-group["lr"])
+    @staticmethod
+    def _sgd_update(parts: list[tuple[dict, list[Tensor], list[Tensor]]]) -> None:
+        """p ← p − η·m for every (group, params, buffers) part, one foreach call per η."""
+        by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
+        for group, params, bufs in parts:
+            by_lr[group["lr"]][0].extend(params)
+            by_lr[group["lr"]][1].extend(bufs)
+        for lr, (params, bufs) in by_lr.items():
+            torch._foreach_add_(params, bufs, alpha=-lr)
 
     @staticmethod
     def _resolved(choice: str, options: tuple[str, str], device: torch.device) -> str:
@@ -239,57 +276,36 @@ class CondLR(torch.optim.Optimizer):
             )
         return torch.stack(ratios)
 
-    def _low_rank_step(self) -> None:
-        stiefel, core = self._group("stiefel"), self._group("core")
-        assert stiefel is not None and core is not None, "a CondLR with low-rank layers has both groups"
-        tau = core["tau"]
-        active = [layer for _, layer in self.layers if layer.S.grad is not None]
-        if not active:
-            return
-        # Scales are taken before S moves: they belong to the point the gradient was taken at.
-        scales = self._scales(active, tau)
-        params: list[Tensor] = [p for layer in active for p in (layer.U, layer.V)]
-        directions = self._momentum(stiefel, params)
-        # U and V of a layer share its scale: c per factor, in the order of params
-        factor_scales = scales if isinstance(scales, float) else scales.repeat_interleave(2)
-        retraction = self._resolved(self.retraction, RETRACTIONS, params[0].device)
-        if retraction == "cholesky-qr2":
-            self._stiefel_step_padded(stiefel, params, directions, factor_scales)
-        else:
-            self._stiefel_step_by_shape(stiefel, params, directions, factor_scales)
-        cores: list[Tensor] = [layer.S for layer in active]
-        torch._foreach_add_(cores, self._momentum(core, cores), alpha=-core["lr"])
-        self._project_cores(cores, tau)
-
     def _stiefel_step_padded(
         self, group: dict, params: list[Tensor], directions: list[Tensor], scales: Tensor | float
     ) -> None:
         """Steps 2–3 for every U and V at once, as one padded batch (manifold.PaddedFactors) and
-        CholeskyQR: one chain of kernels whatever the number of layers and shapes."""
+        CholeskyQR: one chain of kernels whatever the number of layers and shapes. ``scales``:
+        c per layer (U and V of a layer adjacent in ``params``) or one for all."""
         shapes = [(p.shape[0], p.shape[1]) for p in params]
         if (
             self._padded is None
             or self._padded.shapes != tuple(shapes)
-            or self._padded.factors.device != params[0].device
+            or self._padded.buffer.dtype != params[0].dtype
+            or self._padded.buffer.device != params[0].device
         ):
             self._padded = PaddedFactors(shapes, params[0].dtype, params[0].device)
         batch = self._padded
-        torch._foreach_copy_(batch.factor_blocks, params)
-        torch._foreach_copy_(batch.moment_blocks, directions)
+        count = len(params)
+        batch.blocks.load(batch.buffer, [*params, *directions])
         P, M = batch.factors, batch.moments
         M.sub_(P @ (P.mT @ M))  # (I − P Pᵀ) M, in place: M is not needed after
         store = group["momentum"] != 0
         if store and not self.store_scaled_direction:
-            torch._foreach_copy_(directions, batch.moment_blocks)
+            batch.blocks.unload(batch.buffer, directions, first=count)
             store = False
-        if not isinstance(scales, float):
-            M.mul_(scales.view(-1, 1, 1))
+        if not isinstance(scales, float):  # entries (U₁, V₁, U₂, V₂, …): one scale per pair
+            M.view(count // 2, 2, *M.shape[1:]).mul_(scales.view(-1, 1, 1, 1))
         elif scales != 1.0:
             M.mul_(scales)
-        retract_cholesky_qr(torch.add(P, M, alpha=-group["lr"]), out=batch.result)
-        torch._foreach_copy_(params, batch.result_blocks)
-        if store:
-            torch._foreach_copy_(directions, batch.moment_blocks)
+        # the result overwrites the factors: P is not read again
+        retract_cholesky_qr(torch.add(P, M, alpha=-group["lr"]), out=P)
+        batch.blocks.unload(batch.buffer, [*params, *directions] if store else params)
 
     def _stiefel_step_by_shape(
         self, group: dict, params: list[Tensor], directions: list[Tensor], scales: Tensor | float
@@ -318,20 +334,36 @@ class CondLR(torch.optim.Optimizer):
 
     def _project_cores(self, cores: Sequence[Tensor], tau: float) -> None:
         """Apply project_condition to every core (batched, see manifold.project_cores) and record
-        (σ_min/σ_max)² for the reference step scaling."""
+        (σ_min/σ_max)² for the reference step scaling — in place, so the next step reads the
+        same memory (a captured step depends on it)."""
         if math.isinf(tau) or not cores:
             return
         method = self._resolved(self.core_projection, CORE_PROJECTIONS, cores[0].device)
-        results = project_cores(cores, tau, self.reference_compat, method)
-        torch._foreach_copy_(list(cores), [projected for projected, _ in results])
-        ratios = [ratio for _, ratio in results if ratio is not None]
+        if method == "newton":
+            batch = self._padded_cores_for(cores)
+            projected, ratio = batch.project(cores, tau, self.reference_compat)
+            batch.blocks.unload(projected, cores)
+            ratios = list(ratio.to(cores[0].dtype).unbind(0))
+        else:
+            results = project_cores(cores, tau, self.reference_compat, method)
+            torch._foreach_copy_(list(cores), [projected for projected, _ in results])
+            ratios = [ratio for _, ratio in results if ratio is not None]
         recorded = [r for S in cores if isinstance(r := self.state[S].get("inv_kappa_sq"), Tensor)]
-        if len(recorded) == len(ratios) == len(cores) and all(r.dtype == q.dtype for r, q in zip(recorded, ratios)):
-            # in place, so the next step reads the same memory (a captured step depends on it)
+        if len(recorded) == len(cores) and all(r.dtype == S.dtype for r, S in zip(recorded, cores)):
             torch._foreach_copy_(recorded, ratios)
         else:
             for S, ratio in zip(cores, ratios):
-                self.state[S]["inv_kappa_sq"] = ratio
+                self.state[S]["inv_kappa_sq"] = ratio.clone()
+
+    def _padded_cores_for(self, cores: Sequence[Tensor]) -> PaddedCores:
+        """The kept PaddedCores batch for these cores, made again when their ranks, dtype or
+        device differ from the last call's."""
+        ranks = tuple(S.shape[-1] for S in cores)
+        batch = self._padded_cores
+        dtype, device = cores[0].dtype, cores[0].device
+        if batch is None or batch.ranks != ranks or batch.dtype != dtype or batch.buffer.device != device:
+            batch = self._padded_cores = PaddedCores(ranks, cores[0].dtype, cores[0].device)
+        return batch
 
     # -- rank truncation ---------------------------------------------------------------------
     @torch.no_grad()

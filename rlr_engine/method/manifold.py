@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from rlr_engine.method.matrix_functions import absolute_value, extreme_eigenvalue_semidefinite, identity, polar, trace
+from rlr_engine.method.padding import BlockIndex
 
 RETRACTIONS = ("householder", "cholesky-qr2")
 CORE_PROJECTIONS = ("svd", "newton")
@@ -92,8 +93,12 @@ class PaddedFactors:
     rows cost arithmetic (a 512×13 factor padded to 4608×103 does 70× the work of its own) but no
     kernel launches; where launches dominate (small layers on a GPU) that is the trade wanted.
 
-    The buffers are allocated once per set of shapes; ``factor_blocks``, ``moment_blocks`` and
-    ``result_blocks`` are views of the live blocks, for ``torch._foreach_copy_`` in and out.
+    One buffer (2, N, M, R) holds the factors (``factors``, slot 0) and their moments
+    (``moments``, slot 1, zero outside the blocks); the retraction writes its result over the
+    factors — block-diagonal exactly (the Gram matrix of a block-diagonal entry is
+    block-diagonal, and so are its Cholesky factors), the identity block orthonormal again to
+    rounding. ``blocks`` (padding.BlockIndex) copies factors then moments in and out, a fixed
+    number of kernels for any number of layers. The buffer is allocated once per set of shapes.
 
     Args:
         shapes: (m_i, r_i) of every factor, in batch order.
@@ -104,18 +109,16 @@ class PaddedFactors:
         self.shapes = tuple(shapes)
         rank = max(r for _, r in self.shapes)
         rows = max(m + rank - r for m, r in self.shapes)
-        self.factors = torch.zeros((len(self.shapes), rows, rank), dtype=dtype, device=device)
+        self.buffer = torch.zeros((2, len(self.shapes), rows, rank), dtype=dtype, device=device)
+        self.factors, self.moments = self.buffer[0], self.buffer[1]
         for i, (m, r) in enumerate(self.shapes):
             if r < rank:
                 self.factors[i, m : m + rank - r, r:].fill_diagonal_(1.0)
-        self.moments = torch.zeros_like(self.factors)
-        self.result = torch.zeros_like(self.factors)
-        self.factor_blocks = self._blocks(self.factors)
-        self.moment_blocks = self._blocks(self.moments)
-        self.result_blocks = self._blocks(self.result)
+        self.blocks = BlockIndex(self.shapes, (rows, rank), 2, device)
 
-    def _blocks(self, batch: Tensor) -> list[Tensor]:
-        return [batch[i, :m, :r] for i, (m, r) in enumerate(self.shapes)]
+    def factor_blocks(self) -> list[Tensor]:
+        """Views of the live blocks of the factors (for inspection; copies go through ``blocks``)."""
+        return [self.factors[i, :m, :r] for i, (m, r) in enumerate(self.shapes)]
 
 
 def conditioning_bounds(tau: float) -> float:
@@ -143,7 +146,7 @@ def project_condition(
     if method == "newton":
         work = S.to(_newton_dtype(S.device))
         layout = _Layout(None, None, 1.0 / S.shape[-1], 1.0 / math.sqrt(S.shape[-1]))
-        projected, ratio = _project_condition_newton(work, layout, tau, reference_compat)
+        projected, ratio = _project_condition_newton(work, layout, tau, reference_compat, torch.finfo(S.dtype).eps)
         return projected.to(S.dtype), ratio.to(S.dtype)
     P, sigma, Qh = torch.linalg.svd(S)
     if tau == 0.0:
@@ -164,7 +167,7 @@ def project_cores(
 ) -> list[tuple[Tensor, Tensor | None]]:
     """``project_condition`` of every core in a list of square cores of any ranks, in as few
     batched calls as the method allows: "svd" makes one call per distinct rank, "newton" a single
-    call for all of them (see _project_padded)."""
+    call for all of them (see PaddedCores)."""
     if math.isinf(tau) or not cores:
         unchanged: list[tuple[Tensor, Tensor | None]] = [(S, None) for S in cores]
         return unchanged
@@ -189,17 +192,42 @@ def _project_by_rank(
 
 
 def _project_padded(cores: Sequence[Tensor], tau: float, reference_compat: bool) -> list[tuple[Tensor, Tensor | None]]:
-    """Every core S of rank r in one batch at the largest rank R, padded to block-diag(S, c I),
-    where c is chosen so that the padding leaves S's block of every intermediate — polar factor,
-    clamp, extreme singular values — as it would be alone (see _project_condition_newton).
-    Copies in and out are one ``_foreach_copy_`` and one cast each, whatever the number of cores."""
-    ranks = tuple(S.shape[-1] for S in cores)
-    size, device, dtype = max(ranks), cores[0].device, _newton_dtype(cores[0].device)
-    padded = cores[0].new_zeros((len(cores), size, size), dtype=dtype)
-    torch._foreach_copy_([padded[i, :r, :r] for i, r in enumerate(ranks)], list(cores))
-    projected, ratio = _project_condition_newton(padded, _layout(ranks, device, dtype), tau, reference_compat)
+    """Every core in one PaddedCores batch, the results cast back to the cores' dtype."""
+    batch = PaddedCores(tuple(S.shape[-1] for S in cores), cores[0].dtype, cores[0].device)
+    projected, ratio = batch.project(cores, tau, reference_compat)
     projected, ratio = projected.to(cores[0].dtype), ratio.to(cores[0].dtype)
-    return [(projected[i, :r, :r], ratio[i]) for i, r in enumerate(ranks)]
+    return [(projected[i, :r, :r], ratio[i]) for i, r in enumerate(batch.ranks)]
+
+
+class PaddedCores:
+    """Square cores S_i of ranks r_i as one batch (N, R, R) at the largest rank R, in the Newton
+    iterations' dtype (float64 where the device has it), each padded to block-diag(S_i, c I)
+    with c chosen so that the padding leaves S_i's block of every intermediate — polar factor,
+    clamp, extreme singular values — as it would be alone (see _project_condition_newton).
+
+    The zero-padded buffer is allocated once per set of ranks (CondLR keeps one while the ranks
+    hold); ``blocks`` (padding.BlockIndex) copies the cores in and the projected blocks out, a
+    fixed number of kernels whatever the number of cores.
+
+    Args:
+        ranks: r_i of every core, in batch order.
+        dtype, device: those of the cores; ``dtype`` also sets the accuracy asked of
+            (σ_min/σ_max)² (its unit roundoff).
+    """
+
+    def __init__(self, ranks: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        self.ranks, self.dtype = ranks, dtype
+        size, work = max(ranks), _newton_dtype(device)
+        self.buffer = torch.zeros((len(ranks), size, size), dtype=work, device=device)
+        self.layout = _layout(ranks, device, work)
+        self.blocks = BlockIndex([(r, r) for r in ranks], (size, size), 1, device)
+
+    def project(self, cores: Sequence[Tensor], tau: float, reference_compat: bool) -> tuple[Tensor, Tensor]:
+        """(the projected batch, (σ_min/σ_max)² per core), both in the Newton dtype; the
+        projected blocks go back into cores with ``blocks.unload``. τ is finite."""
+        self.blocks.load(self.buffer, cores)
+        tolerance = torch.finfo(self.dtype).eps
+        return _project_condition_newton(self.buffer, self.layout, tau, reference_compat, tolerance)
 
 
 class _Layout(NamedTuple):
@@ -244,7 +272,9 @@ def _newton_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _project_condition_newton(S: Tensor, layout: _Layout, tau: float, reference_compat: bool) -> tuple[Tensor, Tensor]:
+def _project_condition_newton(
+    S: Tensor, layout: _Layout, tau: float, reference_compat: bool, tolerance: float
+) -> tuple[Tensor, Tensor]:
     """project_condition from polar decompositions (``matrix_functions``), in S's dtype (float64).
 
     S (..., R, R) holds each core in its leading r×r block and zeros elsewhere; ``layout.padding``
@@ -264,8 +294,10 @@ def _project_condition_newton(S: Tensor, layout: _Layout, tau: float, reference_
     Singular matrices (a rank-deficient S, an eigenvalue of H exactly on lo or hi) are handled in
     ``polar``; only S = 0 is returned as it came (as the SVD path does), with ratio 1.
 
-    Accuracy: that of the SVD path (≈ u·κ(S)) for the projection; (σ_min/σ_max)² to n/(e·2³⁶)
-    from the powering plus ≈ u·(1 + τ) from forming clamp(H) at the scale of hi.
+    Accuracy: that of the SVD path (≈ u·κ(S)) for the projection; each extreme singular value to
+    ``tolerance`` (relative) from the powering — the cores' own unit roundoff, not the Newton
+    dtype's: the ratio only scales the next step — plus ≈ u·(1 + τ) from forming clamp(H) at the
+    scale of hi.
     """
     size = S.shape[-1]
     eye = identity(size, S.dtype, S.device)
@@ -292,7 +324,7 @@ def _project_condition_newton(S: Tensor, layout: _Layout, tau: float, reference_
         clamped = torch.addcmul(torch.mm(halves, absolute.view(2, -1)).view(H.shape), mean, eye)
         # clamped − lo I and hi I − clamped, both positive semidefinite
         # clamped − lo I ⪰ 0 and clamped − hi I ⪯ 0: σ_max = lo + λ_max(·), σ_min = hi + λ_min(·)
-        gaps = extreme_eigenvalue_semidefinite(torch.addcmul(clamped, bounds, eye, value=-1))
+        gaps = extreme_eigenvalue_semidefinite(torch.addcmul(clamped, bounds, eye, value=-1), tolerance)
         extremes = bounds[..., 0, 0] + gaps  # σ_max, σ_min
         projected, ratio = orthogonal @ clamped, (extremes[1] / extremes[0]).square()
     # x − x is 0 for a finite x and NaN otherwise; the sum is non-finite where any entry is, and

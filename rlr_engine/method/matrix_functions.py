@@ -31,11 +31,6 @@ NEWTON_STEPS = 10
 # is off by at most its own size whatever the iteration does with it (see ``absolute_value``),
 # so the scalings cover [128u, 1]: 8 steps in float64, 6 in float32 (``newton_steps``).
 ABSOLUTE_LOWER = 128.0
-# λ_max by powers: 6 rounds of B ← (B/‖B‖_F)⁶⁴, so A^N with N = 2³⁶; the estimate falls short by
-# at most n·λ_max/(e·2³⁶). A round raises B (‖B‖_F = 1, so λ_max(B) ≥ n^-½) to the 64th power in
-# one call — 6 squarings inside matrix_power — and λ_max(B)⁶⁴ ≥ n⁻³² stays far above float64's
-# smallest normal number for any core size.
-POWER_ROUNDS, POWER_PER_ROUND = 6, 64
 
 
 def _frobenius(X: Tensor) -> Tensor:
@@ -147,19 +142,42 @@ def absolute_value(Z: Tensor) -> Tensor:
     return (0.5 / scale) * (product + product.mT)
 
 
-def extreme_eigenvalue_semidefinite(A: Tensor, rounds: int = POWER_ROUNDS) -> Tensor:
+@functools.lru_cache(maxsize=32)
+def power_schedule(size: int, dtype: torch.dtype, tolerance: float) -> tuple[int, ...]:
+    """The exponents p_1, …, p_K (powers of two) of ``extreme_eigenvalue_semidefinite``'s rounds
+    for size×size matrices in ``dtype``: the fewest squarings that bring its shortfall bound
+    (n − 1)/(e·N), N = p_1⋯p_K, to at most ``tolerance``, in as few rounds as underflow allows.
+
+    A round raises B (‖B‖_F = 1, so λ_max(B) ≥ n^-½) to the power p, and the next round's
+    ‖B^p‖_F sums squares of entries of size ≥ λ_max(B)^p/n ≥ n^-(p/2+1); that square stays a
+    normal number while p ≤ ln(1/tiny)/ln(n) − 2 (tiny: the dtype's smallest normal number) —
+    128 for n = 100 in float64, 16 in float32. Smaller p for larger n, so the bound holds for any
+    core size."""
+    if size < 2:
+        return ()  # one eigenvalue: A itself is exact
+    squarings = max(1, math.ceil(math.log2((size - 1) / (math.e * tolerance))))
+    per_round = max(1, math.floor(math.log2(-math.log(torch.finfo(dtype).tiny) / math.log(size) - 2)))
+    rounds = math.ceil(squarings / per_round)
+    # the squarings spread evenly over the rounds: the first ``squarings % rounds`` get one more
+    base, extra = divmod(squarings, rounds)
+    return tuple(2 ** (base + (i < extra)) for i in range(rounds))
+
+
+def extreme_eigenvalue_semidefinite(A: Tensor, tolerance: float) -> Tensor:
     """The eigenvalue of largest magnitude of a symmetric semidefinite A — λ_max for A ⪰ 0, λ_min
     for A ⪯ 0 — by repeated powering:
 
-        B₀ = A,  B_{k+1} = (B_k / ‖B_k‖_F)⁶⁴,  so  B_K ∝ A^N  with N = 64^K (even: B_K ⪰ 0),
+        B₀ = A,  B_k = (B_{k−1} / ‖B_{k−1}‖_F)^{p_k},  so  B_K ∝ A^N  with N = p_1⋯p_K (even: B_K ⪰ 0),
 
     a combination of A's eigenprojectors with weights w_i ∝ λ_i^N = |λ_i|^N, and the Rayleigh
     quotient tr(A B_K) / tr(B_K) = Σ w_i λ_i / Σ w_i falls short of the extreme eigenvalue (in
-    magnitude) by at most n |λ| / (e N): unlike power iteration this needs no gap between the top
-    eigenvalues. A = 0 gives 0.
+    magnitude) by at most (n − 1)|λ| / (e N) ≤ ``tolerance``·|λ| (``power_schedule`` picks the
+    p_k): unlike power iteration this needs no gap between the top eigenvalues. Each round is one
+    ``matrix_power`` of log₂ p_k squarings; the count depends only on n, the dtype and
+    ``tolerance``. A = 0 gives 0.
     """
     B = A
-    for _ in range(rounds):
-        B = torch.linalg.matrix_power(B / _frobenius(B), POWER_PER_ROUND)
+    for power in power_schedule(A.shape[-1], A.dtype, tolerance):
+        B = torch.linalg.matrix_power(B / _frobenius(B), power)
     estimate = (A * B).sum((-2, -1)) / trace(B)
     return torch.nan_to_num(estimate, nan=0.0)  # A = 0: 0/0 from the first round
