@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import torch
@@ -103,3 +104,11 @@ def wait_for(engine: Engine, predicate, timeout: float = 60.0):
 def run_to_end(engine: Engine, timeout: float = 120.0):
     assert engine.join(timeout), "engine did not finish in time"
     return engine.latest()
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child process a test sends SIGINT to: Ctrl+C's default action in the
+    child whatever this process inherited. A shell without job control (a script, CI) starts a
+    background command with SIGINT ignored, its children inherit that, and a Python child then
+    raises no KeyboardInterrupt: the signal would be lost and the test would wait on for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

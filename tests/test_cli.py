@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import default_sigint
 
 from rlr_engine.cli import main
 
@@ -534,6 +535,7 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
         text=True,
         env=ENV,
         cwd=tmp_path,
+        preexec_fn=default_sigint,
     )
     try:
         # The heading is printed once the model and data are loaded, as the attack starts.

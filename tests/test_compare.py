@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from helpers import default_sigint
 from pilot_waits import settle, until
 
 from rlr_engine.cli import main
@@ -237,6 +238,7 @@ def test_a_compared_run_is_hosted_like_any_run_listed_as_running_and_steerable(t
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 300
