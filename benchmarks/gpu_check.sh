@@ -7,7 +7,9 @@
 #      bf16 + graphs (step-speed-b128.txt, step-speed-vgg16-b1024.txt);
 #   3. one Fashion-MNIST epoch of fmnist-lenet5-tau0.1-cr80 through the engine, float32 and bf16
 #      (epoch-float32.txt, epoch-bf16.txt; samples/s in the run's events under runs/);
-#   4. torchrun --nproc-per-node 1 on NCCL (torchrun.txt).
+#   4. torchrun --nproc-per-node 1 on NCCL (torchrun.txt);
+#   5. LeNet5 with the whole step compiled by torch.compile(mode="reduce-overhead") next to the
+#      captured step (step-speed-reduce-overhead.txt; last, as its compilation may run long).
 #
 #   bash benchmarks/gpu_check.sh              # on the CUDA machine
 #   bash benchmarks/gpu_check.sh --dry-run    # anywhere: the same commands, tiny and on the CPU
@@ -15,7 +17,7 @@
 # .gpu_carry/ (benchmarks/make_gpu_carry.sh) supplies advertorch, pyautoattack and the
 # Fashion-MNIST files where the machine has no package index; without it the epoch is skipped.
 # Every check runs even when one fails, each under a time limit; the exit status is non-zero if any
-# failed. The whole run is sized to finish in about 7 minutes on one H100.
+# failed. The whole run is sized to finish in about 9 minutes on one H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
@@ -76,6 +78,13 @@ if [ $dry -eq 1 ]; then  # NCCL needs CUDA: the dry run starts the same launcher
 else
     check torchrun 120 torchrun --nproc-per-node 1 -m rlr_engine.cli train quickstart --device cuda \
         --set dataset=synthetic --set epochs=2 --runs "$out/runs-torchrun"
+fi
+if [ $dry -eq 1 ]; then
+    echo "== step-speed-reduce-overhead: skipped in the dry run (inductor compiles for minutes on a CPU)" \
+        | tee -a "$out/summary.txt"
+else
+    check step-speed-reduce-overhead 100 "$python" benchmarks/step_speed.py --device cuda --models lenet5 \
+        --batch 128 --repeats 15 --graphs --reduce-overhead
 fi
 cat "$out/summary.txt"
 exit $status

@@ -8,7 +8,7 @@ round-robin, so machine noise hits them alike; medians and ratios to the best de
 CondLR to τ = ∞) come from the same run.
 
     python3 benchmarks/step_speed.py [--models lenet5,vgg16] [--batch 128] [--repeats 7] [--device cuda] [--compile]
-        [--bf16] [--graphs]
+        [--bf16] [--graphs] [--reduce-overhead]
 
 ``--bf16`` adds the channels-last dense, τ = ∞ and CondLR τ = 0.1 variants with forward and
 backward under autocast to bfloat16 (the optimizer step stays float32, as precision = "bf16" runs
@@ -37,9 +37,11 @@ PATHS = {
 }
 
 
-def variants(device: torch.device, compiled: bool, bf16: bool = False, graphs: bool = False) -> tuple:
+def variants(
+    device: torch.device, compiled: bool, bf16: bool = False, graphs: bool = False, reduce_overhead: bool = False
+) -> tuple:
     """(label, τ (None: dense), channels_last, CondLR keyword arguments, torch.compile, options
-    among "bf16" and "graph") and the ratios to print."""
+    among "bf16", "graph" and "reduce-overhead") and the ratios to print."""
     other = "device" if device.type == "cpu" else "host"
     found = [
         ("dense SGD", None, False, {}, False),
@@ -71,6 +73,8 @@ def variants(device: torch.device, compiled: bool, bf16: bool = False, graphs: b
     options = [frozenset({"bf16"})] if bf16 else []
     if graphs:
         options += [frozenset({"graph"})] + ([frozenset({"bf16", "graph"})] if bf16 else [])
+    if reduce_overhead:
+        options.append(frozenset({"reduce-overhead"}))
     for option in options:
         suffix = ", " + " + ".join(sorted(option))
         for label, tau in (("dense SGD, CL", None), ("low-rank τ=inf, CL", math.inf), ("CondLR τ=0.1, CL", 0.1)):
@@ -78,6 +82,11 @@ def variants(device: torch.device, compiled: bool, bf16: bool = False, graphs: b
         ratios += [
             ("CondLR τ=0.1, CL" + suffix, "dense SGD, CL" + suffix),
             ("CondLR τ=0.1, CL" + suffix, "low-rank τ=inf, CL" + suffix),
+        ]
+    if graphs and reduce_overhead:  # the two ways to one launch per step, side by side
+        ratios += [
+            (f"{label}, reduce-overhead", f"{label}, graph")
+            for label in ("dense SGD, CL", "low-rank τ=inf, CL", "CondLR τ=0.1, CL")
         ]
     return found, ratios
 
@@ -128,6 +137,13 @@ def captured(model, optimizer, x, y, bf16: bool, warmup: int = 3):
     return graph.replay
 
 
+def compiled_step(model, optimizer, x, y, bf16: bool):
+    """forward, backward and step of (model, optimizer) on (x, y) as one function compiled by
+    ``torch.compile(mode="reduce-overhead")`` (inductor, its kernels replayed as CUDA graphs);
+    its compilation runs in the warm-up steps."""
+    return torch.compile(lambda: step(model, optimizer, x, y, bf16), mode="reduce-overhead")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -148,13 +164,18 @@ def main() -> None:
     )
     parser.add_argument("--bf16", action="store_true", help="also CL variants under autocast to bfloat16")
     parser.add_argument("--graphs", action="store_true", help="also CL variants captured as CUDA graphs (CUDA only)")
+    parser.add_argument(
+        "--reduce-overhead",
+        action="store_true",
+        help='also CL variants with the whole step compiled by torch.compile(mode="reduce-overhead")',
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.graphs and device.type != "cuda":
         parser.error(f"--graphs needs --device cuda (got --device {args.device})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    found, ratios = variants(device, args.compile, args.bf16, args.graphs)
+    found, ratios = variants(device, args.compile, args.bf16, args.graphs, args.reduce_overhead)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for model_name in args.models.split(","):
         channels, size = SHAPES[model_name]
@@ -166,6 +187,8 @@ def main() -> None:
             bf16 = "bf16" in option
             if "graph" in option:
                 runners[label] = captured(model, optimizer, x, y, bf16)
+            elif "reduce-overhead" in option:
+                runners[label] = compiled_step(model, optimizer, x, y, bf16)
             else:
                 runners[label] = lambda m=model, o=optimizer, b=bf16, x=x, y=y: step(m, o, x, y, b)
         times: dict[str, list[float]] = {label: [] for label, *_ in found}
@@ -186,9 +209,9 @@ def main() -> None:
             f"\n{model_name} ({channels}×{size}×{size}), rank_fraction 0.2, median of {args.repeats} "
             f"(CL: channels_last = true):"
         )
-        print(f"  {'variant':<28} {'ms/step':>9} {'× dense':>8} {'× best dense':>13}")
+        print(f"  {'variant':<40} {'ms/step':>9} {'× dense':>8} {'× best dense':>13}")
         for label, median in medians.items():
-            print(f"  {label:<28} {1000 * median:>9.1f} {median / dense:>8.2f} {median / best_dense:>13.2f}")
+            print(f"  {label:<40} {1000 * median:>9.1f} {median / dense:>8.2f} {median / best_dense:>13.2f}")
         for label, base in ratios:
             print(f"  {label} / {base}: {medians[label] / medians[base]:.3f}")
 
