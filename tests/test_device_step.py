@@ -105,6 +105,28 @@ def test_default_step_on_a_non_cpu_device_runs_no_synchronising_operation(compat
     assert log.synchronising() == set()
 
 
+def test_a_step_at_a_new_tau_and_new_ranks_copies_nothing_from_host_memory(monkeypatch):
+    """torch.tensor of Python numbers onto an accelerator is a copy from host memory, which
+    waits for the device, and runs below the operator log: the constants a step needs at a τ
+    or set of ranks it has not seen are filled on the device instead."""
+    from rlr_engine.method import manifold
+
+    for cached in (manifold._layout, manifold._bound_factors, manifold._halves):
+        cached.cache_clear()
+    model = mlp().to("meta")
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=0.37, **DEVICE_PATH)
+    x, y = torch.randn(8, 20, device="meta"), torch.zeros(8, dtype=torch.long, device="meta")
+    F.cross_entropy(model(x), y).backward()
+    tensor = torch.tensor
+
+    def from_host_memory(data, *args, device=None, **kwargs):
+        assert device is None or torch.device(device).type == "cpu", f"torch.tensor({data!r}) onto {device}"
+        return tensor(data, *args, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", from_host_memory)
+    opt.step()
+
+
 def test_operator_log_sees_the_svd_and_qr_of_the_cpu_path():
     log = logged_step_on_meta([0.1], **HOST_PATH)
     assert {"_linalg_svd", "linalg_qr"} <= log.synchronising()

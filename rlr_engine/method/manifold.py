@@ -249,7 +249,7 @@ def _layout(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) ->
     padding = torch.zeros((len(ranks), size, size), dtype=dtype, device=device)
     for i, rank in enumerate(ranks):
         padding[i].diagonal()[rank:] = 1.0
-    rank_of = torch.tensor(ranks, dtype=dtype, device=device)[:, None, None]
+    rank_of = _filled(ranks, dtype, device)[:, None, None]
     return _Layout(padding, (size - rank_of) / rank_of, 1.0 / rank_of, rank_of.rsqrt())
 
 
@@ -257,13 +257,19 @@ def _layout(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) ->
 def _bound_factors(delta: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(1 − δ, 1 + δ): the lower and the upper clamp bound's multiples of m, to be stacked in
     front of a batch of cores."""
-    return torch.tensor([1.0 - delta, 1.0 + delta], dtype=dtype, device=device)
+    return _filled((1.0 - delta, 1.0 + delta), dtype, device)
 
 
 @functools.lru_cache(maxsize=4)
 def _halves(dtype: torch.dtype, device: torch.device) -> Tensor:
     """The row (½, −½)."""
-    return torch.tensor([[0.5, -0.5]], dtype=dtype, device=device)
+    return _filled((0.5, -0.5), dtype, device)[None]
+
+
+def _filled(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The vector of ``values``, each filled in on the device: ``torch.tensor`` of them would copy
+    from host memory, which on an accelerator waits for the device to finish its queued work."""
+    return torch.stack([torch.full((), value, dtype=dtype, device=device) for value in values])
 
 
 def _newton_dtype(device: torch.device) -> torch.dtype:
