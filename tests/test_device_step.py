@@ -181,6 +181,25 @@ def test_newton_projection_of_cores_of_mixed_ranks_equals_the_svd_projection(tau
         assert sigma[0] <= (1 + tau) * sigma[-1] * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_newton_projection_at_tau_zero_of_rank_deficient_cores_is_scaled_orthogonal_as_the_svd_paths(compat, dtype):
+    """A layer made from a weight of lower rank than its own has a core diag(σ) with zeros in it
+    (so has a truncation to a rank past the weight's): at τ = 0 it becomes α·P Qᵀ, or α·qf(S)
+    with reference_compat, on either path — κ = 1, not left as it was. (Where S is singular the
+    orthogonal factor is not unique: only α is compared there.)"""
+    g = torch.Generator().manual_seed(5)
+    deficient = [torch.diag(torch.tensor([1.0, 0.5, 0.0])), torch.diag(torch.tensor([2.0, 0.0, 0.0, 1.0]))]
+    cores = [S.to(dtype) for S in (*deficient, *random_cores((6,), g))]  # padded together with a full-rank one
+    results = zip(project_cores(cores, 0.0, compat, "svd"), project_cores(cores, 0.0, compat, "newton"))
+    for i, ((svd, _), (newton, _)) in enumerate(results):
+        sigma = torch.linalg.svdvals(newton.double())
+        assert sigma[-1] > 0 and sigma[0] / sigma[-1] <= 1 + 1e-5, sigma
+        torch.testing.assert_close(sigma, torch.linalg.svdvals(svd.double()), atol=1e-5, rtol=0)
+        if i >= len(deficient):
+            torch.testing.assert_close(newton, svd, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("tau", [0.0, 0.1])
 @pytest.mark.parametrize("condition", [1e10, 1e14])
 def test_newton_projection_of_ill_conditioned_cores_has_the_svd_projections_singular_values(tau, condition):

@@ -297,8 +297,9 @@ def _project_condition_newton(
       of the symmetric Z; the projection is O clamp(H). Its extreme singular values are lo plus
       λ_max(clamp(H) − lo I) and hi minus λ_max(hi I − clamp(H)), both positive semidefinite.
 
-    Singular matrices (a rank-deficient S, an eigenvalue of H exactly on lo or hi) are handled in
-    ``polar``; only S = 0 is returned as it came (as the SVD path does), with ratio 1.
+    Singular matrices (a rank-deficient S, an eigenvalue of H exactly on lo or hi) are handled by
+    the shifted start of ``polar`` (and of qf with reference_compat); only S = 0 is returned as it
+    came (as the SVD path does), with ratio 1.
 
     Accuracy: that of the SVD path (≈ u·κ(S)) for the projection; each extreme singular value to
     ``tolerance`` (relative) from the powering — the cores' own unit roundoff, not the Newton
@@ -311,9 +312,17 @@ def _project_condition_newton(
     rms = torch.linalg.matrix_norm(S, keepdim=True) * layout.inverse_root_rank
     X = S if padding is None else torch.addcmul(S, rms, padding)
     if tau == 0.0:
-        # qf twice: qf(qf(X)) = qf(X), and the second pass restores the orthonormality that
-        # CholeskyQR2 loses on an ill-conditioned X (see retract_cholesky_qr)
-        orthogonal = retract_cholesky_qr(retract_cholesky_qr(X)) if reference_compat else polar(X)[0]
+        if reference_compat:
+            # qf of X/‖X‖_F + sI, s = n·u, as ``polar`` starts (qf(cX) = qf(X) for c > 0): a
+            # perturbation of the SVD's backward-error size that moves a rank-deficient S off
+            # singularity, where CholeskyQR meets a singular Gram matrix and its result is not
+            # finite (and qf(S) is not unique anyway). qf twice: qf(qf(X)) = qf(X), and the second
+            # pass restores the orthonormality that CholeskyQR2 loses on an ill-conditioned X
+            # (see retract_cholesky_qr).
+            start = torch.add(X / torch.linalg.matrix_norm(X, keepdim=True), eye, alpha=size * torch.finfo(S.dtype).eps)
+            orthogonal = retract_cholesky_qr(retract_cholesky_qr(start))
+        else:
+            orthogonal = polar(X)[0]
         projected, ratio = rms * orthogonal, torch.ones_like(rms[..., 0, 0])
     else:
         orthogonal, H = polar(X)
