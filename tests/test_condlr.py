@@ -441,6 +441,30 @@ def test_state_dict_round_trip_after_truncation_gives_bit_identical_next_steps()
         assert torch.equal(a, b)
 
 
+def test_a_state_loaded_after_a_diverged_step_trains_finite_again_on_the_padded_batch():
+    """Rolling back after a non-finite step (model and optimizer from a good checkpoint) trains
+    on as before: nothing of the diverged step outlives it in the device path's padded batch."""
+    x, y = synthetic_task()
+    model = mlp()  # factors of different shapes: the batch pads them
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=0.1, retraction="cholesky-qr2", core_projection="newton")
+    train(model, opt, x, y, 2)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, buffer)
+    layer = next(layer for _, layer in low_rank_layers(model))
+    opt.zero_grad()
+    F.cross_entropy(model(x[:64]), y[:64]).backward()
+    layer.U.grad[0, 0] = math.nan
+    opt.step()
+    assert not torch.isfinite(layer.U).all()
+    buffer.seek(0)
+    good = torch.load(buffer)
+    model.load_state_dict(good["model"])
+    opt.load_state_dict(good["optim"])
+    train(model, opt, x, y, 2)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name
+
+
 def test_step_never_reads_tensors_on_the_host(monkeypatch):
     x, y = synthetic_task()
     model = mlp()

@@ -105,6 +105,28 @@ def test_default_step_on_a_non_cpu_device_runs_no_synchronising_operation(compat
     assert log.synchronising() == set()
 
 
+def test_a_step_at_a_new_tau_and_new_ranks_copies_nothing_from_host_memory(monkeypatch):
+    """torch.tensor of Python numbers onto an accelerator is a copy from host memory, which
+    waits for the device, and runs below the operator log: the constants a step needs at a τ
+    or set of ranks it has not seen are filled on the device instead."""
+    from rlr_engine.method import manifold
+
+    for cached in (manifold._layout, manifold._bound_factors, manifold._halves):
+        cached.cache_clear()
+    model = mlp().to("meta")
+    opt = CondLR(model, lr=0.1, momentum=0.5, tau=0.37, **DEVICE_PATH)
+    x, y = torch.randn(8, 20, device="meta"), torch.zeros(8, dtype=torch.long, device="meta")
+    F.cross_entropy(model(x), y).backward()
+    tensor = torch.tensor
+
+    def from_host_memory(data, *args, device=None, **kwargs):
+        assert device is None or torch.device(device).type == "cpu", f"torch.tensor({data!r}) onto {device}"
+        return tensor(data, *args, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", from_host_memory)
+    opt.step()
+
+
 def test_operator_log_sees_the_svd_and_qr_of_the_cpu_path():
     log = logged_step_on_meta([0.1], **HOST_PATH)
     assert {"_linalg_svd", "linalg_qr"} <= log.synchronising()
@@ -157,6 +179,25 @@ def test_newton_projection_of_cores_of_mixed_ranks_equals_the_svd_projection(tau
         torch.testing.assert_close(newton_ratio, svd_ratio, atol=1e-12, rtol=1e-12)
         sigma = torch.linalg.svdvals(newton)
         assert sigma[0] <= (1 + tau) * sigma[-1] * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_newton_projection_at_tau_zero_of_rank_deficient_cores_is_scaled_orthogonal_as_the_svd_paths(compat, dtype):
+    """A layer made from a weight of lower rank than its own has a core diag(σ) with zeros in it
+    (so has a truncation to a rank past the weight's): at τ = 0 it becomes α·P Qᵀ, or α·qf(S)
+    with reference_compat, on either path — κ = 1, not left as it was. (Where S is singular the
+    orthogonal factor is not unique: only α is compared there.)"""
+    g = torch.Generator().manual_seed(5)
+    deficient = [torch.diag(torch.tensor([1.0, 0.5, 0.0])), torch.diag(torch.tensor([2.0, 0.0, 0.0, 1.0]))]
+    cores = [S.to(dtype) for S in (*deficient, *random_cores((6,), g))]  # padded together with a full-rank one
+    results = zip(project_cores(cores, 0.0, compat, "svd"), project_cores(cores, 0.0, compat, "newton"))
+    for i, ((svd, _), (newton, _)) in enumerate(results):
+        sigma = torch.linalg.svdvals(newton.double())
+        assert sigma[-1] > 0 and sigma[0] / sigma[-1] <= 1 + 1e-5, sigma
+        torch.testing.assert_close(sigma, torch.linalg.svdvals(svd.double()), atol=1e-5, rtol=0)
+        if i >= len(deficient):
+            torch.testing.assert_close(newton, svd, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.1])

@@ -255,7 +255,7 @@ async def test_a_dashboard_closed_while_it_mounts_exits_cleanly(tmp_path, monkey
 
     monkeypatch.setattr(RlrApp, "push_screen", push_then_exit)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: app._exit)
+        await until(pilot, lambda: not app.is_running)
     assert app.return_code == 0
 
 

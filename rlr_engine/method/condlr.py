@@ -153,6 +153,13 @@ class CondLR(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "tau": tau}
         super().__init__(groups, defaults)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch.optim's, and the device path's padded batches made afresh: only their blocks
+        are loaded from the parameters each step, so whatever a step left in the padding (a
+        non-finite step: NaN there for good) would otherwise outlive the state loaded over it."""
+        super().load_state_dict(state_dict)
+        self._padded = self._padded_cores = None
+
     # -- hyperparameters -------------------------------------------------------------------
     def _group(self, name: str) -> dict | None:
         return next((g for g in self.param_groups if g.get("name") == name), None)

@@ -249,7 +249,7 @@ def _layout(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) ->
     padding = torch.zeros((len(ranks), size, size), dtype=dtype, device=device)
     for i, rank in enumerate(ranks):
         padding[i].diagonal()[rank:] = 1.0
-    rank_of = torch.tensor(ranks, dtype=dtype, device=device)[:, None, None]
+    rank_of = _filled(ranks, dtype, device)[:, None, None]
     return _Layout(padding, (size - rank_of) / rank_of, 1.0 / rank_of, rank_of.rsqrt())
 
 
@@ -257,13 +257,19 @@ def _layout(ranks: tuple[int, ...], device: torch.device, dtype: torch.dtype) ->
 def _bound_factors(delta: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(1 − δ, 1 + δ): the lower and the upper clamp bound's multiples of m, to be stacked in
     front of a batch of cores."""
-    return torch.tensor([1.0 - delta, 1.0 + delta], dtype=dtype, device=device)
+    return _filled((1.0 - delta, 1.0 + delta), dtype, device)
 
 
 @functools.lru_cache(maxsize=4)
 def _halves(dtype: torch.dtype, device: torch.device) -> Tensor:
     """The row (½, −½)."""
-    return torch.tensor([[0.5, -0.5]], dtype=dtype, device=device)
+    return _filled((0.5, -0.5), dtype, device)[None]
+
+
+def _filled(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The vector of ``values``, each filled in on the device: ``torch.tensor`` of them would copy
+    from host memory, which on an accelerator waits for the device to finish its queued work."""
+    return torch.stack([torch.full((), value, dtype=dtype, device=device) for value in values])
 
 
 def _newton_dtype(device: torch.device) -> torch.dtype:
@@ -291,8 +297,9 @@ def _project_condition_newton(
       of the symmetric Z; the projection is O clamp(H). Its extreme singular values are lo plus
       λ_max(clamp(H) − lo I) and hi minus λ_max(hi I − clamp(H)), both positive semidefinite.
 
-    Singular matrices (a rank-deficient S, an eigenvalue of H exactly on lo or hi) are handled in
-    ``polar``; only S = 0 is returned as it came (as the SVD path does), with ratio 1.
+    Singular matrices (a rank-deficient S, an eigenvalue of H exactly on lo or hi) are handled by
+    the shifted start of ``polar`` (and of qf with reference_compat); only S = 0 is returned as it
+    came (as the SVD path does), with ratio 1.
 
     Accuracy: that of the SVD path (≈ u·κ(S)) for the projection; each extreme singular value to
     ``tolerance`` (relative) from the powering — the cores' own unit roundoff, not the Newton
@@ -305,9 +312,17 @@ def _project_condition_newton(
     rms = torch.linalg.matrix_norm(S, keepdim=True) * layout.inverse_root_rank
     X = S if padding is None else torch.addcmul(S, rms, padding)
     if tau == 0.0:
-        # qf twice: qf(qf(X)) = qf(X), and the second pass restores the orthonormality that
-        # CholeskyQR2 loses on an ill-conditioned X (see retract_cholesky_qr)
-        orthogonal = retract_cholesky_qr(retract_cholesky_qr(X)) if reference_compat else polar(X)[0]
+        if reference_compat:
+            # qf of X/‖X‖_F + sI, s = n·u, as ``polar`` starts (qf(cX) = qf(X) for c > 0): a
+            # perturbation of the SVD's backward-error size that moves a rank-deficient S off
+            # singularity, where CholeskyQR meets a singular Gram matrix and its result is not
+            # finite (and qf(S) is not unique anyway). qf twice: qf(qf(X)) = qf(X), and the second
+            # pass restores the orthonormality that CholeskyQR2 loses on an ill-conditioned X
+            # (see retract_cholesky_qr).
+            start = torch.add(X / torch.linalg.matrix_norm(X, keepdim=True), eye, alpha=size * torch.finfo(S.dtype).eps)
+            orthogonal = retract_cholesky_qr(retract_cholesky_qr(start))
+        else:
+            orthogonal = polar(X)[0]
         projected, ratio = rms * orthogonal, torch.ones_like(rms[..., 0, 0])
     else:
         orthogonal, H = polar(X)
