@@ -178,8 +178,19 @@ def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refu
         ("epochs=1" + "0" * 400, "epochs"),
         ("eps=[0, 1" + "0" * 400 + "]", "eps"),
         ("seed=" + "9" * 5000, "seed"),
+        ("mean=[1" + "0" * 400 + "]", "mean"),
+        ("mean=[-1" + "0" * 400 + "]", "mean"),
+        ("std=[1" + "0" * 400 + "]", "std"),
     ],
-    ids=["tau-400-digits", "epochs-400-digits", "eps-400-digits", "seed-5000-digits"],
+    ids=[
+        "tau-400-digits",
+        "epochs-400-digits",
+        "eps-400-digits",
+        "seed-5000-digits",
+        "mean-400-digits",
+        "mean-negative-400-digits",
+        "std-400-digits",
+    ],
 )
 def test_a_number_too_large_for_a_float_in_an_override_is_a_preset_error_naming_the_key(override, key):
     with pytest.raises(PresetError) as refused:
