@@ -222,11 +222,9 @@ def check_data_dir(name: str, data_dir: str | Path) -> None:
     tensor file is read from its own path, not from data_dir). Only the default ``data``
     (relative to the working directory) is created by rlr; any other path is the user's own
     choice, and a missing one is most likely mistyped, so it is an error that names it."""
-    if name in DATASETS and not DATASETS[name].needs_files:
-        return
     source = data_source(name)
-    if source is not None and source.kind in ("imagefolder", "tensors"):
-        return  # read from the path the name holds, never from data_dir
+    if source is not None and not source.reads_data_dir:
+        return
     root = Path(data_dir).expanduser()
     if root.is_dir():
         return
