@@ -131,7 +131,17 @@ def _write_checked(
     folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp = folder / target.name
     try:
-        forward = write(tmp)
+        try:
+            forward = write(tmp)
+        except OSError:
+            raise  # the target cannot be written: the command line says so
+        except Exception as error:  # an operation the exporter cannot trace, a check the file fails
+            text = str(error).strip()
+            reason = text.splitlines()[0] if text else type(error).__name__
+            raise ExportFailed(
+                f"the run's model cannot be exported ({kind}): {type(error).__name__}: {reason}; "
+                f"nothing was written to {target}"
+            ) from error
         x = source.example()
         expected, got = source.model(x), forward(x)
         scale = max(float(expected.abs().max()), 1.0)
