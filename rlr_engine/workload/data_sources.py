@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from rlr_engine.core.catalog import TORCHVISION, DatasetInfo, data_source
-from rlr_engine.core.errors import DataError, DatasetUnavailable
+from rlr_engine.core.errors import DataError, DatasetUnavailable, first_line
 from rlr_engine.workload.data import (
     DEFAULT_DATA_DIR,
     ImageData,
@@ -180,7 +180,7 @@ def _folder(dataset: str, path: Path):
     try:
         return ImageFolder(str(path))
     except (FileNotFoundError, OSError) as error:  # no class folder, or no image in them
-        raise DataError(f"dataset = {dataset!r}: {_first_line(error)}") from None
+        raise DataError(f"dataset = {dataset!r}: {first_line(error)}") from None
 
 
 def _read_folder(dataset: str, folder, image_size: int) -> Split:
@@ -194,7 +194,7 @@ def _read_folder(dataset: str, folder, image_size: int) -> Split:
             with Image.open(path) as image:
                 picture = image.convert("RGB")
         except OSError as error:
-            raise DataError(f"dataset = {dataset!r}: {path} cannot be read as an image: {_first_line(error)}") from None
+            raise DataError(f"dataset = {dataset!r}: {path} cannot be read as an image: {first_line(error)}") from None
         tensor = TF.pil_to_tensor(picture)
         if image_size:
             tensor = TF.center_crop(TF.resize(tensor, image_size, antialias=True), [image_size, image_size])
@@ -220,7 +220,7 @@ def _tensor_file(dataset: str, path: Path) -> tuple[Split, Split, int]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, pickled objects beyond tensors, truncated
-        raise DataError(f"dataset = {dataset!r}: {path} cannot be read by torch.load: {_first_line(error)}") from None
+        raise DataError(f"dataset = {dataset!r}: {path} cannot be read by torch.load: {first_line(error)}") from None
     if not isinstance(payload, dict) or any(k not in payload for k in TENSOR_KEYS):
         have = ", ".join(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
         raise DataError(
@@ -303,12 +303,12 @@ def _torchvision_class(
         train_set = cls(str(root), **which(True), **args, **extra)
         test_set = cls(str(root), **which(False), **args, **extra)
     except TypeError as error:
-        raise DataError(f"dataset_args = {dict(extra)} do not fit {label}: {_first_line(error)}") from None
+        raise DataError(f"dataset_args = {dict(extra)} do not fit {label}: {first_line(error)}") from None
     except Exception as error:  # not downloaded (RuntimeError), no internet (URLError, OSError), …
         remove_empty_directories_since(root, before)
         how = "the download failed (no internet?)" if download else "downloading is switched off (download = false)"
         raise DatasetUnavailable(
-            f"data set {label!r} is not available in {root.resolve()}: {_first_line(error)}; {how}. Run once with "
+            f"data set {label!r} is not available in {root.resolve()}: {first_line(error)}; {how}. Run once with "
             f"internet and download = true, or put torchvision's files there (data_dir sets the folder)"
         ) from None
     train, test = _torchvision_split(train_set, image_size), _torchvision_split(test_set, image_size)
@@ -342,8 +342,3 @@ def _torchvision_split(dataset, image_size: int) -> Split:
             f"the images of {type(dataset).__name__} differ in size; set image_size to resize them"
         ) from None
     return Split(stacked, torch.tensor(targets, dtype=torch.int64))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
