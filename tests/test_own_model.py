@@ -211,6 +211,20 @@ def test_warm_start_converts_the_weights_of_a_dense_run(tmp_path):
     assert any("warm start from step 7 of dense-run" in n for n in notes)
 
 
+def test_a_warm_start_keeps_the_normalisation_this_run_sets(tmp_path):
+    dense = config(tmp_path, name="dense-run")  # normalisation measured on its images
+    data = load_run_data(dense, "cpu")
+    trained = build_network(dense, data)
+    run_dir = tmp_path / "runs" / "dense-run"
+    save_atomic({"model": trained.state_dict(), "step": 7, "config": dense.to_dict()}, run_dir / "checkpoint.pt")
+    warm = dense.replace(mean=(0.5,), std=(0.25,), init_from=str(run_dir))
+    warm_data = load_run_data(warm, "cpu")
+    model = build_network(warm, warm_data)
+    assert model.rlr_input_mean.flatten().tolist() == [0.5] * 3
+    assert model.rlr_input_std.flatten().tolist() == [0.25] * 3
+    assert torch.equal(model.conv1.weight, trained.conv1.weight)  # the weights are the run's
+
+
 # -- settings, resume ------------------------------------------------------------------------------
 def test_a_model_string_is_checked_for_form_without_importing_torch(tmp_path):
     preset = tmp_path / "p.toml"
