@@ -17,7 +17,7 @@ from torch import nn
 
 from rlr_engine.core.catalog import MODEL_INPUTS, TORCHVISION, model_source, torchvision_weights
 from rlr_engine.core.config import RunConfig, validate
-from rlr_engine.core.errors import ModelError
+from rlr_engine.core.errors import CheckpointError, ModelError
 from rlr_engine.core.formatting import versus_dense
 from rlr_engine.method.lowrank import full_rank_of, low_rank_layers, parameter_report, to_dense, to_low_rank
 from rlr_engine.run.checkpoint import FORMAT, load_checkpoint, load_model_state
@@ -164,7 +164,10 @@ def warm_start(model: nn.Module, config: RunConfig, data: ImageData, path: Path)
     one, whatever its ranks. It must be a run of the same model (and model_args). The input
     normalisation stays this run's own: its mean and std settings, or its data's."""
     label = f"init_from {str(path)!r}" if config.init_from else f"weights {str(path)!r}"
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except CheckpointError as error:  # missing, unreadable, not rlr's: said as the setting that names it
+        raise ModelError(f"{label}: {error}") from None
     source = validate(payload["config"], source=f"{path} (stored config)")
     if (source.model, source.model_args) != (config.model, config.model_args):
         raise ModelError(
