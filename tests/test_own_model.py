@@ -103,6 +103,19 @@ def test_one_image_folder_is_split_by_test_fraction_with_the_seed_and_resized_on
     assert a.mean == (0.5, 0.5, 0.5) and not a.normalization_measured
 
 
+def test_train_and_test_folders_of_different_image_sizes_are_one_data_error_unless_resized(tmp_path):
+    import shutil
+
+    root = write_image_folder(tmp_path / "images", size=32)
+    shutil.rmtree(root / "test")
+    shutil.move(write_image_folder(tmp_path / "small", size=24) / "test", root / "test")
+    c = RunConfig(dataset=f"imagefolder:{root}", model="mlp", val_fraction=0.0)
+    with pytest.raises(DataError, match=r"train/ images are 3×32×32, test/ images 3×24×24.*image_size"):
+        load_run_data(c, "cpu")
+    data = load_run_data(c.replace(image_size=16), "cpu")
+    assert data.train.images.shape[1:] == data.test.images.shape[1:] == (3, 16, 16)
+
+
 def test_tensor_file_loads_and_refuses_images_outside_unit_range(tmp_path):
     g = torch.Generator().manual_seed(0)
     good = {

@@ -155,11 +155,14 @@ def _image_folder(
                 f"dataset = {dataset!r}: train/ and test/ have different class folders (in one only: "
                 f"{', '.join(only[:8]) or 'the same names in another order'})"
             )
-        return (
-            _read_folder(dataset, train_set, image_size),
-            _read_folder(dataset, test_set, image_size),
-            len(train_set.classes),
-        )
+        splits = _read_folder(dataset, train_set, image_size), _read_folder(dataset, test_set, image_size)
+        if splits[0].images.shape[1:] != splits[1].images.shape[1:]:
+            shapes = ["×".join(map(str, split.images.shape[1:])) for split in splits]
+            raise DataError(
+                f"dataset = {dataset!r}: train/ images are {shapes[0]}, test/ images {shapes[1]}; set image_size to "
+                f"resize them as they load"
+            )
+        return splits[0], splits[1], len(train_set.classes)
     whole = _folder(dataset, root)
     images = _read_folder(dataset, whole, image_size)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(10_000 + seed))
