@@ -133,6 +133,15 @@ def test_tensor_file_loads_and_refuses_images_outside_unit_range(tmp_path):
         load_run_data(RunConfig(dataset=f"tensors:{tmp_path / 'bad.pt'}", model="mlp"), "cpu")
 
 
+def test_a_tensor_file_with_non_finite_pixels_is_refused(tmp_path):
+    x = torch.rand(8, 1, 6, 6)
+    x[3, 0, 2, 2] = float("nan")
+    y = torch.arange(8) % 2
+    torch.save({"x_train": x, "y_train": y, "x_test": torch.rand(4, 1, 6, 6), "y_test": y[:4]}, tmp_path / "d.pt")
+    with pytest.raises(DataError, match=r"x_train holds values in \[nan, nan\]; images must be in \[0, 1\]"):
+        load_run_data(RunConfig(dataset=f"tensors:{tmp_path / 'd.pt'}", model="mlp"), "cpu")
+
+
 # -- models, weights, conversion -------------------------------------------------------------------
 def test_torchvision_model_starts_from_a_state_dict_file(tmp_path):
     reference = torchvision.models.resnet18(num_classes=3)

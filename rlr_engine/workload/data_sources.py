@@ -253,8 +253,8 @@ def _tensor_split(dataset: str, x: Any, y: Any, split: str) -> Split:
     if x.dtype == torch.uint8:
         images = x
     elif x.dtype.is_floating_point:
-        low, high = float(x.min()), float(x.max())
-        if low < 0 or high > 1:
+        low, high = float(x.min()), float(x.max())  # nan when any pixel is
+        if not (low >= 0 and high <= 1):
             raise DataError(
                 f"dataset = {dataset!r}: x_{split} holds values in [{low:g}, {high:g}]; images must be in [0, 1] "
                 f"(ε is measured in those pixel units; the model normalises them itself)"
