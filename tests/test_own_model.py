@@ -488,3 +488,11 @@ def test_a_new_classifier_head_is_left_as_initialised_only_when_asked(tmp_path):
     model = build_network(c.replace(weights_skip_mismatched=True), data, notes=notes)
     assert torch.equal(model.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
     assert any("left as initialised (shapes differ): fc.weight, fc.bias" in n for n in notes), notes
+
+
+def test_unknown_torchvision_weights_list_each_name_once():
+    from rlr_engine.workload.model_sources import torchvision_weights_entry
+
+    with pytest.raises(ModelError) as caught:
+        torchvision_weights_entry("resnet18", "NOPE", "weights = 'torchvision:NOPE'")
+    assert str(caught.value).endswith("(it has DEFAULT, IMAGENET1K_V1)"), str(caught.value)

@@ -198,7 +198,7 @@ def torchvision_weights_entry(model_name: str, weights_name: str, label: str) ->
     try:
         return entries[weights_name]
     except KeyError:
-        names = ", ".join(["DEFAULT", *entries.__members__])
+        names = ", ".join(dict.fromkeys(["DEFAULT", *entries.__members__]))  # DEFAULT is also a member
         raise ModelError(
             f"{label}: torchvision's {model_name} has no weights {weights_name!r} (it has {names})"
         ) from None
