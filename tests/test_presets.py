@@ -382,3 +382,14 @@ def test_a_number_literal_too_large_for_a_float_is_refused_alike_on_the_socket_i
         check_tau("1e400")  # typed in the dashboard
     assert from_socket("Infinity") == SetTau(tau=math.inf)
     assert load_preset(str(write(tmp_path, preset + "inf"))).tau == math.inf
+
+
+def test_a_range_states_its_integer_bounds_exactly():
+    from rlr_engine.core.config import SEED_RANGE
+    from rlr_engine.core.validation import NumberRange
+
+    assert SEED_RANGE.allowed("an integer") == "an integer in [0, 2147483647]"
+    assert NumberRange(0, 10**9).allowed() == "a number in [0, 1e+09]"
+    assert NumberRange(0.5, math.inf, high_open=True).allowed() == "a number in [0.5, inf)"
+    with pytest.raises(PresetError, match=r"seed = -1 is not allowed: must be an integer in \[0, 2147483647\]"):
+        load_preset("quickstart", ["seed=-1"])
