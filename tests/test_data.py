@@ -193,3 +193,15 @@ def test_a_failed_download_leaves_no_empty_folders_behind_and_keeps_what_was_the
     with pytest.raises(data.DatasetUnavailable, match="not available"):
         data.load_dataset("mnist", tmp_path, download=True)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["CIFAR10", "CIFAR10/notes.txt"]
+
+
+def test_the_nproc_launcher_does_not_ask_for_a_data_dir_that_files_named_by_path_never_read(tmp_path):
+    from rlr_engine.cli.data_parallel import _check_start
+    from rlr_engine.core.config import validate
+
+    missing = str(tmp_path / "never-made")
+    for dataset in (f"imagefolder:{tmp_path}", f"tensors:{tmp_path / 'data.pt'}"):
+        _check_start(validate({"dataset": dataset, "model": "mlp", "data_dir": missing, "device": "cpu"}))
+    with pytest.raises(DatasetUnavailable, match="does not exist"):  # a data set that is read from data_dir
+        _check_start(validate({"dataset": "torchvision:MNIST", "model": "mlp", "data_dir": missing, "device": "cpu"}))
+    assert not (tmp_path / "never-made").exists()

@@ -165,3 +165,28 @@ def test_export_source_module_is_loaded_only_for_model_exports():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_model_the_exporter_cannot_trace_is_one_line_and_nothing_is_written(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    def untraceable(*args, **kwargs):
+        raise RuntimeError("Could not guard on data-dependent expression u0 > 0\n\nUser stack:\n  File nets.py")
+
+    monkeypatch.setattr(model_export.torch.export, "export", untraceable)
+    assert main(["export", str(trained_run), "--model", str(tmp_path / "m.pt2")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be exported (torch.export program)" in err and "data-dependent" in err, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_to_stdout_beside_a_model_export_keeps_stdout_the_csv_alone(trained_run, tmp_path, capsys):
+    import csv
+    import io
+
+    assert main(["export", str(trained_run), "--csv", "-", "--model", str(tmp_path / "m.pt2")]) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.reader(io.StringIO(captured.out)))
+    assert len(rows) > 1 and {len(row) for row in rows} == {len(rows[0])}, captured.out[-300:]
+    assert "torch.export program" not in captured.out and "torch.export program" in captured.err

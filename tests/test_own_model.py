@@ -103,6 +103,19 @@ def test_one_image_folder_is_split_by_test_fraction_with_the_seed_and_resized_on
     assert a.mean == (0.5, 0.5, 0.5) and not a.normalization_measured
 
 
+def test_train_and_test_folders_of_different_image_sizes_are_one_data_error_unless_resized(tmp_path):
+    import shutil
+
+    root = write_image_folder(tmp_path / "images", size=32)
+    shutil.rmtree(root / "test")
+    shutil.move(write_image_folder(tmp_path / "small", size=24) / "test", root / "test")
+    c = RunConfig(dataset=f"imagefolder:{root}", model="mlp", val_fraction=0.0)
+    with pytest.raises(DataError, match=r"train/ images are 3×32×32, test/ images 3×24×24.*image_size"):
+        load_run_data(c, "cpu")
+    data = load_run_data(c.replace(image_size=16), "cpu")
+    assert data.train.images.shape[1:] == data.test.images.shape[1:] == (3, 16, 16)
+
+
 def test_tensor_file_loads_and_refuses_images_outside_unit_range(tmp_path):
     g = torch.Generator().manual_seed(0)
     good = {
@@ -118,6 +131,15 @@ def test_tensor_file_loads_and_refuses_images_outside_unit_range(tmp_path):
     torch.save(dict(good, x_train=good["x_train"] * 255), tmp_path / "bad.pt")
     with pytest.raises(DataError, match=r"x_train holds values in \[0\.0\d+, 25\d\.\d+\]; images must be in \[0, 1\]"):
         load_run_data(RunConfig(dataset=f"tensors:{tmp_path / 'bad.pt'}", model="mlp"), "cpu")
+
+
+def test_a_tensor_file_with_non_finite_pixels_is_refused(tmp_path):
+    x = torch.rand(8, 1, 6, 6)
+    x[3, 0, 2, 2] = float("nan")
+    y = torch.arange(8) % 2
+    torch.save({"x_train": x, "y_train": y, "x_test": torch.rand(4, 1, 6, 6), "y_test": y[:4]}, tmp_path / "d.pt")
+    with pytest.raises(DataError, match=r"x_train holds values in \[nan, nan\]; images must be in \[0, 1\]"):
+        load_run_data(RunConfig(dataset=f"tensors:{tmp_path / 'd.pt'}", model="mlp"), "cpu")
 
 
 # -- models, weights, conversion -------------------------------------------------------------------
@@ -209,6 +231,20 @@ def test_warm_start_converts_the_weights_of_a_dense_run(tmp_path):
     assert len(dict(low_rank_layers(model))) == 9
     assert (outputs(model, x) - outputs(trained, x)).abs().max() <= 1e-4
     assert any("warm start from step 7 of dense-run" in n for n in notes)
+
+
+def test_a_warm_start_keeps_the_normalisation_this_run_sets(tmp_path):
+    dense = config(tmp_path, name="dense-run")  # normalisation measured on its images
+    data = load_run_data(dense, "cpu")
+    trained = build_network(dense, data)
+    run_dir = tmp_path / "runs" / "dense-run"
+    save_atomic({"model": trained.state_dict(), "step": 7, "config": dense.to_dict()}, run_dir / "checkpoint.pt")
+    warm = dense.replace(mean=(0.5,), std=(0.25,), init_from=str(run_dir))
+    warm_data = load_run_data(warm, "cpu")
+    model = build_network(warm, warm_data)
+    assert model.rlr_input_mean.flatten().tolist() == [0.5] * 3
+    assert model.rlr_input_std.flatten().tolist() == [0.25] * 3
+    assert torch.equal(model.conv1.weight, trained.conv1.weight)  # the weights are the run's
 
 
 # -- settings, resume ------------------------------------------------------------------------------
@@ -370,6 +406,7 @@ BAD_SETTINGS = {
     "model_args": (["model=mlp", "model_args={width = 3}"], "model_args = {'width': 3}", "not allowed"),
     "include": (["lowrank_include=layer9.*"], "lowrank_include pattern 'layer9.*'", "matches no Linear or Conv2d"),
     "grouped": (["model=torchvision:mobilenet_v2", "lowrank_include=features.1.conv.0.0"], "groups = 32", "exclude it"),
+    "init_from": (["init_from=no-such-run"], "init_from '", "no-such-run does not exist"),
 }
 
 
@@ -451,3 +488,11 @@ def test_a_new_classifier_head_is_left_as_initialised_only_when_asked(tmp_path):
     model = build_network(c.replace(weights_skip_mismatched=True), data, notes=notes)
     assert torch.equal(model.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
     assert any("left as initialised (shapes differ): fc.weight, fc.bias" in n for n in notes), notes
+
+
+def test_unknown_torchvision_weights_list_each_name_once():
+    from rlr_engine.workload.model_sources import torchvision_weights_entry
+
+    with pytest.raises(ModelError) as caught:
+        torchvision_weights_entry("resnet18", "NOPE", "weights = 'torchvision:NOPE'")
+    assert str(caught.value).endswith("(it has DEFAULT, IMAGENET1K_V1)"), str(caught.value)

@@ -178,8 +178,19 @@ def test_typed_inf_is_infinity_but_a_finite_number_too_large_for_a_float_is_refu
         ("epochs=1" + "0" * 400, "epochs"),
         ("eps=[0, 1" + "0" * 400 + "]", "eps"),
         ("seed=" + "9" * 5000, "seed"),
+        ("mean=[1" + "0" * 400 + "]", "mean"),
+        ("mean=[-1" + "0" * 400 + "]", "mean"),
+        ("std=[1" + "0" * 400 + "]", "std"),
     ],
-    ids=["tau-400-digits", "epochs-400-digits", "eps-400-digits", "seed-5000-digits"],
+    ids=[
+        "tau-400-digits",
+        "epochs-400-digits",
+        "eps-400-digits",
+        "seed-5000-digits",
+        "mean-400-digits",
+        "mean-negative-400-digits",
+        "std-400-digits",
+    ],
 )
 def test_a_number_too_large_for_a_float_in_an_override_is_a_preset_error_naming_the_key(override, key):
     with pytest.raises(PresetError) as refused:
@@ -371,3 +382,14 @@ def test_a_number_literal_too_large_for_a_float_is_refused_alike_on_the_socket_i
         check_tau("1e400")  # typed in the dashboard
     assert from_socket("Infinity") == SetTau(tau=math.inf)
     assert load_preset(str(write(tmp_path, preset + "inf"))).tau == math.inf
+
+
+def test_a_range_states_its_integer_bounds_exactly():
+    from rlr_engine.core.config import SEED_RANGE
+    from rlr_engine.core.validation import NumberRange
+
+    assert SEED_RANGE.allowed("an integer") == "an integer in [0, 2147483647]"
+    assert NumberRange(0, 10**9).allowed() == "a number in [0, 1e+09]"
+    assert NumberRange(0.5, math.inf, high_open=True).allowed() == "a number in [0.5, inf)"
+    with pytest.raises(PresetError, match=r"seed = -1 is not allowed: must be an integer in \[0, 2147483647\]"):
+        load_preset("quickstart", ["seed=-1"])

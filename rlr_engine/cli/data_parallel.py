@@ -280,11 +280,10 @@ def train_worker(args: argparse.Namespace) -> int:
 
 
 def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
-    """Resolve and check the run as ``rlr train`` does and create its directory (a new run): done
-    once, before any worker starts. A resumed run's config.toml is rewritten by rank 0 once its
-    engine has taken the settings (the workers get them as --set). Returns (config, run
-    directory, whether it is new)."""
-
+    """Resolve and check the run as ``rlr train`` does and create its directory (a new run): rank
+    0 of a run started by torchrun by hand (the --nproc launcher does this itself, with its
+    checks between). A resumed run's config.toml is rewritten by rank 0 once its engine has taken
+    the settings. Returns (config, run directory, whether it is new)."""
     config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
     if new:
         create_run_dir(run_dir, config)

@@ -85,14 +85,11 @@ def eval_json(config, step: int, checked) -> dict:
 def _data_dir_unused(dataset: str) -> str | None:
     """Why ``dataset`` reads nothing from data_dir (None when it does)."""
     source = data_source(dataset)
-    if source is None:
+    if source is None or source.reads_data_dir:
         return None
     if source.in_catalog:
-        info = DATASETS[dataset]
-        return None if info.needs_files else f"is {info.source} data held in memory, not read from files"
-    if source.kind in ("imagefolder", "tensors"):
-        return f"is read from {source.target}"
-    return None
+        return f"is {DATASETS[dataset].source} data held in memory, not read from files"
+    return f"is read from {source.target}"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

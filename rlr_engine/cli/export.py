@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from rlr_engine.cli.console import console
+from rich.console import Console
+
+from rlr_engine.cli.console import console, err_console
 from rlr_engine.control.metrics_table import metrics_table
 from rlr_engine.control.run_dirs import read_jsonl
 from rlr_engine.control.run_files import CHECKPOINT, CONFIG, METRICS
@@ -88,7 +90,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.csv:
         export_csv(records, args.csv)
     if models:
-        export_models(run_dir, args.model, args.onnx, args.merge)
+        # With the CSV on stdout, what is said of the models goes to stderr: stdout stays the CSV alone.
+        export_models(run_dir, args.model, args.onnx, args.merge, err_console if args.csv == "-" else console)
     return 0
 
 
@@ -106,21 +109,21 @@ def export_csv(records: list[dict[str, Any]], target: str) -> None:
     console.print(f"{len(records)} records, {columns} columns → {out}", highlight=False)
 
 
-def export_models(run_dir: Path, program: str | None, onnx: str | None, merge: bool) -> None:
+def export_models(run_dir: Path, program: str | None, onnx: str | None, merge: bool, out: Console = console) -> None:
     from rlr_engine.run.model_export import ExportSource, export_onnx, export_program
 
-    with console.status(f"loading {run_dir}"):
+    with out.status(f"loading {run_dir}"):
         source = ExportSource.load(run_dir, merge)
     for target, export in ((program, export_program), (onnx, export_onnx)):
         if not target:
             continue
-        with console.status(f"writing and checking {target}"):
+        with out.status(f"writing and checking {target}"):
             try:
                 report = export(source, Path(target), merge)
             except OSError as error:
                 raise UserError(f"{target}: cannot be written: {error}") from None
         factors = "factors multiplied into dense weights" if report.merged else "factors kept"
-        console.print(
+        out.print(
             f"{report.path}: {report.kind} of {source.name} at step {source.step} ({factors}) — "
             f"{report.params:,} parameters, {_size(report.size_bytes)}; test accuracy {report.accuracy:.2%} on "
             f"{report.images:,} images (the run's model: {report.run_accuracy:.2%}; outputs within "

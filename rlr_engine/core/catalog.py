@@ -214,6 +214,15 @@ class DataSource:
     def in_catalog(self) -> bool:
         return self.kind == "catalog"
 
+    @property
+    def reads_data_dir(self) -> bool:
+        """Whether its files are read from (or downloaded into) data_dir: a data set rlr knows
+        that needs files, or a torchvision class. An image folder or a tensor file is read from
+        its own path; rlr's in-memory data sets read no file."""
+        if self.in_catalog:
+            return DATASETS[self.target].needs_files
+        return self.kind == TORCHVISION
+
 
 DATA_FORMS = "imagefolder:PATH, tensors:FILE.pt or torchvision:CLASS (a torchvision.datasets class)"
 DATA_KINDS = ("imagefolder", "tensors", TORCHVISION)

@@ -104,7 +104,8 @@ def _patterns(values: Any) -> str | None:
 
 
 def _finite(values: Any) -> str | None:
-    if values is not None and all(math.isfinite(v) for v in values):
+    # Compared, not math.isfinite: an integer no float holds is checked before it is converted.
+    if values is not None and all(-math.inf < v < math.inf for v in values):
         return None
     return "a list of finite numbers, one per image channel (or one for all), [] for the default"
 

@@ -45,3 +45,10 @@ class DataError(UserError):
 class RunFailed(Exception):
     """A run ended in the failed state (a run of a comparison, a rank of a data-parallel run);
     the message says which and why."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): what a one-line
+    message quotes of an error raised by a library or the user's code."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -63,7 +63,8 @@ class NumberRange:
     note: str = ""
 
     def allowed(self, noun: str = "a number") -> str:
-        interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        low, high = _bound(self.low), _bound(self.high)
+        interval = f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
         return f"{noun} in {interval}" + (f" ({self.note})" if self.note else "")
 
     def __contains__(self, value: float) -> bool:
@@ -72,6 +73,12 @@ class NumberRange:
         return (value > self.low if self.low_open else value >= self.low) and (
             value < self.high if self.high_open else value <= self.high
         )
+
+
+def _bound(value: float) -> str:
+    """A bound as short as it stays exact: 1e+09, but 2147483647 (not 2.14748e+09)."""
+    short = f"{value:g}"
+    return short if isinstance(value, float) or float(short) == value else str(value)
 
 
 TAU = NumberRange(0, math.inf, note="inf switches conditioning off")

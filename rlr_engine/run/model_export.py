@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rlr_engine.core.errors import UserError
+from rlr_engine.core.errors import UserError, first_line
 from rlr_engine.method.lowrank import low_rank_layers, to_dense
 from rlr_engine.run.saved_model import load_evaluation_target
 from rlr_engine.workload.data import to_float
@@ -131,7 +131,15 @@ def _write_checked(
     folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp = folder / target.name
     try:
-        forward = write(tmp)
+        try:
+            forward = write(tmp)
+        except OSError:
+            raise  # the target cannot be written: the command line says so
+        except Exception as error:  # an operation the exporter cannot trace, a check the file fails
+            raise ExportFailed(
+                f"the run's model cannot be exported ({kind}): {type(error).__name__}: {first_line(error)}; "
+                f"nothing was written to {target}"
+            ) from error
         x = source.example()
         expected, got = source.model(x), forward(x)
         scale = max(float(expected.abs().max()), 1.0)

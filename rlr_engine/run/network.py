@@ -17,7 +17,7 @@ from torch import nn
 
 from rlr_engine.core.catalog import MODEL_INPUTS, TORCHVISION, model_source, torchvision_weights
 from rlr_engine.core.config import RunConfig, validate
-from rlr_engine.core.errors import ModelError
+from rlr_engine.core.errors import CheckpointError, ModelError
 from rlr_engine.core.formatting import versus_dense
 from rlr_engine.method.lowrank import full_rank_of, low_rank_layers, parameter_report, to_dense, to_low_rank
 from rlr_engine.run.checkpoint import FORMAT, load_checkpoint, load_model_state
@@ -35,7 +35,7 @@ from rlr_engine.workload.model_sources import (
     torchvision_normalization,
     torchvision_state_dict,
 )
-from rlr_engine.workload.models import compile_model, use_channels_last
+from rlr_engine.workload.models import Normalize, compile_model, use_channels_last
 from rlr_engine.workload.spectra import compressible_layers
 
 
@@ -161,9 +161,13 @@ def warm_start(model: nn.Module, config: RunConfig, data: ImageData, path: Path)
     """Load into the dense ``model`` the weights of the rlr run whose checkpoint is ``path`` (or
     a run directory): its network is rebuilt from its stored config, its checkpoint loaded and
     its low-rank layers multiplied out (W = U S Vᵀ), so a dense or a low-rank run can start this
-    one, whatever its ranks. It must be a run of the same model (and model_args)."""
+    one, whatever its ranks. It must be a run of the same model (and model_args). The input
+    normalisation stays this run's own: its mean and std settings, or its data's."""
     label = f"init_from {str(path)!r}" if config.init_from else f"weights {str(path)!r}"
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except CheckpointError as error:  # missing, unreadable, not rlr's: said as the setting that names it
+        raise ModelError(f"{label}: {error}") from None
     source = validate(payload["config"], source=f"{path} (stored config)")
     if (source.model, source.model_args) != (config.model, config.model_args):
         raise ModelError(
@@ -179,9 +183,21 @@ def warm_start(model: nn.Module, config: RunConfig, data: ImageData, path: Path)
     load_model_state(previous, payload, path)
     low_rank = bool(list(low_rank_layers(previous)))
     to_dense(previous)
-    notes = load_state(model, previous.state_dict(), label)
+    own = _normalization_buffers(model)  # this run's (its settings', or its data's), not the other run's
+    state = {k: v for k, v in previous.state_dict().items() if k not in own}
+    notes = load_state(model, state, label, ignore_missing=own)
     how = "; its low-rank layers multiplied out" if low_rank else ""
     return [*notes, f"{label}: warm start from step {payload['step']} of {source.name} ({source.method_label}{how})"]
+
+
+def _normalization_buffers(model: nn.Module) -> set[str]:
+    """The state dict names of the buffers holding ``model``'s input normalisation: those added
+    to a model of the user's, or those of rlr's own models' Normalize layer."""
+    names = {name for name, _ in model.named_buffers(recurse=False) if name in (INPUT_MEAN, INPUT_STD)}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Normalize):
+            names |= {f"{prefix}.mean", f"{prefix}.std"}
+    return names
 
 
 def _conversion_note(model: nn.Module, config: RunConfig) -> str:

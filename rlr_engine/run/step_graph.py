@@ -77,10 +77,6 @@ class StepGraph:
         self._inputs: tuple[Tensor, Tensor] | None = None
         self._outputs: tuple[Tensor, ...] = ()
 
-    def needs_capture(self, key: tuple) -> bool:
-        """Whether a step under ``key`` cannot replay the current graph."""
-        return self._graph is None or key != self._key
-
     def __call__(self, x: Tensor, y: Tensor, key: tuple) -> tuple[Tensor, ...]:
         if key != self._key:
             self._key, self._graph, self._eager_steps = key, None, 0

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlr_engine.core.catalog import DATASETS, OFFLINE_HINT, DatasetInfo
+from rlr_engine.core.catalog import DATASETS, OFFLINE_HINT, DatasetInfo, data_source
 from rlr_engine.core.errors import DatasetUnavailable  # re-exported: callers catch it from here
 
 DEFAULT_DATA_DIR = "data"
@@ -218,10 +218,12 @@ def remove_empty_directories_since(root: Path, before: set[Path]) -> None:
 
 
 def check_data_dir(name: str, data_dir: str | Path) -> None:
-    """A data set read from files needs its directory to exist. Only the default ``data``
+    """A data set read from files in data_dir needs that directory to exist (an image folder or a
+    tensor file is read from its own path, not from data_dir). Only the default ``data``
     (relative to the working directory) is created by rlr; any other path is the user's own
     choice, and a missing one is most likely mistyped, so it is an error that names it."""
-    if name in DATASETS and not DATASETS[name].needs_files:
+    source = data_source(name)
+    if source is not None and not source.reads_data_dir:
         return
     root = Path(data_dir).expanduser()
     if root.is_dir():

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from rlr_engine.core.catalog import TORCHVISION, DatasetInfo, data_source
-from rlr_engine.core.errors import DataError, DatasetUnavailable
+from rlr_engine.core.errors import DataError, DatasetUnavailable, first_line
 from rlr_engine.workload.data import (
     DEFAULT_DATA_DIR,
     ImageData,
@@ -155,11 +155,14 @@ def _image_folder(
                 f"dataset = {dataset!r}: train/ and test/ have different class folders (in one only: "
                 f"{', '.join(only[:8]) or 'the same names in another order'})"
             )
-        return (
-            _read_folder(dataset, train_set, image_size),
-            _read_folder(dataset, test_set, image_size),
-            len(train_set.classes),
-        )
+        splits = _read_folder(dataset, train_set, image_size), _read_folder(dataset, test_set, image_size)
+        if splits[0].images.shape[1:] != splits[1].images.shape[1:]:
+            shapes = ["×".join(map(str, split.images.shape[1:])) for split in splits]
+            raise DataError(
+                f"dataset = {dataset!r}: train/ images are {shapes[0]}, test/ images {shapes[1]}; set image_size to "
+                f"resize them as they load"
+            )
+        return splits[0], splits[1], len(train_set.classes)
     whole = _folder(dataset, root)
     images = _read_folder(dataset, whole, image_size)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(10_000 + seed))
@@ -180,7 +183,7 @@ def _folder(dataset: str, path: Path):
     try:
         return ImageFolder(str(path))
     except (FileNotFoundError, OSError) as error:  # no class folder, or no image in them
-        raise DataError(f"dataset = {dataset!r}: {_first_line(error)}") from None
+        raise DataError(f"dataset = {dataset!r}: {first_line(error)}") from None
 
 
 def _read_folder(dataset: str, folder, image_size: int) -> Split:
@@ -194,7 +197,7 @@ def _read_folder(dataset: str, folder, image_size: int) -> Split:
             with Image.open(path) as image:
                 picture = image.convert("RGB")
         except OSError as error:
-            raise DataError(f"dataset = {dataset!r}: {path} cannot be read as an image: {_first_line(error)}") from None
+            raise DataError(f"dataset = {dataset!r}: {path} cannot be read as an image: {first_line(error)}") from None
         tensor = TF.pil_to_tensor(picture)
         if image_size:
             tensor = TF.center_crop(TF.resize(tensor, image_size, antialias=True), [image_size, image_size])
@@ -220,7 +223,7 @@ def _tensor_file(dataset: str, path: Path) -> tuple[Split, Split, int]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, pickled objects beyond tensors, truncated
-        raise DataError(f"dataset = {dataset!r}: {path} cannot be read by torch.load: {_first_line(error)}") from None
+        raise DataError(f"dataset = {dataset!r}: {path} cannot be read by torch.load: {first_line(error)}") from None
     if not isinstance(payload, dict) or any(k not in payload for k in TENSOR_KEYS):
         have = ", ".join(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
         raise DataError(
@@ -250,8 +253,8 @@ def _tensor_split(dataset: str, x: Any, y: Any, split: str) -> Split:
     if x.dtype == torch.uint8:
         images = x
     elif x.dtype.is_floating_point:
-        low, high = float(x.min()), float(x.max())
-        if low < 0 or high > 1:
+        low, high = float(x.min()), float(x.max())  # nan when any pixel is
+        if not (low >= 0 and high <= 1):
             raise DataError(
                 f"dataset = {dataset!r}: x_{split} holds values in [{low:g}, {high:g}]; images must be in [0, 1] "
                 f"(ε is measured in those pixel units; the model normalises them itself)"
@@ -303,12 +306,12 @@ def _torchvision_class(
         train_set = cls(str(root), **which(True), **args, **extra)
         test_set = cls(str(root), **which(False), **args, **extra)
     except TypeError as error:
-        raise DataError(f"dataset_args = {dict(extra)} do not fit {label}: {_first_line(error)}") from None
+        raise DataError(f"dataset_args = {dict(extra)} do not fit {label}: {first_line(error)}") from None
     except Exception as error:  # not downloaded (RuntimeError), no internet (URLError, OSError), …
         remove_empty_directories_since(root, before)
         how = "the download failed (no internet?)" if download else "downloading is switched off (download = false)"
         raise DatasetUnavailable(
-            f"data set {label!r} is not available in {root.resolve()}: {_first_line(error)}; {how}. Run once with "
+            f"data set {label!r} is not available in {root.resolve()}: {first_line(error)}; {how}. Run once with "
             f"internet and download = true, or put torchvision's files there (data_dir sets the folder)"
         ) from None
     train, test = _torchvision_split(train_set, image_size), _torchvision_split(test_set, image_size)
@@ -342,8 +345,3 @@ def _torchvision_split(dataset, image_size: int) -> Split:
             f"the images of {type(dataset).__name__} differ in size; set image_size to resize them"
         ) from None
     return Split(stacked, torch.tensor(targets, dtype=torch.int64))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rlr_engine.core.catalog import TORCHVISION, ModelSource, model_source
-from rlr_engine.core.errors import ModelError
+from rlr_engine.core.errors import ModelError, first_line
 from rlr_engine.workload.data import directories, remove_empty_directories_since
 from rlr_engine.workload.models import build_model
 
@@ -74,7 +74,7 @@ def _torchvision_model(spec: str, name: str, model_args: Mapping[str, Any]) -> n
     try:
         return builder(**model_args)
     except (TypeError, ValueError) as error:
-        raise ModelError(f"model_args = {dict(model_args)} do not fit {spec}: {_first_line(error)}") from None
+        raise ModelError(f"model_args = {dict(model_args)} do not fit {spec}: {first_line(error)}") from None
 
 
 def _factory(spec: str, source: ModelSource) -> Any:
@@ -93,7 +93,7 @@ def _factory(spec: str, source: ModelSource) -> Any:
                     f"model = {spec!r}: no module named {error.name!r} (install it, run from the folder that holds "
                     f"it, or give the file: path/to/file.py:{source.attr})"
                 ) from None
-            raise ModelError(f"model = {spec!r}: importing {source.target} failed: {_first_line(error)}") from None
+            raise ModelError(f"model = {spec!r}: importing {source.target} failed: {first_line(error)}") from None
         except Exception as error:  # the module itself raised while importing
             raise ModelError(f"model = {spec!r}: importing {source.target} failed: {_described(error)}") from None
     factory = getattr(module, source.attr, None)
@@ -163,7 +163,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ModelError(
-            f"weights = {str(path)!r}: cannot be read as tensors ({_first_line(error)}); save a state dict with "
+            f"weights = {str(path)!r}: cannot be read as tensors ({first_line(error)}); save a state dict with "
             f"torch.save(model.state_dict(), FILE)"
         ) from None
     if not isinstance(payload, dict):
@@ -198,7 +198,7 @@ def torchvision_weights_entry(model_name: str, weights_name: str, label: str) ->
     try:
         return entries[weights_name]
     except KeyError:
-        names = ", ".join(["DEFAULT", *entries.__members__])
+        names = ", ".join(dict.fromkeys(["DEFAULT", *entries.__members__]))  # DEFAULT is also a member
         raise ModelError(
             f"{label}: torchvision's {model_name} has no weights {weights_name!r} (it has {names})"
         ) from None
@@ -226,7 +226,7 @@ def torchvision_state_dict(model_name: str, weights_name: str, label: str) -> di
         remove_empty_directories_since(home, before)  # the cache folders the attempt made
         raise ModelError(
             f"{label}: torchvision's {model_name} weights are not in {target.parent} and could not be "
-            f"downloaded ({_first_line(error)}); place {target.name} there (from {entry.url})"
+            f"downloaded ({first_line(error)}); place {target.name} there (from {entry.url})"
         ) from None
 
 
@@ -305,7 +305,7 @@ def check_outputs(model: nn.Module, spec: str, images: Tensor, classes: int) -> 
         out = model(images)
     except Exception as error:
         shape = "×".join(map(str, images.shape[1:]))
-        raise ModelError(f"model = {spec!r} cannot take the data's {shape} images: {_first_line(error)}") from None
+        raise ModelError(f"model = {spec!r} cannot take the data's {shape} images: {first_line(error)}") from None
     finally:
         model.train(was_training)
     if not isinstance(out, Tensor) or tuple(out.shape) != (len(images), classes):
@@ -320,15 +320,10 @@ def _described(error: BaseException) -> str:
     """``Type: message`` of an exception raised in the user's code, with where it was raised."""
     frames = [f for f in _frames(error) if "rlr_engine" not in f.filename and not f.filename.startswith("<")]
     where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
-    return f"{type(error).__name__}: {_first_line(error)}{where}"
+    return f"{type(error).__name__}: {first_line(error)}{where}"
 
 
 def _frames(error: BaseException) -> list:
     import traceback
 
     return list(traceback.extract_tb(error.__traceback__))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
