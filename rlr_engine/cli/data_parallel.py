@@ -21,6 +21,7 @@ system every node sees (every rank reads the checkpoint when resuming).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -254,6 +255,7 @@ def train_worker(args: argparse.Namespace) -> int:
     config = worker_config(args)
     join_process_group(ranks, ranks.place(resolve_device(config.device)))
     finished = False
+    engine: Engine | None = None
     try:
         created = _rank0_run_dir(args) if ranks.is_main else None
         run_dir = ranks.broadcast(str(created[0]) if created else None)
@@ -276,6 +278,10 @@ def train_worker(args: argparse.Namespace) -> int:
         finished = True
         return code
     finally:
+        if engine is not None and engine.trainer is not None:
+            engine.trainer.unwrap()
+        del engine
+        gc.collect()  # the wrapper's cycles, while the interpreter is alive (Trainer.unwrap)
         leave_process_group(wait_for_others=finished)
 
 

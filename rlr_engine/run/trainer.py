@@ -145,6 +145,15 @@ class Trainer:
             self.train_module = self.ranks.wrap(self.model, self.device)
             self._wrapped = params
 
+    def unwrap(self) -> None:
+        """Drop DistributedDataParallel, and with it its reducer's hold on the process group, so
+        that destroying the group (distributed.leave_process_group) destroys it now. A wrapper
+        left alive keeps the group's worker threads until the interpreter shuts down, and a
+        thread that takes the GIL then is ended mid-destructor: "terminate called without an
+        active exception", SIGABRT, after the run had finished."""
+        self.train_module = self.model
+        self._wrapped = ()
+
     def _build_optimizer(
         self, restoring: bool = False
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
