@@ -155,6 +155,8 @@ def test_dashboard_exits_when_its_terminal_closes_at_any_moment(served_run):
             dashboard.read_for(rng.uniform(0.0, 4.0))
             if rng.random() < 0.5:
                 time.sleep(rng.uniform(0.0, 1.5))  # the terminal stops reading before it closes
+            # an exit at once would pass the bound below: the dashboard must still be running
+            assert dashboard.exited() is None, ANSI.sub(b"", dashboard.output)[-800:].decode(errors="replace")
             dashboard.close_terminal()
             times.append(dashboard.seconds_to_exit())
         finally:
