@@ -18,6 +18,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.notifications import SeverityLevel
 from textual.reactive import reactive
+from textual.screen import ModalScreen
 
 from rlr_engine import __version__
 from rlr_engine.control.client import EngineClient, EngineUnavailable
@@ -176,6 +177,10 @@ class RlrApp(App):
         if self.client is not None:
             self.client.close()
         self.client, self.run_dir = client, Path(run_dir)
+        # Dialogs opened while the engine started (help, a value) belong to the screen below:
+        # they close, so the new dashboard replaces the old one rather than covering it.
+        while isinstance(self.screen, ModalScreen):
+            self.pop_screen()
         previous = self.screen
         # A dashboard that told of its engine's death hands the toast on: the new one takes it
         # away once the run trains again.

@@ -749,6 +749,41 @@ async def test_the_engine_died_toast_goes_away_once_r_has_the_run_running_again(
         await until(d.pilot, lambda: not any("the engine died" in n for n in notifications(d.app)))
 
 
+async def test_a_dialog_opened_while_the_run_resumes_closes_and_the_new_dashboard_replaces_the_old(tmp_path):
+    import threading
+
+    from rlr_engine.core.presets import dump_toml, load_preset
+    from rlr_tui.screens.help import HelpScreen
+
+    release = threading.Event()
+
+    class SlowLauncher(FakeLauncher):
+        def resume(self, run_dir, overrides):
+            assert release.wait(30), "the test never let the engine start"
+            return super().resume(run_dir, overrides)
+
+    client = FakeClient(replace(scripted_snapshot(), last_checkpoint_step=1600))
+    (tmp_path / "fake-run").mkdir()
+    app = RlrApp("quickstart", [], tmp_path / "runs", launcher=SlowLauncher(client, tmp_path / "fake-run"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: dashboard_ready(app))
+        old = app.screen
+        client.die()
+        await until(pilot, lambda: "DEAD" in status_text(app))
+        (tmp_path / "fake-run" / "config.toml").write_text(dump_toml(load_preset("quickstart")))
+        (tmp_path / "fake-run" / "checkpoint.pt").write_bytes(b"x")
+        app.launcher.client = FakeClient(replace(scripted_snapshot(), step=1700, version=9))
+        await pilot.press("R")
+        await until(pilot, lambda: app.launching)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        release.set()
+        await until(pilot, lambda: dashboard_ready(app) and "step 1700/" in status_text(app))
+        dashboards = [screen for screen in app.screen_stack if isinstance(screen, DashboardScreen)]
+        assert dashboards == [app.screen] and old not in app.screen_stack
+        assert not any(isinstance(screen, HelpScreen) for screen in app.screen_stack)
+
+
 async def test_after_enter_in_the_picker_starting_shows_until_the_dashboard_does(tmp_path):
     import threading
 
