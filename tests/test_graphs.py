@@ -62,6 +62,10 @@ def test_the_capture_key_holds_through_steps_and_changes_with_structure_and_hype
     before = key()
     t.truncate(None, 1, None)  # new parameter objects of new shapes
     assert key() != before
+    before = key()
+    p = next(t.model.parameters())
+    p.data = p.data.clone()  # the same parameter object on other memory
+    assert key() != before
 
 
 @CUDA

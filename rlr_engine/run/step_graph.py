@@ -4,8 +4,8 @@ hundreds of kernel launches (at LeNet5 / VGG16 sizes a GPU is bound by launches,
 
 A graph replays fixed kernels on fixed memory: the batch is copied into static input buffers, and
 everything that decides *which* kernels run or *on what memory* is the capture key (``capture_key``):
-the parameters' identities and shapes (a truncation replaces them), the optimizer state's
-tensors (loading a checkpoint or an undo may replace them), the batch shape (the last,
+the parameters' identities, memory and shapes (a truncation replaces them), the optimizer state's
+tensors and their memory (loading a checkpoint or an undo may replace them), the batch shape (the last,
 shorter batch of an epoch), τ's regime (0, finite, ∞ take different branches of the step), and —
 as the step reads them as Python numbers — lr, momentum, weight decay and τ of every group.
 A change of the key captures again (about one eager step's cost); hyperparameters change rarely (a
@@ -35,8 +35,12 @@ def tau_regime(tau: float) -> str:
 
 def capture_key(model: nn.Module, optimizer: torch.optim.Optimizer, batch_shape: tuple[int, ...]) -> tuple:
     """What a captured step depends on beyond the contents of its tensors (module docstring)."""
-    params = tuple((id(p), tuple(p.shape)) for p in model.parameters())
-    state = tuple(id(t) for entry in optimizer.state.values() for t in entry.values() if isinstance(t, Tensor))
+    # a graph reads and writes fixed addresses: the memory (data_ptr), not only the objects (id),
+    # which keep their identity when their storage is swapped (``p.data = ...``)
+    params = tuple((id(p), p.data_ptr(), tuple(p.shape)) for p in model.parameters())
+    state = tuple(
+        (id(t), t.data_ptr()) for entry in optimizer.state.values() for t in entry.values() if isinstance(t, Tensor)
+    )
     groups = tuple(
         (g.get("lr"), g.get("momentum"), g.get("weight_decay"), g.get("tau"), tau_regime(g.get("tau", math.inf)))
         for g in optimizer.param_groups
