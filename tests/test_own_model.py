@@ -407,6 +407,7 @@ BAD_SETTINGS = {
     "include": (["lowrank_include=layer9.*"], "lowrank_include pattern 'layer9.*'", "matches no Linear or Conv2d"),
     "grouped": (["model=torchvision:mobilenet_v2", "lowrank_include=features.1.conv.0.0"], "groups = 32", "exclude it"),
     "init_from": (["init_from=no-such-run"], "init_from '", "no-such-run does not exist"),
+    "nothing low-rank": (["lowrank_exclude=['*']"], "method = 'lowrank'", "no layer of model = 'torchvision:resnet18'"),
 }
 
 

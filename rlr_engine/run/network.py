@@ -135,8 +135,9 @@ def convert(model: nn.Module, config: RunConfig) -> nn.Module:
     stays dense unless last_layer = "full-rank") at the ranks it asks for (rank_energy, else
     rank_fraction), from the model's current weights."""
     ranks = None
-    if config.last_layer == "full-rank":
-        last_name, last = compressible_layers(model)[-1]
+    layers = compressible_layers(model)
+    if config.last_layer == "full-rank" and layers:
+        last_name, last = layers[-1]
         ranks = {last_name: full_rank_of(last)}
     try:
         to_low_rank(
@@ -154,6 +155,13 @@ def convert(model: nn.Module, config: RunConfig) -> nn.Module:
         if text.startswith(("include pattern", "exclude pattern")):
             raise ModelError(f"lowrank_{text}") from None
         raise ModelError(f"lowrank_include = {list(config.lowrank_include)}: {text}") from None
+    if not any(True for _ in low_rank_layers(model)):
+        names = ", ".join(name for name, _ in layers) or "none"
+        raise ModelError(
+            f"method = {config.method!r} trains low-rank layers, but no layer of model = {config.model!r} is made "
+            f"low-rank (its Linear and Conv2d layers: {names}; the last stays dense unless last_layer = "
+            f"'full-rank', and lowrank_include / lowrank_exclude choose among the rest)"
+        )
     return model
 
 
