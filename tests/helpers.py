@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import sys
 import time
 
 import torch
@@ -106,9 +106,18 @@ def run_to_end(engine: Engine, timeout: float = 120.0):
     return engine.latest()
 
 
-def default_sigint() -> None:
-    """``preexec_fn`` for a child process a test sends SIGINT to: Ctrl+C's default action in the
-    child whatever this process inherited. A shell without job control (a script, CI) starts a
-    background command with SIGINT ignored, its children inherit that, and a Python child then
-    raises no KeyboardInterrupt: the signal would be lost and the test would wait on for nothing."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# ``python -m rlr_engine.cli`` for a child process a test sends SIGINT to, with Ctrl+C's default
+# action (KeyboardInterrupt) whatever this process inherited. A shell without job control (a
+# script, CI) starts a background command with SIGINT ignored, its children inherit that, and a
+# Python child then raises no KeyboardInterrupt: the signal would be lost and the test would wait
+# on for nothing. Set in the child itself: a preexec_fn would run Python between fork and exec,
+# which is not safe in a process with threads.
+INTERRUPTIBLE_CLI = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('rlr_engine.cli', run_name='__main__', alter_sys=True)"
+)
+
+
+def interruptible_cli(*args: str) -> list[str]:
+    """The command line of ``python -m rlr_engine.cli *args`` that Ctrl+C interrupts (INTERRUPTIBLE_CLI)."""
+    return [sys.executable, "-c", INTERRUPTIBLE_CLI, *args]

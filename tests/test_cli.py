@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import default_sigint
+from helpers import interruptible_cli
 
 from rlr_engine.cli import main
 
@@ -513,10 +513,7 @@ def test_a_run_name_that_would_leave_its_directory_is_refused_and_nothing_is_wri
 def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_path):
     run_dir = _stopped_quickstart_run(tmp_path)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlr_engine.cli",
+        interruptible_cli(
             "eval",
             str(run_dir),
             *CPU,
@@ -529,13 +526,12 @@ def test_ctrl_c_during_an_evaluation_ends_it_with_a_message_not_a_traceback(tmp_
             "--samples",
             "0",
             "--no-probes",
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
         cwd=tmp_path,
-        preexec_fn=default_sigint,
     )
     try:
         # The heading is printed once the model and data are loaded, as the attack starts.

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from helpers import default_sigint
+from helpers import interruptible_cli
 from pilot_waits import settle, until
 
 from rlr_engine.cli import main
@@ -222,7 +222,6 @@ def test_a_run_attacked_again_for_a_comparison_gives_the_same_numbers_and_record
 def test_a_compared_run_is_hosted_like_any_run_listed_as_running_and_steerable(tmp_path):
     import signal
     import subprocess
-    import sys
     import time
 
     from rlr_engine.control.client import EngineClient
@@ -233,12 +232,11 @@ def test_a_compared_run_is_hosted_like_any_run_listed_as_running_and_steerable(t
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["compare", "quickstart", *SETTINGS[:2], "--set", "epochs=1000", "--set", "eps=[0, 0.05]", "--out", str(out)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlr_engine.cli", *args],
+        interruptible_cli(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 300
