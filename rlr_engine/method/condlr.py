@@ -217,15 +217,12 @@ class CondLR(torch.optim.Optimizer):
         part's buffers (or its raw gradients where μ = 0). Parts of equal μ share one foreach
         call each for the multiply and the add, so a step pays two kernels for every momentum,
         not per group."""
-        grads_of = []
+        result: list[list[Tensor]] = []
+        old_by_momentum: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
         for group, params in parts:
             grads = cast(list[Tensor], [p.grad for p in params])  # only parameters with one are stepped
             if group["weight_decay"] != 0:
                 grads = list(torch._foreach_add(grads, list(params), alpha=group["weight_decay"]))
-            grads_of.append(grads)
-        result: list[list[Tensor]] = []
-        old_by_momentum: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
-        for (group, params), grads in zip(parts, grads_of):
             if group["momentum"] == 0:
                 result.append(grads)
                 continue
