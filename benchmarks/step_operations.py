@@ -3,7 +3,8 @@ roughly the kernel launches an accelerator pays for, and free of timing noise, o
 (Householder QR, SVD of the cores) and the device path (CholeskyQR, Newton polar iterations), at
 τ = ∞, 0 and 0.1, rank_fraction 0.2, batch 2, the second step (momentum buffers and a recorded
 (σ_min/σ_max)² exist). Operations that launch nothing — views, and the profiler's marks around
-``Optimizer.step`` — are counted apart. Runs on the CPU; the counts
+``Optimizer.step`` — are counted apart. The last column is the device path ``capturable`` (its
+hyperparameters read from device tensors), as a captured step runs it. Runs on the CPU; the counts
 are those of any device.
 
 A ``_foreach_*`` operation counts as one only where CUDA runs it as one kernel: every tensor
@@ -100,7 +101,8 @@ class OperationCount(TorchDispatchMode):
 
 
 def count(model_name: str, tau: float, path: dict) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((operations, views) of forward + backward, (operations, views) of the optimizer step)."""
+    """((operations, views) of forward + backward, (operations, views) of the optimizer step);
+    ``path`` holds CondLR's keyword arguments."""
     channels, size = SHAPES[model_name]
     torch.manual_seed(0)
     model = to_low_rank(build_model(model_name, channels, 10, size), rank_fraction=0.2)
@@ -126,12 +128,16 @@ def main() -> None:
             f"\n{model_name}: operations (+ views and marks, which launch nothing);"
             " step = CondLR.step(), total = forward + backward + step"
         )
-        print(f"  {'τ':>5} {'host step':>16} {'device step':>16} {'fwd+bwd':>14} {'device total':>13}")
+        print(
+            f"  {'τ':>5} {'host step':>16} {'device step':>16} {'fwd+bwd':>14} {'device total':>13}"
+            f" {'capturable total':>17}"
+        )
         for tau in (math.inf, 0.0, 0.1):
             (_, host), (passes, device) = count(model_name, tau, PATHS["host"]), count(model_name, tau, PATHS["device"])
+            _, capturable = count(model_name, tau, {**PATHS["device"], "capturable": True})
             print(
                 f"  {tau:>5} {host[0]:>8} (+{host[1]:>4}) {device[0]:>8} (+{device[1]:>4})"
-                f" {passes[0]:>6} (+{passes[1]:>4}) {passes[0] + device[0]:>13}"
+                f" {passes[0]:>6} (+{passes[1]:>4}) {passes[0] + device[0]:>13} {passes[0] + capturable[0]:>17}"
             )
 
 

@@ -13,8 +13,8 @@ CondLR to τ = ∞) come from the same run.
 ``--bf16`` adds the channels-last dense, τ = ∞ and CondLR τ = 0.1 variants with forward and
 backward under autocast to bfloat16 (the optimizer step stays float32, as precision = "bf16" runs
 it); ``--graphs`` (CUDA only) adds them, float32 and (with --bf16) bf16, with forward, backward and
-step captured once as a CUDA graph and replayed (the hyperparameters are fixed here, so the graph
-holds them as constants).
+step captured once as a CUDA graph and replayed, CondLR ``capturable`` as the engine runs it
+(η, μ and τ read from device tensors: one more kernel per learning rate).
 """
 
 from __future__ import annotations
@@ -91,9 +91,18 @@ def variants(
     return found, ratios
 
 
-def make(model_name: str, tau: float | None, channels_last: bool, path: dict, compiled: bool, device: torch.device):
+def make(
+    model_name: str,
+    tau: float | None,
+    channels_last: bool,
+    path: dict,
+    compiled: bool,
+    device: torch.device,
+    capturable: bool = False,
+):
     """(model, optimizer); with ``compiled`` the model is torch.compile'd (inductor; the
-    optimizer step stays eager)."""
+    optimizer step stays eager); ``capturable``: CondLR reads its hyperparameters from device
+    tensors, as under the engine's captured step."""
     channels, size = SHAPES[model_name]
     torch.manual_seed(0)
     model = build_model(model_name, channels, 10, size)
@@ -105,7 +114,7 @@ def make(model_name: str, tau: float | None, channels_last: bool, path: dict, co
     if tau is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.45)
     else:
-        optimizer = CondLR(model, lr=0.05, momentum=0.45, tau=tau, **path)
+        optimizer = CondLR(model, lr=0.05, momentum=0.45, tau=tau, capturable=capturable, **path)
     return (torch.compile(model) if compiled else model), optimizer
 
 
@@ -183,7 +192,8 @@ def main() -> None:
         y = torch.randint(0, 10, (args.batch,), device=device)
         runners = {}
         for label, tau, cl, path, compiled, option in found:
-            model, optimizer = make(model_name, tau, cl, path, compiled, device)
+            whole_step = "graph" in option or "reduce-overhead" in option
+            model, optimizer = make(model_name, tau, cl, path, compiled, device, capturable=whole_step)
             bf16 = "bf16" in option
             if "graph" in option:
                 runners[label] = captured(model, optimizer, x, y, bf16)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from helpers import small_config
 
-from rlr_engine.run.step_graph import capture_key, graphs_wanted, tau_regime
+from rlr_engine.method.device_hyperparameters import tau_regime
+from rlr_engine.run.step_graph import capture_key, graphs_wanted
 from rlr_engine.run.trainer import Trainer, load_run_data
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
@@ -25,6 +26,9 @@ def test_only_on_captures_and_only_on_cuda_auto_keeps_the_eager_step():
     assert not graphs_wanted("auto", cpu) and not graphs_wanted("off", cuda) and not graphs_wanted("off", cpu)
     with pytest.raises(ValueError, match="cuda_graphs = 'on' needs a CUDA device"):
         graphs_wanted("on", cpu)
+    with pytest.raises(ValueError, match="cannot capture the step of reference_compat = true"):
+        graphs_wanted("on", cuda, reference_compat=True)
+    assert not graphs_wanted("auto", cuda, reference_compat=True)
 
 
 def test_a_cpu_run_trains_eagerly_and_refuses_graphs_on():
@@ -88,14 +92,21 @@ def test_the_captured_step_trains_as_the_eager_step_through_lr_and_tau_changes_a
     captures = graphed.step_graph.captures
     assert captures >= 1  # one, and one more if an epoch ended on a short batch
     same()
+    # steps 7 to 14 take full batches (1200 samples: the 19th batch of an epoch is the short one)
+    captures = graphed.step_graph.captures
     for t in (graphed, eager):
         t.set_lr(0.02)
     steps(4)
-    assert graphed.step_graph.captures > captures
     same()
+    for t in (graphed, eager):
+        t.set_tau(0.3)
+    steps(4)
+    same()
+    assert graphed.step_graph.captures == captures  # read from device tensors: no new capture
     for t in (graphed, eager):
         t.set_tau(0.0)
     steps(4)
+    assert graphed.step_graph.captures > captures  # another branch of the step
     same()
     for t in (graphed, eager):
         t.truncate(None, 2, None)

@@ -45,12 +45,14 @@ from torch import Tensor, nn
 
 from rlr_engine.core.catalog import STEP_SCALINGS
 from rlr_engine.core.validation import check_tau, check_theta
+from rlr_engine.method.device_hyperparameters import DeviceHyperparameters, tau_regime
 from rlr_engine.method.lowrank import LowRankLayer, low_rank_layers
 from rlr_engine.method.manifold import (
     CORE_PROJECTIONS,
     RETRACTIONS,
     PaddedCores,
     PaddedFactors,
+    newton_dtype,
     project_cores,
     project_orthogonal_complement,
     retract_cholesky_qr,
@@ -99,6 +101,14 @@ class CondLR(torch.optim.Optimizer):
             takes the first on the CPU and the second elsewhere, where it never synchronises
             with the host.
         core_projection: "svd" or "newton" (how step 4 is computed); "auto" as for retraction.
+        capturable: read η, μ, the weight decay and τ from device tensors
+            (``device_hyperparameters``) instead of passing them to kernels as Python numbers, so
+            that a step captured in a CUDA graph follows later changes without a new capture
+            (``capture_structure`` says what still needs one). The groups' values stay the ones
+            to change; every step, and ``refresh_hyperparameters`` before a graph's replay, copies
+            them over. Needs the host-free path: not with "householder", "svd" or
+            ``reference_compat``. Costs one more kernel per learning rate (η·m, then p − η·m)
+            and per decayed group.
     """
 
     def __init__(
@@ -113,6 +123,7 @@ class CondLR(torch.optim.Optimizer):
         store_scaled_direction: bool = True,
         retraction: str = "auto",
         core_projection: str = "auto",
+        capturable: bool = False,
     ) -> None:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
@@ -138,6 +149,13 @@ class CondLR(torch.optim.Optimizer):
         # Householder QR, so reference_compat keeps it everywhere.
         self.retraction = "householder" if reference_compat and retraction == "auto" else retraction
         self.core_projection = core_projection
+        if capturable and (reference_compat or retraction == "householder" or core_projection == "svd"):
+            raise ValueError(
+                "capturable needs a step that never waits for the host: retraction 'cholesky-qr2' or 'auto', "
+                "core_projection 'newton' or 'auto', and no reference_compat"
+            )
+        self.capturable = capturable
+        self._device_hyperparameters: DeviceHyperparameters | None = None  # capturable only, made at the first step
         self._padded: PaddedFactors | None = None  # the device path's batch, kept while shapes hold
         self._padded_cores: PaddedCores | None = None  # likewise for the cores, while ranks hold
         factor_ids = set()
@@ -181,6 +199,31 @@ class CondLR(torch.optim.Optimizer):
             with torch.no_grad():
                 self._project_cores([layer.S for _, layer in self.layers], tau)
 
+    def refresh_hyperparameters(self) -> DeviceHyperparameters:
+        """Copy the groups' η, μ, weight decay and τ into the device tensors a ``capturable``
+        step reads, filling only what changed (device_hyperparameters). ``step`` does it itself;
+        before a captured step's replay, which runs no Python, the caller must."""
+        first = self.param_groups[0]["params"][0]
+        hyper = self._device_hyperparameters
+        if hyper is None or hyper.device != first.device:
+            hyper = DeviceHyperparameters(len(self.param_groups), first.dtype, newton_dtype(first.device), first.device)
+            self._device_hyperparameters = hyper
+        hyper.refresh(self.param_groups, self.tau)
+        return hyper
+
+    def capture_structure(self) -> tuple:
+        """What the step decides from Python numbers, so what a captured step must be captured
+        again for when it changes: with ``capturable``, τ's regime and which hyperparameters are
+        zero or shared (DeviceHyperparameters.structure); otherwise every value, and τ's regime."""
+        if self.capturable:
+            return DeviceHyperparameters.structure(self.param_groups, self.tau)
+        values = tuple((g["lr"], g["momentum"], g["weight_decay"], g["tau"]) for g in self.param_groups)
+        return values, tau_regime(self.tau)
+
+    def _row(self, group: dict) -> int:
+        """The index of ``group`` in param_groups (its row of the device hyperparameters)."""
+        return next(i for i, g in enumerate(self.param_groups) if g is group)
+
     # -- the step ----------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
@@ -188,6 +231,7 @@ class CondLR(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        hyper = self.refresh_hyperparameters() if self.capturable else None
         stiefel, core, other = self._group("stiefel"), self._group("core"), self._group("other")
         active = [layer for _, layer in self.layers if layer.S.grad is not None]
         # Scales are taken before S moves: they belong to the point the gradient was taken at.
@@ -196,33 +240,44 @@ class CondLR(torch.optim.Optimizer):
         cores = [layer.S for layer in active]
         others = [] if other is None else [p for p in other["params"] if p.grad is not None]
         parts = [(group, params) for group, params in ((stiefel, factors), (core, cores), (other, others)) if params]
-        moved = self._momenta(cast(list[tuple[dict, list[Tensor]]], parts))
+        moved = self._momenta(cast(list[tuple[dict, list[Tensor]]], parts), hyper)
         directions = moved[0] if factors else []
         # S and the other parameters take a plain SGD step: one foreach call per learning rate
-        self._sgd_update([(group, params, bufs) for (group, params), bufs in zip(parts, moved) if group is not stiefel])
+        self._sgd_update(
+            [(group, params, bufs) for (group, params), bufs in zip(parts, moved) if group is not stiefel], hyper
+        )
         if active:
             assert stiefel is not None and core is not None, "a CondLR with low-rank layers has both groups"
             retraction = self._resolved(self.retraction, RETRACTIONS, factors[0].device)
+            # −η of U and V: a Python number, or a tensor the step reads (capturable)
+            step_size = -stiefel["lr"] if hyper is None else hyper.negative_lr(self._row(stiefel))
             if retraction == "cholesky-qr2":
-                self._stiefel_step_padded(stiefel, factors, directions, scales)
+                self._stiefel_step_padded(stiefel, factors, directions, scales, step_size)
             else:
                 # U and V of a layer share its scale: c per factor, in the order of factors
                 per_factor = scales if isinstance(scales, float) else scales.repeat_interleave(2)
-                self._stiefel_step_by_shape(stiefel, factors, directions, per_factor)
+                self._stiefel_step_by_shape(stiefel, factors, directions, per_factor, step_size)
             self._project_cores(cores, core["tau"])
         return loss
 
-    def _momenta(self, parts: list[tuple[dict, list[Tensor]]]) -> list[list[Tensor]]:
+    def _momenta(
+        self, parts: list[tuple[dict, list[Tensor]]], hyper: DeviceHyperparameters | None
+    ) -> list[list[Tensor]]:
         """m ← μ m + (g + wd·p) for the parameters of every (group, params) part; returns each
         part's buffers (or its raw gradients where μ = 0). Parts of equal μ share one foreach
         call each for the multiply and the add, so a step pays two kernels for every momentum,
-        not per group."""
+        not per group. ``hyper``: μ and wd read from there (``capturable``), not from the groups."""
         result: list[list[Tensor]] = []
         old_by_momentum: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
+        momentum_of: dict[float, float | Tensor] = {}  # each μ's value as the kernels take it
         for group, params in parts:
             grads = cast(list[Tensor], [p.grad for p in params])  # only parameters with one are stepped
             if group["weight_decay"] != 0:
-                grads = list(torch._foreach_add(grads, list(params), alpha=group["weight_decay"]))
+                if hyper is None:
+                    grads = list(torch._foreach_add(grads, list(params), alpha=group["weight_decay"]))
+                else:
+                    decay = torch._foreach_mul(list(params), hyper.weight_decay(self._row(group)))
+                    grads = list(torch._foreach_add(grads, decay))
             if group["momentum"] == 0:
                 result.append(grads)
                 continue
@@ -235,22 +290,30 @@ class CondLR(torch.optim.Optimizer):
                     old, new = old_by_momentum[group["momentum"]]
                     old.append(buf)
                     new.append(g)
+                    if hyper is not None:
+                        momentum_of.setdefault(group["momentum"], hyper.momentum(self._row(group)))
                 bufs.append(buf)
             result.append(bufs)
         for momentum, (old, new) in old_by_momentum.items():
-            torch._foreach_mul_(old, momentum)
+            torch._foreach_mul_(old, momentum_of.get(momentum, momentum))
             torch._foreach_add_(old, new)
         return result
 
-    @staticmethod
-    def _sgd_update(parts: list[tuple[dict, list[Tensor], list[Tensor]]]) -> None:
-        """p ← p − η·m for every (group, params, buffers) part, one foreach call per η."""
-        by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
+    def _sgd_update(
+        self, parts: list[tuple[dict, list[Tensor], list[Tensor]]], hyper: DeviceHyperparameters | None
+    ) -> None:
+        """p ← p − η·m for every (group, params, buffers) part, one foreach call per η (two
+        when η is read from ``hyper``: a foreach add takes no tensor as its multiplier)."""
+        by_lr: dict[float, tuple[list[Tensor], list[Tensor], list[dict]]] = defaultdict(lambda: ([], [], []))
         for group, params, bufs in parts:
             by_lr[group["lr"]][0].extend(params)
             by_lr[group["lr"]][1].extend(bufs)
-        for lr, (params, bufs) in by_lr.items():
-            torch._foreach_add_(params, bufs, alpha=-lr)
+            by_lr[group["lr"]][2].append(group)
+        for lr, (params, bufs, groups) in by_lr.items():
+            if hyper is None:
+                torch._foreach_add_(params, bufs, alpha=-lr)
+            else:
+                torch._foreach_add_(params, torch._foreach_mul(bufs, hyper.negative_lr(self._row(groups[0]))))
 
     @staticmethod
     def _resolved(choice: str, options: tuple[str, str], device: torch.device) -> str:
@@ -281,11 +344,16 @@ class CondLR(torch.optim.Optimizer):
         return torch.stack(ratios)
 
     def _stiefel_step_padded(
-        self, group: dict, params: list[Tensor], directions: list[Tensor], scales: Tensor | float
+        self,
+        group: dict,
+        params: list[Tensor],
+        directions: list[Tensor],
+        scales: Tensor | float,
+        step_size: Tensor | float,
     ) -> None:
         """Steps 2–3 for every U and V at once, as one padded batch (manifold.PaddedFactors) and
         CholeskyQR: one chain of kernels whatever the number of layers and shapes. ``scales``:
-        c per layer (U and V of a layer adjacent in ``params``) or one for all."""
+        c per layer (U and V of a layer adjacent in ``params``) or one for all; ``step_size``: −η."""
         shapes = [(p.shape[0], p.shape[1]) for p in params]
         if (
             self._padded is None
@@ -308,13 +376,20 @@ class CondLR(torch.optim.Optimizer):
         elif scales != 1.0:
             M.mul_(scales)
         # the result overwrites the factors: P is not read again
-        retract_cholesky_qr(torch.add(P, M, alpha=-group["lr"]), out=P)
+        moved = torch.add(P, M, alpha=step_size) if isinstance(step_size, float) else torch.addcmul(P, M, step_size)
+        retract_cholesky_qr(moved, out=P)
         batch.blocks.unload(batch.buffer, [*params, *directions] if store else params)
 
     def _stiefel_step_by_shape(
-        self, group: dict, params: list[Tensor], directions: list[Tensor], scales: Tensor | float
+        self,
+        group: dict,
+        params: list[Tensor],
+        directions: list[Tensor],
+        scales: Tensor | float,
+        step_size: Tensor | float,
     ) -> None:
-        """Steps 2–3 with one batch per distinct shape (Householder QR does not batch padding)."""
+        """Steps 2–3 with one batch per distinct shape (Householder QR does not batch padding);
+        ``step_size``: −η."""
         per_factor = scales if isinstance(scales, float) else scales.unbind(0)  # views, no index tensor
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
@@ -330,7 +405,7 @@ class CondLR(torch.optim.Optimizer):
                 D = per_factor * projected
             else:
                 D = torch.stack([per_factor[i] for i in idx]).to(P.dtype).view(-1, 1, 1) * projected
-            Q = retract_qr(P - group["lr"] * D)
+            Q = retract_qr(P + step_size * D)  # P − η D: the same rounding either way
             torch._foreach_copy_(group_params, list(Q.unbind(0)))
             if group["momentum"] != 0:
                 stored = D if self.store_scaled_direction else projected
@@ -345,7 +420,9 @@ class CondLR(torch.optim.Optimizer):
         method = self._resolved(self.core_projection, CORE_PROJECTIONS, cores[0].device)
         if method == "newton":
             batch = self._padded_cores_for(cores)
-            projected, ratio = batch.project(cores, tau, self.reference_compat)
+            # (1 − δ, 1 + δ) from τ, or from the tensor a capturable step reads
+            bounds = self.refresh_hyperparameters().bounds if self.capturable and tau != 0.0 else None
+            projected, ratio = batch.project(cores, tau, self.reference_compat, bounds)
             batch.blocks.unload(projected, cores)
             ratios = list(ratio.to(cores[0].dtype).unbind(0))
         else:

@@ -144,7 +144,7 @@ def project_condition(
     if math.isinf(tau):
         return S, None
     if method == "newton":
-        work = S.to(_newton_dtype(S.device))
+        work = S.to(newton_dtype(S.device))
         layout = _Layout(None, None, 1.0 / S.shape[-1], 1.0 / math.sqrt(S.shape[-1]))
         projected, ratio = _project_condition_newton(work, layout, tau, reference_compat, torch.finfo(S.dtype).eps)
         return projected.to(S.dtype), ratio.to(S.dtype)
@@ -217,17 +217,21 @@ class PaddedCores:
 
     def __init__(self, ranks: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
         self.ranks, self.dtype = ranks, dtype
-        size, work = max(ranks), _newton_dtype(device)
+        size, work = max(ranks), newton_dtype(device)
         self.buffer = torch.zeros((len(ranks), size, size), dtype=work, device=device)
         self.layout = _layout(ranks, device, work)
         self.blocks = BlockIndex([(r, r) for r in ranks], (size, size), 1, device)
 
-    def project(self, cores: Sequence[Tensor], tau: float, reference_compat: bool) -> tuple[Tensor, Tensor]:
+    def project(
+        self, cores: Sequence[Tensor], tau: float, reference_compat: bool, bound_factors: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """(the projected batch, (σ_min/σ_max)² per core), both in the Newton dtype; the
-        projected blocks go back into cores with ``blocks.unload``. τ is finite."""
+        projected blocks go back into cores with ``blocks.unload``. τ is finite. ``bound_factors``:
+        (1 − δ, 1 + δ) of τ held in a tensor (device_hyperparameters), in the Newton dtype; by
+        default made from τ."""
         self.blocks.load(self.buffer, cores)
         tolerance = torch.finfo(self.dtype).eps
-        return _project_condition_newton(self.buffer, self.layout, tau, reference_compat, tolerance)
+        return _project_condition_newton(self.buffer, self.layout, tau, reference_compat, tolerance, bound_factors)
 
 
 class _Layout(NamedTuple):
@@ -272,14 +276,19 @@ def _filled(values: Sequence[float], dtype: torch.dtype, device: torch.device) -
     return torch.stack([torch.full((), value, dtype=dtype, device=device) for value in values])
 
 
-def _newton_dtype(device: torch.device) -> torch.dtype:
+def newton_dtype(device: torch.device) -> torch.dtype:
     """float64 wherever the device has it (Apple's MPS does not): the first Newton step may invert
     a matrix that is singular to working precision."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _project_condition_newton(
-    S: Tensor, layout: _Layout, tau: float, reference_compat: bool, tolerance: float
+    S: Tensor,
+    layout: _Layout,
+    tau: float,
+    reference_compat: bool,
+    tolerance: float,
+    bound_factors: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """project_condition from polar decompositions (``matrix_functions``), in S's dtype (float64).
 
@@ -331,7 +340,9 @@ def _project_condition_newton(
             mean = torch.addcmul(mean, rms, layout.padded_per_rank, value=-1)
             H = torch.addcmul(H, mean - rms, padding)
         # a view: the pair in front of S's batch and matrix dims
-        factors = _bound_factors(conditioning_bounds(tau), S.dtype, S.device).view((2,) + (1,) * S.dim())
+        if bound_factors is None:
+            bound_factors = _bound_factors(conditioning_bounds(tau), S.dtype, S.device)
+        factors = bound_factors.view((2,) + (1,) * S.dim())
         bounds = mean * factors  # (lo, hi) stacked in front
         absolute = absolute_value(torch.addcmul(H, bounds, eye, value=-1))
         # (|H − lo I| − |H − hi I|)/2 as one product with (½, −½) over the stacked pair (views in, view out)

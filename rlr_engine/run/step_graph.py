@@ -6,11 +6,13 @@ A graph replays fixed kernels on fixed memory: the batch is copied into static i
 everything that decides *which* kernels run or *on what memory* is the capture key (``capture_key``):
 the parameters' identities, memory and shapes (a truncation replaces them), the optimizer state's
 tensors and their memory (loading a checkpoint or an undo may replace them), the batch shape (the last,
-shorter batch of an epoch), τ's regime (0, finite, ∞ take different branches of the step), and —
-as the step reads them as Python numbers — lr, momentum, weight decay and τ of every group.
-A change of the key captures again (about one eager step's cost); hyperparameters change rarely (a
-milestone, a command), so this is correct at the price of one capture per change, where reading
-them from device tensors inside the graph would not need one.
+shorter batch of an epoch), and what the optimizer's step decides from Python numbers
+(``CondLR.capture_structure``). A change of the key captures again (about one eager step's cost).
+The optimizer of a captured step is ``capturable``: it reads lr, momentum, weight decay and τ from
+device tensors, which ``StepGraph`` has it refresh before every replay, so a new learning rate or
+τ (a milestone, a command) takes effect at the next step without a capture; only τ's regime (0,
+finite, ∞ take different branches), a momentum or decay turned on or off, or groups that stop or
+start sharing a learning rate or momentum capture again.
 
 ``graphs_wanted`` resolves the ``cuda_graphs`` setting: "on" captures (refused without CUDA), "off"
 and "auto" train eagerly — "auto" is to choose by timing the first steps on the run's device, and
@@ -21,19 +23,15 @@ windows) and data-parallel runs (DDP's all-reduce hooks) train eagerly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-
-def tau_regime(tau: float) -> str:
-    """ "zero", "finite" or "inf": the branch of the CondLR step τ selects."""
-    return "inf" if math.isinf(tau) else "zero" if tau == 0.0 else "finite"
+from rlr_engine.method.condlr import CondLR
 
 
-def capture_key(model: nn.Module, optimizer: torch.optim.Optimizer, batch_shape: tuple[int, ...]) -> tuple:
+def capture_key(model: nn.Module, optimizer: CondLR, batch_shape: tuple[int, ...]) -> tuple:
     """What a captured step depends on beyond the contents of its tensors (module docstring)."""
     # a graph reads and writes fixed addresses: the memory (data_ptr), not only the objects (id),
     # which keep their identity when their storage is swapped (``p.data = ...``)
@@ -41,16 +39,18 @@ def capture_key(model: nn.Module, optimizer: torch.optim.Optimizer, batch_shape:
     state = tuple(
         (id(t), t.data_ptr()) for entry in optimizer.state.values() for t in entry.values() if isinstance(t, Tensor)
     )
-    groups = tuple(
-        (g.get("lr"), g.get("momentum"), g.get("weight_decay"), g.get("tau"), tau_regime(g.get("tau", math.inf)))
-        for g in optimizer.param_groups
-    )
-    return params, state, groups, tuple(batch_shape)
+    return params, state, optimizer.capture_structure(), tuple(batch_shape)
 
 
-def graphs_wanted(setting: str, device: torch.device) -> bool:
+def graphs_wanted(setting: str, device: torch.device, reference_compat: bool = False) -> bool:
     """Whether ``cuda_graphs`` = ``setting`` captures the step on ``device``: only "on" does
-    (module docstring). Raises ValueError for "on" where the device is not a CUDA GPU."""
+    (module docstring). Raises ValueError for "on" where the device is not a CUDA GPU, or with
+    ``reference_compat``, whose Householder QR checks its result on the host."""
+    if setting == "on" and reference_compat:
+        raise ValueError(
+            "cuda_graphs = 'on' cannot capture the step of reference_compat = true "
+            "(its Householder QR waits for the host); use 'auto' or 'off'"
+        )
     if setting == "on" and device.type != "cuda":
         raise ValueError(f"cuda_graphs = 'on' needs a CUDA device, but the run trains on {device}; use 'auto' or 'off'")
     return setting == "on"
@@ -67,13 +67,20 @@ class StepGraph:
     Args:
         step: the training step; must not synchronise with the host or allocate host tensors.
         zero_grad: sets every gradient to None before a capture, so the graph owns them.
+        prepare: runs before every step, eager, captured or replayed, outside any capture: brings
+            the device tensors the step reads its hyperparameters from up to date
+            (``CondLR.refresh_hyperparameters``).
         warmup: eager steps before a capture.
     """
 
     def __init__(
-        self, step: Callable[[Tensor, Tensor], tuple[Tensor, ...]], zero_grad: Callable[[], None], warmup: int = 2
+        self,
+        step: Callable[[Tensor, Tensor], tuple[Tensor, ...]],
+        zero_grad: Callable[[], None],
+        prepare: Callable[[], object],
+        warmup: int = 2,
     ) -> None:
-        self.step, self.zero_grad, self.warmup = step, zero_grad, warmup
+        self.step, self.zero_grad, self.prepare, self.warmup = step, zero_grad, prepare, warmup
         self.captures = 0
         self._key: tuple | None = None
         self._eager_steps = 0
@@ -82,6 +89,7 @@ class StepGraph:
         self._outputs: tuple[Tensor, ...] = ()
 
     def __call__(self, x: Tensor, y: Tensor, key: tuple) -> tuple[Tensor, ...]:
+        self.prepare()
         if key != self._key:
             self._key, self._graph, self._eager_steps = key, None, 0
         if self._graph is None and self._eager_steps < self.warmup:

@@ -117,6 +117,10 @@ class Trainer:
         self._theta = config.truncate_theta
         self.adaptation: RankAdaptation | None = None  # rank-adaptive methods only
         self.rank_changes: list[RankChange] = []  # what rank adaptation changed since the engine last looked
+        # The step as a CUDA graph (step_graph.py): fixed-rank methods in one process only, where
+        # nothing in the step decides on the host; their CondLR is then capturable.
+        eligible = not config.is_rank_adaptive and not ranks.distributed
+        self._graphed = graphs_wanted(config.cuda_graphs, device, config.reference_compat) and eligible
         self.optimizer, self.scheduler = self._build_optimizer()
         self.report: ParameterReport = parameter_report(self.model)
         self._loss_sum = torch.zeros((), device=device)
@@ -124,14 +128,12 @@ class Trainer:
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.window_samples = 0
         self._wrap()
-        # The step as a CUDA graph (step_graph.py): fixed-rank methods in one process only, where
-        # nothing in the step decides on the host.
-        eligible = self.adaptation is None and not ranks.distributed
         self.step_graph: StepGraph | None = None
-        if graphs_wanted(config.cuda_graphs, device) and eligible:
+        if self._graphed:
             self.step_graph = StepGraph(
                 lambda x, y: self._forward_backward_step(x, y, 1.0 / len(y)),
                 lambda: self.model.zero_grad(set_to_none=True),
+                lambda: self.condlr.refresh_hyperparameters(),  # the optimizer of the moment (a resume rebuilds it)
             )
 
     def _wrap(self) -> None:
@@ -183,6 +185,7 @@ class Trainer:
                 weight_decay=c.weight_decay,
                 step_scaling=c.step_scaling,
                 reference_compat=c.reference_compat,
+                capturable=self._graphed,
             )
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(c.milestones), c.gamma)
 
@@ -264,7 +267,7 @@ class Trainer:
         x, y = to_float(images[mine]), data.train.labels[batch[mine]]
         try:
             if self.step_graph is not None:
-                loss_sum, logits = self.step_graph(x, y, capture_key(self.model, self.optimizer, tuple(x.shape)))
+                loss_sum, logits = self.step_graph(x, y, capture_key(self.model, self.condlr, tuple(x.shape)))
             else:
                 # The model's, not only the optimizer's: a rank-adaptive optimizer does not hold U
                 # and V, whose gradients (left by an attack's backward passes too) the augmentation reads.
