@@ -4,7 +4,8 @@
 #   1. the tests that run only on CUDA, and the CUDA set-up tests (tests-cuda.txt);
 #   2. step_speed.py --device cuda, batch 128 (LeNet5, VGG16) and 1024 (VGG16): dense, τ = ∞,
 #      CondLR τ = 0 / 0.1 on both paths, channels-last, bf16, captured as CUDA graphs, and
-#      bf16 + graphs (step-speed-b128.txt, step-speed-vgg16-b1024.txt);
+#      bf16 + graphs, and the low-rank layers' forward composed and chosen per layer by timing
+#      (step-speed-b128.txt, step-speed-vgg16-b1024.txt);
 #   3. one Fashion-MNIST epoch of fmnist-lenet5-tau0.1-cr80 through the engine, float32 and bf16
 #      (epoch-float32.txt, epoch-bf16.txt; samples/s in the run's events under runs/);
 #   4. torchrun --nproc-per-node 1 on NCCL (torchrun.txt);
@@ -40,11 +41,11 @@ check() {  # check NAME SECONDS COMMAND...: run it, its output to $out/NAME.txt,
 }
 
 if [ $dry -eq 1 ]; then
-    device=cpu speed="--models lenet5 --batch 4 --repeats 1 --warmup 0 --bf16" big="--models lenet5 --batch 8 --repeats 1 --warmup 0"
+    device=cpu speed="--models lenet5 --batch 4 --repeats 1 --warmup 0 --bf16 --forwards" big="--models lenet5 --batch 8 --repeats 1 --warmup 0"
     graphs=off epoch="--set max_steps=3" tests="tests/test_cuda_setup.py tests/test_precision.py -k refused"
 else
-    device=cuda graphs=on speed="--models lenet5,vgg16 --batch 128 --repeats 15 --bf16 --graphs"
-    big="--models vgg16 --batch 1024 --repeats 10 --bf16 --graphs" epoch="" tests="tests/test_device_step.py tests/test_cuda_setup.py tests/test_precision.py tests/test_graphs.py"
+    device=cuda graphs=on speed="--models lenet5,vgg16 --batch 128 --repeats 15 --bf16 --graphs --forwards"
+    big="--models vgg16 --batch 1024 --repeats 10 --bf16 --graphs --forwards" epoch="" tests="tests/test_device_step.py tests/test_cuda_setup.py tests/test_precision.py tests/test_graphs.py tests/test_forward_choice.py"
 fi
 : >"$out/summary.txt"
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,

@@ -8,13 +8,17 @@ round-robin, so machine noise hits them alike; medians and ratios to the best de
 CondLR to τ = ∞) come from the same run.
 
     python3 benchmarks/step_speed.py [--models lenet5,vgg16] [--batch 128] [--repeats 7] [--device cuda] [--compile]
-        [--bf16] [--graphs] [--reduce-overhead]
+        [--bf16] [--graphs] [--reduce-overhead] [--forwards]
 
 ``--bf16`` adds the channels-last dense, τ = ∞ and CondLR τ = 0.1 variants with forward and
 backward under autocast to bfloat16 (the optimizer step stays float32, as precision = "bf16" runs
 it); ``--graphs`` (CUDA only) adds them, float32 and (with --bf16) bf16, with forward, backward and
 step captured once as a CUDA graph and replayed, CondLR ``capturable`` as the engine runs it
-(η, μ and τ read from device tensors: one more kernel per learning rate).
+(η, μ and τ read from device tensors: one more kernel per learning rate). ``--forwards`` adds
+the low-rank CL variants with every layer's forward composed (W = U S Vᵀ formed, one dense
+kernel) and with each layer's faster forward chosen by timing it (``method/forward_choice.py``,
+what ``low_rank_forward = "auto"`` does on an accelerator; the choices are printed), the latter
+also captured as a graph with ``--graphs``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rlr_engine import CondLR, to_low_rank
+from rlr_engine import CondLR, low_rank_layers, to_low_rank
+from rlr_engine.method.forward_choice import ForwardTuner
 from rlr_engine.workload.models import build_model, use_channels_last
 
 SHAPES = {"lenet5": (1, 28), "vgg16": (3, 32)}
@@ -38,10 +43,15 @@ PATHS = {
 
 
 def variants(
-    device: torch.device, compiled: bool, bf16: bool = False, graphs: bool = False, reduce_overhead: bool = False
+    device: torch.device,
+    compiled: bool,
+    bf16: bool = False,
+    graphs: bool = False,
+    reduce_overhead: bool = False,
+    forwards: bool = False,
 ) -> tuple:
     """(label, τ (None: dense), channels_last, CondLR keyword arguments, torch.compile, options
-    among "bf16", "graph" and "reduce-overhead") and the ratios to print."""
+    among "bf16", "graph", "reduce-overhead", "composed" and "tuned") and the ratios to print."""
     other = "device" if device.type == "cpu" else "host"
     found = [
         ("dense SGD", None, False, {}, False),
@@ -83,6 +93,15 @@ def variants(
             ("CondLR τ=0.1, CL" + suffix, "dense SGD, CL" + suffix),
             ("CondLR τ=0.1, CL" + suffix, "low-rank τ=inf, CL" + suffix),
         ]
+    low_rank_options = [frozenset({"composed"}), frozenset({"tuned"})] if forwards else []
+    if forwards and graphs:
+        low_rank_options.append(frozenset({"graph", "tuned"}))
+    for option in low_rank_options:  # the forward of the low-rank layers: dense has none
+        suffix = ", " + " + ".join(sorted(option))
+        for label, tau in (("low-rank τ=inf, CL", math.inf), ("CondLR τ=0.1, CL", 0.1)):
+            found.append((label + suffix, tau, True, {}, False, option))
+        baseline = "CondLR τ=0.1, CL" + (", graph" if "graph" in option else "")
+        ratios.append(("CondLR τ=0.1, CL" + suffix, baseline))
     if graphs and reduce_overhead:  # the two ways to one launch per step, side by side
         ratios += [
             (f"{label}, reduce-overhead", f"{label}, graph")
@@ -178,13 +197,18 @@ def main() -> None:
         action="store_true",
         help='also CL variants with the whole step compiled by torch.compile(mode="reduce-overhead")',
     )
+    parser.add_argument(
+        "--forwards",
+        action="store_true",
+        help="also low-rank CL variants with every layer composed, and with each layer's forward chosen by timing",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.graphs and device.type != "cuda":
         parser.error(f"--graphs needs --device cuda (got --device {args.device})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    found, ratios = variants(device, args.compile, args.bf16, args.graphs, args.reduce_overhead)
+    found, ratios = variants(device, args.compile, args.bf16, args.graphs, args.reduce_overhead, args.forwards)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     for model_name in args.models.split(","):
         channels, size = SHAPES[model_name]
@@ -195,6 +219,12 @@ def main() -> None:
             whole_step = "graph" in option or "reduce-overhead" in option
             model, optimizer = make(model_name, tau, cl, path, compiled, device, capturable=whole_step)
             bf16 = "bf16" in option
+            if "composed" in option:
+                for _, layer in low_rank_layers(model):
+                    layer.set_forward_mode("composed")
+            if "tuned" in option:
+                choices = ForwardTuner().tune(model, x, torch.bfloat16 if bf16 else None)
+                print(f"  {model_name}, {label}: " + ", ".join(choice.describe() for choice in choices))
             if "graph" in option:
                 runners[label] = captured(model, optimizer, x, y, bf16)
             elif "reduce-overhead" in option:

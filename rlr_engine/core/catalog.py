@@ -25,6 +25,9 @@ DEVICES = ("auto", "cpu", "cuda")  # presets also take cuda:N
 PRECISIONS = ("float32", "bf16")
 # Capturing the whole training step as a CUDA graph: on, off, or auto (on where CUDA runs it).
 CUDA_GRAPHS = ("auto", "on", "off")
+# How a low-rank layer computes its output: factored (through the rank-r intermediate) or composed
+# (W = U S Vᵀ formed, then one dense kernel); a run's "auto" picks per layer by timing.
+LOW_RANK_FORWARDS = ("factored", "composed")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 OFFLINE_HINT = (

@@ -19,6 +19,7 @@ from rlr_engine.core.catalog import (
     CORE_OPTIMIZERS,
     CUDA_GRAPHS,
     DEVICES,
+    LOW_RANK_FORWARDS,
     METHODS,
     PRECISIONS,
     STEP_SCALINGS,
@@ -332,6 +333,17 @@ class RunConfig:
             "capture forward, backward and optimizer step as one CUDA graph, captured again "
             "when shapes or tau's regime change (on: CUDA only; auto: the eager step until the captured "
             "one has been timed on a GPU)",
+        ),
+    )
+    low_rank_forward: str = field(
+        default="auto",
+        metadata=_spec(
+            str,
+            ("auto", *LOW_RANK_FORWARDS),
+            "how low-rank layers compute their output: factored (through the rank-r intermediate: "
+            "fewer FLOPs) or composed (U S V^T formed, then one dense kernel: fewer launches); auto: "
+            "per layer the faster, timed on the run's accelerator at the start and after a rank "
+            "change, recorded in the events (factored on the CPU)",
         ),
     )
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))

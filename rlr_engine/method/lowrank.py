@@ -3,6 +3,12 @@
 U ∈ R^{m×r} and V ∈ R^{n×r} have orthonormal columns, S ∈ R^{r×r} is a small core.
 For a convolution W is the weight reshaped to (c_out, c_in·kh·kw), so κ(W) = κ(S).
 
+The forward has two forms of the same map (``forward_mode``): "factored", through the rank-r
+intermediate (x Vᵀ, then U S: r(m + n) multiply-adds per output position instead of mn), and
+"composed", W = (U S) Vᵀ formed once per call and one dense linear map or convolution (one large
+kernel instead of two smaller ones, which wins where kernel launches cost more than FLOPs).
+Autograd differentiates either to the same gradients of U, S and V up to rounding.
+
 Storage is allocated at a maximum rank R ≥ r: the parameters are U (m×R), S (R×R), V (n×R)
 and only the leading block U[:, :r], S[:r, :r], V[:, :r] is live (``live_factors``). The live
 rank r is a buffer in the state dict, so rank-adaptive training changes r without replacing
@@ -21,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rlr_engine.core.catalog import LOW_RANK_FORWARDS
+
 
 class LowRankLayer(nn.Module):
     """Common storage of a factorised weight W = U S Vᵀ (m×n) plus an optional bias.
@@ -29,6 +37,7 @@ class LowRankLayer(nn.Module):
     is the buffer ``live_rank`` (mirrored in a Python int so reading it never synchronises with
     an accelerator). The buffer ``init_sigma_mean`` holds the mean of *all* singular values of
     the dense weight the layer was built from; the reference step scaling at τ = 0 divides by it.
+    ``forward_mode`` is "factored" (the default) or "composed" (module docstring).
     """
 
     U: nn.Parameter
@@ -56,6 +65,14 @@ class LowRankLayer(nn.Module):
         self.register_buffer("init_sigma_mean", torch.ones((), **kw))
         self.register_buffer("live_rank", torch.tensor(rank, dtype=torch.long, device=device))
         self._rank = rank
+        self.forward_mode = "factored"
+
+    def set_forward_mode(self, mode: str) -> None:
+        """Compute the output "factored" or "composed" (module docstring). Raises ValueError
+        for anything else."""
+        if mode not in LOW_RANK_FORWARDS:
+            raise ValueError(f"forward_mode must be one of {LOW_RANK_FORWARDS}, got {mode!r}")
+        self.forward_mode = mode
 
     @property
     def rank(self) -> int:
@@ -192,6 +209,8 @@ class LowRankLinear(LowRankLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         U, S, V = self.live_factors()
+        if self.forward_mode == "composed":
+            return F.linear(x, (U @ S) @ V.T, self.bias)
         return F.linear(F.linear(x, V.T), U @ S, self.bias)
 
     def extra_repr(self) -> str:
@@ -202,8 +221,9 @@ class LowRankLinear(LowRankLayer):
 
 
 class LowRankConv2d(LowRankLayer):
-    """A Conv2d whose weight (c_out, c_in·kh·kw) is U S Vᵀ, computed as two convolutions:
-    conv(x, Vᵀ as r×c_in×kh×kw, stride, padding, dilation) then a 1×1 conv with U S (+ bias).
+    """A Conv2d whose weight (c_out, c_in·kh·kw) is U S Vᵀ, computed factored as two convolutions,
+    conv(x, Vᵀ as r×c_in×kh×kw, stride, padding, dilation) then a 1×1 conv with U S (+ bias), or
+    composed as one convolution with (U S) Vᵀ reshaped to c_out×c_in×kh×kw (``forward_mode``).
 
     ``memory_format`` is the layout of the two kernels built in the forward (channels-last after
     ``models.use_channels_last``). A convolution's output follows its input's or its kernel's
@@ -252,6 +272,10 @@ class LowRankConv2d(LowRankLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         U, S, V = self.live_factors()
+        if self.forward_mode == "composed":
+            shape = (self.out_channels, self.in_channels, *self.kernel_size)
+            weight = ((U @ S) @ V.T).reshape(shape).contiguous(memory_format=self.memory_format)
+            return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
         r = self.rank
         basis = V.T.reshape(r, self.in_channels, *self.kernel_size).contiguous(memory_format=self.memory_format)
         z = F.conv2d(x, basis, None, self.stride, self.padding, self.dilation)

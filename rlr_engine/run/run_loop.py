@@ -131,7 +131,10 @@ class RunLoop:
                 continue
             if trainer.done:
                 return
-            if not trainer.train_step():
+            stepped = trainer.train_step()
+            for note in trainer.take_forward_notes():
+                self.event("info", note)
+            if not stepped:
                 self.publisher.flush_window(trainer)
                 self._check_finite()
                 self.publish()

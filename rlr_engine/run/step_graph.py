@@ -6,7 +6,8 @@ A graph replays fixed kernels on fixed memory: the batch is copied into static i
 everything that decides *which* kernels run or *on what memory* is the capture key (``capture_key``):
 the parameters' identities, memory and shapes (a truncation replaces them), the optimizer state's
 tensors and their memory (loading a checkpoint or an undo may replace them), the batch shape (the last,
-shorter batch of an epoch), and what the optimizer's step decides from Python numbers
+shorter batch of an epoch), each low-rank layer's forward (factored or composed), and what the
+optimizer's step decides from Python numbers
 (``CondLR.capture_structure``). A change of the key captures again (about one eager step's cost).
 The optimizer of a captured step is ``capturable``: it reads lr, momentum, weight decay and τ from
 device tensors, which ``StepGraph`` has it refresh before every replay, so a new learning rate or
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from rlr_engine.method.condlr import CondLR
+from rlr_engine.method.lowrank import low_rank_layers
 
 
 def capture_key(model: nn.Module, optimizer: CondLR, batch_shape: tuple[int, ...]) -> tuple:
@@ -39,7 +41,8 @@ def capture_key(model: nn.Module, optimizer: CondLR, batch_shape: tuple[int, ...
     state = tuple(
         (id(t), t.data_ptr()) for entry in optimizer.state.values() for t in entry.values() if isinstance(t, Tensor)
     )
-    return params, state, optimizer.capture_structure(), tuple(batch_shape)
+    forwards = tuple(layer.forward_mode for _, layer in low_rank_layers(model))
+    return params, state, optimizer.capture_structure(), forwards, tuple(batch_shape)
 
 
 def graphs_wanted(setting: str, device: torch.device, reference_compat: bool = False) -> bool:

@@ -22,7 +22,8 @@ from rlr_engine.core.errors import DeviceUnavailable
 from rlr_engine.core.validation import check_adapt_every, check_beta, check_lr, check_theta
 from rlr_engine.method.adaptive import RankAdaptation, core_optimizer
 from rlr_engine.method.condlr import CondLR, RankChange
-from rlr_engine.method.lowrank import ParameterReport, parameter_report
+from rlr_engine.method.forward_choice import ForwardTuner, tunes_forwards
+from rlr_engine.method.lowrank import ParameterReport, low_rank_layers, parameter_report
 from rlr_engine.run.checkpoint import load_model_state
 from rlr_engine.run.distributed import SINGLE, Ranks
 from rlr_engine.run.network import build_network, load_run_data
@@ -127,6 +128,15 @@ class Trainer:
         self._correct = torch.zeros((), dtype=torch.long, device=device)
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.window_samples = 0
+        # Each low-rank layer's forward: the one asked for, or with "auto" on an accelerator the
+        # faster one, timed at the first step and when the ranks change (forward_choice.py).
+        self._low_rank = [layer for _, layer in low_rank_layers(self.model)]
+        self._tuner = ForwardTuner() if tunes_forwards(config.low_rank_forward, device) else None
+        self._tuned_ranks: tuple[int, ...] | None = None
+        self.forward_notes: list[str] = []  # choices timed since the engine last looked
+        if config.low_rank_forward != "auto":
+            for layer in self._low_rank:
+                layer.set_forward_mode(config.low_rank_forward)
         self._wrap()
         self.step_graph: StepGraph | None = None
         if self._graphed:
@@ -265,6 +275,7 @@ class Trainer:
             images = augment(images, data.crop_padding, data.flip, self.generator)
         mine = self.ranks.shard(n)
         x, y = to_float(images[mine]), data.train.labels[batch[mine]]
+        self._tune_forwards(x)
         try:
             if self.step_graph is not None:
                 loss_sum, logits = self.step_graph(x, y, capture_key(self.model, self.condlr, tuple(x.shape)))
@@ -287,6 +298,27 @@ class Trainer:
         self.position += n
         self.step += 1
         return True
+
+    def _tune_forwards(self, x: torch.Tensor) -> None:
+        """With low_rank_forward = "auto" on an accelerator, give every low-rank layer its faster
+        forward on batches like ``x`` when the ranks differ from the last time (a rank seen
+        before is not timed again); what was timed becomes a line of ``forward_notes``."""
+        if self._tuner is None:
+            return
+        ranks = tuple(layer.rank for layer in self._low_rank)
+        if ranks == self._tuned_ranks:
+            return
+        self._tuned_ranks = ranks
+        autocast = torch.bfloat16 if self.config.precision == "bf16" else None
+        timed = self._tuner.tune(self.model, x, autocast)
+        if timed:
+            choices = ", ".join(choice.describe() for choice in timed)
+            self.forward_notes.append(f"low-rank forward per layer, timed on {self.device}: {choices}")
+
+    def take_forward_notes(self) -> list[str]:
+        """The lines on forward choices made since the last call."""
+        notes, self.forward_notes = self.forward_notes, []
+        return notes
 
     def _forward_backward_step(
         self, x: torch.Tensor, y: torch.Tensor, scale: float
