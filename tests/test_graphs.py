@@ -78,6 +78,7 @@ def test_the_captured_step_trains_as_the_eager_step_through_lr_and_tau_changes_a
     graphed = trainer("cuda", cuda_graphs="on", low_rank_forward="factored")
     eager = trainer("cuda", cuda_graphs="off", low_rank_forward="factored")
     assert graphed.step_graph is not None and eager.step_graph is None
+    assert graphed.execution == ["CUDA graph"] and eager.execution == []  # the header's "· CUDA graph"
 
     def steps(count):
         for _ in range(count):

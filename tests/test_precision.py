@@ -4,7 +4,7 @@ their momentum, the retraction and the core projection stay float32 — so the m
 
 import pytest
 import torch
-from helpers import small_config
+from helpers import small_config, start_engine, stop_started_engines, wait_for
 
 from rlr_engine import low_rank_layers
 from rlr_engine.core.config import RunConfig
@@ -58,3 +58,15 @@ def test_a_float32_run_stays_in_float32():
 def test_bad_precision_and_cuda_graphs_values_are_refused_naming_the_key_and_what_is_allowed(key, value):
     with pytest.raises(PresetError, match=rf"{key} = .*must be one of"):
         RunConfig(**{key: value})
+
+
+def test_the_header_shows_a_bf16_run_on_its_device(tmp_path):
+    try:
+        engine = start_engine(tmp_path, precision="bf16")
+        snap = wait_for(engine, lambda s: s.step > 0)
+        assert snap.device == "cpu · bf16"
+        assert any(e.message.endswith("on cpu · bf16 at step 0") for e in snap.events)
+    finally:
+        stop_started_engines()
+    config = small_config()
+    assert Trainer(config, load_run_data(config, torch.device("cpu")), torch.device("cpu")).execution == []

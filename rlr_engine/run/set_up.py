@@ -60,4 +60,5 @@ def set_up(config: RunConfig, ranks: Ranks, recorder: Recorder, resume: bool, re
                 )
     except ValueError as error:  # a setting this model cannot take (the message names it)
         raise CannotStart(f"{config.name}: {error}") from None
-    return SetUp(trainer, describe_device(device), payload, notes)
+    # the device, and how the step runs on it (bf16, CUDA graph), as the header shows it
+    return SetUp(trainer, " · ".join([describe_device(device), *trainer.execution]), payload, notes)

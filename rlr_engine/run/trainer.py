@@ -253,6 +253,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = float(lr)
 
+    @property
+    def execution(self) -> list[str]:
+        """How the step runs beyond its device: "bf16" (autocast), "CUDA graph" (captured), or neither."""
+        return (["bf16"] if self.config.precision == "bf16" else []) + (
+            ["CUDA graph"] if self.step_graph is not None else []
+        )
+
     # -- training -------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
