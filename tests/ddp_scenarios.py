@@ -160,3 +160,42 @@ def steered_run(root: str, drift: float) -> dict:
         return result
     finally:
         leave_process_group()
+
+
+def forward_choice_run() -> dict:
+    """A 2-rank trainer whose low-rank forwards are timed (made so on the CPU) by clocks that
+    disagree: rank 0's makes every layer composed, rank 1's factored. Returns each rank's
+    forwards after two steps, how many times its clock ran, and its notes."""
+    import gc
+
+    from helpers import small_config
+
+    from rlr_engine.method.forward_choice import ForwardTuner
+    from rlr_engine.run import trainer as trainer_module
+    from rlr_engine.run.distributed import leave_process_group
+    from rlr_engine.run.trainer import Trainer, load_run_data
+
+    ranks = _join()
+    calls: list[int] = []
+
+    def clock(work) -> float:  # (factored, composed) alternately: rank 0 prefers composed, rank 1 factored
+        calls.append(1)
+        return 1.0 + float(len(calls) % 2 == (1 if ranks.rank == 0 else 0))
+
+    trainer_module.tunes_forwards = lambda setting, device, compiled=False: setting == "auto"
+    trainer_module.ForwardTuner = lambda measure: ForwardTuner(clock)
+    config = small_config()
+    device = torch.device("cpu")
+    trainer = Trainer(config, load_run_data(config, device), device, ranks)
+    for _ in range(2):
+        assert trainer.train_step()
+    result = {
+        "forwards": [layer.forward_mode for layer in trainer._low_rank],
+        "timed": len(calls),
+        "notes": trainer.take_forward_notes(),
+    }
+    trainer.unwrap()
+    del trainer
+    gc.collect()
+    leave_process_group(wait_for_others=True)
+    return result

@@ -161,3 +161,26 @@ def test_a_capturable_step_on_a_device_runs_no_synchronising_operation():
             opt.step()
     assert "linalg_cholesky_ex" in log.names and "addcmul" in log.names
     assert log.synchronising() == set()
+
+
+def test_the_capture_key_changes_with_a_new_optimizer_of_the_same_state_and_with_a_layers_forward():
+    """An undo or a resume builds a new optimizer over the same parameters; with μ = 0 and τ = ∞
+    its state is as empty as the old one's, but a graph of the old one reads the old one's
+    batches and hyperparameter tensors."""
+    x, y = synthetic_task()
+    x = x.double()
+    model = mlp(torch.float64)
+    make = lambda: CondLR(model, lr=0.1, momentum=0.0, tau=math.inf, capturable=True, **DEVICE_PATH)  # noqa: E731
+    old = make()
+    train([(model, old)], x, y, 2)
+    key = capture_key(model, old, (64, 20))
+    assert capture_key(model, old, (64, 20)) == key
+    new = make()
+    assert not old.state and not new.state
+    assert capture_key(model, new, (64, 20)) != key
+    train([(model, new)], x, y, 1, first=2)
+    key = capture_key(model, new, (64, 20))
+    assert key != capture_key(model, old, (64, 20))
+    _, layer = next(iter(low_rank_layers(model)))
+    layer.set_forward_mode("composed")
+    assert capture_key(model, new, (64, 20)) != key

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ddp_scenarios import processes_mentioning, rank_of, run_cli, run_ranks, steered_run
+from ddp_scenarios import forward_choice_run, processes_mentioning, rank_of, run_cli, run_ranks, steered_run
 from helpers import small_config
 
 from rlr_engine.control.run_dirs import list_runs
@@ -326,3 +326,11 @@ def test_a_data_parallel_run_leaves_nothing_in_the_temporary_directory(tmp_path,
     _train(["train", _preset(tmp_path, epochs=1, max_steps=5), "--runs", str(tmp_path / "runs")], nproc=2)
     assert sorted(p.name for p in temp.iterdir()) == []
     assert any((_only_run(tmp_path / "runs") / TORCHELASTIC).iterdir())
+
+
+@pytest.mark.slow
+def test_every_rank_takes_rank_0s_timed_forwards():
+    results = run_ranks(forward_choice_run)
+    assert results[0]["forwards"] == results[1]["forwards"] == ["composed"] * 3  # rank 1's clock said factored
+    assert results[0]["timed"] == 6 and results[1]["timed"] == 0  # rank 0 times, once
+    assert len(results[0]["notes"]) == 1 and results[1]["notes"] == []

@@ -103,6 +103,19 @@ def test_the_tuner_gives_each_layer_its_faster_forward_and_times_a_case_once():
     assert [(c.layer, c.rank, c.mode) for c in again] == [(names[2], 3, "composed")] and clock.calls == 8
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_first_layers_input_is_timed_without_a_gradient_and_every_later_ones_with_one(channels_last):
+    torch.manual_seed(0)
+    model = to_low_rank(build_model("lenet5", 1, 10, 28, mean=(0.5,), std=(0.25,)), rank_fraction=0.2)
+    if channels_last:
+        use_channels_last(model)
+    inputs = layer_inputs(model, torch.rand(4, 1, 28, 28))
+    assert [t.requires_grad for t in inputs.values()] == [False, True, True]
+    seen = []
+    ForwardTuner(lambda work: seen.append(len(work())) or 1.0).tune(model, torch.rand(4, 1, 28, 28))
+    assert seen == [4, 4, 5, 5, 5, 5]  # gradients of U, S, V, bias (and of the input after the first layer)
+
+
 def test_tuning_moves_no_gradient_no_statistic_and_no_random_state_and_keeps_the_mode():
     torch.manual_seed(0)
     model = to_low_rank(build_model("vgg16", 3, 10, 32), rank_fraction=0.1)  # batch norm and dropout
@@ -121,11 +134,17 @@ def test_tuning_moves_no_gradient_no_statistic_and_no_random_state_and_keeps_the
         assert torch.equal(v, before[k]), k
 
 
-def test_the_real_measure_times_both_forwards_of_every_layer_and_the_choice_trains_as_the_factored_model():
+def test_the_real_measure_times_both_forwards_of_every_layer():
     model, x = lenet()
-    reference, _ = lenet()
     timed = ForwardTuner(lambda work: median_seconds(work, min_run_time=0.001)).tune(model, x)
     assert len(timed) == 3 and all(c.factored > 0 and c.composed > 0 and c.mode in LOW_RANK_FORWARDS for c in timed)
+
+
+def test_a_model_of_mixed_forwards_trains_as_the_factored_model():
+    model, x = lenet()
+    reference, _ = lenet()
+    timed = ForwardTuner(Clock([2.0, 1.0, 1.0, 2.0, 2.0, 1.0])).tune(model, x)
+    assert [c.mode for c in timed] == ["composed", "factored", "composed"]
     y = torch.arange(16) % 10
     opts = [CondLR(m, lr=0.05, momentum=0.5, tau=0.1) for m in (model, reference)]
     for _ in range(5):
@@ -140,6 +159,7 @@ def test_the_real_measure_times_both_forwards_of_every_layer_and_the_choice_trai
 def test_auto_is_timed_on_accelerators_only_and_a_named_forward_is_every_layers():
     assert tunes_forwards("auto", torch.device("cuda")) and tunes_forwards("auto", torch.device("mps"))
     assert not tunes_forwards("auto", torch.device("cpu"))
+    assert not tunes_forwards("auto", torch.device("cuda"), compiled=True)
     assert not tunes_forwards("composed", torch.device("cuda"))
     config = small_config(low_rank_forward="composed")
     t = Trainer(config, load_run_data(config, torch.device("cpu")), torch.device("cpu"))
@@ -152,8 +172,8 @@ def test_auto_is_timed_on_accelerators_only_and_a_named_forward_is_every_layers(
 def tuned_on_this_machine(monkeypatch, seconds):
     """Make "auto" time the forwards on the CPU, with a Clock of ``seconds``."""
     clock = Clock(seconds)
-    monkeypatch.setattr(trainer_module, "tunes_forwards", lambda setting, device: setting == "auto")
-    monkeypatch.setattr(trainer_module, "ForwardTuner", lambda: ForwardTuner(clock))
+    monkeypatch.setattr(trainer_module, "tunes_forwards", lambda setting, device, compiled=False: setting == "auto")
+    monkeypatch.setattr(trainer_module, "ForwardTuner", lambda measure: ForwardTuner(clock))
     return clock
 
 

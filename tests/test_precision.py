@@ -9,7 +9,7 @@ from helpers import small_config, start_engine, stop_started_engines, wait_for
 from rlr_engine import low_rank_layers
 from rlr_engine.core.config import RunConfig
 from rlr_engine.core.errors import PresetError
-from rlr_engine.run.trainer import Trainer, load_run_data
+from rlr_engine.run.trainer import Trainer, describe_device, load_run_data
 
 
 def bf16_trainer(**changes):
@@ -70,3 +70,4 @@ def test_the_header_shows_a_bf16_run_on_its_device(tmp_path):
         stop_started_engines()
     config = small_config()
     assert Trainer(config, load_run_data(config, torch.device("cpu")), torch.device("cpu")).execution == []
+    assert describe_device(torch.device("mps")) == "mps"  # not "cpu", as every device but CUDA once was

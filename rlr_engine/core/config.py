@@ -342,8 +342,9 @@ class RunConfig:
             ("auto", *LOW_RANK_FORWARDS),
             "how low-rank layers compute their output: factored (through the rank-r intermediate: "
             "fewer FLOPs) or composed (U S V^T formed, then one dense kernel: fewer launches); auto: "
-            "per layer the faster, timed on the run's accelerator at the start and after a rank "
-            "change, recorded in the events (factored on the CPU)",
+            "per layer the faster, timed on the run's accelerator (as the step runs, eager or "
+            "replayed from a CUDA graph) at the start and after a rank change, recorded in the "
+            "events; factored on the CPU and with compile",
         ),
     )
     epochs: int = field(default=10, metadata=_spec(int, _number(1, 100_000)))

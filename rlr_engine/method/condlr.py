@@ -205,7 +205,12 @@ class CondLR(torch.optim.Optimizer):
         before a captured step's replay, which runs no Python, the caller must."""
         first = self.param_groups[0]["params"][0]
         hyper = self._device_hyperparameters
-        if hyper is None or hyper.device != first.device:
+        if (
+            hyper is None
+            or hyper.device != first.device
+            or hyper.values.dtype != first.dtype
+            or len(hyper.values) != len(self.param_groups)
+        ):
             hyper = DeviceHyperparameters(len(self.param_groups), first.dtype, newton_dtype(first.device), first.device)
             self._device_hyperparameters = hyper
         hyper.refresh(self.param_groups, self.tau)
@@ -219,6 +224,19 @@ class CondLR(torch.optim.Optimizer):
             return DeviceHyperparameters.structure(self.param_groups, self.tau)
         values = tuple((g["lr"], g["momentum"], g["weight_decay"], g["tau"]) for g in self.param_groups)
         return values, tau_regime(self.tau)
+
+    def workspaces(self) -> list[Tensor]:
+        """The tensors the step reads or writes that belong to this optimizer rather than to its
+        state: the padded batches and the device hyperparameters. A captured step holds their
+        memory (a new optimizer, or new batches after a change of shapes, need a new capture)."""
+        tensors = []
+        if self._padded is not None:
+            tensors += [self._padded.buffer, self._padded.blocks.index]
+        if self._padded_cores is not None:
+            tensors += [self._padded_cores.buffer, self._padded_cores.blocks.index]
+        if self._device_hyperparameters is not None:
+            tensors += [self._device_hyperparameters.values, self._device_hyperparameters.bounds]
+        return tensors
 
     def _row(self, group: dict) -> int:
         """The index of ``group`` in param_groups (its row of the device hyperparameters)."""

@@ -5,9 +5,10 @@ hundreds of kernel launches (at LeNet5 / VGG16 sizes a GPU is bound by launches,
 A graph replays fixed kernels on fixed memory: the batch is copied into static input buffers, and
 everything that decides *which* kernels run or *on what memory* is the capture key (``capture_key``):
 the parameters' identities, memory and shapes (a truncation replaces them), the optimizer state's
-tensors and their memory (loading a checkpoint or an undo may replace them), the batch shape (the last,
-shorter batch of an epoch), each low-rank layer's forward (factored or composed), and what the
-optimizer's step decides from Python numbers
+tensors and the optimizer's own workspaces — padded batches, device hyperparameters — and their
+memory (loading a checkpoint or an undo may replace them; an undo or a resume builds a new
+optimizer), the batch shape (the last, shorter batch of an epoch), each low-rank layer's forward
+(factored or composed), and what the optimizer's step decides from Python numbers
 (``CondLR.capture_structure``). A change of the key captures again (about one eager step's cost).
 The optimizer of a captured step is ``capturable``: it reads lr, momentum, weight decay and τ from
 device tensors, which ``StepGraph`` has it refresh before every replay, so a new learning rate or
@@ -41,6 +42,7 @@ def capture_key(model: nn.Module, optimizer: CondLR, batch_shape: tuple[int, ...
     state = tuple(
         (id(t), t.data_ptr()) for entry in optimizer.state.values() for t in entry.values() if isinstance(t, Tensor)
     )
+    state += tuple((id(t), t.data_ptr()) for t in optimizer.workspaces())
     forwards = tuple(layer.forward_mode for _, layer in low_rank_layers(model))
     return params, state, optimizer.capture_structure(), forwards, tuple(batch_shape)
 
@@ -91,8 +93,11 @@ class StepGraph:
         self._inputs: tuple[Tensor, Tensor] | None = None
         self._outputs: tuple[Tensor, ...] = ()
 
-    def __call__(self, x: Tensor, y: Tensor, key: tuple) -> tuple[Tensor, ...]:
+    def __call__(self, x: Tensor, y: Tensor, key_now: Callable[[], tuple]) -> tuple[Tensor, ...]:
+        """One step on the batch (x, y); ``key_now()`` gives the capture key, read after ``prepare``
+        (which may make the tensors the key names)."""
         self.prepare()
+        key = key_now()
         if key != self._key:
             self._key, self._graph, self._eager_steps = key, None, 0
         if self._graph is None and self._eager_steps < self.warmup:

@@ -22,7 +22,7 @@ from rlr_engine.core.errors import DeviceUnavailable
 from rlr_engine.core.validation import check_adapt_every, check_beta, check_lr, check_theta
 from rlr_engine.method.adaptive import RankAdaptation, core_optimizer
 from rlr_engine.method.condlr import CondLR, RankChange
-from rlr_engine.method.forward_choice import ForwardTuner, tunes_forwards
+from rlr_engine.method.forward_choice import ForwardTuner, graphed_median_seconds, median_seconds, tunes_forwards
 from rlr_engine.method.lowrank import ParameterReport, low_rank_layers, parameter_report
 from rlr_engine.run.checkpoint import load_model_state
 from rlr_engine.run.distributed import SINGLE, Ranks
@@ -54,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return "cpu"
+    return str(device)
 
 
 def _shown(value: Any) -> str:
@@ -121,7 +121,7 @@ class Trainer:
         # The step as a CUDA graph (step_graph.py): fixed-rank methods in one process only, where
         # nothing in the step decides on the host; their CondLR is then capturable.
         eligible = not config.is_rank_adaptive and not ranks.distributed
-        self._graphed = graphs_wanted(config.cuda_graphs, device, config.reference_compat) and eligible
+        self._graphed = graphs_wanted(config.cuda_graphs, device, config.reference_compat and eligible) and eligible
         self.optimizer, self.scheduler = self._build_optimizer()
         self.report: ParameterReport = parameter_report(self.model)
         self._loss_sum = torch.zeros((), device=device)
@@ -129,9 +129,12 @@ class Trainer:
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.window_samples = 0
         # Each low-rank layer's forward: the one asked for, or with "auto" on an accelerator the
-        # faster one, timed at the first step and when the ranks change (forward_choice.py).
+        # faster one, timed at the first step and when the ranks change (forward_choice.py) — as
+        # the step runs: replayed from a CUDA graph or eagerly.
         self._low_rank = [layer for _, layer in low_rank_layers(self.model)]
-        self._tuner = ForwardTuner() if tunes_forwards(config.low_rank_forward, device) else None
+        self._tuner: ForwardTuner | None = None
+        if tunes_forwards(config.low_rank_forward, device, config.compile):
+            self._tuner = ForwardTuner(graphed_median_seconds if self._graphed else median_seconds)
         self._tuned_ranks: tuple[int, ...] | None = None
         self.forward_notes: list[str] = []  # choices timed since the engine last looked
         if config.low_rank_forward != "auto":
@@ -285,7 +288,7 @@ class Trainer:
         self._tune_forwards(x)
         try:
             if self.step_graph is not None:
-                loss_sum, logits = self.step_graph(x, y, capture_key(self.model, self.condlr, tuple(x.shape)))
+                loss_sum, logits = self.step_graph(x, y, lambda: capture_key(self.model, self.condlr, tuple(x.shape)))
             else:
                 # The model's, not only the optimizer's: a rank-adaptive optimizer does not hold U
                 # and V, whose gradients (left by an attack's backward passes too) the augmentation reads.
@@ -309,7 +312,8 @@ class Trainer:
     def _tune_forwards(self, x: torch.Tensor) -> None:
         """With low_rank_forward = "auto" on an accelerator, give every low-rank layer its faster
         forward on batches like ``x`` when the ranks differ from the last time (a rank seen
-        before is not timed again); what was timed becomes a line of ``forward_notes``."""
+        before is not timed again); what was timed becomes a line of ``forward_notes``. Under
+        torch.distributed rank 0 times and every rank takes its choice."""
         if self._tuner is None:
             return
         ranks = tuple(layer.rank for layer in self._low_rank)
@@ -317,7 +321,11 @@ class Trainer:
             return
         self._tuned_ranks = ranks
         autocast = torch.bfloat16 if self.config.precision == "bf16" else None
-        timed = self._tuner.tune(self.model, x, autocast)
+        timed = self._tuner.tune(self.model, x, autocast) if self.ranks.is_main else []
+        if self.ranks.distributed:  # rank 0's choice on every rank (at the same step: ranks change together)
+            modes = self.ranks.broadcast([layer.forward_mode for layer in self._low_rank])
+            for layer, mode in zip(self._low_rank, modes):
+                layer.set_forward_mode(mode)
         if timed:
             choices = ", ".join(choice.describe() for choice in timed)
             self.forward_notes.append(f"low-rank forward per layer, timed on {self.device}: {choices}")
