@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
-from rlr_engine.method.forward_choice import ForwardTuner
+from rlr_engine.method.forward_choice import ForwardTuner, graphed_median_seconds, median_seconds
 from rlr_engine.workload.models import build_model, use_channels_last
 
 SHAPES = {"lenet5": (1, 28), "vgg16": (3, 32)}
@@ -158,7 +158,7 @@ def captured(model, optimizer, x, y, bf16: bool, warmup: int = 3):
     graph = torch.cuda.CUDAGraph()
     optimizer.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
-        with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+        with torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False):  # no cache in a capture
             logits = model(x)
         F.cross_entropy(logits.float(), y).backward()
         optimizer.step()
@@ -223,7 +223,9 @@ def main() -> None:
                 for _, layer in low_rank_layers(model):
                     layer.set_forward_mode("composed")
             if "tuned" in option:
-                choices = ForwardTuner().tune(model, x, torch.bfloat16 if bf16 else None)
+                # timed as the step runs: replayed from a graph, or eagerly (as the engine does)
+                measure = graphed_median_seconds if "graph" in option else median_seconds
+                choices = ForwardTuner(measure).tune(model, x, torch.bfloat16 if bf16 else None)
                 print(f"  {model_name}, {label}: " + ", ".join(choice.describe() for choice in choices))
             if "graph" in option:
                 runners[label] = captured(model, optimizer, x, y, bf16)

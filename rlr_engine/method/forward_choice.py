@@ -152,7 +152,10 @@ class ForwardTuner:
             def forward_backward() -> object:
                 with (
                     torch.enable_grad(),
-                    torch.autocast(device, autocast or torch.bfloat16, enabled=autocast is not None),
+                    # no cast cache, which PyTorch does not support in a CUDA graph's capture
+                    torch.autocast(
+                        device, autocast or torch.bfloat16, enabled=autocast is not None, cache_enabled=False
+                    ),
                 ):
                     out = layer(inputs)
                 return (

@@ -342,7 +342,10 @@ class Trainer:
         caller; returns (Σℓ, logits), detached. What ``step_graph`` captures."""
         # bf16: the forward (and so the backward) in bfloat16 where autocast allows it; the loss
         # from float32 logits, the parameters, gradients and the optimizer step in float32.
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16"):
+        # Under a CUDA graph without autocast's cast cache, which PyTorch does not support in a
+        # capture (make_graphed_callables refuses it); each weight is cast once per step anyway.
+        bf16 = self.config.precision == "bf16"
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16, cache_enabled=not self._graphed):
             logits = self.train_module(x)
         logits = logits.float()
         loss_sum = F.cross_entropy(logits, y, reduction="sum")
