@@ -198,6 +198,19 @@ def test_a_trainer_times_the_forwards_at_its_first_step_and_again_when_a_truncat
     assert names[0] not in note and names[2] not in note
 
 
+def test_a_rank_adaptive_run_does_not_time_again_when_its_windows_move_the_live_ranks(monkeypatch):
+    clock = tuned_on_this_machine(monkeypatch, itertools.cycle([1.0, 2.0]))
+    config = small_config(method="robust-dlrt", truncate_theta=0.4)
+    t = Trainer(config, load_run_data(config, torch.device("cpu")), torch.device("cpu"))
+    before = [layer.rank for _, layer in low_rank_layers(t.model)]
+    for _ in range(3 * config.adapt_every):
+        if t.epoch_complete:
+            t.end_epoch()
+        assert t.train_step()
+    assert [layer.rank for _, layer in low_rank_layers(t.model)] != before  # the windows moved them
+    assert clock.calls == 2 * len(before) and len(t.take_forward_notes()) == 1  # timed at the start only
+
+
 def test_a_run_records_the_timed_choices_in_its_events(tmp_path, monkeypatch):
     tuned_on_this_machine(monkeypatch, itertools.cycle([1.0, 2.0]))
     engine = start_engine(tmp_path, epochs=1)

@@ -343,7 +343,7 @@ class RunConfig:
             "how low-rank layers compute their output: factored (through the rank-r intermediate: "
             "fewer FLOPs) or composed (U S V^T formed, then one dense kernel: fewer launches); auto: "
             "per layer the faster, timed on the run's accelerator (as the step runs, eager or "
-            "replayed from a CUDA graph) at the start and after a rank change, recorded in the "
+            "replayed from a CUDA graph) at the start and after a truncation, recorded in the "
             "events; factored on the CPU and with compile",
         ),
     )

@@ -129,13 +129,13 @@ class Trainer:
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.window_samples = 0
         # Each low-rank layer's forward: the one asked for, or with "auto" on an accelerator the
-        # faster one, timed at the first step and when the ranks change (forward_choice.py) — as
-        # the step runs: replayed from a CUDA graph or eagerly.
+        # faster one, timed at the first step and after a truncation (forward_choice.py) — as the
+        # step runs: replayed from a CUDA graph or eagerly.
         self._low_rank = [layer for _, layer in low_rank_layers(self.model)]
         self._tuner: ForwardTuner | None = None
         if tunes_forwards(config.low_rank_forward, device, config.compile):
             self._tuner = ForwardTuner(graphed_median_seconds if self._graphed else median_seconds)
-        self._tuned_ranks: tuple[int, ...] | None = None
+        self._tuned_storage: tuple[int, ...] | None = None  # the allocated ranks last timed at
         self.forward_notes: list[str] = []  # choices timed since the engine last looked
         if config.low_rank_forward != "auto":
             for layer in self._low_rank:
@@ -311,18 +311,21 @@ class Trainer:
 
     def _tune_forwards(self, x: torch.Tensor) -> None:
         """With low_rank_forward = "auto" on an accelerator, give every low-rank layer its faster
-        forward on batches like ``x`` when the ranks differ from the last time (a rank seen
-        before is not timed again); what was timed becomes a line of ``forward_notes``. Under
-        torch.distributed rank 0 times and every rank takes its choice."""
+        forward on batches like ``x`` at the first step and when a truncation has reallocated a
+        layer (a rank seen before is not timed again); what was timed becomes a line of
+        ``forward_notes``. Not when a rank-adaptive window moves a live rank within the layer's
+        storage: that happens every window, and timing every layer again each time would cost
+        more than a well-chosen forward saves. Under torch.distributed rank 0 times and every rank
+        takes its choice."""
         if self._tuner is None:
             return
-        ranks = tuple(layer.rank for layer in self._low_rank)
-        if ranks == self._tuned_ranks:
+        storage = tuple(layer.max_rank for layer in self._low_rank)
+        if storage == self._tuned_storage:
             return
-        self._tuned_ranks = ranks
+        self._tuned_storage = storage
         autocast = torch.bfloat16 if self.config.precision == "bf16" else None
         timed = self._tuner.tune(self.model, x, autocast) if self.ranks.is_main else []
-        if self.ranks.distributed:  # rank 0's choice on every rank (at the same step: ranks change together)
+        if self.ranks.distributed:  # rank 0's choice on every rank (at the same step: truncations are collective)
             modes = self.ranks.broadcast([layer.forward_mode for layer in self._low_rank])
             for layer, mode in zip(self._low_rank, modes):
                 layer.set_forward_mode(mode)
