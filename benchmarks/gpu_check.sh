@@ -44,7 +44,7 @@ if [ $dry -eq 1 ]; then
     device=cpu speed="--models lenet5 --batch 4 --repeats 1 --warmup 0 --bf16 --forwards" big="--models lenet5 --batch 8 --repeats 1 --warmup 0"
     graphs=off epoch="--set max_steps=3" tests="tests/test_cuda_setup.py tests/test_precision.py -k refused"
 else
-    device=cuda graphs=on speed="--models lenet5,vgg16 --batch 128 --repeats 15 --bf16 --graphs --forwards"
+    device=cuda graphs=on speed="--models lenet5,vgg16 --batch 128 --repeats 12 --bf16 --graphs --forwards"
     big="--models vgg16 --batch 1024 --repeats 10 --bf16 --graphs --forwards" epoch="" tests="tests/test_device_step.py tests/test_cuda_setup.py tests/test_precision.py tests/test_graphs.py tests/test_forward_choice.py"
 fi
 : >"$out/summary.txt"
