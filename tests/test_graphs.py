@@ -1,14 +1,19 @@
 """cuda_graphs: the training step captured as one CUDA graph. What decides a capture runs
-everywhere; the captured step itself needs CUDA (skipped elsewhere, run by benchmarks/gpu_check.sh)."""
+everywhere; the captured step runs on CUDA (skipped elsewhere, run by benchmarks/gpu_check.sh)
+and, with a graph's replay semantics emulated (graph_emulator.py), on the CPU."""
 
 import copy
 import math
 
 import pytest
 import torch
+from graph_emulator import EmulatedGraph, emulate_cuda_graphs
 from helpers import small_config
 
+from rlr_engine import CondLR
+from rlr_engine.method import condlr as condlr_module
 from rlr_engine.method.device_hyperparameters import tau_regime
+from rlr_engine.run import trainer as trainer_module
 from rlr_engine.run.step_graph import capture_key, graphs_wanted
 from rlr_engine.run.trainer import Trainer, load_run_data
 
@@ -16,7 +21,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 def trainer(device="cpu", **changes):
-    config = small_config(tau=0.1, lr=0.05, momentum=0.5, **changes)
+    config = small_config(**{"tau": 0.1, "lr": 0.05, "momentum": 0.5, **changes})
     return Trainer(config, load_run_data(config, torch.device(device)), torch.device(device))
 
 
@@ -72,50 +77,130 @@ def test_the_capture_key_holds_through_steps_and_changes_with_structure_and_hype
     assert key() != before
 
 
-@CUDA
-def test_the_captured_step_trains_as_the_eager_step_through_lr_and_tau_changes_and_a_truncation():
-    # one forward for both (low_rank_forward "auto" could time its way to different ones)
-    graphed = trainer("cuda", cuda_graphs="on", low_rank_forward="factored")
-    eager = trainer("cuda", cuda_graphs="off", low_rank_forward="factored")
+def captured_and_eager(device, **changes):
+    """A trainer whose step is captured and one that steps eagerly, alike otherwise (one forward
+    for both: low_rank_forward "auto" could time its way to different ones)."""
+    graphed = trainer(device, cuda_graphs="on", low_rank_forward="factored", **changes)
+    eager = trainer(device, cuda_graphs="off", low_rank_forward="factored", **changes)
     assert graphed.step_graph is not None and eager.step_graph is None
-    assert graphed.execution == ["CUDA graph"] and eager.execution == []  # the header's "· CUDA graph"
+    return graphed, eager
 
-    def steps(count):
-        for _ in range(count):
-            for t in (graphed, eager):
-                if t.epoch_complete:
-                    t.end_epoch()
-                assert t.train_step()
 
-    def same():
-        for (name, a), b in zip(graphed.model.named_parameters(), eager.model.parameters()):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+def steps(trainers, count):
+    for _ in range(count):
+        for t in trainers:
+            if t.epoch_complete:
+                t.end_epoch()
+            assert t.train_step()
 
-    steps(6)
-    captures = graphed.step_graph.captures
-    assert captures >= 1  # one, and one more if an epoch ended on a short batch
-    same()
-    # steps 7 to 14 take full batches (1200 samples: the 19th batch of an epoch is the short one)
-    captures = graphed.step_graph.captures
-    for t in (graphed, eager):
-        t.set_lr(0.02)
-    steps(4)
-    same()
-    for t in (graphed, eager):
-        t.set_tau(0.3)
-    steps(4)
-    same()
-    assert graphed.step_graph.captures == captures  # read from device tensors: no new capture
-    for t in (graphed, eager):
-        t.set_tau(0.0)
-    steps(4)
-    assert graphed.step_graph.captures > captures  # another branch of the step
-    same()
-    for t in (graphed, eager):
+
+def assert_same(graphed, eager, atol):
+    for (name, a), b in zip(graphed.model.named_parameters(), eager.model.parameters()):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def train_through_changes(graphed, eager, atol):
+    """Both trainers (built at τ = ∞) through a truncation, τ's regime (a new capture each), lr
+    and τ changes (none), and an undo (a new optimizer), the captured one matching the eager one.
+    The truncation comes first, at τ = ∞: a finite τ clamps singular values onto its bounds, and
+    cutting among equal ones keeps an arbitrary basis, which two runs would pick differently."""
+    both = (graphed, eager)
+    steps(both, 6)
+    assert graphed.step_graph.captures == 1  # after two eager steps
+    assert_same(graphed, eager, atol)
+    for t in both:
         t.truncate(None, 2, None)
-    steps(4)
-    same()
+    steps(both, 4)
+    assert graphed.step_graph.captures == 2  # new parameters
+    assert_same(graphed, eager, atol)
+    undo = [t.steering_state() for t in both]
+    for t in both:
+        t.set_tau(0.3)
+    steps(both, 4)  # steps 11 to 14: a capture at 13
+    assert_same(graphed, eager, atol)
+    captures = graphed.step_graph.captures
+    for t in both:
+        t.set_lr(0.02)
+    steps(both, 2)
+    for t in both:
+        t.set_tau(0.5)
+    steps(both, 2)  # steps 15 to 18: full batches (1200 samples: the 19th batch of an epoch is the short one)
+    assert graphed.step_graph.captures == captures  # read from device tensors: no new capture
+    assert_same(graphed, eager, atol)
+    for t in both:
+        t.set_tau(0.0)
+    steps(both, 4)
+    assert graphed.step_graph.captures > captures  # another branch of the step
+    assert_same(graphed, eager, atol)
+    for t, state in zip(both, undo):
+        t.restore_steering_state(state)  # the weights, ranks, state and hyperparameters of step 10
+    steps(both, 4)
+    assert_same(graphed, eager, atol)
     assert graphed.read_window()[0] == pytest.approx(eager.read_window()[0], abs=1e-4)
+
+
+class CapturableCondLR(CondLR):
+    """CondLR reading its hyperparameters from tensors whether its step is captured or not, so
+    that a captured and an eager run make the same operations (and part by nothing but a fault)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "capturable": True})
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """Captured steps on the CPU (graph_emulator), on the device path an accelerator takes, with
+    the same optimizer step eager and captured."""
+    emulate_cuda_graphs(monkeypatch)
+    monkeypatch.setattr(
+        trainer_module, "graphs_wanted", lambda setting, device, reference_compat=False: setting == "on"
+    )
+    monkeypatch.setattr(condlr_module, "runs_on_host", lambda device: False)
+    monkeypatch.setattr(trainer_module, "CondLR", CapturableCondLR)
+
+
+@CUDA
+def test_the_captured_step_trains_as_the_eager_step_through_lr_and_tau_changes_a_truncation_and_an_undo():
+    graphed, eager = captured_and_eager("cuda", tau=math.inf)
+    assert graphed.execution == ["CUDA graph"] and eager.execution == []  # the header's "· CUDA graph"
+    train_through_changes(graphed, eager, atol=1e-5)
+
+
+def test_an_emulated_captured_step_trains_as_the_eager_step_through_every_change(emulated):
+    graphed, eager = captured_and_eager("cpu", tau=math.inf)
+    train_through_changes(graphed, eager, atol=0.0)
+    assert graphed.step_graph._graph.replays > 0
+
+
+@pytest.mark.parametrize("momentum, tau", [(0.0, math.inf), (0.5, 0.1)])
+def test_an_emulated_captured_step_follows_an_undo_to_a_new_optimizer_and_a_command_after_it(emulated, momentum, tau):
+    """With μ = 0 and τ = ∞ the new optimizer's state is as empty as the old one's: only its own
+    tensors tell the two apart, and a graph of the old one would step with the old learning rate."""
+    graphed, eager = captured_and_eager("cpu", momentum=momentum, tau=tau)
+    both = (graphed, eager)
+    steps(both, 4)
+    undo = [t.steering_state() for t in both]
+    for t in both:
+        t.set_lr(0.5)
+    steps(both, 3)
+    for t, state in zip(both, undo):
+        t.restore_steering_state(state)
+        t.set_lr(0.01)  # what a user does after rolling back a bad learning rate
+    steps(both, 4)
+    assert_same(graphed, eager, atol=0.0)
+
+
+def test_the_emulator_replays_numbers_as_captured_and_tensors_as_they_are_now():
+    scale, x = torch.tensor(2.0), torch.ones(3)
+    graph = EmulatedGraph()
+    with graph.capture():
+        y = x * scale + 1.0
+    x.fill_(3.0)
+    scale.fill_(5.0)
+    graph.replay()
+    assert y.tolist() == [16.0, 16.0, 16.0]
+    with pytest.raises(RuntimeError, match="hands a value to the host"), EmulatedGraph().capture():
+        x.sum().item()
 
 
 def test_recorded_condition_ratios_are_updated_in_place_so_a_captured_step_reads_the_new_ones():
