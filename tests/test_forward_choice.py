@@ -5,13 +5,20 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from graph_emulator import emulate_cuda_graphs
 from helpers import small_config, start_engine, stop_started_engines, wait_for
 
 from rlr_engine import CondLR, low_rank_layers, to_low_rank
 from rlr_engine.core.catalog import LOW_RANK_FORWARDS
 from rlr_engine.core.config import validate
 from rlr_engine.core.errors import PresetError
-from rlr_engine.method.forward_choice import ForwardTuner, layer_inputs, median_seconds, tunes_forwards
+from rlr_engine.method.forward_choice import (
+    ForwardTuner,
+    graphed_median_seconds,
+    layer_inputs,
+    median_seconds,
+    tunes_forwards,
+)
 from rlr_engine.method.lowrank import LowRankConv2d, LowRankLinear
 from rlr_engine.run import trainer as trainer_module
 from rlr_engine.run.trainer import Trainer, load_run_data
@@ -114,6 +121,17 @@ def test_the_first_layers_input_is_timed_without_a_gradient_and_every_later_ones
     seen = []
     ForwardTuner(lambda work: seen.append(len(work())) or 1.0).tune(model, torch.rand(4, 1, 28, 28))
     assert seen == [4, 4, 5, 5, 5, 5]  # gradients of U, S, V, bias (and of the input after the first layer)
+
+
+def test_a_captured_steps_forwards_are_timed_as_captured_replays(monkeypatch):
+    emulate_cuda_graphs(monkeypatch)  # graph_emulator: a capture that hands a value to the host fails
+    model, x = lenet()
+    replays = []
+    measure = lambda work: graphed_median_seconds(lambda: replays.append(1) or work(), min_run_time=0.001)  # noqa: E731
+    timed = ForwardTuner(measure).tune(model, x)
+    assert len(timed) == 3 and all(c.factored > 0 and c.composed > 0 for c in timed)
+    assert len(replays) == 6 * 3  # per layer and forward: two eager calls and the capture, nothing after
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_tuning_moves_no_gradient_no_statistic_and_no_random_state_and_keeps_the_mode():
