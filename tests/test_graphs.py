@@ -190,6 +190,13 @@ def test_an_emulated_captured_step_follows_an_undo_to_a_new_optimizer_and_a_comm
     assert_same(graphed, eager, atol=0.0)
 
 
+def test_an_emulated_captured_bf16_step_trains_as_the_eager_one(emulated):
+    graphed, eager = captured_and_eager("cpu", precision="bf16")
+    steps((graphed, eager), 5)
+    assert graphed.step_graph.captures == 1 and graphed.step_graph._graph.replays >= 2
+    assert_same(graphed, eager, atol=0.0)
+
+
 def test_the_emulator_replays_numbers_as_captured_and_tensors_as_they_are_now():
     scale, x = torch.tensor(2.0), torch.ones(3)
     graph = EmulatedGraph()
