@@ -690,6 +690,22 @@ def test_asking_for_cuda_without_a_gpu_is_a_user_error(tmp_path, nproc):
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nproc", "2"], "cuda_graphs = 'on' captures the step of one process, but the run trains in 2"),
+        (["--set", "method=robust-dlrt"], "cuda_graphs = 'on' is not allowed with method = 'robust-dlrt'"),
+        (["--set", "reference_compat=true"], "cuda_graphs = 'on' is not allowed with reference_compat = true"),
+    ],
+)
+def test_graphs_on_where_the_step_cannot_be_captured_is_one_line_before_anything_starts(tmp_path, args, message):
+    result = rlr("train", "quickstart", "--set", "cuda_graphs=on", *args, "--runs", "runs", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.splitlines() == [result.stderr.strip()]
+    assert message in result.stderr and "'auto' or 'off'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
 def test_a_finished_run_resumes_only_with_more_epochs_and_then_trains_them(tmp_path, capsys):
     fast = ["--set", "dataset=synthetic", "--set", "attack_every=0", "--runs", str(tmp_path)]
     assert main(["train", "quickstart", "--set", "epochs=1", *fast]) == 0

@@ -201,7 +201,9 @@ def test_the_nproc_launcher_does_not_ask_for_a_data_dir_that_files_named_by_path
 
     missing = str(tmp_path / "never-made")
     for dataset in (f"imagefolder:{tmp_path}", f"tensors:{tmp_path / 'data.pt'}"):
-        _check_start(validate({"dataset": dataset, "model": "mlp", "data_dir": missing, "device": "cpu"}))
+        _check_start(validate({"dataset": dataset, "model": "mlp", "data_dir": missing, "device": "cpu"}), 2)
     with pytest.raises(DatasetUnavailable, match="does not exist"):  # a data set that is read from data_dir
-        _check_start(validate({"dataset": "torchvision:MNIST", "model": "mlp", "data_dir": missing, "device": "cpu"}))
+        _check_start(
+            validate({"dataset": "torchvision:MNIST", "model": "mlp", "data_dir": missing, "device": "cpu"}), 2
+        )
     assert not (tmp_path / "never-made").exists()

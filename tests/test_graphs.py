@@ -4,6 +4,7 @@ and, with a graph's replay semantics emulated (graph_emulator.py), on the CPU.""
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from graph_emulator import EmulatedGraph, emulate_cuda_graphs
 from helpers import small_config
 
 from rlr_engine import CondLR
+from rlr_engine.core.errors import PresetError
 from rlr_engine.method import condlr as condlr_module
 from rlr_engine.method.device_hyperparameters import tau_regime
 from rlr_engine.run import trainer as trainer_module
@@ -31,9 +33,23 @@ def test_only_on_captures_and_only_on_cuda_auto_keeps_the_eager_step():
     assert not graphs_wanted("auto", cpu) and not graphs_wanted("off", cuda) and not graphs_wanted("off", cpu)
     with pytest.raises(ValueError, match="cuda_graphs = 'on' needs a CUDA device"):
         graphs_wanted("on", cpu)
-    with pytest.raises(ValueError, match="cannot capture the step of reference_compat = true"):
-        graphs_wanted("on", cuda, reference_compat=True)
-    assert not graphs_wanted("auto", cuda, reference_compat=True)
+    with pytest.raises(ValueError, match="captures the step of one process, but the run trains in 2"):
+        graphs_wanted("on", cuda, processes=2)
+    assert not graphs_wanted("auto", cuda, processes=2)
+
+
+@pytest.mark.parametrize(
+    "changes, allowed",
+    [
+        ({"method": "robust-dlrt"}, "with method = 'robust-dlrt': must be 'auto' or 'off'"),
+        ({"method": "condlr-adaptive", "reference_compat": True}, "with method = 'condlr-adaptive'"),
+        ({"reference_compat": True}, "with reference_compat = true: must be 'auto' or 'off'"),
+    ],
+)
+def test_graphs_on_is_refused_by_the_config_where_the_step_cannot_be_captured(changes, allowed):
+    with pytest.raises(PresetError, match=f"cuda_graphs = 'on' is not allowed {re.escape(allowed)}"):
+        small_config(cuda_graphs="on", **changes)
+    small_config(cuda_graphs="auto", **changes)  # the eager step is fine
 
 
 def test_a_cpu_run_trains_eagerly_and_refuses_graphs_on():
@@ -152,9 +168,7 @@ def emulated(monkeypatch):
     """Captured steps on the CPU (graph_emulator), on the device path an accelerator takes, with
     the same optimizer step eager and captured."""
     emulate_cuda_graphs(monkeypatch)
-    monkeypatch.setattr(
-        trainer_module, "graphs_wanted", lambda setting, device, reference_compat=False: setting == "on"
-    )
+    monkeypatch.setattr(trainer_module, "graphs_wanted", lambda setting, device, processes=1: setting == "on")
     monkeypatch.setattr(condlr_module, "runs_on_host", lambda device: False)
     monkeypatch.setattr(trainer_module, "CondLR", CapturableCondLR)
 

@@ -38,7 +38,7 @@ from rlr_engine.control.run_files import CONTROL_SOCKET, EVENTS, SUMMARY, TORCHE
 from rlr_engine.control.run_plan import prepare_run, run_config
 from rlr_engine.core.atomic_files import write_text_atomic
 from rlr_engine.core.config import RunConfig
-from rlr_engine.core.errors import RunFailed, UserError
+from rlr_engine.core.errors import CannotStart, RunFailed, UserError
 from rlr_engine.core.presets import restored_keys_set
 from rlr_engine.run.distributed import Ranks, join_process_group, leave_process_group, ranks_from_environment
 from rlr_engine.run.recorder import write_summary
@@ -51,7 +51,7 @@ def launch(args: argparse.Namespace) -> int:
 
     config, run_dir, new = prepare_run(args.preset, args.set, args.resume, args.runs, args.device)
     check_visible_gpus(args.nproc, config.device)
-    _check_start(config)
+    _check_start(config, args.nproc)
     if new:
         create_run_dir(run_dir, config)
     events_before = _size(run_dir / EVENTS)
@@ -296,14 +296,20 @@ def _prepared_run_dir(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     return config, run_dir, new
 
 
-def _check_start(config: RunConfig) -> None:
+def _check_start(config: RunConfig, nproc: int) -> None:
     """What every worker would fail on at its start (no such device, a data directory that is not
-    there), said once before any process starts: CannotStart, exit code 2."""
+    there, a step that cannot be captured in ``nproc`` processes), said once before any process
+    starts: CannotStart, exit code 2."""
+    from rlr_engine.run.step_graph import graphs_wanted
     from rlr_engine.run.trainer import resolve_device
     from rlr_engine.workload.data import check_data_dir
 
-    resolve_device(config.device)
+    device = resolve_device(config.device)
     check_data_dir(config.dataset, config.data_dir)
+    try:
+        graphs_wanted(config.cuda_graphs, device, nproc)
+    except ValueError as error:
+        raise CannotStart(f"{config.name}: {error}") from None
 
 
 def _size(path: Path) -> int:

@@ -20,7 +20,7 @@ start sharing a learning rate or momentum capture again.
 and "auto" train eagerly — "auto" is to choose by timing the first steps on the run's device, and
 until the captured step has been checked and timed on a GPU (``benchmarks/gpu_check.sh``) it
 keeps the eager step that is known to be right. Methods whose step decides on the host (rank-adaptive
-windows) and data-parallel runs (DDP's all-reduce hooks) train eagerly.
+windows) and data-parallel runs (DDP's all-reduce hooks) train eagerly; "on" is refused for them.
 """
 
 from __future__ import annotations
@@ -47,14 +47,15 @@ def capture_key(model: nn.Module, optimizer: CondLR, batch_shape: tuple[int, ...
     return params, state, optimizer.capture_structure(), forwards, tuple(batch_shape)
 
 
-def graphs_wanted(setting: str, device: torch.device, reference_compat: bool = False) -> bool:
-    """Whether ``cuda_graphs`` = ``setting`` captures the step on ``device``: only "on" does
-    (module docstring). Raises ValueError for "on" where the device is not a CUDA GPU, or with
-    ``reference_compat``, whose Householder QR checks its result on the host."""
-    if setting == "on" and reference_compat:
+def graphs_wanted(setting: str, device: torch.device, processes: int = 1) -> bool:
+    """Whether ``cuda_graphs`` = ``setting`` captures the step on ``device`` in a job of
+    ``processes``: only "on" does (module docstring). Raises ValueError for "on" in a
+    data-parallel job or where the device is not a CUDA GPU; the config refuses it for
+    rank-adaptive methods and ``reference_compat`` (RunConfig)."""
+    if setting == "on" and processes > 1:
         raise ValueError(
-            "cuda_graphs = 'on' cannot capture the step of reference_compat = true "
-            "(its Householder QR waits for the host); use 'auto' or 'off'"
+            f"cuda_graphs = 'on' captures the step of one process, but the run trains in {processes} "
+            "(DDP's all-reduce runs outside a graph); use 'auto' or 'off'"
         )
     if setting == "on" and device.type != "cuda":
         raise ValueError(f"cuda_graphs = 'on' needs a CUDA device, but the run trains on {device}; use 'auto' or 'off'")

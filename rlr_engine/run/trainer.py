@@ -119,9 +119,9 @@ class Trainer:
         self.adaptation: RankAdaptation | None = None  # rank-adaptive methods only
         self.rank_changes: list[RankChange] = []  # what rank adaptation changed since the engine last looked
         # The step as a CUDA graph (step_graph.py): fixed-rank methods in one process only, where
-        # nothing in the step decides on the host; their CondLR is then capturable.
-        eligible = not config.is_rank_adaptive and not ranks.distributed
-        self._graphed = graphs_wanted(config.cuda_graphs, device, config.reference_compat and eligible) and eligible
+        # nothing in the step decides on the host (the config refuses "on" for the others); their
+        # CondLR is then capturable.
+        self._graphed = graphs_wanted(config.cuda_graphs, device, ranks.world_size)
         self.optimizer, self.scheduler = self._build_optimizer()
         self.report: ParameterReport = parameter_report(self.model)
         self._loss_sum = torch.zeros((), device=device)
