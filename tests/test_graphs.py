@@ -15,6 +15,7 @@ from rlr_engine import CondLR
 from rlr_engine.core.errors import PresetError
 from rlr_engine.method import condlr as condlr_module
 from rlr_engine.method.device_hyperparameters import tau_regime
+from rlr_engine.method.lowrank import low_rank_layers
 from rlr_engine.run import trainer as trainer_module
 from rlr_engine.run.step_graph import capture_key, graphs_wanted
 from rlr_engine.run.trainer import Trainer, load_run_data
@@ -115,6 +116,15 @@ def assert_same(graphed, eager, atol):
         torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def condition_numbers(t):
+    """κ(S) of each low-rank layer's live core."""
+    kappas = []
+    for _, layer in low_rank_layers(t.model):
+        sigma = torch.linalg.svdvals(layer.live_factors()[1].detach().double())
+        kappas.append((sigma[0] / sigma[-1]).item())
+    return kappas
+
+
 def train_through_changes(graphed, eager, atol):
     """Both trainers (built at τ = ∞) through a truncation, τ's regime (a new capture each), lr
     and τ changes (none), and an undo (a new optimizer), the captured one matching the eager one.
@@ -138,11 +148,14 @@ def train_through_changes(graphed, eager, atol):
     for t in both:
         t.set_lr(0.02)
     steps(both, 2)
+    spreads = condition_numbers(graphed)
+    assert max(spreads) > 1.05 + 1e-3  # τ = 0.05 below has cores to clamp
     for t in both:
-        t.set_tau(0.5)
+        t.set_tau(0.05)
     steps(both, 2)  # steps 15 to 18: full batches (1200 samples: the 19th batch of an epoch is the short one)
     assert graphed.step_graph.captures == captures  # read from device tensors: no new capture
     assert_same(graphed, eager, atol)
+    assert max(condition_numbers(graphed)) <= 1.05 + 1e-5  # the replay clamped to the new τ
     for t in both:
         t.set_tau(0.0)
     steps(both, 4)
