@@ -331,8 +331,8 @@ class RunConfig:
             str,
             CUDA_GRAPHS,
             "capture forward, backward and optimizer step as one CUDA graph, captured again "
-            "when shapes or tau's regime change (on: CUDA only; auto: the eager step until the captured "
-            "one has been timed on a GPU)",
+            "when shapes or tau's regime change (on: CUDA, fixed-rank methods, one process; "
+            "auto: the eager step until the captured one has been timed on a GPU)",
         ),
     )
     low_rank_forward: str = field(

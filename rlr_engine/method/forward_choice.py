@@ -47,9 +47,10 @@ class ForwardChoice:
 def tunes_forwards(setting: str, device: torch.device, compiled: bool = False) -> bool:
     """Whether a low-rank forward setting of ``setting`` ("auto", or one of LOW_RANK_FORWARDS
     for all layers) is decided by timing on ``device``: "auto" on an accelerator, for a model that
-    is not compiled. Otherwise "auto" is the factored forward: on the CPU it was the faster for
-    every layer of LeNet5 and VGG16 at batch 128 (``benchmarks/README.md``), and runs stay
-    reproducible from one machine to the next; torch.compile traces the whole forward, so a layer
+    is not compiled. Otherwise "auto" is the factored forward: on the CPU runs stay reproducible
+    from one machine to the next, and in channels-last it was the faster for every layer of LeNet5
+    and VGG16 at batch 128 (contiguous, LeNet5's one-channel first convolution is faster composed;
+    ``benchmarks/README.md``); torch.compile traces the whole forward, so a layer
     timed alone says little of it, and every change of forward would compile again."""
     return setting == "auto" and device.type != "cpu" and not compiled
 
