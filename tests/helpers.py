@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from rlr_engine.control.client import EngineClient, EngineUnavailable
 from rlr_engine.control.run_dirs import new_run_dir
 from rlr_engine.core.config import RunConfig
 from rlr_engine.run.engine import Engine
@@ -99,6 +100,22 @@ def wait_for(engine: Engine, predicate, timeout: float = 60.0):
         f"timed out; last snapshot state={engine.latest().state} "
         f"step={engine.latest().step} events={[e.message for e in engine.latest().events][-5:]}"
     )
+
+
+def attach_when_listening(run_dir, process, client="test", timeout: float = 300.0) -> EngineClient:
+    """A client of the engine ``process`` runs for ``run_dir``, once it answers on its socket.
+    The engine takes the run's lock (``engine_alive``) before its control socket listens, so a
+    run seen alive may refuse a client for a moment; this retries until the handshake succeeds,
+    and fails at once if the process ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"the engine process ended with {process.returncode}"
+        try:
+            return EngineClient.connect(run_dir, client, timeout=60)
+        except EngineUnavailable:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 def run_to_end(engine: Engine, timeout: float = 120.0):

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from helpers import interruptible_cli
+from helpers import attach_when_listening, interruptible_cli
 from pilot_waits import settle, until
 
 from rlr_engine.cli import main
@@ -224,7 +224,6 @@ def test_a_compared_run_is_hosted_like_any_run_listed_as_running_and_steerable(t
     import subprocess
     import time
 
-    from rlr_engine.control.client import EngineClient
     from rlr_engine.control.records import Pause
     from rlr_engine.control.run_dirs import engine_alive, list_runs
 
@@ -244,7 +243,7 @@ def test_a_compared_run_is_hosted_like_any_run_listed_as_running_and_steerable(t
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
         [run_dir] = list((out / "runs").glob("*"))
-        client = EngineClient.connect(run_dir, client="test")  # as rlr-tui --attach does
+        client = attach_when_listening(run_dir, proc)  # as rlr-tui --attach does
         assert client.wait(lambda s: s.state == "running", 120).state == "running"
         [info] = list_runs(out / "runs")  # what `rlr runs --runs DIR/runs` lists
         assert info.path == run_dir and info.state == "running" and info.live

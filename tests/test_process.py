@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from helpers import attach_when_listening
 
 from rlr_engine.control.client import EngineClient
 from rlr_engine.control.detached import LaunchError, start_detached
@@ -399,8 +400,7 @@ def test_a_resumed_run_reports_the_tau_set_while_it_ran_not_the_presets(tmp_path
         env=ENV,
     )
     try:
-        wait_until(lambda: engine_alive(run_dir) and (run_dir / "control.sock").exists(), 300, "the resume")
-        resumed = connect(run_dir)
+        resumed = attach_when_listening(run_dir, proc)
         assert resumed.wait(lambda s: s.state == "running", 60).tau == 0.5
         resumed.close()
         proc.send_signal(signal.SIGTERM)
