@@ -13,22 +13,18 @@ import argparse
 import statistics
 
 import torch
+from step_speed import SHAPES, make
 
-from rlr_engine import to_low_rank
 from rlr_engine.method.forward_choice import ForwardTuner, median_seconds
-from rlr_engine.workload.models import build_model, use_channels_last
-
-SHAPES = {"lenet5": (1, 28), "vgg16": (3, 32)}
 
 
 def timings(model_name: str, batch: int, channels_last: bool, min_run_time: float, device: torch.device):
-    """[(layer, factored seconds, composed seconds)] of a freshly built low-rank model."""
+    """[(layer, factored seconds, composed seconds)] of a freshly built low-rank model (CondLR
+    τ = 0.1, as ``step_speed.py`` builds it)."""
     channels, size = SHAPES[model_name]
-    torch.manual_seed(0)
-    model = to_low_rank(build_model(model_name, channels, 10, size), rank_fraction=0.2).to(device)
+    model, _ = make(model_name, 0.1, channels_last, {}, False, device)
     x = torch.rand(batch, channels, size, size, device=device)
     if channels_last:
-        use_channels_last(model)
         x = x.contiguous(memory_format=torch.channels_last)
     tuner = ForwardTuner(lambda work: median_seconds(work, min_run_time))
     return [(c.layer, c.factored, c.composed) for c in tuner.tune(model, x)]

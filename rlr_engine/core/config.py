@@ -437,14 +437,16 @@ class RunConfig:
                 f"{source}: max_rank_fraction = {config.max_rank_fraction!r} is not allowed: must be "
                 f">= rank_fraction = {config.rank_fraction!r} (the starting rank must fit the storage)"
             )
-        if config.cuda_graphs == "on" and (config.is_rank_adaptive or config.reference_compat):
-            why = (
-                f"with method = {config.method!r}: must be 'auto' or 'off' (a rank-adaptive step decides its ranks "
-                "on the host)"
-                if config.is_rank_adaptive
-                else "with reference_compat = true: must be 'auto' or 'off' (its Householder QR waits for the host)"
+        if config.cuda_graphs == "on" and config.is_rank_adaptive:
+            raise PresetError(
+                f"{source}: cuda_graphs = 'on' is not allowed with method = {config.method!r}: must be 'auto' or "
+                "'off' (a rank-adaptive step decides its ranks on the host)"
             )
-            raise PresetError(f"{source}: cuda_graphs = 'on' is not allowed {why}")
+        if config.cuda_graphs == "on" and config.reference_compat:
+            raise PresetError(
+                f"{source}: cuda_graphs = 'on' is not allowed with reference_compat = true: must be 'auto' or 'off' "
+                "(its Householder QR waits for the host)"
+            )
         if config.is_rank_adaptive and config.truncate_every:
             raise PresetError(
                 f"{source}: truncate_every = {config.truncate_every!r} is not allowed with method = "
